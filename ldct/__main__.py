@@ -1,0 +1,3 @@
+from ldct.cli import main
+
+raise SystemExit(main())

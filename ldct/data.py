@@ -1,0 +1,57 @@
+"""Loading paired slices from the converted NIfTI volumes for training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldct.io import read_nifti
+
+
+@dataclass
+class SubjectVolumes:
+    subject: str
+    low: np.ndarray                  # (S, H, W) HU, slices first, rows x columns as displayed
+    full: np.ndarray
+    labels: np.ndarray | None = None  # (S, H, W) class ids, where labels exist
+    truth: np.ndarray | None = None   # noiseless phantom HU (synthetic data)
+    affine: np.ndarray | None = None
+
+
+def to_slices(vol: np.ndarray) -> np.ndarray:
+    """NIfTI data[col, row, slice] -> (slice, row, col)."""
+    return np.ascontiguousarray(np.transpose(vol, (2, 1, 0)))
+
+
+def from_slices(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(arr, (2, 1, 0)))
+
+
+def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True) -> SubjectVolumes:
+    d = Path(nifti_dir) / subject
+    low, aff = read_nifti(d / "low.nii.gz")
+    full, _ = read_nifti(d / "full.nii.gz")
+    if low.shape != full.shape:
+        raise ValueError(f"{d}: low.nii.gz {low.shape} and full.nii.gz {full.shape} differ in shape")
+    for name, arr in (("low", low), ("full", full)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{d / (name + '.nii.gz')}: contains NaN or inf")
+    sv = SubjectVolumes(subject, to_slices(low), to_slices(full), affine=aff)
+    if with_labels and (d / "labels.nii.gz").exists():
+        sv.labels = to_slices(read_nifti(d / "labels.nii.gz")[0]).astype(np.int64)
+    if (d / "truth.nii.gz").exists():
+        sv.truth = to_slices(read_nifti(d / "truth.nii.gz")[0])
+    return sv
+
+
+def stack_subjects(nifti_dir: str | Path, subjects: list[str], with_labels: bool = True) -> dict[str, np.ndarray]:
+    """All slices of the given subjects stacked: {'low', 'full', 'labels'?} each (N, H, W)."""
+    if not subjects:
+        raise ValueError("no subjects given")
+    vols = [load_subject(nifti_dir, s, with_labels) for s in subjects]
+    out = {"low": np.concatenate([v.low for v in vols]), "full": np.concatenate([v.full for v in vols])}
+    if with_labels and all(v.labels is not None for v in vols):
+        out["labels"] = np.concatenate([v.labels for v in vols])
+    return out

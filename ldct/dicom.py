@@ -1,0 +1,312 @@
+"""DICOM CT series: writing the synthetic data in the TCIA layout, discovering and reading
+series, and conversion of full/low-dose pairs to NIfTI.
+
+Geometry follows the DICOM standard: a voxel (column i, row j) of a slice sits at
+IPP + i * dc * R + j * dr * C, with R, C the row and column direction cosines of
+ImageOrientationPatient and (dr, dc) = PixelSpacing, in patient LPS millimetres. NIfTI is RAS,
+so the affine flips the first two axes. Arrays are stored as data[column, row, slice], slices
+ordered by position along the slice normal R x C.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from ldct.io import write_nifti
+
+log = logging.getLogger(__name__)
+
+FULL_DESCRIPTION = "Full Dose Images"
+LOW_DESCRIPTION = "Low Dose Images"
+
+
+class DicomError(ValueError):
+    """A DICOM input problem; the message names the file or folder."""
+
+
+def _num(seed_text: str, mod: int = 90000) -> int:
+    return 10000 + int(hashlib.sha256(seed_text.encode()).hexdigest()[:8], 16) % mod
+
+
+def low_description(fraction: float, primary: float) -> str:
+    """SeriesDescription of a reduced-dose series; the primary fraction keeps the TCIA name."""
+    if abs(fraction - primary) < 1e-9:
+        return LOW_DESCRIPTION
+    return f"{LOW_DESCRIPTION} {fraction * 100:g}%"
+
+
+def write_series(folder: Path, hu: np.ndarray, *, pixel_mm: float, slice_mm: float, z_mm: np.ndarray,
+                 subject: str, study_uid: str, description: str, kvp: float, mas: float,
+                 ctdivol: float, seed_text: str) -> None:
+    """Write (S, rows, cols) HU slices as one CT series, one file per slice, axial LPS."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid(entropy_srcs=[seed_text, "series"])
+    frame_uid = generate_uid(entropy_srcs=[study_uid, "frame"])
+    n_rows, n_cols = hu.shape[1:]
+    x0 = -(n_cols - 1) / 2 * pixel_mm
+    y0 = -(n_rows - 1) / 2 * pixel_mm
+    date = (_dt.date(2016, 1, 1) + _dt.timedelta(days=_num(subject, 1500))).strftime("%Y%m%d")
+    stored = np.clip(np.rint(hu + 1024.0), 0, 4095).astype(np.uint16)
+    for s in range(hu.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[seed_text, str(s)])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = generate_uid(entropy_srcs=["ldct-benchmark"])
+        ds = FileDataset(str(folder / f"1-{s + 1:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.Modality = "CT"
+        ds.Manufacturer = "ldct-benchmark synthetic"
+        ds.PatientID = subject
+        ds.PatientName = subject
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
+        ds.StudyTime = ds.SeriesTime = "120000"
+        ds.StudyID = "1"
+        ds.SeriesNumber = 2 if description == FULL_DESCRIPTION else 3
+        ds.InstanceNumber = s + 1
+        ds.SeriesDescription = description
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.BodyPartExamined = "HEAD"
+        ds.KVP = f"{kvp:g}"
+        ds.Exposure = str(int(round(mas)))
+        ds.CTDIvol = round(float(ctdivol), 2)
+        ds.SliceThickness = f"{slice_mm:g}"
+        ds.SpacingBetweenSlices = f"{slice_mm:g}"
+        ds.PixelSpacing = [f"{pixel_mm:.6g}", f"{pixel_mm:.6g}"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{float(z_mm[s]):.4f}"]
+        ds.SliceLocation = f"{float(z_mm[s]):.4f}"
+        ds.PatientPosition = "HFS"
+        ds.Rows, ds.Columns = n_rows, n_cols
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = "-1024"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        ds.WindowCenter, ds.WindowWidth = "40", "80"
+        ds.PixelData = stored[s].tobytes()
+        ds.save_as(str(folder / f"1-{s + 1:03d}.dcm"), enforce_file_format=True)
+
+
+# ---------------------------------------------------------------- discovery ----------------
+
+@dataclass
+class SubjectSeries:
+    subject: str
+    full: Path
+    low: Path
+
+
+def _series_description(folder: Path) -> str:
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            try:
+                return str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesDescription"]).get("SeriesDescription", ""))
+            except Exception:
+                continue
+    return ""
+
+
+def _classify(folder: Path, full_key: str, low_key: str) -> str | None:
+    """'full', 'low' or None by SeriesDescription first, then by folder name."""
+    for text in (_series_description(folder), re.sub(r"^[\d.]+-|-\d+$", "", folder.name)):
+        t = text.strip().lower()
+        if t == full_key.lower():
+            return "full"
+        if t == low_key.lower():
+            return "low"
+    return None
+
+
+def find_series(subject_dir: Path, full_key: str = FULL_DESCRIPTION, low_key: str = LOW_DESCRIPTION) -> SubjectSeries:
+    """Find the full- and low-dose series folders of one subject in the TCIA layout
+    (<subject>/<date>-NA-NA-<n>/<n>-Full Dose Images-<n>/*.dcm); folder names may vary."""
+    subject_dir = Path(subject_dir)
+    if not subject_dir.is_dir():
+        raise DicomError(f"{subject_dir}: subject folder not found")
+    found: dict[str, list[Path]] = {"full": [], "low": []}
+    for folder in sorted({p.parent for p in subject_dir.rglob("*") if p.is_file()}):
+        kind = _classify(folder, full_key, low_key)
+        if kind:
+            found[kind].append(folder)
+    for kind, key in (("full", full_key), ("low", low_key)):
+        if not found[kind]:
+            raise DicomError(f"{subject_dir}: no series described as {key!r} (by SeriesDescription or folder name)")
+        if len(found[kind]) > 1:
+            raise DicomError(f"{subject_dir}: several series match {key!r}: " + ", ".join(map(str, found[kind])))
+    return SubjectSeries(subject_dir.name, found["full"][0], found["low"][0])
+
+
+def discover_subjects(root: str | Path) -> list[str]:
+    """Subject folders directly under a TCIA-layout root (e.g. N005, N012, ...)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DicomError(f"{root}: DICOM root folder not found (set dataset.dicom_root in the config)")
+    subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subjects:
+        raise DicomError(f"{root}: no subject folders found")
+    return subjects
+
+
+# ---------------------------------------------------------------- reading ----------------
+
+@dataclass
+class Volume:
+    data: np.ndarray          # (cols, rows, slices) float32 HU
+    affine: np.ndarray        # NIfTI RAS affine
+    positions: np.ndarray     # slice positions along the normal (mm)
+    meta: dict
+
+
+def read_series(folder: str | Path) -> Volume:
+    """Read one CT series folder into a HU volume with a RAS affine, checking its geometry."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DicomError(f"{folder}: no DICOM files found")
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception as err:
+            raise DicomError(f"{f}: not a readable DICOM file ({err})") from err
+        modality = ds.get("Modality", None)
+        if modality != "CT":
+            raise DicomError(f"{f}: modality is {modality!r}, expected 'CT'")
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "SeriesInstanceUID"):
+            if tag not in ds:
+                raise DicomError(f"{f}: missing {tag}")
+        slices.append((f, ds))
+    uids = {str(ds.SeriesInstanceUID) for _, ds in slices}
+    if len(uids) > 1:
+        raise DicomError(f"{folder}: mixed series in one folder ({len(uids)} SeriesInstanceUIDs)")
+    f0, ds0 = slices[0]
+    iop = np.array(ds0.ImageOrientationPatient, dtype=float)
+    spacing = np.array(ds0.PixelSpacing, dtype=float)
+    shape = (int(ds0.Rows), int(ds0.Columns))
+    for f, ds in slices[1:]:
+        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
+            raise DicomError(f"{f}: ImageOrientationPatient differs from {f0.name}")
+        if (int(ds.Rows), int(ds.Columns)) != shape:
+            raise DicomError(f"{f}: {ds.Rows}x{ds.Columns} pixels, {f0.name} has {shape[0]}x{shape[1]}")
+        if not np.allclose(np.array(ds.PixelSpacing, dtype=float), spacing, atol=1e-4):
+            raise DicomError(f"{f}: PixelSpacing differs from {f0.name}")
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+    pos = np.array([float(np.dot(np.array(ds.ImagePositionPatient, dtype=float), normal)) for _, ds in slices])
+    order = np.argsort(pos, kind="stable")
+    slices = [slices[i] for i in order]
+    pos = pos[order]
+    dup = np.where(np.diff(pos) < 1e-3)[0]
+    if len(dup):
+        raise DicomError(f"{slices[dup[0] + 1][0]}: duplicate slice position {pos[dup[0]]:.3f} mm (also {slices[dup[0]][0].name})")
+    if len(pos) > 1:
+        steps = np.diff(pos)
+        step = float(np.median(steps))
+        bad = np.where(np.abs(steps - step) > max(0.01 * step, 1e-3))[0]
+        if len(bad):
+            i = bad[0]
+            raise DicomError(
+                f"{folder}: non-uniform slice spacing: {steps[i]:.3f} mm between {slices[i][0].name} and "
+                f"{slices[i + 1][0].name} (expected {step:.3f} mm; a slice is missing?)"
+            )
+    else:
+        step = float(ds0.get("SliceThickness", 1.0) or 1.0)
+    data = np.empty((shape[1], shape[0], len(slices)), np.float32)
+    for k, (f, ds) in enumerate(slices):
+        try:
+            px = ds.pixel_array.astype(np.float32)
+        except Exception as err:
+            raise DicomError(f"{f}: cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {err}") from err
+        if px.shape != shape:
+            raise DicomError(f"{f}: pixel array shape {px.shape} does not match Rows x Columns {shape}")
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        data[:, :, k] = (px * slope + intercept).T
+    first = np.array(slices[0][1].ImagePositionPatient, dtype=float)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * spacing[1]
+    lps[:3, 1] = col_dir * spacing[0]
+    lps[:3, 2] = normal * step
+    lps[:3, 3] = first
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    meta = {
+        "series_uid": str(ds0.SeriesInstanceUID),
+        "description": str(ds0.get("SeriesDescription", "")),
+        "slices": len(slices),
+        "rows": shape[0], "columns": shape[1],
+        "pixel_spacing_mm": float(spacing[0]),
+        "slice_spacing_mm": round(step, 4),
+        "slice_thickness_mm": float(ds0.get("SliceThickness", step) or step),
+        "kvp": float(ds0.get("KVP", 0) or 0) or None,
+        "exposure_mas": float(ds0.get("Exposure", 0) or 0) or None,
+        "ctdivol": float(ds0.get("CTDIvol", 0) or 0) or None,
+    }
+    return Volume(data, affine, pos, meta)
+
+
+def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume, list[float]]:
+    """Keep the slice positions both series share; error if their geometry differs."""
+    if full.data.shape[:2] != low.data.shape[:2]:
+        raise DicomError(f"{where}: full dose is {full.data.shape[:2]} pixels, low dose {low.data.shape[:2]}")
+    if not np.allclose(full.affine[:3, :2], low.affine[:3, :2], atol=1e-3):
+        raise DicomError(f"{where}: full- and low-dose series differ in orientation or pixel spacing")
+    common = np.intersect1d(np.round(full.positions, 2), np.round(low.positions, 2))
+    if len(common) == 0:
+        raise DicomError(f"{where}: full- and low-dose series share no slice position")
+    dropped = sorted(set(np.round(full.positions, 2)) ^ set(np.round(low.positions, 2)))
+
+    def keep(v: Volume) -> Volume:
+        idx = np.where(np.isin(np.round(v.positions, 2), common))[0]
+        aff = v.affine.copy()
+        aff[:3, 3] = v.affine[:3, :3] @ np.array([0, 0, idx[0]]) + v.affine[:3, 3]
+        return Volume(v.data[:, :, idx], aff, v.positions[idx], {**v.meta, "slices": len(idx)})
+
+    f2, l2 = keep(full), keep(low)
+    if not np.allclose(f2.affine, l2.affine, atol=1e-3):
+        raise DicomError(f"{where}: full- and low-dose series do not share geometry after pairing")
+    return f2, l2, [float(d) for d in dropped]
+
+
+def convert_subject(subject_dir: str | Path, out_dir: str | Path, full_key: str = FULL_DESCRIPTION,
+                    low_key: str = LOW_DESCRIPTION) -> dict:
+    """Convert one subject's full/low pair to full.nii.gz / low.nii.gz; return its manifest row."""
+    series = find_series(Path(subject_dir), full_key, low_key)
+    full, low = read_series(series.full), read_series(series.low)
+    full, low, dropped = pair_volumes(full, low, str(subject_dir))
+    if dropped:
+        log.warning("%s: dropped slice positions present in only one series: %s", subject_dir, dropped)
+    out_dir = Path(out_dir)
+    write_nifti(out_dir / "full.nii.gz", full.data, full.affine)
+    write_nifti(out_dir / "low.nii.gz", low.data, low.affine)
+    ratio = None
+    if full.meta["exposure_mas"] and low.meta["exposure_mas"]:
+        ratio = low.meta["exposure_mas"] / full.meta["exposure_mas"]
+    return {
+        "subject": series.subject,
+        "full_series_uid": full.meta["series_uid"], "low_series_uid": low.meta["series_uid"],
+        "slices": full.meta["slices"], "rows": full.meta["rows"], "columns": full.meta["columns"],
+        "pixel_spacing_mm": full.meta["pixel_spacing_mm"], "slice_spacing_mm": full.meta["slice_spacing_mm"],
+        "slice_thickness_mm": full.meta["slice_thickness_mm"], "kvp": full.meta["kvp"],
+        "full_exposure_mas": full.meta["exposure_mas"], "low_exposure_mas": low.meta["exposure_mas"],
+        "full_ctdivol": full.meta["ctdivol"], "low_ctdivol": low.meta["ctdivol"],
+        "dose_ratio": ratio, "dropped_positions": len(dropped),
+    }

@@ -1,0 +1,71 @@
+"""Atomic writers: every output is written under a temporary name, then renamed.
+
+A crash or a bad input therefore never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import nibabel as nib
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or "".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv(path: str | os.PathLike, df) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, dtype=np.int16) -> None:
+    """Write a (X, Y, Z) volume; HU is rounded when stored as int16."""
+    arr = np.asarray(data)
+    if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{path}: refusing to write non-finite values")
+        info = np.iinfo(dtype)
+        arr = np.clip(np.rint(arr), info.min, info.max)
+    img = nib.Nifti1Image(arr.astype(dtype), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Return (data as float32, affine); a clear error for a missing or unreadable file."""
+    try:
+        img = nib.load(str(path))
+        return np.asarray(img.dataobj, dtype=np.float32), img.affine
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: NIfTI file not found") from None
+    except Exception as err:  # nibabel raises several types for corrupt files
+        raise ValueError(f"{path}: cannot read NIfTI: {err}") from err

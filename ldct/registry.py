@@ -1,0 +1,59 @@
+"""Decorator registries for models and losses (see DESIGN.md, "Contracts").
+
+A package (models/, losses/) creates one `Registry`, exposes `register`, `build` and
+`available`, and calls `import_all` so that every module in the package registers itself:
+adding a baseline is one new file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Callable
+
+
+class RegistryError(KeyError):
+    """Unknown or duplicate registry name; the message lists what exists."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._items and self._items[name] is not obj:
+                raise RegistryError(
+                    f"{self.kind} {name!r} is registered twice "
+                    f"({self._items[name].__module__} and {obj.__module__})"
+                )
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._items:
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}"
+            )
+        return self._items[name]
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        cls = self.get(name)
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise TypeError(f"cannot build {self.kind} {name!r} with {kwargs}: {err}") from err
+
+    def available(self) -> list[str]:
+        return sorted(self._items)
+
+    def import_all(self, package: str, path: list[str]) -> None:
+        """Import every module of `package` so their decorators run."""
+        for info in pkgutil.iter_modules(path):
+            importlib.import_module(f"{package}.{info.name}")

@@ -1,0 +1,68 @@
+"""Subject-level train/val/test splits: published presets or a seeded random split."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+PRESETS = {
+    "featkpn": "split_featkpn_seed.json",               # 40 train / 10 val, val doubles as test
+    "ldct_benchmark_neuro": "split_ldct_benchmark_neuro.json",  # 35 / 10 / 5
+}
+
+
+class SplitError(ValueError):
+    pass
+
+
+def load_preset(name: str) -> dict[str, list[str]]:
+    if name in PRESETS:
+        text = resources.files("ldct.presets").joinpath(PRESETS[name]).read_text()
+        where = f"preset {name!r}"
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise SplitError(f"split preset {name!r} is neither one of {sorted(PRESETS)} nor a JSON file")
+        text, where = path.read_text(), str(path)
+    data = json.loads(text)
+    out = {k: list(data.get(k, [])) for k in ("train", "val", "test")}
+    if not out["train"]:
+        raise SplitError(f"{where}: no 'train' subjects")
+    return out
+
+
+def make_splits(subjects: list[str], cfg: dict, seed: int) -> dict[str, list[str]]:
+    """Build the split from the `split` config section for the subjects found on disk."""
+    subjects = sorted(subjects)
+    if cfg["method"] == "preset":
+        split = load_preset(cfg["preset"])
+        missing = sorted({s for part in split.values() for s in part} - set(subjects))
+        if missing:
+            raise SplitError(f"split preset {cfg['preset']!r} names subjects missing on disk: {', '.join(missing)}")
+    else:
+        fr = cfg["fractions"]
+        rng = np.random.default_rng(seed)
+        order = [subjects[i] for i in rng.permutation(len(subjects))]
+        n = len(order)
+        n_val = max(1, int(round(fr["val"] * n)))
+        n_test = 0 if cfg["val_as_test"] else max(1, int(round(fr["test"] * n)))
+        n_train = n - n_val - n_test
+        if n_train < 1:
+            raise SplitError(f"{n} subjects are too few for split fractions {fr}")
+        split = {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
+                 "test": sorted(order[n_train + n_val:])}
+    if cfg["val_as_test"] or not split["test"]:
+        split["test"] = list(split["val"])  # the paper evaluates on its validation subjects
+    seen: dict[str, str] = {}
+    for part in ("train", "val"):
+        for s in split[part]:
+            if s in seen:
+                raise SplitError(f"subject {s} appears in both {seen[s]} and {part}")
+            seen[s] = part
+    overlap = set(split["test"]) & set(split["train"])
+    if overlap:
+        raise SplitError(f"subjects in both train and test: {', '.join(sorted(overlap))}")
+    return split

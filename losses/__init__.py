@@ -1,0 +1,29 @@
+"""Training losses, one family per file, built by name (same contract as models/).
+
+    import losses
+    loss = losses.build("l1")          # kwargs = the experiment's loss keys
+    value = loss(pred, target)         # both (N, 1, H, W) in network units
+
+A loss class with `needs_segmenter = True` receives the frozen segmentation U-Net and the
+HU scaling as constructor arguments `segmenter=` and `hu_range=` from the training engine.
+"""
+
+from ldct.registry import Registry
+
+REGISTRY = Registry("loss")
+register = REGISTRY.register
+
+
+def build(name: str, **kwargs):
+    return REGISTRY.build(name, **kwargs)
+
+
+def available() -> list[str]:
+    return REGISTRY.available()
+
+
+def needs_segmenter(name: str) -> bool:
+    return bool(getattr(REGISTRY.get(name), "needs_segmenter", False))
+
+
+REGISTRY.import_all(__name__, __path__)

@@ -1,0 +1,39 @@
+"""Pixel losses on the [0, 1]-scaled images: l1, mse, l1_weighted."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ldct.hu import WINDOWS, to_unit
+from losses import register
+
+
+@register("l1")
+class L1(nn.Module):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).abs().mean()
+
+
+@register("mse")
+class MSE(nn.Module):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ((pred - target) ** 2).mean()
+
+
+@register("l1_weighted")
+class WeightedL1(nn.Module):
+    """L1 plus `weight` times an L1 restricted to pixels whose target lies in the head window
+    [0, 80] HU (where brain tissue lives). `hu_range` is the network scaling window."""
+
+    def __init__(self, weight: float = 1.0, hu_range: tuple[float, float] = (-1024.0, 3072.0)):
+        super().__init__()
+        self.weight = weight
+        lo, hi = WINDOWS["head"]
+        self.bounds = (to_unit(lo, *hu_range), to_unit(hi, *hu_range))
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = (pred - target).abs()
+        mask = (target >= self.bounds[0]) & (target <= self.bounds[1])
+        extra = (diff * mask).sum() / mask.sum().clamp(min=1)
+        return diff.mean() + self.weight * extra
