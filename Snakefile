@@ -1,0 +1,25 @@
+"""LDCT brain-CT denoising benchmark: DICOM -> NIfTI -> splits -> segmenter -> training ->
+denoising -> evaluation -> tables, figures and report. See README.md and DESIGN.md."""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+if not workflow.overwrite_configfiles:  # `--configfile X` replaces the default entirely
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/anatomy.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        paper_outputs(),

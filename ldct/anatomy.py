@@ -1,0 +1,118 @@
+"""The frozen anatomical prior: pre-train the segmentation U-Net on NDCT slices with their
+labels, or load the authors' converted weights, and save it as segmenter.pt."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import models
+from ldct.classes import CLASS_NAMES, NUM_CLASSES
+from ldct.data import stack_subjects
+from ldct.io import atomic_path, write_csv
+from ldct.train import pick_device, seed_everything
+
+
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Dice of each class over all given pixels; NaN where the class is absent from both."""
+    out = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        p, r = pred == c, ref == c
+        denom = p.sum() + r.sum()
+        if denom:
+            out[c] = 2.0 * np.logical_and(p, r).sum() / denom
+    return out
+
+
+def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Cube root of balanced class weights (as in HeadCTSegmentation's training)."""
+    counts = np.bincount(labels.ravel(), minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0) ** (1 / 3)
+    return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
+
+
+@torch.no_grad()
+def segment(net: torch.nn.Module, hu: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:
+    """(S, H, W) HU -> (S, H, W) class ids."""
+    out = np.empty(hu.shape, np.uint8)
+    for s in range(0, len(hu), batch):
+        x = torch.from_numpy(hu[s:s + batch]).float()[:, None].to(device)
+        out[s:s + batch] = net(x).argmax(1).cpu().numpy()
+    return out
+
+
+def save_segmenter(path: str | Path, net: torch.nn.Module, base_width: int, source: str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": net.state_dict(), "base_width": base_width, "num_classes": NUM_CLASSES,
+                    "source": source}, tmp)
+
+
+def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, out: str, out_history: str) -> pd.DataFrame:
+    """Train (or load) the U-Net; history.csv holds per-class validation Dice per epoch."""
+    device = pick_device(cfg.get("device", "auto"))
+    if cfg.get("weights"):
+        net = models.build("unet", num_classes=NUM_CLASSES, base_width=64)
+        state = torch.load(cfg["weights"], map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        net.load_state_dict(state, strict=True)
+        save_segmenter(out, net, 64, str(cfg["weights"]))
+        df = pd.DataFrame([{"epoch": 0, "source": str(cfg["weights"])}])
+        write_csv(out_history, df)
+        return df
+    seed_everything(seed)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    tr = stack_subjects(nifti_dir, splits["train"])
+    va = stack_subjects(nifti_dir, splits["val"])
+    if "labels" not in tr or "labels" not in va:
+        raise ValueError(f"{nifti_dir}: no labels.nii.gz for the training/validation subjects; "
+                         "set segmenter.weights to a pre-trained model instead")
+    net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"]).to(device)
+    weight = class_weights(tr["labels"]).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    gen = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(tr["full"]).float()
+    y_all = torch.from_numpy(tr["labels"]).long()
+    history = []
+    best, best_state = -1.0, None
+    for epoch in range(cfg["epochs"]):
+        net.train()
+        t0 = time.perf_counter()
+        total = 0.0
+        for _ in tqdm(range(cfg["iters_per_epoch"]), desc=f"segmenter epoch {epoch + 1}/{cfg['epochs']}",
+                      file=sys.stderr, mininterval=5, disable=None):
+            idx = torch.randint(len(x_all), (cfg["batch_size"],), generator=gen)
+            x, y = x_all[idx][:, None], y_all[idx]
+            if torch.rand(1, generator=gen) < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            x = x + (torch.rand(1, generator=gen) * 40 - 20)  # HU offset robustness
+            loss = F.cross_entropy(net(x.to(device)), y.to(device), weight=weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss)
+        net.eval()
+        pred = segment(net, va["full"], device)
+        dice = dice_per_class(pred, va["labels"])
+        fg = float(np.nanmean(dice[1:]))
+        row = {"epoch": epoch + 1, "train_loss": total / cfg["iters_per_epoch"], "val_mean_dice": fg,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        row.update({f"dice_{c:02d}": (None if np.isnan(d) else float(d)) for c, d in enumerate(dice)})
+        history.append(row)
+        print(f"segmenter epoch {epoch + 1}: loss {row['train_loss']:.4f} mean foreground Dice {fg:.3f}", file=sys.stderr)
+        if fg > best:
+            best, best_state = fg, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    save_segmenter(out, net, cfg["base_width"], "pretrained on " + ",".join(splits["train"]))
+    df = pd.DataFrame(history)
+    write_csv(out_history, df)
+    names = {f"dice_{c:02d}": n for c, n in enumerate(CLASS_NAMES)}
+    print("best per-class Dice: " + ", ".join(f"{names[k]} {v:.2f}" for k, v in history[-1].items()
+                                               if k in names and v is not None), file=sys.stderr)
+    return df

@@ -1,0 +1,237 @@
+"""Command line of every workflow step: `python -m ldct <command> ...` (or `ldct <command>`).
+
+Snakemake rules call these commands; each also runs by hand. Settings arrive as the JSON
+of the relevant config section (`--params`), already validated by the workflow; by hand,
+`--config config.yaml` validates a config file and takes the section from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ldct.paths import ResultPaths
+
+
+def _section(args, name: str) -> dict:
+    if args.params:
+        return json.loads(args.params)
+    if args.config:
+        from ldct.config import load_config
+
+        cfg = load_config(args.config)
+        return cfg[name] if name else cfg
+    raise SystemExit("give --params JSON or --config FILE")
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_synthesize(a) -> None:
+    from ldct.synthetic import make_subject
+
+    cfg = _section(a, "")
+    make_subject(a.subject, cfg["synthetic"], cfg["seed"], a.dicom_out, a.phantom_out)
+
+
+def cmd_convert(a) -> None:
+    import shutil
+
+    from ldct.dicom import convert_subject
+    from ldct.io import write_json
+
+    cfg = _section(a, "dataset")
+    row = convert_subject(a.subject_dir, a.out, cfg["full_series"], cfg["low_series"])
+    if a.phantom:
+        for name in ("labels.nii.gz", "truth.nii.gz"):
+            shutil.copyfile(Path(a.phantom) / name, Path(a.out) / name)
+    write_json(Path(a.out) / "manifest.json", row)
+
+
+def cmd_manifest(a) -> None:
+    from ldct.io import write_csv
+
+    rows = [json.loads(Path(p).read_text()) for p in a.rows]
+    write_csv(a.out, pd.DataFrame(rows))
+
+
+def cmd_split(a) -> None:
+    from ldct.io import write_json
+    from ldct.splits import make_splits
+
+    cfg = _section(a, "")
+    write_json(a.out, make_splits(a.subjects, cfg["split"], cfg["seed"]))
+
+
+def cmd_pretrain_segmenter(a) -> None:
+    from ldct.anatomy import pretrain_segmenter
+
+    _threads(a.threads)
+    cfg = _section(a, "")
+    pretrain_segmenter(nifti_dir=a.nifti, splits=json.loads(Path(a.splits).read_text()), cfg=cfg["segmenter"],
+                       seed=cfg["seed"], out=a.out, out_history=a.history)
+
+
+def cmd_train(a) -> None:
+    from ldct.train import train_denoiser
+
+    _threads(a.threads)
+    p = json.loads(a.params)
+    train_denoiser(nifti_dir=a.nifti, splits=json.loads(Path(a.splits).read_text()), experiment=p["experiment"],
+                   hu_range=tuple(p["hu_range"]), seed=p["seed"], out_model=a.out, out_history=a.history,
+                   checkpoint_dir=a.checkpoints, segmenter=a.segmenter, stop_after_epochs=a.stop_after_epochs)
+
+
+def cmd_denoise(a) -> None:
+    from ldct.evaluate import denoise_subjects
+
+    _threads(a.threads)
+    denoise_subjects(a.model, a.nifti, json.loads(Path(a.splits).read_text())["test"], a.outdir, a.device)
+
+
+def cmd_evaluate(a) -> None:
+    from ldct.evaluate import evaluate_experiment
+
+    _threads(a.threads)
+    subjects = json.loads(Path(a.splits).read_text())["test"]
+    evaluate_experiment(a.experiment, a.nifti, subjects, a.denoised, a.segmenter, a.out, a.dice, a.device)
+
+
+def cmd_complexity(a) -> None:
+    from ldct.complexity import model_complexity
+    from ldct.tables import complexity_table
+
+    _threads(a.threads)
+    specs = json.loads(a.params)
+    rows = [model_complexity(name, spec, a.size, a.repeats) for name, spec in specs.items()]
+    complexity_table(rows, a.out_prefix)
+
+
+def cmd_tables(a) -> None:
+    from ldct.tables import dice_table, quantitative_table
+
+    rp = ResultPaths(a.results, a.dataset)
+    exps = a.experiments
+    quantitative_table({e: rp.metrics(e) for e in exps}, str(rp.table("table2_quantitative", "")).rstrip("."),
+                       rp.table("stats"), seed=a.seed)
+    dice_table({e: rp.dice(e) for e in exps}, str(rp.table("table3_anatomical_dice", "")).rstrip("."))
+
+
+def cmd_figures(a) -> None:
+    import numpy as np
+    import torch
+
+    from ldct import figures
+    from ldct.anatomy import segment
+    from ldct.data import load_subject, to_slices
+    from ldct.evaluate import LDCT
+    from ldct.io import read_nifti
+    from ldct.train import load_segmenter
+
+    _threads(a.threads)
+    rp = ResultPaths(a.results, a.dataset)
+    splits = json.loads(rp.splits.read_text())
+    subject = splits["test"][0]
+    sv = load_subject(rp.nifti(), subject)
+    s = figures.pick_slice(sv.full)
+    trained = [e for e in a.experiments if e != LDCT]
+    vols = {LDCT: sv.low}
+    for e in trained:
+        vols[e] = to_slices(read_nifti(rp.denoised(e, subject))[0])
+    pixel = float(abs(sv.affine[0, 0]))
+    figures.qualitative_grid({k: v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
+                             f"{subject}, slice {s}")
+    reference, ref_name = (sv.truth, "phantom truth") if sv.truth is not None else (sv.full, "NDCT")
+    figures.noise_vs_radius(vols, reference, pixel, rp.figure("fig_noise_radius"), ref_name)
+    seg = load_segmenter(rp.segmenter, torch.device("cpu"))
+    maps = {k: segment(seg, v[s:s + 1], torch.device("cpu"))[0] for k, v in vols.items()}
+    maps["NDCT"] = segment(seg, sv.full[s:s + 1], torch.device("cpu"))[0]
+    if sv.labels is not None:
+        maps["true labels"] = sv.labels[s].astype(np.uint8)
+    figures.segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
+    figures.training_curves({e: pd.read_csv(rp.history(e)) for e in trained}, rp.figure("fig_training_curves"))
+    metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in a.experiments], ignore_index=True)
+    figures.metric_distributions(metrics, rp.figure("fig_metric_distributions"))
+    if sv.truth is not None and sv.labels is not None:
+        figures.phantom_overview(sv.truth, sv.full, sv.low, sv.labels, pixel, rp.figure("fig_phantom"),
+                                 f"synthetic subject {subject}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ldct", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(fn=fn)
+        p.add_argument("--params", help="JSON of the config section (as the workflow passes it)")
+        p.add_argument("--config", help="a config YAML file, validated against the schema")
+        p.add_argument("--threads", type=int, default=None)
+        return p
+
+    p = add("synthesize", cmd_synthesize, "make one synthetic subject (DICOM + truth)")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--dicom-out", required=True)
+    p.add_argument("--phantom-out", required=True)
+    p = add("convert", cmd_convert, "convert one subject's full/low DICOM series to NIfTI")
+    p.add_argument("--subject-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--phantom", help="synthetic truth folder whose labels/truth are copied along")
+    p = add("manifest", cmd_manifest, "gather per-subject manifest rows into one CSV")
+    p.add_argument("--out", required=True)
+    p.add_argument("rows", nargs="+")
+    p = add("split", cmd_split, "write splits.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("subjects", nargs="+")
+    p = add("pretrain-segmenter", cmd_pretrain_segmenter, "train (or load) the segmentation U-Net")
+    p.add_argument("--nifti", required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--history", required=True)
+    p = add("train", cmd_train, "train one experiment")
+    for arg in ("--nifti", "--splits", "--out", "--history", "--checkpoints"):
+        p.add_argument(arg, required=True)
+    p.add_argument("--segmenter")
+    p.add_argument("--stop-after-epochs", type=int, help="stop early (to test resuming)")
+    p = add("denoise", cmd_denoise, "denoise the test subjects with a trained model")
+    for arg in ("--model", "--nifti", "--splits", "--outdir"):
+        p.add_argument(arg, required=True)
+    p.add_argument("--device", default="auto")
+    p = add("evaluate", cmd_evaluate, "per-slice metrics and Dice of one experiment")
+    for arg in ("--experiment", "--nifti", "--splits", "--out", "--dice"):
+        p.add_argument(arg, required=True)
+    p.add_argument("--denoised")
+    p.add_argument("--segmenter")
+    p.add_argument("--device", default="auto")
+    p = add("complexity", cmd_complexity, "Table 1: parameters, MACs, latency, memory")
+    p.add_argument("--out-prefix", required=True)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    for name, fn, h in (("tables", cmd_tables, "Table 2, Dice table and statistics"),
+                        ("figures", cmd_figures, "every figure")):
+        p = add(name, fn, h)
+        p.add_argument("--results", default="results")
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--experiments", nargs="+", required=True)
+        p.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

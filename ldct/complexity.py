@@ -1,0 +1,113 @@
+"""Model complexity (Table 1): trainable parameters, multiply-accumulates at a given slice
+size (torch.utils.flop_counter counts conv/matmul FLOPs; MACs = FLOPs / 2), median latency
+per slice, and peak memory of one forward pass.
+
+Latency and memory are measured in a fresh child process per model, so one model's
+allocations never inflate another's peak (resident set size, in MB, above the process's
+size just before the forward pass, read from /proc on Linux).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import models
+
+
+def count_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def count_macs(net: torch.nn.Module, size: int, in_channels: int = 1) -> float:
+    x = torch.zeros(1, in_channels, size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(x)
+    return fc.get_total_flops() / 2.0
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak_rss_mb() -> float:
+    """Reset the kernel's peak-RSS mark (Linux clear_refs 5); return the current RSS in MB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
+
+
+def _probe(spec: dict, size: int, repeats: int, device: str) -> dict:
+    """Run inside the child process: latency and peak memory of forward passes."""
+    torch.manual_seed(0)
+    spec = dict(spec)
+    net = models.build(spec.pop("name"), **spec).eval().to(device)
+    x = torch.rand(1, 1, size, size, device=device)
+    base = _reset_peak_rss_mb()
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            net(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first pass warms up
+                times.append(time.perf_counter() - t0)
+    out = {"latency_s": statistics.median(times)}
+    if device == "cuda":
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_memory_mb"] = _peak_rss_mb() - base
+    return out
+
+
+def measure(spec: dict, size: int, repeats: int, device: str = "cpu", threads: int | None = None) -> dict:
+    cmd = [sys.executable, "-m", "ldct.complexity", json.dumps(spec), str(size), str(repeats), device]
+    env = None
+    if threads:
+        import os
+
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"complexity probe of {spec} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def model_complexity(name: str, spec: dict, size: int, repeats: int) -> dict:
+    spec = dict(spec)
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    net = models.build(spec["name"], **kwargs)
+    row = {"model": name, "size": size, "params": count_params(net), "gmacs": count_macs(net, size) / 1e9,
+           "device": "cpu"}
+    cpu = measure(spec, size, repeats, "cpu", threads=torch.get_num_threads())
+    row.update(cpu_latency_s=cpu["latency_s"], peak_memory_mb=cpu["peak_memory_mb"])
+    if torch.cuda.is_available():
+        gpu = measure(spec, size, max(repeats, 10), "cuda")
+        row.update(gpu_latency_s=gpu["latency_s"], gpu_peak_memory_mb=gpu["peak_memory_mb"])
+    return row
+
+
+if __name__ == "__main__":
+    spec_arg, size_arg, rep_arg, dev_arg = sys.argv[1:5]
+    print(json.dumps(_probe(json.loads(spec_arg), int(size_arg), int(rep_arg), dev_arg)))

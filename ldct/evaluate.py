@@ -1,0 +1,70 @@
+"""Denoise the test subjects with a trained experiment, and score every output per slice."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ldct.anatomy import dice_per_class, segment
+from ldct.classes import NUM_CLASSES
+from ldct.data import from_slices, load_subject, to_slices
+from ldct.io import read_nifti, write_csv, write_nifti
+from ldct.metrics import slice_metrics
+from ldct.train import load_denoiser, load_segmenter, pick_device, predict_slices
+
+LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input row
+
+
+def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto") -> None:
+    dev = pick_device(device)
+    net, ck = load_denoiser(model_path, dev)
+    for subject in tqdm(subjects, desc="denoise", file=sys.stderr, disable=None):
+        sv = load_subject(nifti_dir, subject, with_labels=False)
+        pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev)
+        if not np.isfinite(pred).all():
+            raise ValueError(f"{model_path}: produced non-finite values on {subject}")
+        write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(pred), sv.affine)
+
+
+def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], denoised_dir: str | None,
+                        segmenter: str | None, out_metrics: str, out_dice: str, device: str = "auto") -> pd.DataFrame:
+    """Per-slice metrics against NDCT (and the phantom truth where present), and per-slice,
+    per-class Dice of the frozen segmenter on the output against its NDCT segmentation and
+    against the true labels."""
+    dev = pick_device(device)
+    seg = load_segmenter(segmenter, dev) if segmenter else None
+    rows, dice_rows = [], []
+    for subject in tqdm(subjects, desc=f"evaluate {experiment}", file=sys.stderr, disable=None):
+        sv = load_subject(nifti_dir, subject)
+        if experiment == LDCT:
+            out = sv.low
+        else:
+            path = Path(denoised_dir) / f"{subject}.nii.gz"
+            vol, _ = read_nifti(path)
+            out = to_slices(vol)
+            if out.shape != sv.full.shape:
+                raise ValueError(f"{path}: shape {out.shape} differs from the reference {sv.full.shape}")
+        for s in range(out.shape[0]):
+            row = {"experiment": experiment, "subject": subject, "slice": s}
+            row.update(slice_metrics(out[s], sv.full[s]))
+            if sv.truth is not None:
+                row.update(slice_metrics(out[s], sv.truth[s], windows=("brain",), prefix="truth_"))
+            rows.append(row)
+        if seg is not None:
+            seg_out = segment(seg, out, dev)
+            seg_ref = segment(seg, sv.full, dev)
+            for s in range(out.shape[0]):
+                d_ref = dice_per_class(seg_out[s], seg_ref[s])
+                d_true = dice_per_class(seg_out[s], sv.labels[s]) if sv.labels is not None else np.full(NUM_CLASSES, np.nan)
+                for c in range(1, NUM_CLASSES):
+                    dice_rows.append({"experiment": experiment, "subject": subject, "slice": s, "class": c,
+                                      "dice_vs_ndct": d_ref[c], "dice_vs_truth": d_true[c]})
+    df = pd.DataFrame(rows)
+    write_csv(out_metrics, df)
+    write_csv(out_dice, pd.DataFrame(dice_rows, columns=["experiment", "subject", "slice", "class", "dice_vs_ndct", "dice_vs_truth"]))
+    return df

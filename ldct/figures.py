@@ -1,0 +1,181 @@
+"""The paper's figures and the diagnostics a reader would rather look at than read.
+
+All CT is shown in named HU windows (ldct.hu.WINDOWS); segmentation maps use the class
+colours of ldct.classes. PNG for every figure, PDF as well for the paper figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+
+from ldct.classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from ldct.hu import WINDOWS, window_name_label  # noqa: E402
+from ldct.io import atomic_path  # noqa: E402
+
+CLASS_CMAP = ListedColormap(CLASS_COLORS)
+
+
+def save(fig: plt.Figure, path: str | Path, pdf: bool = False) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    if pdf:
+        with atomic_path(path.with_suffix(".pdf")) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", format="pdf")
+    plt.close(fig)
+
+
+def pick_slice(full: np.ndarray) -> int:
+    """The slice with the most brain-window tissue (a mid-ventricular level on head CT)."""
+    lo, hi = WINDOWS["brain"]
+    return int(np.argmax(((full > lo) & (full < hi)).sum(axis=(1, 2))))
+
+
+def zoom_box(img: np.ndarray, frac: float = 0.3) -> tuple[int, int, int]:
+    """A square (top, left, size) around the image centre of brain tissue."""
+    h, w = img.shape
+    size = max(8, int(min(h, w) * frac))
+    lo, hi = WINDOWS["brain"]
+    ys, xs = np.nonzero((img > lo) & (img < hi))
+    cy, cx = (int(ys.mean()), int(xs.mean())) if len(ys) else (h // 2, w // 2)
+    top = int(np.clip(cy - size // 2, 0, h - size))
+    left = int(np.clip(cx - size // 2, 0, w - size))
+    return top, left, size
+
+
+def qualitative_grid(images: dict[str, np.ndarray], reference: np.ndarray, out: str, title: str = "") -> None:
+    """Columns: LDCT, each output, NDCT. Rows: brain window, zoom, error against NDCT."""
+    names = list(images) + ["NDCT"]
+    imgs = list(images.values()) + [reference]
+    lo, hi = WINDOWS["brain"]
+    top, left, size = zoom_box(reference)
+    fig, ax = plt.subplots(3, len(names), figsize=(2.3 * len(names), 7.2), squeeze=False)
+    for j, (n, im) in enumerate(zip(names, imgs)):
+        ax[0, j].imshow(im, cmap="gray", vmin=lo, vmax=hi)
+        ax[0, j].add_patch(Rectangle((left, top), size, size, fill=False, ec="yellow", lw=1))
+        ax[0, j].set_title(n, fontsize=9)
+        ax[1, j].imshow(im[top:top + size, left:left + size], cmap="gray", vmin=lo, vmax=hi)
+        err = ax[2, j].imshow(im - reference, cmap="RdBu_r", vmin=-40, vmax=40)
+        for a in ax[:, j]:
+            a.set_xticks([])
+            a.set_yticks([])
+    ax[0, 0].set_ylabel(f"brain window\n{window_name_label('brain')}", fontsize=8)
+    ax[1, 0].set_ylabel("zoom", fontsize=8)
+    ax[2, 0].set_ylabel("output - NDCT (HU)", fontsize=8)
+    fig.colorbar(err, ax=ax[2, :].tolist(), shrink=0.8, label="HU")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save(fig, out, pdf=True)
+
+
+def segmentation_maps(maps: dict[str, np.ndarray], out: str, title: str = "") -> None:
+    """Figure 2: the frozen segmenter's maps on LDCT, each output and NDCT, one colour per class."""
+    fig, ax = plt.subplots(1, len(maps), figsize=(2.3 * len(maps), 3.2), squeeze=False)
+    for j, (n, m) in enumerate(maps.items()):
+        ax[0, j].imshow(m, cmap=CLASS_CMAP, vmin=-0.5, vmax=NUM_CLASSES - 0.5, interpolation="nearest")
+        ax[0, j].set_title(n, fontsize=9)
+        ax[0, j].axis("off")
+    present = sorted(set(np.unique(np.concatenate([m.ravel() for m in maps.values()]))) - {0})
+    handles = [Patch(color=CLASS_COLORS[c], label=f"{c} {CLASS_NAMES[c]}") for c in present]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.12))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save(fig, out, pdf=True)
+
+
+def radial_noise(diff: np.ndarray, mask: np.ndarray, pixel_mm: float, ring_mm: float = 5.0):
+    """Std of `diff` (S, H, W) in rings around the centre of `mask`: (ring centres mm, stds HU)."""
+    ys, xs = np.nonzero(mask.any(axis=0))
+    cy, cx = ys.mean(), xs.mean()
+    yy, xx = np.mgrid[: mask.shape[1], : mask.shape[2]]
+    r = np.hypot(yy - cy, xx - cx) * pixel_mm
+    mids, stds = [], []
+    for a in np.arange(0, r.max(), ring_mm):
+        sel = mask & ((r >= a) & (r < a + ring_mm))[None]
+        if sel.sum() > 50:
+            mids.append(a + ring_mm / 2)
+            stds.append(float(diff[sel].std()))
+    return mids, stds
+
+
+def noise_vs_radius(images: dict[str, np.ndarray], reference: np.ndarray, pixel_mm: float, out: str,
+                    reference_name: str = "NDCT") -> None:
+    """Std of (image - reference) in rings around the head centre, inside brain-range tissue:
+    the non-uniform noise the paper motivates, and what each model leaves of it."""
+    lo, hi = WINDOWS["brain"]
+    mask = (reference > lo) & (reference < hi)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for n, im in images.items():
+        mids, stds = radial_noise(im - reference, mask, pixel_mm)
+        ax.plot(mids, stds, marker="o", ms=3, label=n, lw=2.2 if n == "LDCT" else 1.2)
+    ax.set_xlabel("distance from head centre (mm)")
+    ax.set_ylabel(f"std of (image - {reference_name}) (HU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, out)
+
+
+def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    for n, h in histories.items():
+        ax[0].plot(h["epoch"], h["train_loss"], label=n)
+        ax[1].plot(h["epoch"], h["val_mse_head"], label=n)
+    ax[0].set_title("training loss")
+    ax[1].set_title("validation MSE in [0, 80] HU (selects the checkpoint)")
+    for a in ax:
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    ax[1].set_yscale("log")
+    ax[1].legend(fontsize=7)
+    save(fig, out)
+
+
+def metric_distributions(metrics: pd.DataFrame, out: str) -> None:
+    cols = [("psnr_brain", "PSNR [-40,120] (dB)"), ("ssim_brain", "SSIM [-40,120]"), ("psnr_full", "PSNR [-1024,3072] (dB)")]
+    order = list(dict.fromkeys(metrics["experiment"]))
+    fig, ax = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.8 + 0.1 * len(order)))
+    for a, (c, label) in zip(ax, cols):
+        a.boxplot([metrics.loc[metrics["experiment"] == e, c].to_numpy() for e in order], vert=False, showfliers=True)
+        a.set_yticks(range(1, len(order) + 1), order, fontsize=7)
+        a.set_xlabel(label)
+        a.grid(alpha=0.3, axis="x")
+    fig.suptitle("per-slice metrics on the test set", fontsize=10)
+    save(fig, out)
+
+
+def phantom_overview(truth: np.ndarray, full: np.ndarray, low: np.ndarray, labels: np.ndarray, pixel_mm: float,
+                     out: str, title: str = "") -> None:
+    """One synthetic subject: truth, NDCT, LDCT, LDCT - NDCT, labels, noise std vs radius."""
+    s = pick_slice(full)
+    lo, hi = WINDOWS["brain"]
+    fig, ax = plt.subplots(1, 6, figsize=(19, 3.6))
+    for a, im, t in zip(ax[:3], (truth[s], full[s], low[s]), ("phantom truth", "NDCT", "LDCT")):
+        a.imshow(im, cmap="gray", vmin=lo, vmax=hi)
+        a.set_title(f"{t} {window_name_label('brain')}", fontsize=9)
+    d = ax[3].imshow(low[s] - full[s], cmap="RdBu_r", vmin=-50, vmax=50)
+    ax[3].set_title("LDCT - NDCT (HU)", fontsize=9)
+    fig.colorbar(d, ax=ax[3], shrink=0.8)
+    ax[4].imshow(labels[s], cmap=CLASS_CMAP, vmin=-0.5, vmax=NUM_CLASSES - 0.5, interpolation="nearest")
+    ax[4].set_title("labels", fontsize=9)
+    for a in ax[:5]:
+        a.axis("off")
+    mask = (truth > lo) & (truth < hi)
+    for name, im in (("LDCT", low), ("NDCT", full)):
+        ax[5].plot(*radial_noise(im - truth, mask, pixel_mm), marker="o", ms=3, label=name)
+    ax[5].set_xlabel("distance from centre (mm)")
+    ax[5].set_ylabel("noise std vs truth (HU)")
+    ax[5].legend(fontsize=7)
+    ax[5].grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save(fig, out)

@@ -1,0 +1,57 @@
+"""Subject-level paired statistics: every experiment against the best one, per metric.
+
+Wilcoxon signed-rank tests (scipy) on per-subject means, Holm's step-down correction across
+the comparisons of one metric, and bootstrap 95 % confidence intervals (scipy) of the mean
+paired difference. With fewer than 6 subjects no two-sided Wilcoxon p-value can fall below
+0.05; the table then marks nothing, which is the honest answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (monotone, capped at 1)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p)
+    adj = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (len(p) - rank) * p[i])
+        adj[i] = min(1.0, running)
+    return adj.tolist()
+
+
+def compare_to_best(per_subject: pd.DataFrame, metrics: list[str], seed: int = 0) -> pd.DataFrame:
+    """per_subject: rows (experiment, subject) with metric columns (higher is better)."""
+    rows = []
+    for metric in metrics:
+        wide = per_subject.pivot(index="subject", columns="experiment", values=metric)
+        best = wide.mean().idxmax()
+        comps = []
+        for exp in wide.columns:
+            if exp == best:
+                continue
+            diff = (wide[exp] - wide[best]).dropna().to_numpy()
+            if len(diff) >= 2 and np.any(diff != 0):
+                p = float(stats.wilcoxon(diff).pvalue)
+            else:
+                p = 1.0
+            if len(diff) >= 2 and np.ptp(diff) > 0:
+                ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000,
+                                     random_state=np.random.default_rng(seed)).confidence_interval
+                lo, hi = float(ci.low), float(ci.high)
+            else:
+                lo = hi = float(diff.mean()) if len(diff) else float("nan")
+            comps.append({"metric": metric, "experiment": exp, "best": best, "n_subjects": len(diff),
+                          "mean_diff": float(diff.mean()) if len(diff) else float("nan"),
+                          "ci_low": lo, "ci_high": hi, "p_wilcoxon": p})
+        for c, padj in zip(comps, holm([c["p_wilcoxon"] for c in comps])):
+            c["p_holm"] = padj
+            c["significant"] = padj < 0.05
+        rows += comps
+    return pd.DataFrame(rows, columns=["metric", "experiment", "best", "n_subjects", "mean_diff", "ci_low",
+                                       "ci_high", "p_wilcoxon", "p_holm", "significant"])

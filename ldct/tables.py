@@ -1,0 +1,108 @@
+"""The paper's tables as CSV, Markdown and LaTeX (booktabs): quantitative (Table 2),
+anatomical fidelity (Dice) and complexity (Table 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ldct.io import write_csv, write_text
+from ldct.stats import compare_to_best
+
+TABLE2_COLUMNS = [  # (column, header) in the paper's layout
+    ("psnr_full", "PSNR [-1024,3072]"), ("ssim_full", "SSIM [-1024,3072]"), ("vif_full", "VIF [-1024,3072]"),
+    ("psnr_brain", "PSNR [-40,120]"), ("ssim_brain", "SSIM [-40,120]"), ("vif_brain", "VIF [-40,120]"),
+]
+
+
+def _fmt(v, digits: int) -> str:
+    if isinstance(v, str):
+        return v
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: dict[str, int],
+           bold: dict[str, str], marks: dict[tuple[str, str], str], caption: str) -> tuple[str, str]:
+    """Markdown and LaTeX of a table whose rows are df[first]; `bold[col]` names the best row."""
+    heads = [first] + [h for _, h in cols]
+    md = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    tex = ["\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}",
+           "\\begin{tabular}{l" + "r" * len(cols) + "}", "\\toprule",
+           " & ".join(heads).replace("%", "\\%") + " \\\\", "\\midrule"]
+    for _, r in df.iterrows():
+        cells_md, cells_tex = [str(r[first])], [str(r[first]).replace("_", "\\_")]
+        for c, _ in cols:
+            s = _fmt(r[c], digits.get(c, 4)) + marks.get((r[first], c), "")
+            is_best = bold.get(c) == r[first]
+            cells_md.append(f"**{s}**" if is_best and s else s)
+            cells_tex.append(f"\\textbf{{{s}}}" if is_best and s else s.replace("†", "$^\\dagger$"))
+        md.append("| " + " | ".join(cells_md) + " |")
+        tex.append(" & ".join(cells_tex) + " \\\\")
+    tex += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+
+
+def write_table(out_prefix: str | Path, df: pd.DataFrame, md: str, tex: str, note: str = "") -> None:
+    out_prefix = str(out_prefix)
+    write_csv(out_prefix + ".csv", df)
+    write_text(out_prefix + ".md", md + (f"\n{note}\n" if note else ""))
+    write_text(out_prefix + ".tex", tex)
+
+
+def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0) -> pd.DataFrame:
+    """Table 2: mean over test slices per experiment; best in bold; † = significantly worse
+    than the best (subject-level Wilcoxon, Holm-corrected p < 0.05)."""
+    frames = [pd.read_csv(p) for p in metric_files.values()]
+    allm = pd.concat(frames, ignore_index=True)
+    order = list(metric_files)
+    cols = [c for c, _ in TABLE2_COLUMNS]
+    extra = [c for c in ("psnr_head", "ssim_head", "rmse_brain", "truth_psnr_brain", "truth_ssim_brain") if c in allm]
+    table = allm.groupby("experiment", sort=False)[cols + extra].mean().reindex(order).reset_index()
+    per_subject = allm.groupby(["experiment", "subject"])[cols].mean().reset_index()
+    st = compare_to_best(per_subject, cols, seed)
+    write_csv(out_stats, st)
+    bold = {c: table.loc[table[c].idxmax(), "experiment"] for c in cols}
+    marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significant}
+    digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
+    md, tex = render(table, "experiment", TABLE2_COLUMNS, digits, bold, marks,
+                     "Mean over test slices against NDCT. Best in bold; $\\dagger$: significantly worse than the best "
+                     "(subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$).")
+    n_subj = per_subject["subject"].nunique()
+    note = (f"Mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. Best in bold; † significantly "
+            "worse than the best (subject-level Wilcoxon signed-rank, Holm p < 0.05); CIs in stats.csv.")
+    write_table(out_prefix, table, md, tex, note)
+    return table
+
+
+def dice_table(dice_files: dict[str, str], out_prefix: str) -> pd.DataFrame:
+    """Anatomical fidelity: mean foreground Dice of the frozen segmenter on each output,
+    against its segmentation of NDCT and against the true labels (synthetic data)."""
+    allm = pd.concat([pd.read_csv(p) for p in dice_files.values()], ignore_index=True)
+    order = list(dice_files)
+    table = allm.groupby("experiment", sort=False)[["dice_vs_ndct", "dice_vs_truth"]].mean().reindex(order).reset_index()
+    cols = [("dice_vs_ndct", "Dice vs NDCT segmentation"), ("dice_vs_truth", "Dice vs true labels")]
+    bold = {c: table.loc[table[c].idxmax(), "experiment"] for c, _ in cols if table[c].notna().any()}
+    md, tex = render(table, "experiment", cols, {}, bold, {},
+                     "Mean foreground Dice of the frozen segmentation U-Net on each output.")
+    write_table(out_prefix, table, md, tex)
+    return table
+
+
+def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    cols = [(c, h) for c, h in (("params", "parameters"), ("gmacs", "GMACs"), ("cpu_latency_s", "CPU latency (s)"),
+                                ("peak_memory_mb", "peak memory (MB)"), ("gpu_latency_s", "GPU latency (s)"))
+            if c in df and df[c].notna().any()]
+    shown = df.copy()
+    shown["params"] = shown["params"].map(lambda v: f"{int(v):,}")
+    digits = {"gmacs": 2, "cpu_latency_s": 3, "peak_memory_mb": 0, "gpu_latency_s": 4}
+    for c, d in digits.items():
+        if c in shown:
+            shown[c] = shown[c].map(lambda v, d=d: _fmt(v, d))
+    md, tex = render(shown.astype({c: str for c, _ in cols}), "model", cols, {}, {}, {},
+                     "Trainable parameters, multiply-accumulates and latency per slice.")
+    size = int(df["size"].iloc[0]) if "size" in df else 512
+    write_table(out_prefix, df, md, tex, f"Measured at {size}x{size} on {df['device'].iloc[0] if 'device' in df else 'cpu'}.")
+    return df

@@ -1,0 +1,231 @@
+"""Training engine for denoisers: sampling, augmentation, AdamW with exponential decay,
+validation in the head window every epoch, best-checkpoint selection, resumable state.
+
+Resume: after every epoch the full state (model, optimiser, scheduler, RNG, history) goes to
+`<checkpoint_dir>/last.pt` together with a hash of the experiment's settings. A run started
+again with the same settings continues from there; changed settings start fresh. The
+checkpoint folder is not a Snakemake output, so a failed job does not delete it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import losses
+import models
+from ldct.data import stack_subjects
+from ldct.hu import WINDOWS, from_unit, to_unit
+from ldct.io import atomic_path, write_csv
+from ldct.provenance import versions
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def settings_hash(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    net = models.build("unet", num_classes=ck["num_classes"], base_width=ck["base_width"])
+    net.load_state_dict(ck["state_dict"])
+    return net.to(device).eval()
+
+
+def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    spec = dict(ck["model"])
+    net = models.build(spec.pop("name"), **spec)
+    net.load_state_dict(ck["state_dict"])
+    return net.to(device).eval(), ck
+
+
+class PatchSampler:
+    """Random patches (or full slices when patch_size is null) with paired augmentation:
+    flips, 90-degree rotations and one HU offset shared by input and target."""
+
+    def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,
+                 hu_offset: float, hu_range: tuple[float, float], generator: torch.Generator):
+        self.low = torch.from_numpy(low)
+        self.full = torch.from_numpy(full)
+        h, w = low.shape[1:]
+        self.patch = min(patch, h, w) if patch else None
+        self.batch, self.augment, self.hu_offset, self.hu_range = batch, augment, hu_offset, hu_range
+        self.g = generator
+
+    def _rand(self, n: int = 1) -> torch.Tensor:
+        return torch.rand(n, generator=self.g)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n, h, w = self.low.shape
+        idx = torch.randint(n, (self.batch,), generator=self.g)
+        xs, ys = [], []
+        for i in idx.tolist():
+            lo, fu = self.low[i], self.full[i]
+            if self.patch:
+                top = int(torch.randint(h - self.patch + 1, (1,), generator=self.g))
+                left = int(torch.randint(w - self.patch + 1, (1,), generator=self.g))
+                lo = lo[top:top + self.patch, left:left + self.patch]
+                fu = fu[top:top + self.patch, left:left + self.patch]
+            if self.augment:
+                if self._rand() < 0.5:
+                    lo, fu = lo.flip(-1), fu.flip(-1)
+                if self._rand() < 0.5:
+                    lo, fu = lo.flip(-2), fu.flip(-2)
+                k = int(torch.randint(4, (1,), generator=self.g))
+                lo, fu = torch.rot90(lo, k, (-2, -1)), torch.rot90(fu, k, (-2, -1))
+                if self.hu_offset:
+                    off = float((self._rand() * 2 - 1) * self.hu_offset)
+                    lo, fu = lo + off, fu + off
+            xs.append(lo)
+            ys.append(fu)
+        x = torch.clamp(to_unit(torch.stack(xs)[:, None], *self.hu_range), 0, 1)
+        y = torch.clamp(to_unit(torch.stack(ys)[:, None], *self.hu_range), 0, 1)
+        return x.float(), y.float()
+
+
+@torch.no_grad()
+def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[float, float], device: torch.device,
+                   batch: int = 4) -> np.ndarray:
+    """(S, H, W) HU -> (S, H, W) HU through a denoiser, in batches of full slices."""
+    out = np.empty_like(low_hu, dtype=np.float32)
+    for s in range(0, len(low_hu), batch):
+        x = torch.clamp(to_unit(torch.from_numpy(low_hu[s:s + batch]).float()[:, None], *hu_range), 0, 1).to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            y = net(x)
+        out[s:s + batch] = from_unit(y.float().clamp(0, 1), *hu_range)[:, 0].cpu().numpy()
+    return out
+
+
+def head_window_mse(pred_hu: np.ndarray, full_hu: np.ndarray) -> float:
+    lo, hi = WINDOWS["head"]
+    return float(np.mean((np.clip(pred_hu, lo, hi) - np.clip(full_hu, lo, hi)) ** 2))
+
+
+def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: tuple[float, float], seed: int,
+                   out_model: str, out_history: str, checkpoint_dir: str, segmenter: str | None = None,
+                   stop_after_epochs: int | None = None) -> pd.DataFrame:
+    """Train one experiment ({'model': {...}, 'loss': {...}, 'train': {...}}) and write
+    model.pt (best validation checkpoint) and history.csv."""
+    cfg = experiment["train"]
+    device = pick_device(cfg.get("device", "auto"))
+    seed_everything(seed)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    data = stack_subjects(nifti_dir, splits["train"], with_labels=False)
+    val = stack_subjects(nifti_dir, splits["val"], with_labels=False)
+    if cfg.get("val_max_slices"):
+        pick = np.linspace(0, len(val["low"]) - 1, min(cfg["val_max_slices"], len(val["low"]))).round().astype(int)
+        val = {k: v[pick] for k, v in val.items()}
+    mspec = dict(experiment["model"])
+    net = models.build(mspec.pop("name"), **mspec).to(device)
+    lspec = dict(experiment["loss"])
+    lname = lspec.pop("name")
+    if losses.needs_segmenter(lname):
+        if not segmenter:
+            raise TrainingError(f"loss {lname!r} needs the segmenter checkpoint")
+        lspec.update(segmenter=load_segmenter(segmenter, device), hu_range=tuple(hu_range))
+    elif lname == "l1_weighted":
+        lspec.setdefault("hu_range", tuple(hu_range))
+    criterion = losses.build(lname, **lspec).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg["lr_decay"])
+    gen = torch.Generator().manual_seed(seed)
+    sampler = PatchSampler(data["low"], data["full"], cfg["patch_size"], cfg["batch_size"], cfg["augment"],
+                           cfg["hu_offset"], tuple(hu_range), gen)
+    use_amp = bool(cfg.get("amp", True)) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    ckdir = Path(checkpoint_dir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    key = settings_hash({"experiment": experiment, "hu_range": list(hu_range), "seed": seed,
+                         "train": splits["train"], "val": splits["val"]})
+    history: list[dict] = []
+    start_epoch, best, best_state = 0, math.inf, None
+    last = ckdir / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state.get("key") == key:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+            history, start_epoch, best = state["history"], state["epoch"], state["best"]
+            best_state = state["best_state"]
+            print(f"resuming from {last} after epoch {start_epoch}", file=sys.stderr)
+        else:
+            print(f"settings changed since {last} was written: starting fresh", file=sys.stderr)
+
+    epochs = cfg["epochs"]
+    for epoch in range(start_epoch, epochs):
+        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            return pd.DataFrame(history)
+        net.train()
+        criterion.train()
+        t0 = time.perf_counter()
+        total = 0.0
+        bar = tqdm(range(cfg["iters_per_epoch"]), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                   mininterval=5, disable=None)
+        for _ in bar:
+            x, y = sampler.sample()
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = criterion(net(x), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}; "
+                                    "lower train.lr or check the input data for NaN")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss)
+        train_time = time.perf_counter() - t0
+        net.eval()
+        pred = predict_slices(net, val["low"], tuple(hu_range), device)
+        vmse = head_window_mse(pred, val["full"])
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        improved = vmse < best
+        if improved:
+            best = vmse
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        history.append({"epoch": epoch + 1, "train_loss": total / cfg["iters_per_epoch"], "val_mse_head": vmse,
+                        "lr": lr, "seconds": round(train_time, 3), "best": improved,
+                        "samples_per_s": round(cfg["iters_per_epoch"] * cfg["batch_size"] / train_time, 3)})
+        print(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} val MSE[0,80] {vmse:.3f}"
+              f"{' (best)' if improved else ''}", file=sys.stderr)
+        with atomic_path(last) as tmp:
+            torch.save({"key": key, "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                        "epoch": epoch + 1, "best": best, "best_state": best_state}, tmp)
+    best_epoch = min(history, key=lambda r: r["val_mse_head"])["epoch"]
+    with atomic_path(out_model) as tmp:
+        torch.save({"state_dict": best_state, "model": dict(experiment["model"]), "hu_range": list(hu_range),
+                    "epoch": best_epoch, "val_mse_head": best, "versions": versions()}, tmp)
+    df = pd.DataFrame(history)
+    write_csv(out_history, df)
+    return df

@@ -1,0 +1,22 @@
+# The frozen anatomical prior: pre-train the segmentation U-Net (or load given weights).
+
+
+rule pretrain_segmenter:
+    input:
+        splits=str(RP.splits),
+        data=nifti_files(SPLITS["train"] + SPLITS["val"], labels=not config["segmenter"]["weights"]),
+        weights=config["segmenter"]["weights"] or [],
+    output:
+        model=str(RP.segmenter),
+        history=str(RP.segmenter_history),
+    log:
+        str(RP.log("pretrain_segmenter")),
+    params:
+        cfg=as_json({"segmenter": config["segmenter"], "seed": config["seed"]}),
+        nifti=str(RP.nifti()),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    shell:
+        "{LDCT_CMD} pretrain-segmenter --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
+        "--splits {input.splits:q} --out {output.model:q} --history {output.history:q} > {log:q} 2>&1"

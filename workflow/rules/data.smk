@@ -1,0 +1,55 @@
+# Data: synthesize the embedded dataset (DICOM in the TCIA layout), convert DICOM to NIfTI.
+
+
+rule synthesize:
+    output:
+        dicom=directory(str(RP.dicom("{subject}"))),
+        truth=str(RP.phantom("{subject}") / "truth.nii.gz"),
+        labels=str(RP.phantom("{subject}") / "labels.nii.gz"),
+        params=str(RP.phantom("{subject}") / "params.json"),
+    log:
+        str(RP.log("synthesize/{subject}")),
+    params:
+        cfg=as_json({"synthetic": config["synthetic"], "seed": config["seed"]}),
+        phantom=lambda wc: str(RP.phantom(wc.subject)),
+    threads: 1
+    shell:
+        "{LDCT_CMD} synthesize --threads {threads} --subject {wildcards.subject:q} --params {params.cfg:q} "
+        "--dicom-out {output.dicom:q} --phantom-out {params.phantom:q} > {log:q} 2>&1"
+
+
+def convert_inputs(wc):
+    if SYNTHETIC:
+        return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz")}
+    return {"dicom": str(Path(config["dataset"]["dicom_root"]) / wc.subject)}
+
+
+rule convert:
+    input:
+        unpack(convert_inputs),
+    output:
+        full=str(RP.nifti("{subject}") / "full.nii.gz"),
+        low=str(RP.nifti("{subject}") / "low.nii.gz"),
+        labels=str(RP.nifti("{subject}") / "labels.nii.gz") if SYNTHETIC else [],
+        truth=str(RP.nifti("{subject}") / "truth.nii.gz") if SYNTHETIC else [],
+        manifest=str(RP.manifest_row("{subject}")),
+    log:
+        str(RP.log("convert/{subject}")),
+    params:
+        cfg=as_json(config["dataset"]),
+        out=lambda wc: str(RP.nifti(wc.subject)),
+        phantom=lambda wc: f"--phantom {shlex.quote(str(RP.phantom(wc.subject)))}" if SYNTHETIC else "",
+    shell:
+        "{LDCT_CMD} convert --subject-dir {input.dicom:q} --out {params.out:q} --params {params.cfg:q} "
+        "{params.phantom} > {log:q} 2>&1"
+
+
+rule manifest:
+    input:
+        [str(RP.manifest_row(s)) for s in SUBJECTS],
+    output:
+        str(RP.manifest),
+    log:
+        str(RP.log("manifest")),
+    shell:
+        "{LDCT_CMD} manifest --out {output:q} {input:q} > {log:q} 2>&1"

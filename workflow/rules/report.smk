@@ -1,0 +1,66 @@
+# Tables, figures and the Snakemake report. `snakemake paper` redraws them from trained models.
+
+
+rule complexity:
+    input:
+        source=SOURCE_FILES,
+    output:
+        [str(RP.table("table1_complexity", e)) for e in ("csv", "md", "tex")],
+    log:
+        str(RP.log("complexity")),
+    params:
+        specs=as_json({e: config["experiments"][e]["model"] for e in EXPERIMENTS}),
+        prefix=str(RP.table("table1_complexity", "")).rstrip("."),
+        size=config["complexity"]["size"],
+        repeats=config["complexity"]["repeats"],
+    threads: workflow.cores
+    shell:
+        "{LDCT_CMD} complexity --threads {threads} --params {params.specs:q} --out-prefix {params.prefix:q} "
+        "--size {params.size} --repeats {params.repeats} > {log:q} 2>&1"
+
+
+rule tables:
+    input:
+        metrics=[str(RP.metrics(e)) for e in ROWS],
+        dice=[str(RP.dice(e)) for e in ROWS],
+    output:
+        [str(RP.table(t, e)) for t in ("table2_quantitative", "table3_anatomical_dice") for e in ("csv", "md", "tex")],
+        stats=str(RP.table("stats")),
+    log:
+        str(RP.log("tables")),
+    params:
+        results=config["results"],
+        dataset=config["dataset"]["name"],
+        rows=ROWS,
+        seed=config["seed"],
+    shell:
+        "{LDCT_CMD} tables --results {params.results:q} --dataset {params.dataset:q} --seed {params.seed} "
+        "--experiments {params.rows:q} > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        metrics=[str(RP.metrics(e)) for e in ROWS],
+        histories=[str(RP.history(e)) for e in EXPERIMENTS],
+        denoised=[str(RP.denoised(e, SPLITS["test"][0])) for e in EXPERIMENTS],
+        segmenter=str(RP.segmenter),
+        splits=str(RP.splits),
+    output:
+        [str(RP.figure(f)) for f in ("fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
+                                     "fig_metric_distributions")]
+        + ([str(RP.figure("fig_phantom"))] if SYNTHETIC else []),
+    log:
+        str(RP.log("figures")),
+    params:
+        results=config["results"],
+        dataset=config["dataset"]["name"],
+        rows=ROWS,
+    threads: workflow.cores
+    shell:
+        "{LDCT_CMD} figures --threads {threads} --results {params.results:q} --dataset {params.dataset:q} "
+        "--experiments {params.rows:q} > {log:q} 2>&1"
+
+
+rule paper:
+    input:
+        paper_outputs(),

@@ -1,0 +1,13 @@
+# Subject-level split, computed by the same library function the Snakefile used to plan jobs.
+
+
+rule split:
+    output:
+        str(RP.splits),
+    log:
+        str(RP.log("split")),
+    params:
+        cfg=as_json({"split": config["split"], "seed": config["seed"]}),
+        subjects=SUBJECTS,
+    shell:
+        "{LDCT_CMD} split --params {params.cfg:q} --out {output:q} {params.subjects:q} > {log:q} 2>&1"

@@ -1,0 +1,29 @@
+# Train one experiment. Checkpoints live outside the outputs, so a killed job resumes.
+
+
+rule train:
+    input:
+        splits=str(RP.splits),
+        data=nifti_files(SPLITS["train"] + SPLITS["val"]),
+        segmenter=lambda wc: str(RP.segmenter) if needs_segmenter(wc.experiment) else [],
+        source=SOURCE_FILES,
+    output:
+        model=str(RP.model("{experiment}")),
+        history=str(RP.history("{experiment}")),
+    log:
+        str(RP.log("train/{experiment}")),
+    params:
+        cfg=lambda wc: as_json({"experiment": experiment_settings(config, wc.experiment), "seed": config["seed"],
+                                "hu_range": [config["normalization"]["hu_min"], config["normalization"]["hu_max"]]}),
+        nifti=str(RP.nifti()),
+        checkpoints=lambda wc: str(RP.checkpoints(wc.experiment)),
+        segmenter=lambda wc, input: f"--segmenter {shlex.quote(input.segmenter)}" if input.segmenter else "",
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    shell:
+        "{LDCT_CMD} train --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
+        "--splits {input.splits:q} --out {output.model:q} --history {output.history:q} "
+        "--checkpoints {params.checkpoints:q} {params.segmenter} > {log:q} 2>&1"
