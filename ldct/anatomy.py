@@ -96,7 +96,7 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += loss.item()
         net.eval()
         pred = segment(net, va["full"], device)
         dice = dice_per_class(pred, va["labels"])

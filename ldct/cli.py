@@ -119,7 +119,7 @@ def cmd_complexity(a) -> None:
 def cmd_tables(a) -> None:
     from ldct.tables import dice_table, quantitative_table
 
-    rp = ResultPaths(a.results, a.dataset)
+    rp = ResultPaths.at(a.root)
     exps = a.experiments
     quantitative_table({e: rp.metrics(e) for e in exps}, str(rp.table("table2_quantitative", "")).rstrip("."),
                        rp.table("stats"), seed=a.seed)
@@ -138,7 +138,7 @@ def cmd_figures(a) -> None:
     from ldct.train import load_segmenter
 
     _threads(a.threads)
-    rp = ResultPaths(a.results, a.dataset)
+    rp = ResultPaths.at(a.root)
     splits = json.loads(rp.splits.read_text())
     subject = splits["test"][0]
     sv = load_subject(rp.nifti(), subject)
@@ -219,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, h in (("tables", cmd_tables, "Table 2, Dice table and statistics"),
                         ("figures", cmd_figures, "every figure")):
         p = add(name, fn, h)
-        p.add_argument("--results", default="results")
-        p.add_argument("--dataset", required=True)
+        p.add_argument("--root", required=True, help="results/{dataset} folder")
         p.add_argument("--experiments", nargs="+", required=True)
         p.add_argument("--seed", type=int, default=0)
     return ap

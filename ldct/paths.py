@@ -9,6 +9,12 @@ class ResultPaths:
     def __init__(self, results: str | Path, dataset: str):
         self.root = Path(results) / dataset
 
+    @classmethod
+    def at(cls, root: str | Path) -> "ResultPaths":
+        """Paths under an existing results/{dataset} folder."""
+        root = Path(root)
+        return cls(root.parent, root.name)
+
     # data
     def dicom(self, subject: str = "") -> Path:
         return self.root / "dicom" / subject

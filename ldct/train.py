@@ -202,7 +202,7 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            total += float(loss)
+            total += loss.item()
         train_time = time.perf_counter() - t0
         net.eval()
         pred = predict_slices(net, val["low"], tuple(hu_range), device)

@@ -13,10 +13,12 @@ rule pretrain_segmenter:
         str(RP.log("pretrain_segmenter")),
     params:
         cfg=as_json({"segmenter": config["segmenter"], "seed": config["seed"]}),
-        nifti=str(RP.nifti()),
+        nifti=nifti_root,
     threads: workflow.cores
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} pretrain-segmenter --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
+        "python -m ldct pretrain-segmenter --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
         "--splits {input.splits:q} --out {output.model:q} --history {output.history:q} > {log:q} 2>&1"

@@ -1,7 +1,8 @@
 # Helpers shared by the rules: validated config, result paths, subjects and splits.
 import json
-from pathlib import Path
+import os
 import shlex
+from pathlib import Path
 import sys
 
 from ldct.config import ConfigError, experiment_settings, validate_config
@@ -19,8 +20,16 @@ except ConfigError as err:
 
 RP = ResultPaths(config["results"], config["dataset"]["name"])
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
-# The library's command line, run by the interpreter that runs Snakemake.
-LDCT_CMD = f"{shlex.quote(sys.executable)} -m ldct"
+# Jobs run `python -m ldct ...` with `python` = the interpreter running Snakemake (its folder
+# goes first on PATH), so a venv works without being activated. With `--sdm conda` each rule
+# uses workflow/envs/ldct.yaml instead; `python -m` then finds the project in the working
+# directory (the repository root).
+envvars:
+    "PATH",
+
+
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
+CONDA_ENV = "../envs/ldct.yaml"
 
 
 def find_subjects():
@@ -59,9 +68,47 @@ def needs_segmenter(exp):
     return losses.needs_segmenter(config["experiments"][exp]["loss"]["name"])
 
 
+def complexity_models():
+    """Unique model specs of the experiments, labelled by name (plus kwargs where one name has several)."""
+    specs = {}
+    for exp in EXPERIMENTS:
+        spec = config["experiments"][exp]["model"]
+        specs.setdefault(spec["name"], {})[as_json(spec)] = spec
+    out = {}
+    for name, variants in specs.items():
+        for spec in variants.values():
+            kw = ", ".join(f"{k}={v}" for k, v in sorted(spec.items()) if k != "name")
+            out[name if len(variants) == 1 or not kw else f"{name}({kw})"] = spec
+    return out
+
+
 def paper_outputs():
     tables = ["table1_complexity", "table2_quantitative", "table3_anatomical_dice"]
     figs = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
             "fig_metric_distributions"] + (["fig_phantom"] if SYNTHETIC else [])
     return ([str(RP.table(t, e)) for t in tables for e in ("csv", "md", "tex")] + [str(RP.table("stats"))]
             + [str(RP.figure(f)) for f in figs] + [str(RP.manifest)])
+
+
+def convert_inputs(wc):
+    if SYNTHETIC:
+        return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz")}
+    return {"dicom": str(Path(config["dataset"]["dicom_root"]) / wc.subject)}
+
+
+def evaluate_inputs(wc):
+    inp = {"splits": str(RP.splits), "segmenter": str(RP.segmenter),
+           "data": nifti_files(SPLITS["test"], labels=SYNTHETIC)}
+    if wc.experiment != LDCT:
+        inp["denoised"] = [str(RP.denoised(wc.experiment, s)) for s in SPLITS["test"]]
+    return inp
+
+
+def nifti_root(wc, input):
+    """results/{dataset}/nifti, derived from a rule's NIfTI inputs."""
+    return str(Path(input.data[0]).parents[1])
+
+
+def results_root(wc, output):
+    """results/{dataset}, derived from a table or figure output."""
+    return str(Path(output[0]).parents[1])

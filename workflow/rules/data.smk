@@ -11,17 +11,14 @@ rule synthesize:
         str(RP.log("synthesize/{subject}")),
     params:
         cfg=as_json({"synthetic": config["synthetic"], "seed": config["seed"]}),
-        phantom=lambda wc: str(RP.phantom(wc.subject)),
+        phantom=lambda wc, output: str(Path(output.truth).parent),
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} synthesize --threads {threads} --subject {wildcards.subject:q} --params {params.cfg:q} "
+        "python -m ldct synthesize --threads {threads} --subject {wildcards.subject:q} --params {params.cfg:q} "
         "--dicom-out {output.dicom:q} --phantom-out {params.phantom:q} > {log:q} 2>&1"
 
-
-def convert_inputs(wc):
-    if SYNTHETIC:
-        return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz")}
-    return {"dicom": str(Path(config["dataset"]["dicom_root"]) / wc.subject)}
 
 
 rule convert:
@@ -37,10 +34,12 @@ rule convert:
         str(RP.log("convert/{subject}")),
     params:
         cfg=as_json(config["dataset"]),
-        out=lambda wc: str(RP.nifti(wc.subject)),
-        phantom=lambda wc: f"--phantom {shlex.quote(str(RP.phantom(wc.subject)))}" if SYNTHETIC else "",
+        out=lambda wc, output: str(Path(output.full).parent),
+        phantom=lambda wc, input: f"--phantom {shlex.quote(str(Path(input.labels).parent))}" if SYNTHETIC else "",
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} convert --subject-dir {input.dicom:q} --out {params.out:q} --params {params.cfg:q} "
+        "python -m ldct convert --subject-dir {input.dicom:q} --out {params.out:q} --params {params.cfg:q} "
         "{params.phantom} > {log:q} 2>&1"
 
 
@@ -51,5 +50,7 @@ rule manifest:
         str(RP.manifest),
     log:
         str(RP.log("manifest")),
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} manifest --out {output:q} {input:q} > {log:q} 2>&1"
+        "python -m ldct manifest --out {output:q} {input:q} > {log:q} 2>&1"

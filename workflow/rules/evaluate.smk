@@ -11,24 +11,19 @@ rule denoise:
     log:
         str(RP.log("denoise/{experiment}")),
     params:
-        nifti=str(RP.nifti()),
-        outdir=lambda wc: str(RP.denoised(wc.experiment)),
+        nifti=nifti_root,
+        outdir=lambda wc, output: str(Path(output[0]).parent),
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
     threads: workflow.cores
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} denoise --threads {threads} --model {input.model:q} --nifti {params.nifti:q} "
+        "python -m ldct denoise --threads {threads} --model {input.model:q} --nifti {params.nifti:q} "
         "--splits {input.splits:q} --outdir {params.outdir:q} > {log:q} 2>&1"
 
-
-def evaluate_inputs(wc):
-    inp = {"splits": str(RP.splits), "segmenter": str(RP.segmenter),
-           "data": nifti_files(SPLITS["test"], labels=SYNTHETIC)}
-    if wc.experiment != LDCT:
-        inp["denoised"] = [str(RP.denoised(wc.experiment, s)) for s in SPLITS["test"]]
-    return inp
 
 
 rule evaluate:
@@ -40,12 +35,14 @@ rule evaluate:
     log:
         str(RP.log("evaluate/{experiment}")),
     params:
-        nifti=str(RP.nifti()),
-        denoised=lambda wc: str(RP.denoised(wc.experiment)),
+        nifti=nifti_root,
+        denoised=lambda wc, input: f"--denoised {shlex.quote(str(Path(input.denoised[0]).parent))}" if wc.experiment != LDCT else "",
     wildcard_constraints:
         experiment="|".join(ROWS),
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} evaluate --threads {threads} --experiment {wildcards.experiment:q} --nifti {params.nifti:q} "
-        "--splits {input.splits:q} --denoised {params.denoised:q} --segmenter {input.segmenter:q} "
+        "python -m ldct evaluate --threads {threads} --experiment {wildcards.experiment:q} --nifti {params.nifti:q} "
+        "--splits {input.splits:q} {params.denoised} --segmenter {input.segmenter:q} "
         "--out {output.metrics:q} --dice {output.dice:q} > {log:q} 2>&1"

@@ -9,13 +9,15 @@ rule complexity:
     log:
         str(RP.log("complexity")),
     params:
-        specs=as_json({e: config["experiments"][e]["model"] for e in EXPERIMENTS}),
-        prefix=str(RP.table("table1_complexity", "")).rstrip("."),
+        specs=as_json(complexity_models()),
+        prefix=lambda wc, output: str(Path(output[0]).with_suffix("")),
         size=config["complexity"]["size"],
         repeats=config["complexity"]["repeats"],
     threads: workflow.cores
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} complexity --threads {threads} --params {params.specs:q} --out-prefix {params.prefix:q} "
+        "python -m ldct complexity --threads {threads} --params {params.specs:q} --out-prefix {params.prefix:q} "
         "--size {params.size} --repeats {params.repeats} > {log:q} 2>&1"
 
 
@@ -29,12 +31,13 @@ rule tables:
     log:
         str(RP.log("tables")),
     params:
-        results=config["results"],
-        dataset=config["dataset"]["name"],
+        root=results_root,
         rows=ROWS,
         seed=config["seed"],
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} tables --results {params.results:q} --dataset {params.dataset:q} --seed {params.seed} "
+        "python -m ldct tables --root {params.root:q} --seed {params.seed} "
         "--experiments {params.rows:q} > {log:q} 2>&1"
 
 
@@ -52,12 +55,13 @@ rule figures:
     log:
         str(RP.log("figures")),
     params:
-        results=config["results"],
-        dataset=config["dataset"]["name"],
+        root=results_root,
         rows=ROWS,
     threads: workflow.cores
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} figures --threads {threads} --results {params.results:q} --dataset {params.dataset:q} "
+        "python -m ldct figures --threads {threads} --root {params.root:q} "
         "--experiments {params.rows:q} > {log:q} 2>&1"
 
 

@@ -9,5 +9,7 @@ rule split:
     params:
         cfg=as_json({"split": config["split"], "seed": config["seed"]}),
         subjects=SUBJECTS,
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} split --params {params.cfg:q} --out {output:q} {params.subjects:q} > {log:q} 2>&1"
+        "python -m ldct split --params {params.cfg:q} --out {output:q} {params.subjects:q} > {log:q} 2>&1"

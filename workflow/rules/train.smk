@@ -15,7 +15,7 @@ rule train:
     params:
         cfg=lambda wc: as_json({"experiment": experiment_settings(config, wc.experiment), "seed": config["seed"],
                                 "hu_range": [config["normalization"]["hu_min"], config["normalization"]["hu_max"]]}),
-        nifti=str(RP.nifti()),
+        nifti=nifti_root,
         checkpoints=lambda wc: str(RP.checkpoints(wc.experiment)),
         segmenter=lambda wc, input: f"--segmenter {shlex.quote(input.segmenter)}" if input.segmenter else "",
     wildcard_constraints:
@@ -23,7 +23,9 @@ rule train:
     threads: workflow.cores
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     shell:
-        "{LDCT_CMD} train --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
+        "python -m ldct train --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
         "--splits {input.splits:q} --out {output.model:q} --history {output.history:q} "
         "--checkpoints {params.checkpoints:q} {params.segmenter} > {log:q} 2>&1"

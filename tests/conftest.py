@@ -1,0 +1,26 @@
+"""Shared fixtures: one small synthetic subject written as DICOM, reused by many tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL_SYNTH = dict(n_subjects=3, matrix=64, fov_mm=240.0, slice_mm=10.0, z_range_mm=[0.0, 40.0],
+                   geometry="parallel", n_views=120, filter="hann", i0=2.5e5, electronic_noise=5.0,
+                   dose_fractions=[0.25], kvp=120.0, full_dose_mas=300.0, lesion_probability=0.3)
+
+
+@pytest.fixture(scope="session")
+def synthetic_subject(tmp_path_factory) -> dict:
+    """DICOM folder, phantom folder and converted NIfTI folder of one small synthetic subject."""
+    from ldct.dicom import convert_subject
+    from ldct.synthetic import make_subject
+
+    base = tmp_path_factory.mktemp("synth")
+    make_subject("S001", SMALL_SYNTH, 3, base / "dicom" / "S001", base / "phantom" / "S001")
+    row = convert_subject(base / "dicom" / "S001", base / "nifti" / "S001")
+    return {"base": base, "dicom": base / "dicom" / "S001", "phantom": base / "phantom" / "S001",
+            "nifti": base / "nifti" / "S001", "row": row}

@@ -1,0 +1,157 @@
+"""DICOM reading and conversion: agreement with dcm2niix, and clear errors on bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from ldct.dicom import DicomError, convert_subject, find_series, read_series
+
+
+def dcm2niix_bin():
+    exe = Path(sys.executable).parent / "dcm2niix"
+    return str(exe) if exe.exists() else shutil.which("dcm2niix")
+
+
+def copy_subject(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def series_dir(subject_dir: Path, kind: str) -> Path:
+    return next(p for p in subject_dir.rglob("*") if p.is_dir() and kind in p.name)
+
+
+@pytest.mark.skipif(dcm2niix_bin() is None, reason="dcm2niix not installed (pip install dcm2niix)")
+def test_conversion_matches_dcm2niix(synthetic_subject, tmp_path):
+    for kind, ours in (("Full Dose", "full.nii.gz"), ("Low Dose", "low.nii.gz")):
+        out = tmp_path / kind.replace(" ", "")
+        out.mkdir()
+        subprocess.run([dcm2niix_bin(), "-z", "y", "-f", "x", "-o", str(out), str(series_dir(synthetic_subject["dicom"], kind))],
+                       check=True, capture_output=True)
+        ref = nib.as_closest_canonical(nib.load(str(out / "x.nii.gz")))
+        mine = nib.as_closest_canonical(nib.load(str(synthetic_subject["nifti"] / ours)))
+        assert mine.shape == ref.shape
+        assert np.abs(mine.affine - ref.affine).max() < 1e-3
+        assert np.array_equal(np.asarray(mine.dataobj, dtype=np.int32), np.asarray(ref.dataobj, dtype=np.int32))
+
+
+def test_manifest_row_and_labels_share_geometry(synthetic_subject):
+    row = synthetic_subject["row"]
+    assert row["slices"] == 4 and row["rows"] == 64 and row["dose_ratio"] == pytest.approx(0.25)
+    assert row["kvp"] == 120.0 and row["pixel_spacing_mm"] == pytest.approx(240 / 64)
+    full = nib.load(str(synthetic_subject["nifti"] / "full.nii.gz"))
+    labels = nib.load(str(synthetic_subject["phantom"] / "labels.nii.gz"))
+    assert full.get_data_dtype() == np.int16
+    assert np.allclose(full.affine, labels.affine, atol=1e-4) and full.shape == labels.shape
+    lab = np.asarray(labels.dataobj)
+    hu = np.asarray(full.dataobj)
+    assert np.median(hu[lab == 0]) < -500         # background is air
+    assert 10 < np.median(hu[lab == 1]) < 50      # parenchyma is soft tissue
+
+
+def test_same_seed_same_bytes_different_seed_differs(tmp_path):
+    from ldct.synthetic import make_subject
+    from tests.conftest import SMALL_SYNTH
+
+    for tag, seed in (("a", 5), ("b", 5), ("c", 6)):
+        make_subject("S001", SMALL_SYNTH, seed, tmp_path / tag / "dicom", tmp_path / tag / "phantom")
+
+    def digest(tag):
+        files = sorted((tmp_path / tag).rglob("*.dcm"))
+        return [f.read_bytes() for f in files]
+
+    assert digest("a") == digest("b")
+    assert digest("a") != digest("c")
+    pa = json.loads((tmp_path / "a" / "phantom" / "params.json").read_text())
+    pc = json.loads((tmp_path / "c" / "phantom" / "params.json").read_text())
+    assert pa["scale"] != pc["scale"]
+
+
+def _expect_error(subject_dir: Path, out: Path, match: str):
+    with pytest.raises(DicomError, match=match):
+        convert_subject(subject_dir, out)
+    assert not out.exists() or not any(out.glob("*.nii.gz")), "a partial NIfTI was left behind"
+
+
+def test_truncated_file_is_named(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))[1]
+    victim.write_bytes(victim.read_bytes()[:300])
+    _expect_error(subj, tmp_path / "out", victim.name)
+
+
+def test_non_ct_modality_is_named(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[0]
+    ds = pydicom.dcmread(victim)
+    ds.Modality = "MR"
+    ds.save_as(victim)
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: modality is 'MR'")
+
+
+def test_missing_slice_is_reported(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[1].unlink()
+    _expect_error(subj, tmp_path / "out", "non-uniform slice spacing")
+
+
+def test_mixed_series_in_one_folder(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    low = series_dir(subj, "Low Dose")
+    victim = sorted(low.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(victim)
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(victim)
+    _expect_error(subj, tmp_path / "out", "mixed series")
+
+
+def test_duplicate_positions(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    files = sorted(series_dir(subj, "Full Dose").glob("*.dcm"))
+    a, b = pydicom.dcmread(files[0]), pydicom.dcmread(files[1])
+    b.ImagePositionPatient = a.ImagePositionPatient
+    b.save_as(files[1])
+    _expect_error(subj, tmp_path / "out", "duplicate slice position")
+
+
+def test_mismatched_full_low_geometry(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    for f in series_dir(subj, "Low Dose").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.save_as(f)
+    _expect_error(subj, tmp_path / "out", "orientation or pixel spacing")
+
+
+def test_extra_slices_are_dropped_and_logged(synthetic_subject, tmp_path, caplog):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    files = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))
+    files[-1].unlink()
+    row = convert_subject(subj, tmp_path / "out")
+    assert row["slices"] == 3 and row["dropped_positions"] == 1
+    assert "dropped slice positions" in caplog.text
+    full = nib.load(str(tmp_path / "out" / "full.nii.gz"))
+    low = nib.load(str(tmp_path / "out" / "low.nii.gz"))
+    assert full.shape == low.shape and np.allclose(full.affine, low.affine)
+
+
+def test_no_series_found(tmp_path):
+    (tmp_path / "S009" / "study").mkdir(parents=True)
+    (tmp_path / "S009" / "study" / "notes.txt").write_text("hello")
+    _expect_error(tmp_path / "S009", tmp_path / "out", "no series described as 'Full Dose Images'")
+    with pytest.raises(DicomError, match="subject folder not found"):
+        find_series(tmp_path / "missing")
+
+
+def test_read_series_orders_slices_and_applies_rescale(synthetic_subject):
+    vol = read_series(series_dir(synthetic_subject["dicom"], "Full Dose"))
+    assert np.all(np.diff(vol.positions) > 0)
+    assert vol.data.min() >= -1024 and vol.data.dtype == np.float32
+    assert vol.affine[2, 2] == pytest.approx(10.0)

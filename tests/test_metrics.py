@@ -1,0 +1,94 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.ndimage import uniform_filter
+
+from ldct.metrics import window_metrics
+from ldct.stats import compare_to_best, holm
+
+
+def brain_image(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    img = uniform_filter(rng.normal(30, 40, (n, n)), 5) + 20
+    return img
+
+
+def test_identical_images():
+    img = brain_image()
+    m = window_metrics(img, img, "brain")
+    assert m["psnr"] == float("inf") and m["ssim"] == pytest.approx(1.0) and m["rmse"] == 0.0
+    assert m["vif"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_known_noise_gives_the_analytic_psnr():
+    img = np.full((128, 128), 40.0)
+    noisy = img + np.random.default_rng(1).normal(0, 8.0, img.shape)
+    m = window_metrics(noisy, img, "brain")
+    mse = np.mean((np.clip(noisy, -40, 120) - img) ** 2)
+    assert m["psnr"] == pytest.approx(10 * np.log10(160**2 / mse), rel=1e-9)
+    assert m["rmse"] == pytest.approx(np.sqrt(mse))
+
+
+def test_full_window_uses_4096_peak():
+    img = brain_image()
+    shifted = img + 10.0
+    m = window_metrics(shifted, img, "full")
+    assert m["psnr"] == pytest.approx(20 * np.log10(4096 / 10.0), rel=1e-6)
+
+
+def test_known_shift_lowers_ssim_and_more_noise_lowers_vif():
+    img = brain_image()
+    rng = np.random.default_rng(2)
+    a = window_metrics(img + rng.normal(0, 2, img.shape), img, "brain")
+    b = window_metrics(img + rng.normal(0, 10, img.shape), img, "brain")
+    assert 1 > a["ssim"] > b["ssim"] and 1 > a["vif"] > b["vif"] > 0
+
+
+def vif_single_scale(ref, dist, sigma_nsq=2.0):
+    """VIF by its definition (Sheikh & Bovik 2006) at one scale with a uniform window:
+    the ratio of the information the distorted channel carries to the reference's."""
+    mu1, mu2 = uniform_filter(ref, 9), uniform_filter(dist, 9)
+    s11 = uniform_filter(ref * ref, 9) - mu1**2
+    s22 = uniform_filter(dist * dist, 9) - mu2**2
+    s12 = uniform_filter(ref * dist, 9) - mu1 * mu2
+    s11, s22 = np.maximum(s11, 0), np.maximum(s22, 0)
+    g = s12 / (s11 + 1e-10)
+    sv = np.maximum(s22 - g * s12, 1e-10)
+    num = np.log10(1 + g**2 * s11 / (sv + sigma_nsq)).sum()
+    den = np.log10(1 + s11 / sigma_nsq).sum()
+    return num / den
+
+
+def test_vif_agrees_with_its_definition_on_a_gain_distortion():
+    """A pure contrast gain g < 1 with no noise gives VIF < 1 and matching ordering."""
+    ref = brain_image(128, 3)
+    scale = 255 / 160
+    r = (np.clip(ref, -40, 120) + 40) * scale
+    mean = r.mean()
+    values = []
+    for gain in (0.9, 0.6):
+        dist_hu = (mean + gain * (r - mean)) / scale - 40
+        ours = window_metrics(dist_hu, ref, "brain")["vif"]
+        definition = vif_single_scale(r, mean + gain * (r - mean))
+        values.append((ours, definition))
+        assert ours == pytest.approx(definition, abs=0.1)
+    assert values[0][0] > values[1][0]
+
+
+def test_holm_correction():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+
+
+def test_compare_to_best_finds_a_real_difference():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(12):
+        base = rng.normal(30, 1)
+        rows += [{"experiment": "good", "subject": f"s{s}", "psnr": base + 2 + rng.normal(0, 0.1)},
+                 {"experiment": "bad", "subject": f"s{s}", "psnr": base}]
+    st = compare_to_best(pd.DataFrame(rows), ["psnr"])
+    row = st.iloc[0]
+    assert row["best"] == "good" and row["experiment"] == "bad" and row["significant"]
+    assert row["ci_low"] < row["mean_diff"] < row["ci_high"] < 0
+    assert row["mean_diff"] == pytest.approx(-2.0, abs=0.1)

@@ -1,0 +1,121 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losses
+import models
+from ldct.complexity import count_macs, count_params
+from ldct.registry import Registry, RegistryError
+from models.featkpn import kernel_filter
+
+DENOISERS = [n for n in models.available() if getattr(models.REGISTRY.get(n), "is_denoiser", True)]
+SMALL = {"featkpn": dict(nf=4, nk=4, kernel_size=3), "redcnn": dict(channels=8), "dncnn": dict(depth=4, channels=8),
+         "edcnn": dict(channels=8, stages=3)}
+
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("featkpn", {}, 1_001_511),
+    ("featkpn", {"nf": 32, "nk": 32}, 3_995_207),
+    ("redcnn", {}, 1_848_865),
+    ("edcnn", {}, 80_961),  # + 288 fixed Sobel weights = the reference's 81,249
+    ("unet", {}, 31_043_409),
+])
+def test_parameter_counts_match_reference(name, kwargs, expected):
+    assert count_params(models.build(name, **kwargs)) == expected
+
+
+def test_edcnn_counts_fixed_sobel_weights_like_reference():
+    net = models.build("edcnn")
+    assert count_params(net) + net.sobel.sobel_weight.numel() == 81_249
+
+
+@pytest.mark.parametrize("name, ref_gmacs", [("featkpn", 38.97), ("redcnn", 458.40), ("edcnn", 21.16)])
+def test_macs_at_512_within_3_percent(name, ref_gmacs):
+    assert abs(count_macs(models.build(name), 512) / 1e9 - ref_gmacs) / ref_gmacs < 0.03
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+def test_denoisers_keep_odd_shapes_and_train_every_parameter(name):
+    torch.manual_seed(0)
+    net = models.build(name, **SMALL.get(name, {}))
+    x = torch.rand(2, 1, 61, 67)
+    y = net(x)
+    assert y.shape == x.shape
+    y.mean().backward()
+    for pname, p in net.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+def test_same_seed_same_output(name):
+    x = torch.rand(1, 1, 40, 44)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        outs.append(models.build(name, **SMALL.get(name, {}))(x))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_unet_shapes_and_reference_parameter_names():
+    net = models.build("unet", base_width=4)
+    logits, feats = net(torch.zeros(1, 1, 50, 70), return_features=True)
+    assert logits.shape == (1, 17, 50, 70) and len(feats) == 4
+    names = dict(models.build("unet").named_parameters())
+    assert names["conv1A.weight"].shape == (64, 1, 3, 3)
+    assert names["conv6A.weight"].shape == (512, 1024, 2, 2)
+    assert names["layer_normalization.gamma"].shape == (64, 1, 1)
+    assert names["layer_normalization_17.beta"].shape == (64, 1, 1)
+    assert names["conv10.weight"].shape == (17, 64, 1, 1)
+
+
+def unfold_oracle(feat, kernels, k):
+    """The naive reference: materialise every k x k neighbourhood with unfold."""
+    n, c, h, w = feat.shape
+    pad = F.pad(feat, (k // 2,) * 4, mode="replicate")
+    patches = F.unfold(pad, k).view(n, c, k * k, h, w)
+    return (patches * kernels.view(n, c, k * k, h, w)).sum(2)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_kernel_filter_matches_unfold_oracle(k):
+    torch.manual_seed(0)
+    feat = torch.randn(2, 3, 17, 19, dtype=torch.float64, requires_grad=True)
+    ker = torch.randn(2, 3 * k * k, 17, 19, dtype=torch.float64, requires_grad=True)
+    a = kernel_filter(feat, ker, k)
+    b = unfold_oracle(feat, ker, k)
+    assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(a)
+    ga = torch.autograd.grad(a, (feat, ker), g)
+    gb = torch.autograd.grad(b, (feat, ker), g)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_registry_errors_list_what_exists():
+    with pytest.raises(RegistryError, match="available: .*featkpn"):
+        models.build("nope")
+    with pytest.raises(RegistryError, match="available: .*l1"):
+        losses.build("nope")
+    reg = Registry("thing")
+    reg.register("a")(int)
+    with pytest.raises(RegistryError, match="registered twice"):
+        reg.register("a")(float)
+
+
+def test_losses_are_finite_and_zero_on_identical_inputs():
+    x = torch.rand(2, 1, 32, 32)
+    for name in ("l1", "mse", "l1_weighted"):
+        loss = losses.build(name)
+        assert loss(x, x).item() == 0.0
+        assert loss(x, x.flip(-1)).item() > 0.0
+    seg = models.build("unet", base_width=4)
+    ana = losses.build("l1_l1ana_1", segmenter=seg, hu_range=(-1024.0, 3072.0), ana_weight=0.5)
+    assert ana(x, x).item() == pytest.approx(0.0, abs=1e-7)
+    pred = x.clone().requires_grad_(True)
+    val = ana(pred, x + 0.01)
+    val.backward()
+    assert val.item() > 0 and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in seg.parameters())  # the segmenter stays frozen
+    sub = losses.build("l1_l1ana_2", segmenter=seg, hu_range=(-1024.0, 3072.0), classes=[1, 10])
+    assert sub(x, x + 0.01).item() > 0

@@ -1,0 +1,41 @@
+import pytest
+
+from ldct.splits import SplitError, load_preset, make_splits
+
+RANDOM = {"method": "random", "preset": None, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "val_as_test": False}
+
+
+def test_presets_have_the_published_sizes():
+    fk = load_preset("featkpn")
+    assert (len(fk["train"]), len(fk["val"])) == (40, 10)
+    nb = load_preset("ldct_benchmark_neuro")
+    assert (len(nb["train"]), len(nb["val"]), len(nb["test"])) == (35, 10, 5)
+
+
+def test_featkpn_preset_uses_val_as_test():
+    fk = load_preset("featkpn")
+    subjects = fk["train"] + fk["val"]
+    split = make_splits(subjects, {**RANDOM, "method": "preset", "preset": "featkpn"}, 0)
+    assert split["test"] == fk["val"]
+
+
+def test_random_split_is_seeded_and_disjoint():
+    subjects = [f"S{i:03d}" for i in range(20)]
+    a = make_splits(subjects, RANDOM, 1)
+    assert a == make_splits(list(reversed(subjects)), RANDOM, 1)
+    assert a != make_splits(subjects, RANDOM, 2)
+    assert not (set(a["train"]) & set(a["val"])) and not (set(a["train"]) & set(a["test"]))
+    assert sorted(a["train"] + a["val"] + a["test"]) == subjects
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (12, 4, 4)
+
+
+def test_missing_subjects_are_listed():
+    with pytest.raises(SplitError, match="N005.*N012|N012.*N005"):
+        make_splits(["N090"], {**RANDOM, "method": "preset", "preset": "featkpn"}, 0)
+
+
+def test_subject_in_two_splits_is_an_error(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"train": ["A", "B"], "val": ["B"], "test": ["C"]}')
+    with pytest.raises(SplitError, match="B appears in both train and val"):
+        make_splits(["A", "B", "C"], {**RANDOM, "method": "preset", "preset": str(path)}, 0)

@@ -1,0 +1,80 @@
+"""Training engine: determinism, resume after a kill, fresh start on changed settings."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from ldct.train import TrainingError, train_denoiser
+
+EXPERIMENT = {"model": {"name": "edcnn", "channels": 4, "stages": 2}, "loss": {"name": "l1"},
+              "train": {"epochs": 3, "iters_per_epoch": 2, "batch_size": 2, "patch_size": 16, "lr": 1e-3,
+                        "lr_decay": 0.99, "weight_decay": 0.01, "augment": True, "hu_offset": 20.0,
+                        "val_max_slices": 2, "device": "cpu", "amp": True}}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from ldct.dicom import convert_subject
+    from ldct.synthetic import make_subject
+    from tests.conftest import SMALL_SYNTH
+
+    base = tmp_path_factory.mktemp("train")
+    for s in ("S001", "S002"):
+        make_subject(s, SMALL_SYNTH, 11, base / "dicom" / s, base / "phantom" / s)
+        convert_subject(base / "dicom" / s, base / "nifti" / s)
+    return base, {"train": ["S001"], "val": ["S002"], "test": ["S002"]}
+
+
+def train(dataset, tag, tmp_path, experiment=EXPERIMENT, **kw):
+    base, splits = dataset
+    out = tmp_path / tag
+    hist = train_denoiser(nifti_dir=str(base / "nifti"), splits=splits, experiment=experiment,
+                          hu_range=(-1024.0, 3072.0), seed=5, out_model=str(out / "model.pt"),
+                          out_history=str(out / "history.csv"), checkpoint_dir=str(kw.pop("ck", out / "ck")), **kw)
+    return hist, out
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_same_seed_same_history_and_weights(dataset, tmp_path):
+    h1, o1 = train(dataset, "a", tmp_path)
+    h2, o2 = train(dataset, "b", tmp_path)
+    cols = ["epoch", "train_loss", "val_mse_head", "lr"]
+    pd.testing.assert_frame_equal(h1[cols], h2[cols])
+    w1, w2 = weights(o1 / "model.pt"), weights(o2 / "model.pt")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
+    _, full = train(dataset, "full", tmp_path)
+    ck = tmp_path / "resume_ck"
+    train(dataset, "resume", tmp_path, ck=ck, stop_after_epochs=1)
+    assert (ck / "last.pt").exists() and not (tmp_path / "resume" / "model.pt").exists()
+    hist, out = train(dataset, "resume", tmp_path, ck=ck)
+    assert list(hist["epoch"]) == [1, 2, 3]
+    w1, w2 = weights(full / "model.pt"), weights(out / "model.pt")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
+    ck = tmp_path / "ck"
+    train(dataset, "x", tmp_path, ck=ck, stop_after_epochs=1)
+    changed = json.loads(json.dumps(EXPERIMENT))
+    changed["train"]["lr"] = 5e-4
+    hist, _ = train(dataset, "y", tmp_path, experiment=changed, ck=ck)
+    assert "starting fresh" in capfd.readouterr().err
+    assert list(hist["epoch"]) == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
+    bad = json.loads(json.dumps(EXPERIMENT))
+    bad["train"]["lr"] = 1e30
+    bad["train"]["epochs"] = 5
+    bad["train"]["iters_per_epoch"] = 20
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(dataset, "nan", tmp_path, experiment=bad)
+    assert not (tmp_path / "nan" / "model.pt").exists()
