@@ -10,6 +10,9 @@ if not workflow.overwrite_configfiles:  # `--configfile X` replaces the default 
     configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/split.smk"

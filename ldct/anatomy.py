@@ -86,7 +86,7 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
         t0 = time.perf_counter()
         total = 0.0
         for _ in tqdm(range(cfg["iters_per_epoch"]), desc=f"segmenter epoch {epoch + 1}/{cfg['epochs']}",
-                      file=sys.stderr, mininterval=5, disable=None):
+                      file=sys.stderr, mininterval=5, disable=False):
             idx = torch.randint(len(x_all), (cfg["batch_size"],), generator=gen)
             x, y = x_all[idx][:, None], y_all[idx]
             if torch.rand(1, generator=gen) < 0.5:

@@ -40,7 +40,13 @@ def cmd_synthesize(a) -> None:
     from ldct.synthetic import make_subject
 
     cfg = _section(a, "")
-    make_subject(a.subject, cfg["synthetic"], cfg["seed"], a.dicom_out, a.phantom_out)
+    make_subject(a.subject, cfg["synthetic"], cfg["seed"], a.dicom_out, a.phantom_out, a.fields)
+
+
+def cmd_template_fields(a) -> None:
+    from ldct.phantom import save_fields
+
+    save_fields(a.out)
 
 
 def cmd_convert(a) -> None:
@@ -182,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", required=True)
     p.add_argument("--dicom-out", required=True)
     p.add_argument("--phantom-out", required=True)
+    p.add_argument("--fields", help="template fields cache (npz) from `ldct template-fields`")
+    p = add("template-fields", cmd_template_fields, "build the MNI152 template fields once (npz cache)")
+    p.add_argument("--out", required=True)
     p = add("convert", cmd_convert, "convert one subject's full/low DICOM series to NIfTI")
     p.add_argument("--subject-dir", required=True)
     p.add_argument("--out", required=True)

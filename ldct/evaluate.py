@@ -23,7 +23,7 @@ LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input 
 def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto") -> None:
     dev = pick_device(device)
     net, ck = load_denoiser(model_path, dev)
-    for subject in tqdm(subjects, desc="denoise", file=sys.stderr, disable=None):
+    for subject in tqdm(subjects, desc="denoise", file=sys.stderr, disable=False):
         sv = load_subject(nifti_dir, subject, with_labels=False)
         pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev)
         if not np.isfinite(pred).all():
@@ -39,7 +39,7 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
     dev = pick_device(device)
     seg = load_segmenter(segmenter, dev) if segmenter else None
     rows, dice_rows = [], []
-    for subject in tqdm(subjects, desc=f"evaluate {experiment}", file=sys.stderr, disable=None):
+    for subject in tqdm(subjects, desc=f"evaluate {experiment}", file=sys.stderr, disable=False):
         sv = load_subject(nifti_dir, subject)
         if experiment == LDCT:
             out = sv.low

@@ -36,12 +36,14 @@ def volume_affine(matrix: int, pixel_mm: float, slice_mm: float, z0: float) -> n
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phantom_dir: str | Path) -> None:
-    """Synthesize one subject. `cfg` is the `synthetic` section of the config."""
+def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phantom_dir: str | Path,
+                 fields_cache: str | Path | None = None) -> None:
+    """Synthesize one subject. `cfg` is the `synthetic` section of the config; `fields_cache`
+    the template fields written by `ldct.phantom.save_fields` (built on the fly without it)."""
     s_seed = subject_seed(seed, subject)
     params = draw_subject(subject, s_seed, cfg["lesion_probability"])
     pixel = cfg["fov_mm"] / cfg["matrix"]
-    ph = synthesize_subject(params, cfg["matrix"], pixel, cfg["slice_mm"], tuple(cfg["z_range_mm"]))
+    ph = synthesize_subject(params, cfg["matrix"], pixel, cfg["slice_mm"], tuple(cfg["z_range_mm"]), fields_cache)
     if cfg["geometry"] != "parallel":
         raise ValueError(f"synthetic.geometry {cfg['geometry']!r} is not supported (parallel)")
     geom = ParallelBeam(cfg["matrix"], pixel, cfg["n_views"], filter=cfg["filter"])

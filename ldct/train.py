@@ -66,7 +66,10 @@ def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Modu
 
 class PatchSampler:
     """Random patches (or full slices when patch_size is null) with paired augmentation:
-    flips, 90-degree rotations and one HU offset shared by input and target."""
+    flips, 90-degree rotations and one HU offset shared by input and target.
+
+    Patch centres are drawn from head pixels (NDCT above -500 HU), so that training does not
+    spend its steps on the air around the head."""
 
     def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,
                  hu_offset: float, hu_range: tuple[float, float], generator: torch.Generator):
@@ -76,19 +79,25 @@ class PatchSampler:
         self.patch = min(patch, h, w) if patch else None
         self.batch, self.augment, self.hu_offset, self.hu_range = batch, augment, hu_offset, hu_range
         self.g = generator
+        head = full > -500.0
+        self.slices = np.flatnonzero(head.any(axis=(1, 2))) if head.any() else np.arange(len(full))
+        self.centres = [torch.from_numpy(np.flatnonzero(head[i]) if head[i].any() else np.arange(h * w))
+                        for i in range(len(full))]
 
     def _rand(self, n: int = 1) -> torch.Tensor:
         return torch.rand(n, generator=self.g)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n, h, w = self.low.shape
-        idx = torch.randint(n, (self.batch,), generator=self.g)
+        _, h, w = self.low.shape
+        pick = torch.randint(len(self.slices), (self.batch,), generator=self.g)
         xs, ys = [], []
-        for i in idx.tolist():
+        for i in self.slices[pick.numpy()].tolist():
             lo, fu = self.low[i], self.full[i]
             if self.patch:
-                top = int(torch.randint(h - self.patch + 1, (1,), generator=self.g))
-                left = int(torch.randint(w - self.patch + 1, (1,), generator=self.g))
+                centres = self.centres[i]
+                c = int(centres[int(torch.randint(len(centres), (1,), generator=self.g))])
+                top = min(max(c // w - self.patch // 2, 0), h - self.patch)
+                left = min(max(c % w - self.patch // 2, 0), w - self.patch)
                 lo = lo[top:top + self.patch, left:left + self.patch]
                 fu = fu[top:top + self.patch, left:left + self.patch]
             if self.augment:
@@ -189,7 +198,7 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
         t0 = time.perf_counter()
         total = 0.0
         bar = tqdm(range(cfg["iters_per_epoch"]), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                   mininterval=5, disable=None)
+                   mininterval=5, disable=False)
         for _ in bar:
             x, y = sampler.sample()
             x, y = x.to(device), y.to(device)

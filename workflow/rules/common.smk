@@ -82,12 +82,25 @@ def complexity_models():
     return out
 
 
+TABLES = ["table1_complexity", "table2_quantitative", "table3_anatomical_dice"]
+FIGURES = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
+           "fig_metric_distributions"] + (["fig_phantom"] if SYNTHETIC else [])
+
+
+def report_figure(name):
+    """A figure output, bundled by `snakemake --report` with its caption."""
+    return report(str(RP.figure(name)), caption=f"../report/{name}.rst", category="Figures")
+
+
+def report_table(name, ext):
+    """A table output; the Markdown version goes into the report."""
+    path = str(RP.table(name, ext))
+    return report(path, caption="../report/tables.rst", category="Tables") if ext == "md" else path
+
+
 def paper_outputs():
-    tables = ["table1_complexity", "table2_quantitative", "table3_anatomical_dice"]
-    figs = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
-            "fig_metric_distributions"] + (["fig_phantom"] if SYNTHETIC else [])
-    return ([str(RP.table(t, e)) for t in tables for e in ("csv", "md", "tex")] + [str(RP.table("stats"))]
-            + [str(RP.figure(f)) for f in figs] + [str(RP.manifest)])
+    return ([str(RP.table(t, e)) for t in TABLES for e in ("csv", "md", "tex")] + [str(RP.table("stats"))]
+            + [str(RP.figure(f)) for f in FIGURES] + [str(RP.manifest)])
 
 
 def convert_inputs(wc):

@@ -1,7 +1,20 @@
 # Data: synthesize the embedded dataset (DICOM in the TCIA layout), convert DICOM to NIfTI.
 
 
+rule template_fields:
+    output:
+        str(RP.phantom() / "mni_fields.npz"),
+    log:
+        str(RP.log("template_fields")),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m ldct template-fields --out {output:q} > {log:q} 2>&1"
+
+
 rule synthesize:
+    input:
+        fields=str(RP.phantom() / "mni_fields.npz"),
     output:
         dicom=directory(str(RP.dicom("{subject}"))),
         truth=str(RP.phantom("{subject}") / "truth.nii.gz"),
@@ -17,7 +30,7 @@ rule synthesize:
         CONDA_ENV
     shell:
         "python -m ldct synthesize --threads {threads} --subject {wildcards.subject:q} --params {params.cfg:q} "
-        "--dicom-out {output.dicom:q} --phantom-out {params.phantom:q} > {log:q} 2>&1"
+        "--dicom-out {output.dicom:q} --phantom-out {params.phantom:q} --fields {input.fields:q} > {log:q} 2>&1"
 
 
 

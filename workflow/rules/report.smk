@@ -5,7 +5,7 @@ rule complexity:
     input:
         source=SOURCE_FILES,
     output:
-        [str(RP.table("table1_complexity", e)) for e in ("csv", "md", "tex")],
+        [report_table("table1_complexity", e) for e in ("csv", "md", "tex")],
     log:
         str(RP.log("complexity")),
     params:
@@ -26,7 +26,7 @@ rule tables:
         metrics=[str(RP.metrics(e)) for e in ROWS],
         dice=[str(RP.dice(e)) for e in ROWS],
     output:
-        [str(RP.table(t, e)) for t in ("table2_quantitative", "table3_anatomical_dice") for e in ("csv", "md", "tex")],
+        [report_table(t, e) for t in ("table2_quantitative", "table3_anatomical_dice") for e in ("csv", "md", "tex")],
         stats=str(RP.table("stats")),
     log:
         str(RP.log("tables")),
@@ -49,9 +49,7 @@ rule figures:
         segmenter=str(RP.segmenter),
         splits=str(RP.splits),
     output:
-        [str(RP.figure(f)) for f in ("fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
-                                     "fig_metric_distributions")]
-        + ([str(RP.figure("fig_phantom"))] if SYNTHETIC else []),
+        [report_figure(f) for f in FIGURES],
     log:
         str(RP.log("figures")),
     params:
