@@ -52,14 +52,21 @@ def cmd_template_fields(a) -> None:
 def cmd_convert(a) -> None:
     import shutil
 
-    from ldct.dicom import convert_subject
-    from ldct.io import write_json
+    from ldct.dicom import SubjectSeries, convert_subject, find_series
+    from ldct.io import atomic_path, write_json
 
     cfg = _section(a, "dataset")
-    row = convert_subject(a.subject_dir, a.out, cfg["full_series"], cfg["low_series"])
+    if a.full or a.low:
+        series = SubjectSeries(a.subject or Path(a.out).name, Path(a.full), Path(a.low))
+    elif a.subject_dir:
+        series = find_series(Path(a.subject_dir), cfg["full_series"], cfg["low_series"])
+    else:
+        raise ValueError("give --subject-dir (TCIA layout) or --full and --low series folders")
+    row = convert_subject(a.subject_dir, a.out, series=series)
     if a.phantom:
         for name in ("labels.nii.gz", "truth.nii.gz"):
-            shutil.copyfile(Path(a.phantom) / name, Path(a.out) / name)
+            with atomic_path(Path(a.out) / name) as tmp:
+                shutil.copyfile(Path(a.phantom) / name, tmp)
     write_json(Path(a.out) / "manifest.json", row)
 
 
@@ -127,8 +134,11 @@ def cmd_tables(a) -> None:
 
     rp = ResultPaths.at(a.root)
     exps = a.experiments
-    quantitative_table({e: rp.metrics(e) for e in exps}, str(rp.table("table2_quantitative", "")).rstrip("."),
-                       rp.table("stats"), seed=a.seed)
+    metric_files = {e: rp.metrics(e) for e in exps}
+    quantitative_table(metric_files, str(rp.table("table2_quantitative", "")).rstrip("."), rp.table("stats"), seed=a.seed)
+    if "truth_psnr_full" in pd.read_csv(metric_files[exps[0]], nrows=1):
+        quantitative_table(metric_files, str(rp.table("table2_vs_truth", "")).rstrip("."), rp.table("stats_vs_truth"),
+                           seed=a.seed, reference="truth")
     dice_table({e: rp.dice(e) for e in exps}, str(rp.table("table3_anatomical_dice", "")).rstrip("."))
 
 
@@ -156,7 +166,7 @@ def cmd_figures(a) -> None:
     pixel = float(abs(sv.affine[0, 0]))
     figures.qualitative_grid({k: v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
                              f"{subject}, slice {s}")
-    reference, ref_name = (sv.truth, "phantom truth") if sv.truth is not None else (sv.full, "NDCT")
+    reference, ref_name = (sv.truth, "noiseless recon") if sv.truth is not None else (sv.full, "NDCT")
     figures.noise_vs_radius(vols, reference, pixel, rp.figure("fig_noise_radius"), ref_name)
     seg = load_segmenter(rp.segmenter, torch.device("cpu"))
     maps = {k: segment(seg, v[s:s + 1], torch.device("cpu"))[0] for k, v in vols.items()}
@@ -168,7 +178,8 @@ def cmd_figures(a) -> None:
     metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in a.experiments], ignore_index=True)
     figures.metric_distributions(metrics, rp.figure("fig_metric_distributions"))
     if sv.truth is not None and sv.labels is not None:
-        figures.phantom_overview(sv.truth, sv.full, sv.low, sv.labels, pixel, rp.figure("fig_phantom"),
+        phantom = to_slices(read_nifti(rp.phantom(subject) / "phantom.nii.gz")[0])
+        figures.phantom_overview(phantom, sv.truth, sv.full, sv.low, sv.labels, pixel, rp.figure("fig_phantom"),
                                  f"synthetic subject {subject}")
 
 
@@ -192,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("template-fields", cmd_template_fields, "build the MNI152 template fields once (npz cache)")
     p.add_argument("--out", required=True)
     p = add("convert", cmd_convert, "convert one subject's full/low DICOM series to NIfTI")
-    p.add_argument("--subject-dir", required=True)
+    p.add_argument("--subject-dir", help="subject folder in the TCIA layout")
+    p.add_argument("--full", help="full-dose series folder (generic layout)")
+    p.add_argument("--low", help="low-dose series folder (generic layout)")
+    p.add_argument("--subject", help="subject name (default: the output folder's name)")
     p.add_argument("--out", required=True)
     p.add_argument("--phantom", help="synthetic truth folder whose labels/truth are copied along")
     p = add("manifest", cmd_manifest, "gather per-subject manifest rows into one CSV")

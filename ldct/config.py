@@ -70,6 +70,8 @@ def validate_config(config: dict) -> dict:
     ds = config["dataset"]
     if ds["source"] == "dicom" and not ds["dicom_root"]:
         raise ConfigError("config error at dataset.dicom_root: required when dataset.source is 'dicom'")
+    if ds["layout"] == "generic" and ds["source"] == "dicom" and not ds["series"]:
+        raise ConfigError("config error at dataset.series: the generic layout needs subject -> {full, low} folders")
     if config["split"]["method"] == "preset" and not config["split"]["preset"]:
         raise ConfigError("config error at split.preset: required when split.method is 'preset'")
     return config

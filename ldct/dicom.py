@@ -235,7 +235,15 @@ def read_series(folder: str | Path) -> Volume:
         try:
             px = ds.pixel_array.astype(np.float32)
         except Exception as err:
-            raise DicomError(f"{f}: cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {err}") from err
+            ts = ds.file_meta.get("TransferSyntaxUID", None)
+            name = ts.name if ts is not None else "unknown transfer syntax"
+            hint = ""
+            if ts is not None and ts.is_compressed:
+                hint = (" - compressed pixel data: RLE decodes as is; for JPEG, JPEG-LS and JPEG 2000 install the "
+                        "decoder plugins (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
+            raise DicomError(f"{f}: cannot decode pixel data ({name}): {err}{hint}") from err
+        if not np.isfinite(px).all():
+            raise DicomError(f"{f}: pixel data contains NaN or inf")
         if px.shape != shape:
             raise DicomError(f"{f}: pixel array shape {px.shape} does not match Rows x Columns {shape}")
         slope = float(ds.get("RescaleSlope", 1) or 1)
@@ -286,14 +294,22 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
     return f2, l2, [float(d) for d in dropped]
 
 
-def convert_subject(subject_dir: str | Path, out_dir: str | Path, full_key: str = FULL_DESCRIPTION,
-                    low_key: str = LOW_DESCRIPTION) -> dict:
-    """Convert one subject's full/low pair to full.nii.gz / low.nii.gz; return its manifest row."""
-    series = find_series(Path(subject_dir), full_key, low_key)
+def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_key: str = FULL_DESCRIPTION,
+                    low_key: str = LOW_DESCRIPTION, series: SubjectSeries | None = None) -> dict:
+    """Convert one subject's full/low pair to full.nii.gz / low.nii.gz; return its manifest row.
+
+    The series are found in `subject_dir` (TCIA layout) unless given explicitly (`series`,
+    the generic layout). Both series are read and checked before anything is written."""
+    if series is None:
+        series = find_series(Path(subject_dir), full_key, low_key)
+    where = str(subject_dir or series.full.parent)
+    for kind, folder in (("full", series.full), ("low", series.low)):
+        if not Path(folder).is_dir():
+            raise DicomError(f"{folder}: {kind}-dose series folder of {series.subject} not found")
     full, low = read_series(series.full), read_series(series.low)
-    full, low, dropped = pair_volumes(full, low, str(subject_dir))
+    full, low, dropped = pair_volumes(full, low, where)
     if dropped:
-        log.warning("%s: dropped slice positions present in only one series: %s", subject_dir, dropped)
+        log.warning("%s: dropped slice positions present in only one series: %s", where, dropped)
     out_dir = Path(out_dir)
     write_nifti(out_dir / "full.nii.gz", full.data, full.affine)
     write_nifti(out_dir / "low.nii.gz", low.data, low.affine)

@@ -53,7 +53,7 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
             row = {"experiment": experiment, "subject": subject, "slice": s}
             row.update(slice_metrics(out[s], sv.full[s]))
             if sv.truth is not None:
-                row.update(slice_metrics(out[s], sv.truth[s], windows=("brain",), prefix="truth_"))
+                row.update(slice_metrics(out[s], sv.truth[s], prefix="truth_"))
             rows.append(row)
         if seg is not None:
             seg_out = segment(seg, out, dev)

@@ -153,13 +153,14 @@ def metric_distributions(metrics: pd.DataFrame, out: str) -> None:
     save(fig, out)
 
 
-def phantom_overview(truth: np.ndarray, full: np.ndarray, low: np.ndarray, labels: np.ndarray, pixel_mm: float,
-                     out: str, title: str = "") -> None:
-    """One synthetic subject: truth, NDCT, LDCT, LDCT - NDCT, labels, noise std vs radius."""
+def phantom_overview(phantom: np.ndarray, truth: np.ndarray, full: np.ndarray, low: np.ndarray, labels: np.ndarray,
+                     pixel_mm: float, out: str, title: str = "") -> None:
+    """One synthetic subject: phantom, NDCT, LDCT, LDCT - NDCT, labels, and the noise std of
+    NDCT and LDCT against the noiseless reconstruction (`truth`) vs radius."""
     s = pick_slice(full)
     lo, hi = WINDOWS["brain"]
     fig, ax = plt.subplots(1, 6, figsize=(19, 3.6))
-    for a, im, t in zip(ax[:3], (truth[s], full[s], low[s]), ("phantom truth", "NDCT", "LDCT")):
+    for a, im, t in zip(ax[:3], (phantom[s], full[s], low[s]), ("phantom", "NDCT", "LDCT")):
         a.imshow(im, cmap="gray", vmin=lo, vmax=hi)
         a.set_title(f"{t} {window_name_label('brain')}", fontsize=9)
     d = ax[3].imshow(low[s] - full[s], cmap="RdBu_r", vmin=-50, vmax=50)
@@ -173,7 +174,7 @@ def phantom_overview(truth: np.ndarray, full: np.ndarray, low: np.ndarray, label
     for name, im in (("LDCT", low), ("NDCT", full)):
         ax[5].plot(*radial_noise(im - truth, mask, pixel_mm), marker="o", ms=3, label=name)
     ax[5].set_xlabel("distance from centre (mm)")
-    ax[5].set_ylabel("noise std vs truth (HU)")
+    ax[5].set_ylabel("noise std vs noiseless recon (HU)")
     ax[5].legend(fontsize=7)
     ax[5].grid(alpha=0.3)
     if title:

@@ -121,12 +121,14 @@ def simulate_doses(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fract
     """Noiseless HU slices (B, n, n) -> {dose fraction: reconstructed HU slices}.
 
     Every fraction (1.0 = full dose is always included) is drawn from one noiseless
-    sinogram of the same phantom.
+    sinogram of the same phantom. Key 0.0 holds the reconstruction of that noiseless
+    sinogram: the phantom at the scanner's resolution, the reference a perfect denoiser
+    would reach.
     """
     gen = torch.Generator().manual_seed(int(seed))
     mu = hu_to_mu(torch.as_tensor(hu, dtype=torch.float32))
     sino = geometry.project(mu)
-    out: dict[float, np.ndarray] = {}
+    out: dict[float, np.ndarray] = {0.0: mu_to_hu(geometry.fbp(sino)).numpy()}
     for k in sorted({1.0, *map(float, dose_fractions)}, reverse=True):
         noisy = add_count_noise(sino, i0, k, sigma_e, gen)
         out[k] = mu_to_hu(geometry.fbp(noisy)).numpy()

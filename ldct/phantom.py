@@ -175,6 +175,8 @@ def _build_fields() -> dict[str, np.ndarray]:
         "affine": affine, "gm": gm, "wm": wm, "csf": csf, "dist": dist, "labels": lab,
         "deep": deep, "capsule": caps, "sinus": sinus.astype(np.float32),
         "vent_center": np.array([0.0, -10.0, 15.0]),
+        # centre of the head in MNI mm (the template's brain is not centred on y = 0)
+        "head_center": np.array([0.0, float((y[brain].min() + y[brain].max()) / 2), 0.0]),
     }
 
 
@@ -266,7 +268,7 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
     pts = np.stack(np.broadcast_arrays(xx, yy, zz), axis=-1).reshape(-1, 3)
     # scanner -> MNI: undo shift, rotation and scale
     rot = _rotation(params.rotation_deg)
-    mni = ((pts - np.array(params.shift_mm)) @ rot) / np.array(params.scale)
+    mni = ((pts - np.array(params.shift_mm)) @ rot) / np.array(params.scale) + f["head_center"]
     # elastic deformation: smooth displacement on a coarse lattice over the head box
     disp = [_smooth_field(rng, (9, 9, 9), 5, params.elastic_mm) for _ in range(3)]
     lat_idx = (mni + 100) / 25.0
@@ -323,8 +325,8 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
         r_back = rows[:, 0][head[s].any(axis=1)].max()
         y_c = r_back - 95.0
         rad = np.hypot(rows - y_c, cols * 0.85)
-        shell = (rad > 100.0) & (rad < 104.0) & (rows > y_c + 40)
-        cushion = (rad > 95.5) & (rad <= 100.0) & (rows > y_c + 40) & ~head[s]
+        shell = (rad > 101.0) & (rad < 107.0) & (rows > y_c + 40)
+        cushion = (rad > 96.0) & (rad <= 101.0) & (rows > y_c + 40) & ~head[s]
         truth[s][cushion] = HU["cushion"]
         truth[s][shell] = HU["holder"]
     labels = ndimage.map_coordinates(

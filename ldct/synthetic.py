@@ -1,9 +1,10 @@
 """The embedded default dataset: phantom -> projection-domain dose simulation -> DICOM.
 
 One call makes one subject: its DICOM series in the TCIA layout (full dose and one
-low-dose series per dose fraction) under the DICOM root, and its ground truth (noiseless
-phantom HU, labels, random parameters) under the phantom folder, so that the same
-conversion step runs on the default as on the real data.
+low-dose series per dose fraction) under the DICOM root, and its ground truth under the
+phantom folder: phantom.nii.gz (the phantom HU), truth.nii.gz (the noiseless reconstruction,
+the phantom at the scanner's resolution: the reference of the "vs truth" metrics),
+labels.nii.gz and params.json. The same conversion step then runs as on the real data.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phan
     study = dicom_dir / f"01-01-2020-NA-NA-{n}"
     primary = cfg["dose_fractions"][0]
     ctdi_per_mas = 0.2  # mGy per mAs for a 16 cm head phantom at 120 kV (order of magnitude)
+    noiseless = doses.pop(0.0)
     for k, hu in doses.items():
         desc = dicom.FULL_DESCRIPTION if k == 1.0 else dicom.low_description(k, primary)
         mas = cfg["full_dose_mas"] * k
@@ -66,7 +68,8 @@ def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phan
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     aff = volume_affine(cfg["matrix"], pixel, cfg["slice_mm"], float(ph["z_mm"][0]))
-    write_nifti(phantom_dir / "truth.nii.gz", ph["hu"].transpose(2, 1, 0), aff, dtype=np.float32)
+    write_nifti(phantom_dir / "phantom.nii.gz", ph["hu"].transpose(2, 1, 0), aff, dtype=np.float32)
+    write_nifti(phantom_dir / "truth.nii.gz", noiseless.transpose(2, 1, 0), aff, dtype=np.float32)
     write_nifti(phantom_dir / "labels.nii.gz", ph["labels"].transpose(2, 1, 0), aff, dtype=np.uint8)
     write_json(phantom_dir / "params.json", {**json.loads(params.to_json()),
                                      "dose_fractions": cfg["dose_fractions"], "i0": cfg["i0"]})

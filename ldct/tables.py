@@ -51,14 +51,19 @@ def write_table(out_prefix: str | Path, df: pd.DataFrame, md: str, tex: str, not
     write_text(out_prefix + ".tex", tex)
 
 
-def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0) -> pd.DataFrame:
+def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0,
+                       reference: str = "NDCT") -> pd.DataFrame:
     """Table 2: mean over test slices per experiment; best in bold; † = significantly worse
-    than the best (subject-level Wilcoxon, Holm-corrected p < 0.05)."""
+    than the best (subject-level Wilcoxon, Holm-corrected p < 0.05). `reference="truth"`
+    makes the same table against the noiseless phantom (synthetic data)."""
     frames = [pd.read_csv(p) for p in metric_files.values()]
     allm = pd.concat(frames, ignore_index=True)
+    if reference == "truth":
+        allm = allm[["experiment", "subject", "slice"] + [c for c in allm if c.startswith("truth_")]]
+        allm.columns = [c.removeprefix("truth_") for c in allm.columns]
     order = list(metric_files)
     cols = [c for c, _ in TABLE2_COLUMNS]
-    extra = [c for c in ("psnr_head", "ssim_head", "rmse_brain", "truth_psnr_brain", "truth_ssim_brain") if c in allm]
+    extra = [c for c in ("psnr_head", "ssim_head", "vif_head", "rmse_brain") if c in allm]
     table = allm.groupby("experiment", sort=False)[cols + extra].mean().reindex(order).reset_index()
     per_subject = allm.groupby(["experiment", "subject"])[cols].mean().reset_index()
     st = compare_to_best(per_subject, cols, seed)
@@ -67,10 +72,11 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significant}
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     md, tex = render(table, "experiment", TABLE2_COLUMNS, digits, bold, marks,
-                     "Mean over test slices against NDCT. Best in bold; $\\dagger$: significantly worse than the best "
-                     "(subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$).")
+                     f"Mean over test slices against {reference}. Best in bold; $\\dagger$: significantly worse than "
+                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$).")
     n_subj = per_subject["subject"].nunique()
-    note = (f"Mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. Best in bold; † significantly "
+    note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
+            "Best in bold; † significantly "
             "worse than the best (subject-level Wilcoxon signed-rank, Holm p < 0.05); CIs in stats.csv.")
     write_table(out_prefix, table, md, tex, note)
     return table

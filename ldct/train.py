@@ -149,8 +149,17 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
     if cfg.get("val_max_slices"):
         pick = np.linspace(0, len(val["low"]) - 1, min(cfg["val_max_slices"], len(val["low"]))).round().astype(int)
         val = {k: v[pick] for k, v in val.items()}
-    mspec = dict(experiment["model"])
-    net = models.build(mspec.pop("name"), **mspec).to(device)
+    model_spec = dict(experiment["model"])
+    if models.needs_segmenter(model_spec["name"]):
+        if not segmenter:
+            raise TrainingError(f"model {model_spec['name']!r} needs the segmenter checkpoint")
+        seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True)
+        model_spec.update(seg_width=seg_ck["base_width"], hu_range=list(hu_range))
+    mspec = dict(model_spec)
+    net = models.build(mspec.pop("name"), **mspec)
+    if models.needs_segmenter(model_spec["name"]):
+        net.segmenter.load_state_dict(seg_ck["state_dict"])
+    net = net.to(device)
     lspec = dict(experiment["loss"])
     lname = lspec.pop("name")
     if losses.needs_segmenter(lname):
@@ -233,7 +242,7 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
                         "epoch": epoch + 1, "best": best, "best_state": best_state}, tmp)
     best_epoch = min(history, key=lambda r: r["val_mse_head"])["epoch"]
     with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": best_state, "model": dict(experiment["model"]), "hu_range": list(hu_range),
+        torch.save({"state_dict": best_state, "model": model_spec, "hu_range": list(hu_range),
                     "epoch": best_epoch, "val_mse_head": best, "versions": versions()}, tmp)
     df = pd.DataFrame(history)
     write_csv(out_history, df)

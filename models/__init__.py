@@ -23,4 +23,14 @@ def available() -> list[str]:
     return REGISTRY.available()
 
 
+def denoisers() -> list[str]:
+    """Registered models that are denoisers (not the segmentation U-Net)."""
+    return [n for n in available() if getattr(REGISTRY.get(n), "is_denoiser", True)]
+
+
+def needs_segmenter(name: str) -> bool:
+    """True for models fed by the frozen segmentation U-Net (the engine loads its weights)."""
+    return bool(getattr(REGISTRY.get(name), "needs_segmenter", False))
+
+
 REGISTRY.import_all(__name__, __path__)

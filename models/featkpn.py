@@ -18,23 +18,52 @@ from models import register
 from models._blocks import ResidualBlock, pad_to_multiple
 
 
+class _KernelFilter(torch.autograd.Function):
+    """Per-pixel filtering of an already padded feature map; forward and backward loop over
+    the k*k taps and touch only views, so nothing of unfolded size is ever allocated
+    (the gradient of the kernels, the size of the kernels themselves, excepted)."""
+
+    @staticmethod
+    def forward(ctx, pad: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
+        n, c, hp, wp = pad.shape
+        h, w = hp - k + 1, wp - k + 1
+        ker = kernels.view(n, c, k * k, h, w)
+        out = torch.zeros(n, c, h, w, dtype=torch.result_type(pad, kernels), device=pad.device)
+        for i in range(k):
+            for j in range(k):
+                out.addcmul_(ker[:, :, i * k + j], pad[:, :, i:i + h, j:j + w])
+        ctx.save_for_backward(pad, kernels)
+        ctx.k = k
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pad, kernels = ctx.saved_tensors
+        k = ctx.k
+        n, c, h, w = grad.shape
+        ker = kernels.view(n, c, k * k, h, w)
+        grad_pad = torch.zeros_like(pad) if ctx.needs_input_grad[0] else None
+        grad_ker = torch.empty_like(ker) if ctx.needs_input_grad[1] else None
+        for i in range(k):
+            for j in range(k):
+                t = i * k + j
+                if grad_ker is not None:
+                    torch.mul(grad, pad[:, :, i:i + h, j:j + w], out=grad_ker[:, :, t])
+                if grad_pad is not None:
+                    grad_pad[:, :, i:i + h, j:j + w].addcmul_(grad, ker[:, :, t])
+        return grad_pad, (grad_ker.view_as(kernels) if grad_ker is not None else None), None
+
+
 def kernel_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """Per-pixel, per-channel k x k filtering without materialising unfolded patches.
 
     feat (N, C, H, W); kernels (N, C*k*k, H, W) ordered channel-major, then kernel row, col.
     out[n, c, y, x] = sum_ij kernels[n, c*k*k + i*k + j, y, x] * feat_pad[n, c, y + i, x + j]
-    with replicate padding of k // 2. Shift-and-accumulate: only k*k views are read.
+    with replicate padding of k // 2 (its gradient is handled by autograd).
     """
-    n, c, h, w = feat.shape
     r = k // 2
     pad = F.pad(feat, (r, r, r, r), mode="replicate")
-    ker = kernels.view(n, c, k * k, h, w)
-    out = None
-    for i in range(k):
-        for j in range(k):
-            term = ker[:, :, i * k + j] * pad[:, :, i:i + h, j:j + w]
-            out = term if out is None else out + term
-    return out
+    return _KernelFilter.apply(pad, kernels.contiguous(), k)
 
 
 def _encoder_stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:

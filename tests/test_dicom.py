@@ -155,3 +155,57 @@ def test_read_series_orders_slices_and_applies_rescale(synthetic_subject):
     assert np.all(np.diff(vol.positions) > 0)
     assert vol.data.min() >= -1024 and vol.data.dtype == np.float32
     assert vol.affine[2, 2] == pytest.approx(10.0)
+
+
+def test_rle_compressed_series_decodes_identically(synthetic_subject, tmp_path):
+    from pydicom.uid import RLELossless
+
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    for f in series_dir(subj, "Full Dose").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.compress(RLELossless)
+        ds.save_as(f)
+    row = convert_subject(subj, tmp_path / "out")
+    a = np.asarray(nib.load(str(tmp_path / "out" / "full.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(synthetic_subject["nifti"] / "full.nii.gz")).dataobj)
+    assert row["slices"] == 4 and np.array_equal(a, b)
+
+
+def test_undecodable_compressed_pixel_data_fails_clearly(synthetic_subject, tmp_path):
+    from pydicom.uid import JPEG2000Lossless
+
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))[0]
+    ds = pydicom.dcmread(victim)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless  # the bytes are not a J2K codestream
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    ds.save_as(victim, enforce_file_format=True)
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: cannot decode pixel data .*JPEG 2000")
+
+
+def test_generic_layout_from_the_command_line(synthetic_subject, tmp_path):
+    """Series folders anywhere, named explicitly (the config's generic layout)."""
+    from ldct.cli import main
+
+    full = series_dir(synthetic_subject["dicom"], "Full Dose")
+    low = series_dir(synthetic_subject["dicom"], "Low Dose")
+    scans = tmp_path / "scans"
+    shutil.copytree(full, scans / "patient7" / "fd")
+    shutil.copytree(low, scans / "patient7" / "qd")
+    out = tmp_path / "nifti" / "patient7"
+    rc = main(["convert", "--full", str(scans / "patient7" / "fd"), "--low", str(scans / "patient7" / "qd"),
+               "--out", str(out), "--params", json.dumps({"full_series": "x", "low_series": "y"})])
+    assert rc == 0
+    row = json.loads((out / "manifest.json").read_text())
+    assert row["subject"] == "patient7" and row["slices"] == 4
+    rc = main(["convert", "--full", str(scans / "nope"), "--low", str(scans / "patient7" / "qd"),
+               "--out", str(tmp_path / "x"), "--params", "{}"])
+    assert rc == 1 and not (tmp_path / "x").exists()
+
+
+def test_nan_pixels_are_rejected(tmp_path):
+    from ldct.io import write_nifti
+
+    with pytest.raises(ValueError, match="non-finite"):
+        write_nifti(tmp_path / "x.nii.gz", np.full((2, 2, 2), np.nan), np.eye(4))
+    assert not list(tmp_path.iterdir())

@@ -8,9 +8,9 @@ from ldct.complexity import count_macs, count_params
 from ldct.registry import Registry, RegistryError
 from models.featkpn import kernel_filter
 
-DENOISERS = [n for n in models.available() if getattr(models.REGISTRY.get(n), "is_denoiser", True)]
+DENOISERS = models.denoisers()
 SMALL = {"featkpn": dict(nf=4, nk=4, kernel_size=3), "redcnn": dict(channels=8), "dncnn": dict(depth=4, channels=8),
-         "edcnn": dict(channels=8, stages=3)}
+         "edcnn": dict(channels=8, stages=3), "sgdnet": dict(width=8, blocks=2, seg_width=4), "kpn": dict(nf=8)}
 
 
 @pytest.mark.parametrize("name, kwargs, expected", [
@@ -19,6 +19,7 @@ SMALL = {"featkpn": dict(nf=4, nk=4, kernel_size=3), "redcnn": dict(channels=8),
     ("redcnn", {}, 1_848_865),
     ("edcnn", {}, 80_961),  # + 288 fixed Sobel weights = the reference's 81,249
     ("unet", {}, 31_043_409),
+    ("gaussian", {}, 1),
 ])
 def test_parameter_counts_match_reference(name, kwargs, expected):
     assert count_params(models.build(name, **kwargs)) == expected
@@ -29,7 +30,8 @@ def test_edcnn_counts_fixed_sobel_weights_like_reference():
     assert count_params(net) + net.sobel.sobel_weight.numel() == 81_249
 
 
-@pytest.mark.parametrize("name, ref_gmacs", [("featkpn", 38.97), ("redcnn", 458.40), ("edcnn", 21.16)])
+@pytest.mark.parametrize("name, ref_gmacs", [("featkpn", 38.97), ("redcnn", 458.40), ("edcnn", 21.16),
+                                             ("unet", 218.41)])
 def test_macs_at_512_within_3_percent(name, ref_gmacs):
     assert abs(count_macs(models.build(name), 512) / 1e9 - ref_gmacs) / ref_gmacs < 0.03
 
@@ -119,3 +121,32 @@ def test_losses_are_finite_and_zero_on_identical_inputs():
     assert all(p.grad is None for p in seg.parameters())  # the segmenter stays frozen
     sub = losses.build("l1_l1ana_2", segmenter=seg, hu_range=(-1024.0, 3072.0), classes=[1, 10])
     assert sub(x, x + 0.01).item() > 0
+
+
+def test_sgdnet_counts_only_its_own_parameters_and_keeps_the_segmenter_frozen():
+    net = models.build("sgdnet")
+    assert 110_000 < count_params(net) < 130_000          # the reference reports about 126 k
+    assert sum(p.numel() for p in net.segmenter.parameters()) == 31_043_409
+    assert not any(p.requires_grad for p in net.segmenter.parameters())
+    small = models.build("sgdnet", **SMALL["sgdnet"]).train()
+    assert not small.segmenter.training
+
+
+def test_identity_initialised_models_start_as_the_identity():
+    x = torch.rand(1, 1, 24, 28)
+    for name in ("featkpn", "kpn"):
+        torch.manual_seed(0)
+        assert torch.allclose(models.build(name, **SMALL[name])(x), x, atol=1e-6), name
+
+
+def test_unet_state_dict_round_trips_strictly(tmp_path):
+    net = models.build("unet", base_width=4)
+    torch.save(net.state_dict(), tmp_path / "model.pth")
+    other = models.build("unet", base_width=4)
+    other.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True), strict=True)
+    keys = set(other.state_dict())
+    expected = {f"conv{i}{p}.{t}" for i in range(1, 6) for p in "AB" for t in ("weight", "bias")}
+    expected |= {f"conv{i}{p}.{t}" for i in range(6, 10) for p in "ABC" for t in ("weight", "bias")}
+    expected |= {"conv10.weight", "conv10.bias"}
+    expected |= {f"layer_normalization{'' if k == 0 else f'_{k}'}.{t}" for k in range(18) for t in ("gamma", "beta")}
+    assert keys == expected

@@ -35,6 +35,8 @@ CONDA_ENV = "../envs/ldct.yaml"
 def find_subjects():
     if SYNTHETIC:
         found = subject_ids(config["synthetic"]["n_subjects"])
+    elif config["dataset"]["layout"] == "generic":
+        found = sorted(config["dataset"]["series"])
     else:
         found = discover_subjects(config["dataset"]["dicom_root"])
     wanted = config["dataset"]["subjects"]
@@ -53,6 +55,11 @@ ROWS = [LDCT] + EXPERIMENTS
 SOURCE_FILES = sorted(str(p) for d in ("models", "losses") for p in Path(workflow.basedir, d).glob("*.py"))
 
 
+def code_files(*modules):
+    """Library modules a rule's output depends on: listed as inputs, so editing them reruns it."""
+    return [str(Path(workflow.basedir, "ldct", f"{m}.py")) for m in modules]
+
+
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
@@ -64,8 +71,10 @@ def nifti_files(subjects, labels=False):
 
 def needs_segmenter(exp):
     import losses
+    import models
 
-    return losses.needs_segmenter(config["experiments"][exp]["loss"]["name"])
+    spec = config["experiments"][exp]
+    return losses.needs_segmenter(spec["loss"]["name"]) or models.needs_segmenter(spec["model"]["name"])
 
 
 def complexity_models():
@@ -82,7 +91,7 @@ def complexity_models():
     return out
 
 
-TABLES = ["table1_complexity", "table2_quantitative", "table3_anatomical_dice"]
+TABLES = ["table1_complexity", "table2_quantitative", "table3_anatomical_dice"] + (["table2_vs_truth"] if SYNTHETIC else [])
 FIGURES = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
            "fig_metric_distributions"] + (["fig_phantom"] if SYNTHETIC else [])
 
@@ -100,13 +109,25 @@ def report_table(name, ext):
 
 def paper_outputs():
     return ([str(RP.table(t, e)) for t in TABLES for e in ("csv", "md", "tex")] + [str(RP.table("stats"))]
+            + ([str(RP.table("stats_vs_truth"))] if SYNTHETIC else [])
             + [str(RP.figure(f)) for f in FIGURES] + [str(RP.manifest)])
 
 
 def convert_inputs(wc):
     if SYNTHETIC:
         return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz")}
-    return {"dicom": str(Path(config["dataset"]["dicom_root"]) / wc.subject)}
+    root = Path(config["dataset"]["dicom_root"])
+    if config["dataset"]["layout"] == "generic":
+        folders = config["dataset"]["series"][wc.subject]
+        return {"full": str(root / folders["full"]), "low": str(root / folders["low"])}
+    return {"dicom": str(root / wc.subject)}
+
+
+def series_args(wc, input):
+    """How `ldct convert` finds the series: a TCIA subject folder or two generic folders."""
+    if "full" in input.keys():
+        return f"--full {shlex.quote(input.full)} --low {shlex.quote(input.low)} --subject {shlex.quote(wc.subject)}"
+    return f"--subject-dir {shlex.quote(input.dicom)}"
 
 
 def evaluate_inputs(wc):

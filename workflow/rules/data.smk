@@ -2,6 +2,8 @@
 
 
 rule template_fields:
+    input:
+        code=code_files("phantom"),
     output:
         str(RP.phantom() / "mni_fields.npz"),
     log:
@@ -15,8 +17,10 @@ rule template_fields:
 rule synthesize:
     input:
         fields=str(RP.phantom() / "mni_fields.npz"),
+        code=code_files("phantom", "lowdose", "synthetic", "dicom"),
     output:
         dicom=directory(str(RP.dicom("{subject}"))),
+        phantom=str(RP.phantom("{subject}") / "phantom.nii.gz"),
         truth=str(RP.phantom("{subject}") / "truth.nii.gz"),
         labels=str(RP.phantom("{subject}") / "labels.nii.gz"),
         params=str(RP.phantom("{subject}") / "params.json"),
@@ -48,11 +52,12 @@ rule convert:
     params:
         cfg=as_json(config["dataset"]),
         out=lambda wc, output: str(Path(output.full).parent),
+        series=series_args,
         phantom=lambda wc, input: f"--phantom {shlex.quote(str(Path(input.labels).parent))}" if SYNTHETIC else "",
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct convert --subject-dir {input.dicom:q} --out {params.out:q} --params {params.cfg:q} "
+        "python -m ldct convert {params.series} --out {params.out:q} --params {params.cfg:q} "
         "{params.phantom} > {log:q} 2>&1"
 
 

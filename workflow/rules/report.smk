@@ -26,8 +26,9 @@ rule tables:
         metrics=[str(RP.metrics(e)) for e in ROWS],
         dice=[str(RP.dice(e)) for e in ROWS],
     output:
-        [report_table(t, e) for t in ("table2_quantitative", "table3_anatomical_dice") for e in ("csv", "md", "tex")],
+        [report_table(t, e) for t in TABLES[1:] for e in ("csv", "md", "tex")],
         stats=str(RP.table("stats")),
+        stats_truth=str(RP.table("stats_vs_truth")) if SYNTHETIC else [],
     log:
         str(RP.log("tables")),
     params:
@@ -48,6 +49,7 @@ rule figures:
         denoised=[str(RP.denoised(e, SPLITS["test"][0])) for e in EXPERIMENTS],
         segmenter=str(RP.segmenter),
         splits=str(RP.splits),
+        phantom=str(RP.phantom(SPLITS["test"][0]) / "phantom.nii.gz") if SYNTHETIC else [],
     output:
         [report_figure(f) for f in FIGURES],
     log:
