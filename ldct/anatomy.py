@@ -58,11 +58,15 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     """Train (or load) the U-Net; history.csv holds per-class validation Dice per epoch."""
     device = pick_device(cfg.get("device", "auto"))
     if cfg.get("weights"):
-        net = models.build("unet", num_classes=NUM_CLASSES, base_width=64)
+        net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"])
         state = torch.load(cfg["weights"], map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-        net.load_state_dict(state, strict=True)
-        save_segmenter(out, net, 64, str(cfg["weights"]))
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{cfg['weights']}: does not fit the U-Net at segmenter.base_width="
+                             f"{cfg['base_width']} (the published network needs 64): {err}") from err
+        save_segmenter(out, net, cfg["base_width"], str(cfg["weights"]))
         df = pd.DataFrame([{"epoch": 0, "source": str(cfg["weights"])}])
         write_csv(out_history, df)
         return df

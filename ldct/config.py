@@ -72,6 +72,9 @@ def validate_config(config: dict) -> dict:
         raise ConfigError("config error at dataset.dicom_root: required when dataset.source is 'dicom'")
     if ds["layout"] == "generic" and ds["source"] == "dicom" and not ds["series"]:
         raise ConfigError("config error at dataset.series: the generic layout needs subject -> {full, low} folders")
+    if ds["source"] == "dicom" and not config["segmenter"]["weights"]:
+        raise ConfigError("config error at segmenter.weights: real DICOM data has no labels to pre-train the "
+                          "segmentation U-Net; give the converted HeadCTSegmentation weights (model.pth, base_width 64)")
     if config["split"]["method"] == "preset" and not config["split"]["preset"]:
         raise ConfigError("config error at split.preset: required when split.method is 'preset'")
     return config

@@ -68,8 +68,8 @@ class PatchSampler:
     """Random patches (or full slices when patch_size is null) with paired augmentation:
     flips, 90-degree rotations and one HU offset shared by input and target.
 
-    Patch centres are drawn from head pixels (NDCT above -500 HU), so that training does not
-    spend its steps on the air around the head."""
+    Three patches in four are centred on head pixels (NDCT above -500 HU), so that training
+    does not spend most steps on the air around the head; the rest anywhere in the slice."""
 
     def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,
                  hu_offset: float, hu_range: tuple[float, float], generator: torch.Generator):
@@ -94,8 +94,10 @@ class PatchSampler:
         for i in self.slices[pick.numpy()].tolist():
             lo, fu = self.low[i], self.full[i]
             if self.patch:
+                uniform = self._rand() < 0.25  # a quarter of the patches anywhere: air and edges too
                 centres = self.centres[i]
-                c = int(centres[int(torch.randint(len(centres), (1,), generator=self.g))])
+                c = (int(torch.randint(h * w, (1,), generator=self.g)) if uniform
+                     else int(centres[int(torch.randint(len(centres), (1,), generator=self.g))]))
                 top = min(max(c // w - self.patch // 2, 0), h - self.patch)
                 left = min(max(c % w - self.patch // 2, 0), w - self.patch)
                 lo = lo[top:top + self.patch, left:left + self.patch]
@@ -171,6 +173,7 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
     criterion = losses.build(lname, **lspec).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg["lr_decay"])
+    warmup = int(cfg.get("warmup_iters", 0))
     gen = torch.Generator().manual_seed(seed)
     sampler = PatchSampler(data["low"], data["full"], cfg["patch_size"], cfg["batch_size"], cfg["augment"],
                            cfg["hu_offset"], tuple(hu_range), gen)
@@ -208,7 +211,14 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
         total = 0.0
         bar = tqdm(range(cfg["iters_per_epoch"]), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
                    mininterval=5, disable=False)
-        for _ in bar:
+        for it in bar:
+            step = epoch * cfg["iters_per_epoch"] + it
+            if step < warmup:  # linear warm-up protects ReLU-ended models (RED-CNN) from dying early
+                for group in opt.param_groups:
+                    group["lr"] = sched.get_last_lr()[0] * (step + 1) / warmup
+            elif step == warmup and warmup:
+                for group in opt.param_groups:
+                    group["lr"] = sched.get_last_lr()[0]
             x, y = sampler.sample()
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, enabled=use_amp):
@@ -226,6 +236,8 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
         pred = predict_slices(net, val["low"], tuple(hu_range), device)
         vmse = head_window_mse(pred, val["full"])
         lr = opt.param_groups[0]["lr"]
+        for group in opt.param_groups:
+            group["lr"] = sched.get_last_lr()[0]
         sched.step()
         improved = vmse < best
         if improved:

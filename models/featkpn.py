@@ -95,8 +95,9 @@ class FeatKPN(nn.Module):
         ])
         self.dec = nn.ModuleList([nn.Sequential(ResidualBlock(kchans[s]), ResidualBlock(kchans[s])) for s in range(2)])
         self.tail = nn.Conv2d(kchans[0], 1, 3, padding=1)
-        nn.init.zeros_(self.tail.weight)  # start as the identity (output = input), then learn the residual
-        nn.init.zeros_(self.tail.bias)
+        with torch.no_grad():  # start close to the identity (output = input) while gradients still flow
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, (h, w) = pad_to_multiple(x, 4)

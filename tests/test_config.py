@@ -49,6 +49,7 @@ def test_every_schema_key_has_default_and_description():
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"lrr": 1}}}},
      "experiments.x.train"),
     ({"dataset": {"source": "dicom"}}, "dataset.dicom_root"),
+    ({"dataset": {"source": "dicom", "dicom_root": "/data"}}, "segmenter.weights"),
     ({"split": {"method": "preset"}}, "split.preset"),
 ])
 def test_invalid_config_names_the_key(patch, key):

@@ -209,3 +209,10 @@ def test_nan_pixels_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         write_nifti(tmp_path / "x.nii.gz", np.full((2, 2, 2), np.nan), np.eye(4))
     assert not list(tmp_path.iterdir())
+
+
+def test_ambiguous_series_is_an_error(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    full = series_dir(subj, "Full Dose")
+    shutil.copytree(full, full.parent / "2.000000-Full Dose Images-999")
+    _expect_error(subj, tmp_path / "out", "several series match 'Full Dose Images'")

@@ -10,7 +10,7 @@ from ldct.train import TrainingError, train_denoiser
 
 EXPERIMENT = {"model": {"name": "edcnn", "channels": 4, "stages": 2}, "loss": {"name": "l1"},
               "train": {"epochs": 3, "iters_per_epoch": 2, "batch_size": 2, "patch_size": 16, "lr": 1e-3,
-                        "lr_decay": 0.99, "weight_decay": 0.01, "augment": True, "hu_offset": 20.0,
+                        "lr_decay": 0.99, "warmup_iters": 3, "weight_decay": 0.01, "augment": True, "hu_offset": 20.0,
                         "val_max_slices": 2, "device": "cpu", "amp": True}}
 
 
@@ -78,3 +78,21 @@ def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(dataset, "nan", tmp_path, experiment=bad)
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
+    import models
+    from ldct.anatomy import pretrain_segmenter
+    from ldct.train import load_segmenter
+
+    src = models.build("unet", base_width=4)
+    torch.save(src.state_dict(), tmp_path / "model.pth")
+    cfg = {"weights": str(tmp_path / "model.pth"), "base_width": 4, "device": "cpu"}
+    pretrain_segmenter(nifti_dir="unused", splits={}, cfg=cfg, seed=0, out=str(tmp_path / "seg.pt"),
+                       out_history=str(tmp_path / "h.csv"))
+    loaded = load_segmenter(tmp_path / "seg.pt", torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ValueError, match="base_width=8"):
+        pretrain_segmenter(nifti_dir="unused", splits={}, cfg={**cfg, "base_width": 8}, seed=0,
+                           out=str(tmp_path / "seg2.pt"), out_history=str(tmp_path / "h2.csv"))
+    assert not (tmp_path / "seg2.pt").exists()

@@ -14,7 +14,7 @@ rule pretrain_segmenter:
     params:
         cfg=as_json({"segmenter": config["segmenter"], "seed": config["seed"]}),
         nifti=nifti_root,
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=1,
     conda:

@@ -30,6 +30,8 @@ envvars:
 
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
 CONDA_ENV = "../envs/ldct.yaml"
+# Rules that use every core ask for this many threads; Snakemake caps it at --cores.
+MAX_THREADS = 64
 
 
 def find_subjects():

@@ -15,7 +15,7 @@ rule denoise:
         outdir=lambda wc, output: str(Path(output[0]).parent),
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=1,
     conda:

@@ -13,7 +13,7 @@ rule complexity:
         prefix=lambda wc, output: str(Path(output[0]).with_suffix("")),
         size=config["complexity"]["size"],
         repeats=config["complexity"]["repeats"],
-    threads: workflow.cores
+    threads: MAX_THREADS
     conda:
         CONDA_ENV
     shell:
@@ -57,7 +57,7 @@ rule figures:
     params:
         root=results_root,
         rows=ROWS,
-    threads: workflow.cores
+    threads: MAX_THREADS
     conda:
         CONDA_ENV
     shell:

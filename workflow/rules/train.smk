@@ -20,7 +20,7 @@ rule train:
         segmenter=lambda wc, input: f"--segmenter {shlex.quote(input.segmenter)}" if input.segmenter else "",
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=1,
     conda:
