@@ -15,7 +15,7 @@ How each of the 17 labels (ldct.classes) is made, in MNI coordinates (mm, RAS):
                     plus the 0-2 mm layer outside the brain mask (subarachnoid space)
   3 dura / sinus    the 2-3 mm layer outside the brain mask; the superior sagittal sinus
   4 septum          |x| < 1.5 mm between the lateral ventricles (-5 < y < 25, 5 < z < 25)
-  5 cerebellum      brain below the tentorium: z < -10 - 0.35 (y + 45) and y < -40
+  5 cerebellum      brain below the tentorium: z < -8 + 0.1 (y + 60) and y < -35
   6 caudate         ellipsoids centred (+-13, 11, 10), radii (5, 11, 8)
   7 lentiform       ellipsoids centred (+-22, 2, 0), radii (6, 13, 8)
   8 insular cortex  cortex with 30 < |x| < 42, -22 < y < 22, -10 < z < 20
@@ -141,7 +141,7 @@ def _build_fields() -> dict[str, np.ndarray]:
     vent = csf_dom & vent_box
     vent = ndimage.binary_opening(vent, iterations=1)
     lab[vent] = 10
-    cerebellum_zone = (z < -10 - 0.35 * (y + 45)) & (y < -40)
+    cerebellum_zone = (z < -8 + 0.1 * (y + 60)) & (y < -35)  # below the tentorium
     # cortex lobes
     cs_y = -18.0 - 0.45 * (z - 30.0)
     cortex = gm_dom & (dist > -6)
