@@ -1,7 +1,7 @@
 """The paper's figures and the diagnostics a reader would rather look at than read.
 
 All CT is shown in named HU windows (ldct.hu.WINDOWS); segmentation maps use the class
-colours of ldct.classes. PNG for every figure, PDF as well for the paper figures.
+colours of ldct.classes. Every figure is written as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from ldct.io import atomic_path  # noqa: E402
 CLASS_CMAP = ListedColormap(CLASS_COLORS)
 
 
-def save(fig: plt.Figure, path: str | Path, pdf: bool = False) -> None:
+def save(fig: plt.Figure, path: str | Path) -> None:
+    """Write the figure as PNG at `path` and as PDF beside it (both atomically)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    if pdf:
-        with atomic_path(path.with_suffix(".pdf")) as tmp:
-            fig.savefig(tmp, bbox_inches="tight", format="pdf")
+    for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=fmt)
     plt.close(fig)
 
 
@@ -74,7 +73,7 @@ def qualitative_grid(images: dict[str, np.ndarray], reference: np.ndarray, out: 
     fig.colorbar(err, ax=ax[2, :].tolist(), shrink=0.8, label="HU")
     if title:
         fig.suptitle(title, fontsize=10)
-    save(fig, out, pdf=True)
+    save(fig, out)
 
 
 def segmentation_maps(maps: dict[str, np.ndarray], out: str, title: str = "") -> None:
@@ -90,7 +89,7 @@ def segmentation_maps(maps: dict[str, np.ndarray], out: str, title: str = "") ->
                bbox_to_anchor=(0.5, -0.12))
     if title:
         fig.suptitle(title, fontsize=10)
-    save(fig, out, pdf=True)
+    save(fig, out)
 
 
 def radial_noise(diff: np.ndarray, mask: np.ndarray, pixel_mm: float, ring_mm: float = 5.0):

@@ -52,6 +52,7 @@ rule figures:
         phantom=str(RP.phantom(SPLITS["test"][0]) / "phantom.nii.gz") if SYNTHETIC else [],
     output:
         [report_figure(f) for f in FIGURES],
+        pdfs=[str(RP.figure(f, "pdf")) for f in FIGURES],
     log:
         str(RP.log("figures")),
     params:
