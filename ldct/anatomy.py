@@ -117,6 +117,7 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     df = pd.DataFrame(history)
     write_csv(out_history, df)
     names = {f"dice_{c:02d}": n for c, n in enumerate(CLASS_NAMES)}
-    print("best per-class Dice: " + ", ".join(f"{names[k]} {v:.2f}" for k, v in history[-1].items()
-                                               if k in names and v is not None), file=sys.stderr)
+    best_row = max(history, key=lambda r: r["val_mean_dice"])
+    print(f"best epoch {best_row['epoch']}, per-class Dice: " + ", ".join(
+        f"{names[k]} {v:.2f}" for k, v in best_row.items() if k in names and v is not None), file=sys.stderr)
     return df
