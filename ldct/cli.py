@@ -135,11 +135,11 @@ def cmd_tables(a) -> None:
     rp = ResultPaths.at(a.root)
     exps = a.experiments
     metric_files = {e: rp.metrics(e) for e in exps}
-    quantitative_table(metric_files, str(rp.table("table2_quantitative", "")).rstrip("."), rp.table("stats"), seed=a.seed)
+    quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=a.seed)
     if "truth_psnr_full" in pd.read_csv(metric_files[exps[0]], nrows=1):
-        quantitative_table(metric_files, str(rp.table("table2_vs_truth", "")).rstrip("."), rp.table("stats_vs_truth"),
+        quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
                            seed=a.seed, reference="truth")
-    dice_table({e: rp.dice(e) for e in exps}, str(rp.table("table3_anatomical_dice", "")).rstrip("."))
+    dice_table({e: rp.dice(e) for e in exps}, rp.table_prefix("table3_anatomical_dice"))
 
 
 def cmd_figures(a) -> None:

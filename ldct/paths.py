@@ -68,6 +68,10 @@ class ResultPaths:
     def table(self, name: str, ext: str = "csv") -> Path:
         return self.root / "tables" / f"{name}.{ext}"
 
+    def table_prefix(self, name: str) -> str:
+        """Path without extension: the .csv, .md and .tex versions share it."""
+        return str(self.root / "tables" / name)
+
     def figure(self, name: str, ext: str = "png") -> Path:
         return self.root / "figures" / f"{name}.{ext}"
 

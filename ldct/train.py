@@ -10,6 +10,7 @@ checkpoint folder is not a Snakemake output, so a failed job does not delete it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import sys
@@ -48,11 +49,20 @@ def settings_hash(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+def _accepts(cls, arg: str) -> bool:
+    """Whether a registered model or loss takes `arg` (the engine then passes the HU scaling)."""
+    return arg in inspect.signature(cls).parameters
+
+
+def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module:
+    """The frozen U-Net from a segmenter.pt dictionary (ldct.anatomy.save_segmenter)."""
     net = models.build("unet", num_classes=ck["num_classes"], base_width=ck["base_width"])
     net.load_state_dict(ck["state_dict"])
     return net.to(device).eval()
+
+
+def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
+    return segmenter_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True), device)
 
 
 def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -150,24 +160,27 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
     if cfg.get("val_max_slices"):
         pick = np.linspace(0, len(val["low"]) - 1, min(cfg["val_max_slices"], len(val["low"]))).round().astype(int)
         val = {k: v[pick] for k, v in val.items()}
+    needs_seg = models.needs_segmenter(experiment["model"]["name"]) or losses.needs_segmenter(experiment["loss"]["name"])
+    if needs_seg and not segmenter:
+        raise TrainingError(f"experiment {experiment['model']['name']} + {experiment['loss']['name']} "
+                            "needs the segmenter checkpoint")
+    seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True) if needs_seg else None
     model_spec = dict(experiment["model"])
     if models.needs_segmenter(model_spec["name"]):
-        if not segmenter:
-            raise TrainingError(f"model {model_spec['name']!r} needs the segmenter checkpoint")
-        seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True)
-        model_spec.update(seg_width=seg_ck["base_width"], hu_range=list(hu_range))
+        model_spec["seg_width"] = seg_ck["base_width"]
     mspec = dict(model_spec)
-    net = models.build(mspec.pop("name"), **mspec)
-    if models.needs_segmenter(model_spec["name"]):
+    name = mspec.pop("name")
+    if _accepts(models.REGISTRY.get(name), "hu_range"):
+        model_spec["hu_range"] = mspec["hu_range"] = list(hu_range)
+    net = models.build(name, **mspec)
+    if models.needs_segmenter(name):
         net.segmenter.load_state_dict(seg_ck["state_dict"])
     net = net.to(device)
     lspec = dict(experiment["loss"])
     lname = lspec.pop("name")
     if losses.needs_segmenter(lname):
-        if not segmenter:
-            raise TrainingError(f"loss {lname!r} needs the segmenter checkpoint")
-        lspec.update(segmenter=load_segmenter(segmenter, device), hu_range=tuple(hu_range))
-    elif lname == "l1_weighted":
+        lspec["segmenter"] = segmenter_from_checkpoint(seg_ck, device)
+    if _accepts(losses.REGISTRY.get(lname), "hu_range"):
         lspec.setdefault("hu_range", tuple(hu_range))
     criterion = losses.build(lname, **lspec).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])

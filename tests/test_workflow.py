@@ -27,7 +27,7 @@ def test_dry_run(config, tmp_path):
 
 def test_default_dry_run_from_repository_root():
     """The README's `snakemake --cores all` picks up config.yaml and profiles/default."""
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "all", "--directory", str(ROOT)],
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "all", "--directory", str(ROOT)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "train" in res.stdout and "synthesize" in res.stdout
