@@ -44,6 +44,7 @@ class ParallelBeam:
     n_views: int = 360
     n_bins: int | None = None
     filter: str = "hann"
+    cutoff: float = 1.0  # apodisation cutoff as a fraction of the detector Nyquist frequency
 
     def __post_init__(self) -> None:
         if self.n_bins is None:
@@ -79,13 +80,14 @@ class ParallelBeam:
         odd = (k.abs() % 2) == 1
         h[odd] = -1.0 / (math.pi * k[odd] * self.du) ** 2
         ramp = torch.fft.fft(h).real * self.du
-        freq = torch.fft.fftfreq(n_pad)  # cycles per bin, in [-0.5, 0.5)
+        freq = torch.fft.fftfreq(n_pad, dtype=torch.float64) / self.cutoff  # cycles per bin, in [-0.5, 0.5)
         if self.filter == "hann":
             ramp = ramp * (0.5 + 0.5 * torch.cos(2 * math.pi * freq))
         elif self.filter == "shepp-logan":
             ramp = ramp * torch.sinc(freq)
         elif self.filter != "ramp":
             raise ValueError(f"unknown reconstruction filter {self.filter!r} (ramp, hann, shepp-logan)")
+        ramp = torch.where(freq.abs() <= 0.5, ramp, torch.zeros_like(ramp))
         return ramp.float()
 
     def project(self, mu: torch.Tensor) -> torch.Tensor:
@@ -106,36 +108,50 @@ class ParallelBeam:
         return img.reshape(b, self.n, self.n)
 
 
+def _counts_to_line_integrals(counts: torch.Tensor, expected_unattenuated: float) -> torch.Tensor:
+    counts = torch.clamp(counts, min=1.0)  # a ray never reads fewer than one count (log safety)
+    return (-torch.log(counts / expected_unattenuated)).float()
+
+
 def add_count_noise(sino: torch.Tensor, i0: float, dose_fraction: float, sigma_e: float,
                     generator: torch.Generator) -> torch.Tensor:
-    """Noiseless line integrals -> noisy ones at `dose_fraction` of the incident count `i0`."""
+    """Noiseless line integrals -> noisy ones at `dose_fraction` of the incident count `i0`
+    (an independent acquisition)."""
     expected = dose_fraction * i0 * torch.exp(-sino.double())
     counts = torch.poisson(expected, generator=generator)
     counts = counts + sigma_e * torch.randn(counts.shape, generator=generator, dtype=counts.dtype)
-    counts = torch.clamp(counts, min=1.0)  # a ray never reads fewer than one count (log safety)
-    return (-torch.log(counts / (dose_fraction * i0))).float()
+    return _counts_to_line_integrals(counts, dose_fraction * i0)
 
 
 def simulate_doses(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fractions: list[float],
                    sigma_e: float, seed: int) -> dict[float, np.ndarray]:
     """Noiseless HU slices (B, n, n) -> {dose fraction: reconstructed HU slices}.
 
-    Every fraction (1.0 = full dose is always included) is drawn from one noiseless
-    sinogram of the same phantom. Key 0.0 holds the reconstruction of that noiseless
-    sinogram: the phantom at the scanner's resolution, the reference a perfect denoiser
-    would reach.
+    Full dose (key 1.0, always made) is one Poisson draw of `i0` photons per unattenuated ray.
+    Each reduced dose is made from the full-dose acquisition itself, as the real Mayo
+    quarter-dose images were (projection-domain noise insertion): its photon counts are a
+    binomial thinning of the full-dose counts, which is exactly Poisson at the lower dose and
+    shares the full-dose noise, plus its own electronic noise. Lower fractions thin the next
+    higher one, so a dose sweep is nested. Key 0.0 holds the reconstruction of the noiseless
+    sinogram: the phantom at the scanner's resolution, the reference a perfect denoiser would
+    reach.
     """
     gen = torch.Generator().manual_seed(int(seed))
     mu = hu_to_mu(torch.as_tensor(hu, dtype=torch.float32))
     sino = geometry.project(mu)
     out: dict[float, np.ndarray] = {0.0: mu_to_hu(geometry.fbp(sino)).numpy()}
+    photons = torch.poisson(i0 * torch.exp(-sino.double()), generator=gen)
+    prev = 1.0
     for k in sorted({1.0, *map(float, dose_fractions)}, reverse=True):
-        noisy = add_count_noise(sino, i0, k, sigma_e, gen)
-        out[k] = mu_to_hu(geometry.fbp(noisy)).numpy()
+        if k < prev:
+            photons = torch.binomial(photons, torch.full_like(photons, k / prev), generator=gen)
+            prev = k
+        counts = photons + sigma_e * torch.randn(photons.shape, generator=gen, dtype=photons.dtype)
+        out[k] = mu_to_hu(geometry.fbp(_counts_to_line_integrals(counts, k * i0))).numpy()
     return out
 
 
-def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float, i0: float = 2.5e5,
+def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float, i0: float = 5e4,
                  sigma_e: float = 5.0, n_views: int = 360, seed: int = 0) -> np.ndarray:
     """Make a lower-dose version of real full-dose slices (B, n, n) in HU.
 
@@ -160,3 +176,11 @@ def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float
     noise = torch.randn(sino.shape, generator=gen, dtype=torch.float64) * torch.sqrt(var)
     noise_img = geom.fbp(noise.float()) / MU_WATER_PER_MM * 1000.0
     return (hu + noise_img.numpy()).astype(np.float32)
+
+
+def make_geometry(cfg: dict) -> ParallelBeam:
+    """The scanner geometry of a `synthetic` config section."""
+    if cfg["geometry"] != "parallel":
+        raise ValueError(f"synthetic.geometry {cfg['geometry']!r} is not supported (parallel)")
+    return ParallelBeam(cfg["matrix"], cfg["fov_mm"] / cfg["matrix"], cfg["n_views"], filter=cfg["filter"],
+                        cutoff=cfg.get("filter_cutoff", 1.0))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from ldct import dicom
 from ldct.io import write_json, write_nifti
-from ldct.lowdose import ParallelBeam, simulate_doses
+from ldct.lowdose import make_geometry, simulate_doses
 from ldct.phantom import draw_subject, synthesize_subject
 
 
@@ -45,9 +45,7 @@ def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phan
     params = draw_subject(subject, s_seed, cfg["lesion_probability"])
     pixel = cfg["fov_mm"] / cfg["matrix"]
     ph = synthesize_subject(params, cfg["matrix"], pixel, cfg["slice_mm"], tuple(cfg["z_range_mm"]), fields_cache)
-    if cfg["geometry"] != "parallel":
-        raise ValueError(f"synthetic.geometry {cfg['geometry']!r} is not supported (parallel)")
-    geom = ParallelBeam(cfg["matrix"], pixel, cfg["n_views"], filter=cfg["filter"])
+    geom = make_geometry(cfg)
     doses = simulate_doses(ph["hu"], geom, cfg["i0"], cfg["dose_fractions"], cfg["electronic_noise"], s_seed)
     dicom_dir, phantom_dir = Path(dicom_dir), Path(phantom_dir)
     study_uid = dicom.generate_uid(entropy_srcs=[str(seed), subject, "study"])
