@@ -66,6 +66,12 @@ def validate_config(config: dict) -> dict:
         if exp["loss"]["name"] not in losses.available():
             raise ConfigError(f"config error at experiments.{name}.loss.name: unknown loss {exp['loss']['name']!r}; "
                               f"available: {', '.join(losses.available())}")
+        check = getattr(losses.REGISTRY.get(exp["loss"]["name"]), "check_config", None)
+        if check is not None:  # a loss may need more than the schema can say (e.g. a weights file)
+            try:
+                check({k: v for k, v in exp["loss"].items() if k != "name"})
+            except ValueError as err:
+                raise ConfigError(f"config error at experiments.{name}.loss: {err}") from None
         _check(train_schema, {**config["train"], **exp.get("train", {})}, f"experiments.{name}.train")
     ds = config["dataset"]
     if ds["source"] == "dicom" and not ds["dicom_root"]:

@@ -123,6 +123,55 @@ def test_losses_are_finite_and_zero_on_identical_inputs():
     assert sub(x, x + 0.01).item() > 0
 
 
+def test_ssim_l1_matches_its_definition_with_torchmetrics_ms_ssim():
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(2, 1, 64, 64, generator=g)
+    x = (y + 0.05 * torch.randn(2, 1, 64, 64, generator=g)).clamp(0, 1).requires_grad_(True)
+    loss = losses.build("ssim_l1")
+    assert loss(y, y).item() == pytest.approx(0.0, abs=1e-4)
+    betas = loss._betas(64)
+    assert len(betas) == 4 and sum(betas) == pytest.approx(1.0)  # 64 px: 4 scales of a 7-px window
+    ref = ms_ssim(x.detach(), y, kernel_size=7, sigma=1.5, data_range=1.0, betas=betas, normalize="relu")
+    expected = 200 * (0.025 * (1 - ref) + 0.975 * (x.detach() - y).abs().mean())
+    val = loss(x, y)
+    assert val.item() == pytest.approx(expected.item(), rel=1e-5)
+    val.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least"):
+        loss(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_compound_loss_needs_resnet50_weights_and_loads_torchvision_names(tmp_path):
+    from ldct.config import ConfigError, validate_config
+    from losses.perceptual import ResNet50Features
+
+    cfg = {"experiments": {"edcnn_compound": {"model": {"name": "edcnn"}, "loss": {"name": "compound"}}}}
+    with pytest.raises(ConfigError, match=r"experiments\.edcnn_compound\.loss: .*resnet_weights"):
+        validate_config(cfg)
+    cfg["experiments"]["edcnn_compound"]["loss"]["resnet_weights"] = str(tmp_path / "missing.pth")
+    with pytest.raises(ConfigError, match="missing.pth: file not found"):
+        validate_config(cfg)
+    net = ResNet50Features()
+    assert sum(p.numel() for p in net.parameters()) == 23_508_032  # torchvision resnet50 without fc
+    state = {**net.state_dict(), "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
+    torch.save(state, tmp_path / "resnet50.pth")
+    cfg["experiments"]["edcnn_compound"]["loss"]["resnet_weights"] = str(tmp_path / "resnet50.pth")
+    validate_config(cfg)
+    loss = losses.build("compound", resnet_weights=str(tmp_path / "resnet50.pth"))
+    x = torch.rand(1, 1, 64, 64)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-8)
+    pred = (x + 0.05).requires_grad_(True)
+    val = loss(pred, x)
+    val.backward()
+    assert val.item() > ((pred - x) ** 2).mean().item()  # the feature term adds to the MSE
+    assert all(p.grad is None for p in loss.net.parameters())
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a torchvision ResNet-50"):
+        losses.build("compound", resnet_weights=str(tmp_path / "bad.pth"))
+
+
 def test_sgdnet_counts_only_its_own_parameters_and_keeps_the_segmenter_frozen():
     net = models.build("sgdnet")
     assert 110_000 < count_params(net) < 130_000          # the reference reports about 126 k
