@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import losses
@@ -75,18 +76,23 @@ def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Modu
 
 class PatchSampler:
     """Random patches (or full slices when patch_size is null) with paired augmentation:
-    flips, 90-degree rotations and one HU offset shared by input and target.
+    flips, 90-degree rotations and one HU offset shared by input and target; optionally the
+    reference's rotation by any angle up to `rotation_deg` (nearest-neighbour, as torchvision's
+    default, so the noise texture is not smoothed; fill -1024 HU) and random resized crop
+    (a region of `crop_scale` of the area, bilinear, with probability `crop_prob`).
 
     Three patches in four are centred on head pixels (NDCT above -500 HU), so that training
     does not spend most steps on the air around the head; the rest anywhere in the slice."""
 
     def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,
-                 hu_offset: float, hu_range: tuple[float, float], generator: torch.Generator):
+                 hu_offset: float, hu_range: tuple[float, float], generator: torch.Generator,
+                 rotation_deg: float = 0.0, crop_prob: float = 0.0, crop_scale: tuple[float, float] = (0.5, 1.0)):
         self.low = torch.from_numpy(low)
         self.full = torch.from_numpy(full)
         h, w = low.shape[1:]
         self.patch = min(patch, h, w) if patch else None
         self.batch, self.augment, self.hu_offset, self.hu_range = batch, augment, hu_offset, hu_range
+        self.rotation_deg, self.crop_prob, self.crop_scale = rotation_deg, crop_prob, tuple(crop_scale)
         self.g = generator
         head = full > -500.0
         self.slices = np.flatnonzero(head.any(axis=(1, 2))) if head.any() else np.arange(len(full))
@@ -96,21 +102,50 @@ class PatchSampler:
     def _rand(self, n: int = 1) -> torch.Tensor:
         return torch.rand(n, generator=self.g)
 
+    def _warp(self, lo: torch.Tensor, fu: torch.Tensor, cy: int, cx: int, size: tuple[int, int]):
+        """Rotate (and maybe zoom into) the pair about pixel (cy, cx); output `size`."""
+        h, w = lo.shape
+        theta = math.radians(float((self._rand() * 2 - 1) * self.rotation_deg))
+        zoom = 1.0
+        if self.crop_prob > 0 and self._rand() < self.crop_prob:
+            lo_s, hi_s = self.crop_scale
+            zoom = math.sqrt(float(lo_s + (hi_s - lo_s) * self._rand()))  # side ratio of the cropped region
+        oh, ow = size
+        ys = (torch.arange(oh, dtype=torch.float32) - oh / 2 + 0.5) * zoom
+        xs = (torch.arange(ow, dtype=torch.float32) - ow / 2 + 0.5) * zoom
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        c, s = math.cos(theta), math.sin(theta)
+        px = cx + 0.5 + c * xx - s * yy  # source position in pixel units (pixel centres at +0.5)
+        py = cy + 0.5 + s * xx + c * yy
+        grid = torch.stack([px / w * 2 - 1, py / h * 2 - 1], dim=-1)[None]
+        pair = torch.stack([lo, fu])[:, None].float() + 1024.0  # zero padding = -1024 HU
+        mode = "bilinear" if zoom != 1.0 else "nearest"
+        out = F.grid_sample(pair, grid.expand(2, -1, -1, -1), mode=mode, padding_mode="zeros", align_corners=False)
+        return out[0, 0] - 1024.0, out[1, 0] - 1024.0
+
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         _, h, w = self.low.shape
         pick = torch.randint(len(self.slices), (self.batch,), generator=self.g)
         xs, ys = [], []
+        warp = self.augment and (self.rotation_deg > 0 or self.crop_prob > 0)
         for i in self.slices[pick.numpy()].tolist():
             lo, fu = self.low[i], self.full[i]
-            if self.patch:
-                uniform = self._rand() < 0.25  # a quarter of the patches anywhere: air and edges too
-                centres = self.centres[i]
-                c = (int(torch.randint(h * w, (1,), generator=self.g)) if uniform
-                     else int(centres[int(torch.randint(len(centres), (1,), generator=self.g))]))
-                top = min(max(c // w - self.patch // 2, 0), h - self.patch)
-                left = min(max(c % w - self.patch // 2, 0), w - self.patch)
-                lo = lo[top:top + self.patch, left:left + self.patch]
-                fu = fu[top:top + self.patch, left:left + self.patch]
+            if self.patch or warp:
+                if self.patch:
+                    uniform = self._rand() < 0.25  # a quarter of the patches anywhere: air and edges too
+                    centres = self.centres[i]
+                    c = (int(torch.randint(h * w, (1,), generator=self.g)) if uniform
+                         else int(centres[int(torch.randint(len(centres), (1,), generator=self.g))]))
+                    size = (self.patch, self.patch)
+                else:
+                    c, size = (h // 2) * w + w // 2, (h, w)
+                if warp:
+                    lo, fu = self._warp(lo, fu, c // w, c % w, size)
+                else:
+                    top = min(max(c // w - self.patch // 2, 0), h - self.patch)
+                    left = min(max(c % w - self.patch // 2, 0), w - self.patch)
+                    lo = lo[top:top + self.patch, left:left + self.patch]
+                    fu = fu[top:top + self.patch, left:left + self.patch]
             if self.augment:
                 if self._rand() < 0.5:
                     lo, fu = lo.flip(-1), fu.flip(-1)
@@ -188,7 +223,8 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
     warmup = int(cfg.get("warmup_iters", 0))
     gen = torch.Generator().manual_seed(seed)
     sampler = PatchSampler(data["low"], data["full"], cfg["patch_size"], cfg["batch_size"], cfg["augment"],
-                           cfg["hu_offset"], tuple(hu_range), gen)
+                           cfg["hu_offset"], tuple(hu_range), gen, rotation_deg=cfg.get("rotation_deg", 0.0),
+                           crop_prob=cfg.get("crop_prob", 0.0), crop_scale=cfg.get("crop_scale", (0.5, 1.0)))
     use_amp = bool(cfg.get("amp", True)) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 

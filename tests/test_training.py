@@ -96,3 +96,34 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
         pretrain_segmenter(nifti_dir="unused", splits={}, cfg={**cfg, "base_width": 8}, seed=0,
                            out=str(tmp_path / "seg2.pt"), out_history=str(tmp_path / "h2.csv"))
     assert not (tmp_path / "seg2.pt").exists()
+
+
+def test_rotation_and_resized_crop_keep_input_and_target_aligned():
+    """The reference augmentations transform input and target with one warp: a pair that differs
+    by a constant stays exactly that constant apart under nearest rotation, and regions outside
+    the slice are filled with -1024 HU."""
+    import numpy as np
+
+    from ldct.hu import from_unit
+    from ldct.train import PatchSampler
+
+    g = np.random.default_rng(0)
+    full = g.normal(30, 20, (3, 48, 48)).astype(np.float32)
+    low = full + 40.0
+    sampler = PatchSampler(low, full, None, 6, True, 0.0, (-1024.0, 3072.0), torch.Generator().manual_seed(1),
+                           rotation_deg=90.0)
+    x, y = (from_unit(t, -1024.0, 3072.0) for t in sampler.sample())
+    inside = y > -1000
+    assert torch.allclose((x - y)[inside], torch.full_like(x[inside], 40.0), atol=1e-2)
+    assert (y <= -1023.9).any()                                   # rotated corners: -1024 HU fill
+    ref = np.sort(full.ravel())
+    pos = np.clip(np.searchsorted(ref, y[inside].numpy()), 1, len(ref) - 1)
+    gap = np.minimum(np.abs(ref[pos] - y[inside].numpy()), np.abs(ref[pos - 1] - y[inside].numpy()))
+    assert gap.max() < 0.01                                       # nearest: no interpolated values
+    crop = PatchSampler(low, full, 32, 4, True, 0.0, (-1024.0, 3072.0), torch.Generator().manual_seed(2),
+                        rotation_deg=0.0, crop_prob=1.0, crop_scale=(0.5, 0.5))
+    x, y = (from_unit(t, -1024.0, 3072.0) for t in crop.sample())
+    assert x.shape == (4, 1, 32, 32)
+    inside = y > -100  # (bilinear blends the -1024 fill into border pixels)
+    assert torch.allclose((x - y)[inside], torch.full_like(x[inside], 40.0), atol=0.5)
+    assert y[inside].std() < 0.9 * full.std()                     # bilinear zoom smooths the white noise
