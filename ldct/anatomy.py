@@ -3,6 +3,7 @@ labels, or load the authors' converted weights, and save it as segmenter.pt."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,54 @@ def segment(net: torch.nn.Module, hu: np.ndarray, device: torch.device, batch: i
     return out
 
 
+def init_hu_thresholds(net: torch.nn.Module) -> None:
+    """Start the first convolution as local-mean detectors with thresholds spread over soft
+    tissue (-40 to 110 HU), alternating in sign.
+
+    The U-Net takes raw HU and normalises every pixel over channels right after its first
+    convolution, which makes a randomly initialised first layer nearly blind to the 10-30 HU
+    contrasts between CSF, grey and white matter (only the tiny biases break the scale
+    invariance, and Adam moves them by ~lr per step). Biases at tissue thresholds make those
+    contrasts visible from the first step; the architecture is unchanged."""
+    conv = net.conv1A
+    c = conv.weight.shape[0]
+    sign = torch.where(torch.arange(c) % 2 == 0, 1.0, -1.0)[:, None, None, None]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        k = conv.weight.shape[-1] ** 2
+        conv.weight.copy_((1.0 / k + 0.02 * torch.randn(conv.weight.shape, generator=gen)) * sign)
+        conv.bias.copy_(-conv.weight.sum(dim=(1, 2, 3)) * torch.linspace(-40.0, 110.0, c))
+
+
+def augment_pair(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, rotation_deg: float, scale_jitter: float):
+    """Same random flip, rotation, scaling and HU offset for a batch of slices (N, 1, H, W)
+    and their labels (N, H, W); labels are resampled nearest-neighbour, air fills the border."""
+    n = x.shape[0]
+    if torch.rand(1, generator=gen) < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    if rotation_deg > 0 or scale_jitter > 0:
+        ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotation_deg)
+        zoom = 1 + (torch.rand(n, generator=gen) * 2 - 1) * scale_jitter
+        cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
+        zero = torch.zeros(n)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x + 1024.0, grid, align_corners=False) - 1024.0
+        y = F.grid_sample(y[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0].long()
+    return x + (torch.rand(1, generator=gen) * 40 - 20), y  # HU offset robustness
+
+
+def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice, averaged over the foreground classes present in the batch."""
+    prob = logits.softmax(1)
+    onehot = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
+    inter = (prob * onehot).sum(dim=(0, 2, 3))
+    denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    present = onehot.sum(dim=(0, 2, 3))[1:] > 0
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return (1 - dice[1:][present]).mean() if present.any() else logits.sum() * 0
+
+
 def save_segmenter(path: str | Path, net: torch.nn.Module, base_width: int, source: str) -> None:
     with atomic_path(path) as tmp:
         torch.save({"state_dict": net.state_dict(), "base_width": base_width, "num_classes": NUM_CLASSES,
@@ -55,7 +104,11 @@ def save_segmenter(path: str | Path, net: torch.nn.Module, base_width: int, sour
 
 
 def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, out: str, out_history: str) -> pd.DataFrame:
-    """Train (or load) the U-Net; history.csv holds per-class validation Dice per epoch."""
+    """Train (or load) the U-Net; history.csv holds per-class validation Dice per epoch.
+
+    Training: weighted cross-entropy plus soft Dice, Adam with a one-cycle schedule,
+    flips, rotations, scaling and HU offsets; the epoch with the best mean foreground Dice on
+    the validation subjects is kept."""
     device = pick_device(cfg.get("device", "auto"))
     if cfg.get("weights"):
         net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"])
@@ -77,12 +130,17 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     if "labels" not in tr or "labels" not in va:
         raise ValueError(f"{nifti_dir}: no labels.nii.gz for the training/validation subjects; "
                          "set segmenter.weights to a pre-trained model instead")
-    net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"]).to(device)
+    net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"])
+    init_hu_thresholds(net)
+    net = net.to(device)
     weight = class_weights(tr["labels"]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    total_steps = cfg["epochs"] * cfg["iters_per_epoch"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total_steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
-    x_all = torch.from_numpy(tr["full"]).float()
-    y_all = torch.from_numpy(tr["labels"]).long()
+    keep = np.flatnonzero((tr["labels"] > 0).any(axis=(1, 2)))  # slices that show some anatomy
+    x_all = torch.from_numpy(tr["full"][keep]).float()
+    y_all = torch.from_numpy(tr["labels"][keep]).long()
     history = []
     best, best_state = -1.0, None
     for epoch in range(cfg["epochs"]):
@@ -92,14 +150,14 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
         for _ in tqdm(range(cfg["iters_per_epoch"]), desc=f"segmenter epoch {epoch + 1}/{cfg['epochs']}",
                       file=sys.stderr, mininterval=5, disable=False):
             idx = torch.randint(len(x_all), (cfg["batch_size"],), generator=gen)
-            x, y = x_all[idx][:, None], y_all[idx]
-            if torch.rand(1, generator=gen) < 0.5:
-                x, y = x.flip(-1), y.flip(-1)
-            x = x + (torch.rand(1, generator=gen) * 40 - 20)  # HU offset robustness
-            loss = F.cross_entropy(net(x.to(device)), y.to(device), weight=weight)
+            x, y = augment_pair(x_all[idx][:, None], y_all[idx], gen, cfg["rotation_deg"], cfg["scale_jitter"])
+            logits = net(x.to(device))
+            y = y.to(device)
+            loss = F.cross_entropy(logits, y, weight=weight) + soft_dice_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item()
         net.eval()
         pred = segment(net, va["full"], device)
