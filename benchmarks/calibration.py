@@ -1,7 +1,7 @@
 """Calibration of the synthetic dataset against the paper's LDCT row, and the water-cylinder
 noise checks, for a config (default: config.yaml).
 
-    python benchmarks/calibration.py [--config config.yaml] [--subjects 4] [--i0 5e4] [--fov 256]
+    python benchmarks/calibration.py [--config config.yaml] [--subjects 4] [--i0 6e4] [--fov 256]
 
 Prints LDCT-vs-NDCT PSNR/SSIM (the metrics of the evaluation) over every slice of the first
 `--subjects` synthetic subjects, next to the targets of the paper's Table 2 LDCT row

@@ -151,7 +151,7 @@ def simulate_doses(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fract
     return out
 
 
-def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float, i0: float = 5e4,
+def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float, i0: float = 6e4,
                  sigma_e: float = 5.0, n_views: int = 360, seed: int = 0) -> np.ndarray:
     """Make a lower-dose version of real full-dose slices (B, n, n) in HU.
 

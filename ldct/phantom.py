@@ -39,12 +39,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-# Parenchymal texture: a smooth field of ~8 mm grain, 3x the coarse texture, stands in for the
+# Parenchymal texture: a smooth field of ~6 mm grain, 2.5x the coarse texture, stands in for the
 # unresolved heterogeneity of real brain (sulci, vessels, perivascular spaces). Without it the
 # synthetic LDCT/NDCT SSIM sits ~0.03 below the real data's at the same PSNR (see
 # benchmarks/calibration.py).
-FINE_TEXTURE_MM = 8.0
-FINE_TEXTURE_GAIN = 3.0
+FINE_TEXTURE_MM = 6.0
+FINE_TEXTURE_GAIN = 2.5
+SOFT_TEXTURE_MIN_HU = 15.0
 # Non-contrast head CT attenuation (HU), typical adult values.
 HU = {
     "wm": 27.0, "gm": 38.0, "csf": 7.0, "deep_gm": 36.0, "capsule": 26.0, "dura": 50.0,
@@ -319,7 +320,7 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
     tex = _smooth_field(rng, (n_slices, matrix, matrix), 24, params.texture_hu * 2.5)
     fine_grid = max(8, int(round(matrix * pixel_mm / FINE_TEXTURE_MM)))
     tex = tex + FINE_TEXTURE_GAIN * _smooth_field(rng, (n_slices, matrix, matrix), fine_grid, params.texture_hu * 2.5)
-    soft = (hu > -200) & (hu < 100)
+    soft = (hu > SOFT_TEXTURE_MIN_HU) & (hu < 100)
     hu = hu + soft * tex[:, None]
     truth = hu.mean(axis=1)
     # head holder: a curved shell under the (posterior) head plus a foam cushion
