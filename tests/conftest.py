@@ -24,3 +24,14 @@ def synthetic_subject(tmp_path_factory) -> dict:
     row = convert_subject(base / "dicom" / "S001", base / "nifti" / "S001")
     return {"base": base, "dicom": base / "dicom" / "S001", "phantom": base / "phantom" / "S001",
             "nifti": base / "nifti" / "S001", "row": row}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show what tests recorded with `record_property("summary", ...)` (e.g. the SLURM job ids
+    and wall times of tests/test_slurm.py) in the normal `python -m pytest` output."""
+    lines = [f"{rep.nodeid}: {value}" for key in ("passed", "failed") for rep in terminalreporter.stats.get(key, [])
+             if rep.when == "call" for name, value in rep.user_properties if name == "summary"]
+    if lines:
+        terminalreporter.section("test summaries")
+        for line in lines:
+            terminalreporter.write_line(line)
