@@ -29,6 +29,15 @@ def _section(args, name: str) -> dict:
     raise SystemExit("give --params JSON or --config FILE")
 
 
+def _pairs(first: list, second: list, name1: str, name2: str) -> list[tuple]:
+    """Zip two per-dose argument lists (a single `first` value applies to every `second`)."""
+    if len(first) == 1:
+        first = first * len(second)
+    if len(first) != len(second):
+        raise ValueError(f"{name1} gives {len(first)} values and {name2} {len(second)}; give one each")
+    return list(zip(first, second))
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -70,6 +79,26 @@ def cmd_convert(a) -> None:
     write_json(Path(a.out) / "manifest.json", row)
 
 
+def cmd_convert_doses(a) -> None:
+    """Extra reduced-dose series of one subject (dose sweep) -> low_<pct>pct.nii.gz beside low.nii.gz.
+    Each is paired with the full-dose series exactly as `convert` pairs the primary one."""
+    from ldct.dicom import find_series, low_description, pair_volumes, read_series
+    from ldct.io import write_nifti
+    from ldct.paths import low_dose_name
+
+    cfg = _section(a, "dataset")
+    subject_dir = Path(a.subject_dir)
+    full = None
+    for fraction in a.fractions:
+        series = find_series(subject_dir, cfg["full_series"], low_description(fraction, a.primary))
+        if full is None:
+            full = read_series(series.full)
+        _, low, dropped = pair_volumes(full, read_series(series.low), str(subject_dir))
+        if dropped:
+            raise ValueError(f"{series.low}: slice positions differ from the full-dose series: {dropped}")
+        write_nifti(Path(a.out) / low_dose_name(fraction), low.data, low.affine)
+
+
 def cmd_manifest(a) -> None:
     from ldct.io import write_csv
 
@@ -108,7 +137,9 @@ def cmd_denoise(a) -> None:
     from ldct.evaluate import denoise_subjects
 
     _threads(a.threads)
-    denoise_subjects(a.model, a.nifti, json.loads(Path(a.splits).read_text())["test"], a.outdir, a.device)
+    subjects = json.loads(Path(a.splits).read_text())["test"]
+    for low, outdir in _pairs(a.low, a.outdir, "--low", "--outdir"):
+        denoise_subjects(a.model, a.nifti, subjects, outdir, a.device, low)
 
 
 def cmd_evaluate(a) -> None:
@@ -116,7 +147,13 @@ def cmd_evaluate(a) -> None:
 
     _threads(a.threads)
     subjects = json.loads(Path(a.splits).read_text())["test"]
-    evaluate_experiment(a.experiment, a.nifti, subjects, a.denoised, a.segmenter, a.out, a.dice, a.device)
+    denoised = a.denoised or [None] * len(a.out)
+    if len(denoised) != len(a.out):
+        raise ValueError(f"--denoised gives {len(denoised)} folders and --out {len(a.out)} files; give one each")
+    if a.dice and len(a.out) > 1:
+        raise ValueError("--dice goes with a single --out")
+    for (low, out), den in zip(_pairs(a.low, a.out, "--low", "--out"), denoised):
+        evaluate_experiment(a.experiment, a.nifti, subjects, den, a.segmenter, out, a.dice, a.device, low)
 
 
 def cmd_complexity(a) -> None:
@@ -140,6 +177,16 @@ def cmd_tables(a) -> None:
         quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
                            seed=a.seed, reference="truth")
     dice_table({e: rp.dice(e) for e in exps}, rp.table_prefix("table3_anatomical_dice"))
+
+
+def cmd_dose_sweep(a) -> None:
+    from ldct import figures
+    from ldct.tables import dose_table
+
+    rp = ResultPaths.at(a.root)
+    files = {(e, d): rp.sweep_metrics(e, d, a.doses[0]) for e in a.experiments for d in a.doses}
+    table = dose_table(files, rp.table_prefix("table4_dose_sweep"), training_dose=a.doses[0])
+    figures.dose_sweep(table, rp.figure("fig_dose_sweep"))
 
 
 def cmd_figures(a) -> None:
@@ -209,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", help="subject name (default: the output folder's name)")
     p.add_argument("--out", required=True)
     p.add_argument("--phantom", help="synthetic truth folder whose labels/truth are copied along")
+    p = add("convert-doses", cmd_convert_doses, "convert a subject's extra reduced-dose series (dose sweep)")
+    p.add_argument("--subject-dir", required=True, help="subject folder in the TCIA layout")
+    p.add_argument("--fractions", type=float, nargs="+", required=True, help="dose fractions to convert")
+    p.add_argument("--primary", type=float, required=True, help="the primary dose fraction (series 'Low Dose Images')")
+    p.add_argument("--out", required=True, help="the subject's NIfTI folder")
     p = add("manifest", cmd_manifest, "gather per-subject manifest rows into one CSV")
     p.add_argument("--out", required=True)
     p.add_argument("rows", nargs="+")
@@ -226,15 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter")
     p.add_argument("--stop-after-epochs", type=int, help="stop early (to test resuming)")
     p = add("denoise", cmd_denoise, "denoise the test subjects with a trained model")
-    for arg in ("--model", "--nifti", "--splits", "--outdir"):
+    for arg in ("--model", "--nifti", "--splits"):
         p.add_argument(arg, required=True)
+    p.add_argument("--outdir", nargs="+", required=True, help="output folder (one per --low)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--low", nargs="+", default=["low.nii.gz"],
+                   help="low-dose input file(s) in each subject folder (other doses of the dose sweep)")
     p = add("evaluate", cmd_evaluate, "per-slice metrics and Dice of one experiment")
-    for arg in ("--experiment", "--nifti", "--splits", "--out", "--dice"):
+    for arg in ("--experiment", "--nifti", "--splits"):
         p.add_argument(arg, required=True)
-    p.add_argument("--denoised")
+    p.add_argument("--out", nargs="+", required=True, help="per-slice metrics CSV (one per --low)")
+    p.add_argument("--dice", help="per-class Dice CSV (needs --segmenter)")
+    p.add_argument("--denoised", nargs="+", help="folder(s) of the experiment's outputs (one per --out)")
     p.add_argument("--segmenter")
     p.add_argument("--device", default="auto")
+    p.add_argument("--low", nargs="+", default=["low.nii.gz"],
+                   help="low-dose input file(s) in each subject folder (other doses of the dose sweep)")
     p = add("complexity", cmd_complexity, "Table 1: parameters, MACs, latency, memory")
     p.add_argument("--out-prefix", required=True)
     p.add_argument("--size", type=int, default=512)
@@ -245,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", required=True, help="results/{dataset} folder")
         p.add_argument("--experiments", nargs="+", required=True)
         p.add_argument("--seed", type=int, default=0)
+    p = add("dose-sweep", cmd_dose_sweep, "dose-sweep table and figure")
+    p.add_argument("--root", required=True, help="results/{dataset} folder")
+    p.add_argument("--experiments", nargs="+", required=True, help="rows, LDCT included")
+    p.add_argument("--doses", type=float, nargs="+", required=True, help="dose fractions, the training dose first")
     return ap
 
 

@@ -11,19 +11,37 @@ from tqdm import tqdm
 
 from ldct.anatomy import dice_per_class, segment
 from ldct.classes import NUM_CLASSES
-from ldct.data import from_slices, load_subject, to_slices
+from ldct.data import SubjectVolumes, from_slices, load_subject, to_slices
 from ldct.io import read_nifti, write_csv, write_nifti
 from ldct.metrics import slice_metrics
 from ldct.train import load_denoiser, load_segmenter, pick_device, predict_slices
 
 LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input row
+LOW_NAME = "low.nii.gz"
 
 
-def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto") -> None:
+def load_input(nifti_dir: str | Path, subject: str, low_name: str = LOW_NAME, with_labels: bool = True) -> SubjectVolumes:
+    """A subject's volumes with the low-dose input read from `low_name` (another dose of the
+    same scan, e.g. low_10pct.nii.gz of the dose sweep) instead of low.nii.gz."""
+    sv = load_subject(nifti_dir, subject, with_labels)
+    if low_name != LOW_NAME:
+        path = Path(nifti_dir) / subject / low_name
+        vol, aff = read_nifti(path)
+        if not np.isfinite(vol).all():
+            raise ValueError(f"{path}: contains NaN or inf")
+        low = to_slices(vol)
+        if low.shape != sv.full.shape or not np.allclose(aff, sv.affine, atol=1e-3):
+            raise ValueError(f"{path}: geometry {low.shape} differs from full.nii.gz {sv.full.shape} of {subject}")
+        sv.low = low
+    return sv
+
+
+def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto",
+                     low_name: str = LOW_NAME) -> None:
     dev = pick_device(device)
     net, ck = load_denoiser(model_path, dev)
     for subject in tqdm(subjects, desc="denoise", file=sys.stderr, disable=False):
-        sv = load_subject(nifti_dir, subject, with_labels=False)
+        sv = load_input(nifti_dir, subject, low_name, with_labels=False)
         pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev)
         if not np.isfinite(pred).all():
             raise ValueError(f"{model_path}: produced non-finite values on {subject}")
@@ -31,15 +49,17 @@ def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_d
 
 
 def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], denoised_dir: str | None,
-                        segmenter: str | None, out_metrics: str, out_dice: str, device: str = "auto") -> pd.DataFrame:
+                        segmenter: str | None, out_metrics: str, out_dice: str | None, device: str = "auto",
+                        low_name: str = LOW_NAME) -> pd.DataFrame:
     """Per-slice metrics against NDCT (and the phantom truth where present), and per-slice,
     per-class Dice of the frozen segmenter on the output against its NDCT segmentation and
-    against the true labels."""
+    against the true labels (when `segmenter` and `out_dice` are given). `low_name` picks
+    the low-dose input of the LDCT row (another dose of the dose sweep)."""
     dev = pick_device(device)
-    seg = load_segmenter(segmenter, dev) if segmenter else None
+    seg = load_segmenter(segmenter, dev) if segmenter and out_dice else None
     rows, dice_rows = [], []
     for subject in tqdm(subjects, desc=f"evaluate {experiment}", file=sys.stderr, disable=False):
-        sv = load_subject(nifti_dir, subject)
+        sv = load_input(nifti_dir, subject, low_name)
         if experiment == LDCT:
             out = sv.low
         else:
@@ -65,5 +85,6 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
                                       "dice_vs_ndct": d_ref[c], "dice_vs_truth": d_true[c]})
     df = pd.DataFrame(rows)
     write_csv(out_metrics, df)
-    write_csv(out_dice, pd.DataFrame(dice_rows, columns=["experiment", "subject", "slice", "class", "dice_vs_ndct", "dice_vs_truth"]))
+    if out_dice:
+        write_csv(out_dice, pd.DataFrame(dice_rows, columns=["experiment", "subject", "slice", "class", "dice_vs_ndct", "dice_vs_truth"]))
     return df

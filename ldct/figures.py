@@ -179,3 +179,32 @@ def phantom_overview(phantom: np.ndarray, truth: np.ndarray, full: np.ndarray, l
     if title:
         fig.suptitle(title, fontsize=10)
     save(fig, out)
+
+
+def dose_sweep(table: pd.DataFrame, out: str) -> None:
+    """PSNR and SSIM in [-40, 120] HU against NDCT versus dose fraction, one line per experiment
+    (the LDCT input in black); the dashed line marks the dose the models were trained at.
+    `table` is the long dose table (ldct.tables.dose_table): experiment, dose_fraction, ..."""
+    panels = [("psnr_brain", f"PSNR {window_name_label('brain')} (dB)"), ("ssim_brain", f"SSIM {window_name_label('brain')}")]
+    doses = sorted(table["dose_fraction"].unique())
+    trained = table.loc[table["training_dose"].astype(bool), "dose_fraction"].unique()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for a, (c, label) in zip(ax, panels):
+        for exp, t in table.groupby("experiment", sort=False):
+            t = t.sort_values("dose_fraction")
+            is_ldct = exp == "LDCT"
+            a.plot(t["dose_fraction"], t[c], marker="o", ms=4, label=exp, color="black" if is_ldct else None,
+                   lw=2.2 if is_ldct else 1.3, ls="--" if is_ldct else "-", zorder=3 if is_ldct else 2)
+        for d in trained:
+            a.axvline(d, color="grey", ls=":", lw=1)
+        a.set_xscale("log")
+        a.set_xticks(doses, [f"{d * 100:g}%" for d in doses])
+        a.minorticks_off()
+        a.set_xlabel("dose fraction (of full dose)")
+        a.set_ylabel(label)
+        a.grid(alpha=0.3)
+    ax[1].legend(fontsize=7)
+    if len(trained):
+        fig.suptitle(f"dose sweep: models trained at {', '.join(f'{d * 100:g}%' for d in trained)} dose "
+                     "(dotted line), applied at every dose", fontsize=10)
+    save(fig, out)

@@ -5,6 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def dose_tag(fraction: float) -> str:
+    """A dose fraction as the percentage the synthetic DICOM series are named by (0.1 -> "10"),
+    formatted as in ldct.dicom.low_description."""
+    return f"{fraction * 100:g}"
+
+
+def low_dose_name(fraction: float) -> str:
+    """File name of an extra reduced-dose volume beside low.nii.gz (dose sweep)."""
+    return f"low_{dose_tag(fraction)}pct.nii.gz"
+
+
 class ResultPaths:
     def __init__(self, results: str | Path, dataset: str):
         self.root = Path(results) / dataset
@@ -64,6 +75,25 @@ class ResultPaths:
 
     def dice(self, exp: str) -> Path:
         return self.root / "eval" / exp / "dice.csv"
+
+    # dose sweep (synthetic data with several dose fractions; the first is the training dose,
+    # whose results are the main ones under denoised/ and eval/)
+    def low_dose(self, subject: str, fraction: float) -> Path:
+        return self.root / "nifti" / subject / low_dose_name(fraction)
+
+    def dose_root(self, tag: str) -> Path:
+        """Results at one extra dose; `tag` is dose_tag(fraction)."""
+        return self.root / "dose_sweep" / f"{tag}pct"
+
+    def dose_denoised(self, tag: str, exp: str, subject: str = "") -> Path:
+        return self.dose_root(tag) / "denoised" / exp / (f"{subject}.nii.gz" if subject else "")
+
+    def dose_metrics(self, tag: str, exp: str) -> Path:
+        return self.dose_root(tag) / "eval" / exp / "metrics.csv"
+
+    def sweep_metrics(self, exp: str, fraction: float, primary: float) -> Path:
+        """Per-slice metrics of `exp` at `fraction`: the main evaluation at the training dose."""
+        return self.metrics(exp) if abs(fraction - primary) < 1e-9 else self.dose_metrics(dose_tag(fraction), exp)
 
     def table(self, name: str, ext: str = "csv") -> Path:
         return self.root / "tables" / f"{name}.{ext}"

@@ -112,3 +112,46 @@ def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
     size = int(df["size"].iloc[0]) if "size" in df else 512
     write_table(out_prefix, df, md, tex, f"Measured at {size}x{size} on {df['device'].iloc[0] if 'device' in df else 'cpu'}.")
     return df
+
+
+DOSE_METRICS = [("psnr_brain", "PSNR [-40,120]"), ("ssim_brain", "SSIM [-40,120]")]
+
+
+def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: str, training_dose: float) -> pd.DataFrame:
+    """Dose sweep: mean (and std over test slices) PSNR and SSIM in [-40, 120] HU against NDCT
+    for every (experiment, dose fraction). The CSV has one row per pair; the Markdown and
+    LaTeX versions put the doses side by side, best per column in bold."""
+    rows = []
+    for (exp, dose), path in metric_files.items():
+        m = pd.read_csv(path)
+        row = {"experiment": exp, "dose_fraction": float(dose), "training_dose": abs(dose - training_dose) < 1e-9,
+               "slices": len(m), "subjects": m["subject"].nunique()}
+        for c, _ in DOSE_METRICS + [("psnr_full", ""), ("ssim_full", "")]:
+            row[c] = float(m[c].mean())
+            row[f"{c}_std"] = float(m[c].std(ddof=0))
+        rows.append(row)
+    long = pd.DataFrame(rows)
+    order = list(dict.fromkeys(long["experiment"]))
+    doses = sorted(long["dose_fraction"].unique())
+    wide = long.pivot(index="experiment", columns="dose_fraction", values=[c for c, _ in DOSE_METRICS]).reindex(order)
+    shown = pd.DataFrame({"experiment": order})
+    cols, digits = [], {}
+    for c, head in DOSE_METRICS:
+        for d in doses:
+            key = f"{c}@{d:g}"
+            shown[key] = wide[(c, d)].to_numpy()
+            mark = " (train)" if abs(d - training_dose) < 1e-9 else ""
+            cols.append((key, f"{head} {d * 100:g}%{mark}"))
+            digits[key] = 2 if c.startswith("psnr") else 4
+    bold = {k: shown.loc[shown[k].idxmax(), "experiment"] for k, _ in cols if shown[k].notna().any()}
+    md, tex = render(shown, "experiment", cols, digits, bold, {},
+                     "Dose sweep: mean PSNR and SSIM in [-40, 120] HU against NDCT at each dose fraction; "
+                     "models trained at the dose marked (train).")
+    note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; "
+            f"mean over {int(long['slices'].iloc[0])} test slices of {int(long['subjects'].iloc[0])} subjects. "
+            "Best per column in bold; per-slice standard deviations in the CSV.")
+    out_prefix = str(out_prefix)
+    write_csv(out_prefix + ".csv", long)
+    write_text(out_prefix + ".md", md + f"\n{note}\n")
+    write_text(out_prefix + ".tex", tex)
+    return long

@@ -26,6 +26,35 @@ def synthetic_subject(tmp_path_factory) -> dict:
             "nifti": base / "nifti" / "S001", "row": row}
 
 
+def make_tcia_tree(root: Path, subjects, series_dir: Path) -> Path:
+    """A stand-in DICOM tree in the TCIA layout: one copy of `series_dir` (a subject folder with
+    its study and series folders) per subject name."""
+    import shutil
+
+    for name in subjects:
+        shutil.copytree(series_dir, root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def standin_tcia(tmp_path_factory, synthetic_subject):
+    """A stand-in DICOM tree in the TCIA layout (N-numbered subjects, copies of one series
+    pair) and a segmenter weights file in the reference port's format beside it (model.pth)."""
+    import torch
+
+    import models
+
+    base = tmp_path_factory.mktemp("tcia")
+    root = make_tcia_tree(base / "LDCT-and-Projection-data", ("N005", "N012", "N024", "N030"), synthetic_subject["dicom"])
+    torch.save(models.build("unet", base_width=4).state_dict(), base / "model.pth")
+    return root
+
+
+def weights_line(root):
+    """Config line naming the stand-in segmenter weights beside a stand-in tree."""
+    return f"segmenter: {{weights: '{root.parent / 'model.pth'}', base_width: 4}}\n"
+
+
 def pytest_terminal_summary(terminalreporter):
     """Show what tests recorded with `record_property("summary", ...)` (e.g. the SLURM job ids
     and wall times of tests/test_slurm.py) in the normal `python -m pytest` output."""

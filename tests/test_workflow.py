@@ -8,6 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# the stand-in tree fixture `standin_tcia` lives in conftest.py with this helper
+from tests.conftest import weights_line
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "tests" / "configs").glob("*.yaml"))]
@@ -84,28 +87,6 @@ def test_tiny_workflow_end_to_end(tmp_path):
     html = (tmp_path / "report.html").read_text(errors="ignore")
     for name in ("fig_qualitative.png", "fig_segmentation.png", "table2_quantitative.md"):
         assert name in html
-
-
-@pytest.fixture(scope="module")
-def standin_tcia(tmp_path_factory, synthetic_subject):
-    """A stand-in DICOM tree in the TCIA layout (N-numbered subjects, copies of one series
-    pair) and a segmenter weights file in the reference port's format."""
-    import shutil
-
-    import torch
-
-    import models
-
-    base = tmp_path_factory.mktemp("tcia")
-    root = base / "LDCT-and-Projection-data"
-    for name in ("N005", "N012", "N024", "N030"):
-        shutil.copytree(synthetic_subject["dicom"], root / name)
-    torch.save(models.build("unet", base_width=4).state_dict(), base / "model.pth")
-    return root
-
-
-def weights_line(root):
-    return f"segmenter: {{weights: '{root.parent / 'model.pth'}', base_width: 4}}\n"
 
 
 def test_dry_run_on_a_tcia_layout_tree(standin_tcia, tmp_path):

@@ -8,7 +8,7 @@ import sys
 from ldct.config import ConfigError, experiment_settings, validate_config
 from ldct.dicom import discover_subjects
 from ldct.evaluate import LDCT
-from ldct.paths import ResultPaths
+from ldct.paths import ResultPaths, dose_tag, low_dose_name
 from ldct.splits import make_splits
 from ldct.synthetic import subject_ids
 
@@ -54,6 +54,11 @@ SUBJECTS = find_subjects()
 SPLITS = make_splits(SUBJECTS, config["split"], config["seed"])
 EXPERIMENTS = list(config["experiments"])
 ROWS = [LDCT] + EXPERIMENTS
+# Dose sweep (synthetic data): the models are trained at the first dose fraction and every
+# experiment and the LDCT row are evaluated at each fraction; on only with more than one.
+DOSES = list(dict.fromkeys(config["synthetic"]["dose_fractions"])) if SYNTHETIC else []
+DOSE_SWEEP = len(DOSES) > 1
+EXTRA_DOSES = [dose_tag(f) for f in DOSES[1:]]  # as in the folder names (0.1 -> "10")
 SOURCE_FILES = sorted(str(p) for d in ("models", "losses") for p in Path(workflow.basedir, d).glob("*.py"))
 
 
@@ -112,7 +117,27 @@ def report_table(name, ext):
 def paper_outputs():
     return ([str(RP.table(t, e)) for t in TABLES for e in ("csv", "md", "tex")] + [str(RP.table("stats"))]
             + ([str(RP.table("stats_vs_truth"))] if SYNTHETIC else [])
-            + [str(RP.figure(f)) for f in FIGURES] + [str(RP.manifest)])
+            + [str(RP.figure(f)) for f in FIGURES] + [str(RP.manifest)]
+            + (dose_sweep_outputs() if DOSE_SWEEP else []))
+
+
+def dose_sweep_outputs():
+    return ([str(RP.table("table4_dose_sweep", e)) for e in ("csv", "md", "tex")]
+            + [str(RP.figure("fig_dose_sweep", e)) for e in ("png", "pdf")])
+
+
+def dose_evaluate_inputs(wc):
+    test = SPLITS["test"]
+    inp = {"splits": str(RP.splits), "data": nifti_files(test, labels=SYNTHETIC),
+           "low": [str(RP.low_dose(s, f)) for f in DOSES[1:] for s in test]}
+    if wc.experiment != LDCT:
+        inp["denoised"] = [str(RP.dose_denoised(t, wc.experiment, s)) for t in EXTRA_DOSES for s in test]
+    return inp
+
+
+def sweep_metric_files():
+    """Per-slice metrics of every row at every dose (the training dose's are the main ones)."""
+    return [str(RP.sweep_metrics(e, f, DOSES[0])) for e in ROWS for f in DOSES]
 
 
 def convert_inputs(wc):

@@ -72,3 +72,25 @@ rule manifest:
         CONDA_ENV
     shell:
         "python -m ldct manifest --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+if DOSE_SWEEP:  # extra reduced-dose series of the test subjects
+
+    rule convert_doses:
+        input:
+            dicom=str(RP.dicom("{subject}")),
+            code=code_files("dicom"),
+        output:
+            [str(RP.low_dose("{subject}", f)) for f in DOSES[1:]],
+        log:
+            str(RP.log("convert_doses/{subject}")),
+        params:
+            cfg=as_json(config["dataset"]),
+            out=lambda wc, output: str(Path(output[0]).parent),
+            fractions=DOSES[1:],
+            primary=DOSES[0],
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m ldct convert-doses --subject-dir {input.dicom:q} --fractions {params.fractions} "
+            "--primary {params.primary} --out {params.out:q} --params {params.cfg:q} > {log:q} 2>&1"

@@ -46,3 +46,54 @@ rule evaluate:
         "python -m ldct evaluate --threads {threads} --experiment {wildcards.experiment:q} --nifti {params.nifti:q} "
         "--splits {input.splits:q} {params.denoised} --segmenter {input.segmenter:q} "
         "--out {output.metrics:q} --dice {output.dice:q} > {log:q} 2>&1"
+
+
+# Dose sweep: the experiments trained at the first dose fraction, applied at every extra one
+# (one job per experiment covers all extra doses; each dose has its own output folder).
+if DOSE_SWEEP:
+
+    rule denoise_doses:
+        input:
+            model=str(RP.model("{experiment}")),
+            splits=str(RP.splits),
+            data=nifti_files(SPLITS["test"]),
+            low=[str(RP.low_dose(s, f)) for f in DOSES[1:] for s in SPLITS["test"]],
+        output:
+            [str(RP.dose_denoised(t, "{experiment}", s)) for t in EXTRA_DOSES for s in SPLITS["test"]],
+        log:
+            str(RP.log("denoise_doses/{experiment}")),
+        params:
+            nifti=nifti_root,
+            outdirs=lambda wc: [str(RP.dose_denoised(t, wc.experiment)) for t in EXTRA_DOSES],
+            lows=[low_dose_name(f) for f in DOSES[1:]],
+        wildcard_constraints:
+            experiment="|".join(EXPERIMENTS),
+        threads: MAX_THREADS
+        resources:
+            gpu=1,
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m ldct denoise --threads {threads} --model {input.model:q} --nifti {params.nifti:q} "
+            "--splits {input.splits:q} --low {params.lows:q} --outdir {params.outdirs:q} > {log:q} 2>&1"
+
+    rule evaluate_doses:
+        input:
+            unpack(dose_evaluate_inputs),
+        output:
+            [str(RP.dose_metrics(t, "{experiment}")) for t in EXTRA_DOSES],
+        log:
+            str(RP.log("evaluate_doses/{experiment}")),
+        params:
+            nifti=nifti_root,
+            lows=[low_dose_name(f) for f in DOSES[1:]],
+            denoised=lambda wc: ("--denoised " + " ".join(shlex.quote(str(RP.dose_denoised(t, wc.experiment))) for t in EXTRA_DOSES)
+                                 if wc.experiment != LDCT else ""),
+        wildcard_constraints:
+            experiment="|".join(ROWS),
+        threads: 1
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m ldct evaluate --threads {threads} --experiment {wildcards.experiment:q} --nifti {params.nifti:q} "
+            "--splits {input.splits:q} {params.denoised} --low {params.lows:q} --out {output:q} > {log:q} 2>&1"

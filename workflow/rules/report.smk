@@ -66,6 +66,28 @@ rule figures:
         "--experiments {params.rows:q} > {log:q} 2>&1"
 
 
+if DOSE_SWEEP:
+
+    rule dose_sweep:
+        input:
+            metrics=sweep_metric_files(),
+        output:
+            [report_table("table4_dose_sweep", e) for e in ("csv", "md", "tex")],
+            report_figure("fig_dose_sweep"),
+            pdf=str(RP.figure("fig_dose_sweep", "pdf")),
+        log:
+            str(RP.log("dose_sweep")),
+        params:
+            root=results_root,
+            rows=ROWS,
+            doses=DOSES,
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m ldct dose-sweep --root {params.root:q} --experiments {params.rows:q} "
+            "--doses {params.doses} > {log:q} 2>&1"
+
+
 rule paper:
     input:
         paper_outputs(),

@@ -1,0 +1,143 @@
+"""The configs in configs/: the paper-scale protocol dry-runs on a stand-in of the real data
+(the 50 Feat-KPN cases in the TCIA layout), the dose sweep dry-runs, and the dose sweep runs
+end to end at toy scale (models trained at quarter dose, scored at 10, 25 and 50 % dose)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import make_tcia_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+PAPER = ROOT / "configs" / "paper.yaml"
+DOSE_SWEEP = ROOT / "configs" / "dose_sweep.yaml"
+
+
+def run(args, cwd, timeout=600):
+    return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    counts, on = {}, False
+    for line in text.splitlines():
+        if line.startswith("job "):
+            on = True
+        elif on and line.strip() and not line.startswith("-"):
+            name, *n = line.split()
+            if name == "total" or not n:
+                break
+            counts[name] = int(n[0])
+    return counts
+
+
+@pytest.mark.parametrize("path", [PAPER, DOSE_SWEEP], ids=lambda p: p.name)
+def test_configs_validate(path):
+    from ldct.config import load_config
+
+    cfg = load_config(path)
+    assert cfg["experiments"]
+
+
+def test_paper_config_is_the_protocol():
+    import models
+    from ldct.config import experiment_settings, load_config
+
+    cfg = load_config(PAPER)
+    assert cfg["dataset"]["source"] == "dicom" and cfg["dataset"]["layout"] == "tcia"
+    assert cfg["split"] == {**cfg["split"], "method": "preset", "preset": "featkpn", "val_as_test": True}
+    assert cfg["segmenter"]["base_width"] == 64 and cfg["segmenter"]["weights"]
+    t = cfg["train"]
+    assert (t["epochs"], t["batch_size"], t["patch_size"], t["lr"], t["lr_decay"], t["amp"]) == (400, 1, None, 1e-4, 0.99, True)
+    exps = {n: experiment_settings(cfg, n) for n in cfg["experiments"]}
+    denoisers = set(models.denoisers()) - {"unet"}
+    assert {e["model"]["name"] for e in exps.values()} == denoisers
+    for name in denoisers - {"gaussian"}:  # each learned model with L1 and with the anatomical loss
+        assert {e["loss"]["name"] for e in exps.values() if e["model"]["name"] == name} == {"l1", "l1_l1ana_1"}
+    assert exps["featkpn_ana"]["model"] == {"name": "featkpn", "nf": 16, "nk": 16, "kernel_size": 5}
+    assert exps["featkpn_ana"]["loss"] == {"name": "l1_l1ana_1", "ana_weight": 0.01}
+
+
+@pytest.fixture(scope="module")
+def featkpn_tree(tmp_path_factory, synthetic_subject):
+    """The 50 cases of the Feat-KPN split as a stand-in TCIA tree (copies of one small series
+    pair), with a stand-in weights file."""
+    base = tmp_path_factory.mktemp("mayo")
+    split = json.loads((ROOT / "ldct" / "presets" / "split_featkpn_seed.json").read_text())
+    root = make_tcia_tree(base / "LDCT-and-Projection-data", split["train"] + split["val"], synthetic_subject["dicom"])
+    (base / "model.pth").write_bytes(b"stand-in")  # a dry run only checks that it exists
+    return root
+
+
+def test_paper_config_dry_runs_on_the_tcia_layout(featkpn_tree, tmp_path):
+    """The README's command: paths given with --config on top of configs/paper.yaml."""
+    res = run(["-n", "-p", "--configfile", str(PAPER), "--cores", "2", "--config",
+               f"dataset={{dicom_root: {featkpn_tree}}}", f"segmenter={{weights: {featkpn_tree.parent / 'model.pth'}}}"],
+              tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    counts = job_counts(res.stdout)
+    n_exp = len(yaml.safe_load(PAPER.read_text())["experiments"])
+    assert counts["convert"] == 50 and counts["train"] == n_exp and counts["evaluate"] == n_exp + 1
+    assert "synthesize" not in counts and "dose_sweep" not in counts
+    assert "results/mayo_head/train/featkpn_ana/model.pt" in out and "N300" in out
+    assert '"patch_size": null' in out and '"epochs": 400' in out and '"batch_size": 1' in out
+
+
+def test_dose_sweep_config_dry_runs(tmp_path):
+    res = run(["-n", "--configfile", str(DOSE_SWEEP), "--cores", "2"], tmp_path)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    cfg = yaml.safe_load(DOSE_SWEEP.read_text())
+    n_exp, n_extra = len(cfg["experiments"]), len(cfg["synthetic"]["dose_fractions"]) - 1
+    counts = job_counts(res.stdout)
+    assert counts["train"] == n_exp and counts["dose_sweep"] == 1
+    assert n_extra >= 2  # one job per experiment covers every extra dose
+    assert counts["denoise_doses"] == n_exp and counts["evaluate_doses"] == n_exp + 1
+    assert "fig_dose_sweep.png" in res.stdout
+
+
+def test_dose_sweep_end_to_end(tmp_path):
+    """configs/dose_sweep.yaml at toy scale: 3 subjects, 64x64, 2 experiments, a few steps."""
+    cfg = yaml.safe_load(DOSE_SWEEP.read_text())
+    cfg["dataset"]["name"] = "dose_tiny"
+    cfg["synthetic"].update(n_subjects=3, matrix=64, fov_mm=240.0, slice_mm=10.0, z_range_mm=[0.0, 40.0], n_views=120)
+    cfg["split"] = {"method": "random", "fractions": {"train": 0.34, "val": 0.33, "test": 0.33}}
+    cfg["segmenter"] = {"base_width": 4, "epochs": 1, "iters_per_epoch": 2, "batch_size": 2}
+    cfg["train"] = {"epochs": 1, "iters_per_epoch": 2, "batch_size": 2, "patch_size": 32}
+    cfg["experiments"] = {"edcnn_l1": {"model": {"name": "edcnn", "channels": 8, "stages": 3}, "loss": {"name": "l1"}},
+                          "gaussian_l1": {"model": {"name": "gaussian"}, "loss": {"name": "l1"}}}
+    path = tmp_path / "dose_tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    doses = sorted(cfg["synthetic"]["dose_fractions"])
+    assert len(doses) >= 3
+    # rule all asks for the dose-sweep outputs; building only those keeps the test short
+    dry = run(["-n", "--configfile", str(path), "--cores", "2"], tmp_path)
+    assert dry.returncode == 0 and "fig_dose_sweep.pdf" in dry.stdout, dry.stderr[-3000:]
+    out = tmp_path / "results" / "dose_tiny"
+    targets = [str((out / "tables" / "table4_dose_sweep.csv").relative_to(tmp_path)),
+               str((out / "figures" / "fig_dose_sweep.png").relative_to(tmp_path))]
+    res = run(["--configfile", str(path), "--cores", "2", *targets], tmp_path)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    table = pd.read_csv(out / "tables" / "table4_dose_sweep.csv")
+    rows = ["LDCT", "edcnn_l1", "gaussian_l1"]
+    assert sorted(zip(table["experiment"], table["dose_fraction"])) == sorted((e, d) for e in rows for d in doses)
+    assert table[["psnr_brain", "ssim_brain"]].notna().all().all()
+    assert table.loc[table["training_dose"], "dose_fraction"].unique().tolist() == [cfg["synthetic"]["dose_fractions"][0]]
+    ldct = table[table["experiment"] == "LDCT"].sort_values("dose_fraction")
+    assert ldct["psnr_brain"].is_monotonic_increasing and ldct["psnr_brain"].nunique() == len(doses)
+    # the training-dose rows are the main evaluation's numbers
+    t2 = pd.read_csv(out / "eval" / "LDCT" / "metrics.csv")
+    primary = ldct[ldct["training_dose"]].iloc[0]
+    assert primary["psnr_brain"] == pytest.approx(t2["psnr_brain"].mean())
+    assert (out / "figures" / "fig_dose_sweep.png").stat().st_size > 5000
+    assert (out / "figures" / "fig_dose_sweep.pdf").exists()
+    assert "**" in (out / "tables" / "table4_dose_sweep.md").read_text()
+    for extra in doses:
+        if extra != cfg["synthetic"]["dose_fractions"][0]:
+            assert (out / "dose_sweep" / f"{extra * 100:g}pct" / "eval" / "edcnn_l1" / "metrics.csv").exists()
