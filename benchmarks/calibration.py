@@ -22,9 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ldct.config import load_config  # noqa: E402
 from ldct.lowdose import make_geometry, simulate_doses  # noqa: E402
-from ldct.metrics import window_metrics  # noqa: E402
-from ldct.phantom import draw_subject, synthesize_subject  # noqa: E402
-from ldct.synthetic import subject_ids, subject_seed  # noqa: E402
+from ldct.synthetic import ldct_vs_ndct, subject_ids  # noqa: E402
 
 TARGET = {"brain": (26.57, 0.913), "full": (55.66, 0.9976)}
 
@@ -58,17 +56,8 @@ def main() -> None:
         if val is not None:
             cfg[key] = val
     k = cfg["dose_fractions"][0]
-    pixel = cfg["fov_mm"] / cfg["matrix"]
-    geom = make_geometry(cfg)
-    rows = []
     t0 = time.perf_counter()
-    for s in subject_ids(a.subjects):
-        seed = subject_seed(full_cfg["seed"], s)
-        ph = synthesize_subject(draw_subject(s, seed, cfg["lesion_probability"]), cfg["matrix"], pixel,
-                                cfg["slice_mm"], tuple(cfg["z_range_mm"]))
-        doses = simulate_doses(ph["hu"], geom, cfg["i0"], [k], cfg["electronic_noise"], seed)
-        for full, low in zip(doses[1.0], doses[k]):
-            rows.append({w: window_metrics(low, full, w) for w in ("brain", "full")})
+    rows = ldct_vs_ndct({**full_cfg, "synthetic": cfg}, subject_ids(a.subjects))
     print(f"{cfg['geometry']} beam, matrix {cfg['matrix']}, FOV {cfg['fov_mm']} mm, {cfg['n_views']} views, "
           f"I0 {cfg['i0']:g}, sigma_e {cfg['electronic_noise']:g}, dose {k:g}; "
           f"{len(rows)} slices of {a.subjects} subjects in {time.perf_counter() - t0:.1f} s")

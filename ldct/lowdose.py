@@ -108,21 +108,6 @@ class ParallelBeam:
         return img.reshape(b, self.n, self.n)
 
 
-def _counts_to_line_integrals(counts: torch.Tensor, expected_unattenuated: float) -> torch.Tensor:
-    counts = torch.clamp(counts, min=1.0)  # a ray never reads fewer than one count (log safety)
-    return (-torch.log(counts / expected_unattenuated)).float()
-
-
-def add_count_noise(sino: torch.Tensor, i0: float, dose_fraction: float, sigma_e: float,
-                    generator: torch.Generator) -> torch.Tensor:
-    """Noiseless line integrals -> noisy ones at `dose_fraction` of the incident count `i0`
-    (an independent acquisition)."""
-    expected = dose_fraction * i0 * torch.exp(-sino.double())
-    counts = torch.poisson(expected, generator=generator)
-    counts = counts + sigma_e * torch.randn(counts.shape, generator=generator, dtype=counts.dtype)
-    return _counts_to_line_integrals(counts, dose_fraction * i0)
-
-
 def simulate_doses(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fractions: list[float],
                    sigma_e: float, seed: int) -> dict[float, np.ndarray]:
     """Noiseless HU slices (B, n, n) -> {dose fraction: reconstructed HU slices}.
@@ -147,7 +132,8 @@ def simulate_doses(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fract
             photons = torch.binomial(photons, torch.full_like(photons, k / prev), generator=gen)
             prev = k
         counts = photons + sigma_e * torch.randn(photons.shape, generator=gen, dtype=photons.dtype)
-        out[k] = mu_to_hu(geometry.fbp(_counts_to_line_integrals(counts, k * i0))).numpy()
+        counts = torch.clamp(counts, min=1.0)  # a ray never reads fewer than one count (log safety)
+        out[k] = mu_to_hu(geometry.fbp((-torch.log(counts / (k * i0))).float())).numpy()
     return out
 
 

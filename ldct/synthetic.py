@@ -71,3 +71,21 @@ def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phan
     write_nifti(phantom_dir / "labels.nii.gz", ph["labels"].transpose(2, 1, 0), aff, dtype=np.uint8)
     write_json(phantom_dir / "params.json", {**json.loads(params.to_json()),
                                      "dose_fractions": cfg["dose_fractions"], "i0": cfg["i0"]})
+
+
+def ldct_vs_ndct(config: dict, subjects: list[str], windows=("brain", "full")) -> list[dict[str, dict[str, float]]]:
+    """Per-slice metrics of the primary low dose against full dose for synthetic `subjects` of a
+    validated config, made in memory (no DICOM): the calibration against the paper's LDCT row."""
+    from ldct.metrics import window_metrics  # torchmetrics: not needed by the synthesis jobs
+
+    cfg = config["synthetic"]
+    k = cfg["dose_fractions"][0]
+    geom = make_geometry(cfg)
+    rows = []
+    for s in subjects:
+        seed = subject_seed(config["seed"], s)
+        ph = synthesize_subject(draw_subject(s, seed, cfg["lesion_probability"]), cfg["matrix"],
+                                cfg["fov_mm"] / cfg["matrix"], cfg["slice_mm"], tuple(cfg["z_range_mm"]))
+        doses = simulate_doses(ph["hu"], geom, cfg["i0"], [k], cfg["electronic_noise"], seed)
+        rows += [{w: window_metrics(low, full, w) for w in windows} for full, low in zip(doses[1.0], doses[k])]
+    return rows
