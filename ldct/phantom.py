@@ -14,17 +14,21 @@ How each of the 17 labels (ldct.classes) is made, in MNI coordinates (mm, RAS):
   2 CSF             intracranial voxels where csf dominates, outside the ventricle box,
                     plus the 0-2 mm layer outside the brain mask (subarachnoid space)
   3 dura / sinus    the 2-3 mm layer outside the brain mask; the superior sagittal sinus
-  4 septum          |x| < 1.5 mm between the lateral ventricles (-5 < y < 25, 5 < z < 25)
+  4 septum          |x| < 2 mm between the lateral ventricles (-5 < y < 25, 5 < z < 25)
   5 cerebellum      brain below the tentorium: z < -8 + 0.1 (y + 60) and y < -35
-  6 caudate         ellipsoids centred (+-13, 11, 10), radii (5, 11, 8)
-  7 lentiform       ellipsoids centred (+-22, 2, 0), radii (6, 13, 8)
+  6 caudate         ellipsoids centred (+-13, 12, 10), radii (6, 12, 9)
+  7 lentiform       ellipsoids centred (+-24, 0, 0), radii (7, 14, 9)
   8 insular cortex  cortex with 30 < |x| < 42, -22 < y < 22, -10 < z < 20
-  9 int. capsule    ellipsoids centred (+-18, -4, 4), radii (3, 14, 8), inside the white matter
+  9 int. capsule    the white matter medial to the lentiform nucleus, within 6 mm of it (the
+                    V between lentiform, caudate and thalamus)
  10 ventricles      csf-dominant voxels inside the box |x| < 32, -45 < y < 30, -5 < z < 32
- 11 central sulcus  cortex within 2.5 mm of the surface y = -18 - 0.45 (z - 30), z > 25
+ 11 central sulcus  cortex within 3.5 mm of the surface y = -18 - 0.45 (z - 30), z > 25
  12-15 lobes        remaining cortex: occipital y < -72; temporal z < 8 and |x| > 30 and
                     -72 < y < 25; frontal anterior of the central sulcus; parietal the rest
- 16 thalamus        ellipsoids centred (+-11, -18, 6), radii (7, 11, 7)
+ 16 thalamus        ellipsoids centred (+-10, -20, 6), radii (8, 13, 9)
+The deep nuclei take the deep grey matter attenuation whatever the template's tissue
+probabilities there (the MNI maps class much of the putamen as white matter), so that they
+show on NDCT as they do on real head CT; nucleus sizes are those of adult anatomy.
 """
 
 from __future__ import annotations
@@ -39,16 +43,22 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-# Parenchymal texture: a smooth field of ~6 mm grain, 2.5x the coarse texture, stands in for the
-# unresolved heterogeneity of real brain (sulci, vessels, perivascular spaces). Without it the
-# synthetic LDCT/NDCT SSIM sits ~0.03 below the real data's at the same PSNR (see
-# benchmarks/calibration.py).
+# Parenchymal texture: smooth random fields (~10 mm and ~6 mm grain; amplitude the subject's
+# texture_hu times the gains) stand in for the unresolved heterogeneity of real brain (sulci,
+# vessels, perivascular spaces). Without it the synthetic LDCT/NDCT SSIM sits ~0.03 below the
+# real data's at the same PSNR; at gain 2 it is 0.008 lower than at 2.5 (see
+# benchmarks/calibration.py). Kept out of CSF so that ventricles and sulci stay clean.
 FINE_TEXTURE_MM = 6.0
+COARSE_TEXTURE_GAIN = 2.5
 FINE_TEXTURE_GAIN = 2.5
 SOFT_TEXTURE_MIN_HU = 15.0
+# Sulcal CSF weighs this much more than its template probability in the partial-volume mix:
+# the averaged MNI template has shallow sulci; patients (the Mayo cohort is mostly elderly)
+# show wider ones.
+SULCAL_CSF_GAIN = 3.0
 # Non-contrast head CT attenuation (HU), typical adult values.
 HU = {
-    "wm": 27.0, "gm": 38.0, "csf": 7.0, "deep_gm": 36.0, "capsule": 26.0, "dura": 50.0,
+    "wm": 26.0, "gm": 39.0, "csf": 7.0, "deep_gm": 38.0, "capsule": 25.0, "dura": 50.0,
     "sinus": 48.0, "cortical_bone": 1500.0, "diploe": 650.0, "scalp": 35.0, "fat": -90.0,
     "air": -1000.0, "holder": 150.0, "cushion": -850.0, "haemorrhage": 68.0, "infarct": 14.0,
     "calcification": 250.0,
@@ -159,18 +169,19 @@ def _build_fields() -> dict[str, np.ndarray]:
     lab[cortex & frontal] = 12
     lab[cortex & temporal] = 15
     lab[cortex & occ] = 14
-    lab[cortex & (np.abs(y - cs_y) < 2.5) & (z > 25)] = 11
+    lab[cortex & (np.abs(y - cs_y) < 3.5) & (z > 25)] = 11
     lab[gm_dom & ~cerebellum_zone & (ax > 28) & (ax < 42) & (y > -22) & (y < 22) & (z > -10) & (z < 20) & (dist < -4)] = 8
     cerebellum = brain & cerebellum_zone
     lab[cerebellum] = 5
     stem = brain & (ax < 12) & (y > -40) & (y < -10) & (z < -10)
     lab[stem] = 1
-    capsule = brain & ~csf_dom & ell(18, -4, 4, 3, 14, 8)
+    lentiform = brain & ell(24, 0, 0, 7, 14, 9)
+    capsule = brain & ~csf_dom & ~lentiform & ell(24, 0, 0, 13, 17, 10) & (ax < 24)
     lab[capsule] = 9
-    lab[brain & ell(22, 2, 0, 6, 13, 8)] = 7
-    lab[brain & ell(13, 11, 10, 5, 11, 8) & ~vent] = 6
-    lab[brain & ell(11, -18, 6, 7, 11, 7) & ~vent] = 16
-    septum = brain & (ax < 1.5) & (y > -5) & (y < 25) & (z > 5) & (z < 25)
+    lab[lentiform] = 7
+    lab[brain & ell(13, 12, 10, 6, 12, 9) & ~vent] = 6
+    lab[brain & ell(10, -20, 6, 8, 13, 9) & ~vent] = 16
+    septum = brain & (ax < 2.0) & (y > -5) & (y < 25) & (z > 5) & (z < 25)
     lab[septum & ndimage.binary_dilation(vent, iterations=3)] = 4
     lab[(dist > 0) & (dist <= 2.0)] = 2
     lab[(dist > 2.0) & (dist <= 3.0)] = 3
@@ -293,10 +304,13 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
     dist = sample("dist", cval=200.0)
     deep, caps, sinus = sample("deep"), sample("capsule"), sample("sinus")
     tissue = gm + wm + csf
-    w_gm = gm * (1 - deep) * (1 - caps)
-    num = (HU["gm"] * w_gm + HU["deep_gm"] * gm * deep + HU["wm"] * wm * (1 - caps)
-           + HU["capsule"] * caps * (gm + wm) + HU["csf"] * csf)
-    brain_hu = num / np.maximum(tissue, 1e-6)
+    # deep nuclei and capsule override the template's grey/white split (their weights and
+    # the grey/white ones sum to gm + wm)
+    parenchyma = gm + wm
+    rest = (1 - deep) * (1 - caps)
+    num = (HU["deep_gm"] * deep * parenchyma + HU["capsule"] * caps * (1 - deep) * parenchyma
+           + HU["gm"] * gm * rest + HU["wm"] * wm * rest + HU["csf"] * SULCAL_CSF_GAIN * csf)
+    brain_hu = num / np.maximum(parenchyma + SULCAL_CSF_GAIN * csf, 1e-6)
     # layers outside the brain surface (distance in template mm)
     skull_in, skull_out = 3.0, 3.0 + params.skull_mm
     scalp_out = skull_out + params.scalp_mm
@@ -317,9 +331,9 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
         hu = np.where(m, HU[les.kind], hu)
     hu = hu.reshape(n_slices, n_sub, matrix, matrix)
     # texture: smooth random fields (coarse and ~8 mm grain) inside soft tissue
-    tex = _smooth_field(rng, (n_slices, matrix, matrix), 24, params.texture_hu * 2.5)
+    tex = _smooth_field(rng, (n_slices, matrix, matrix), 24, params.texture_hu * COARSE_TEXTURE_GAIN)
     fine_grid = max(8, int(round(matrix * pixel_mm / FINE_TEXTURE_MM)))
-    tex = tex + FINE_TEXTURE_GAIN * _smooth_field(rng, (n_slices, matrix, matrix), fine_grid, params.texture_hu * 2.5)
+    tex = tex + FINE_TEXTURE_GAIN * _smooth_field(rng, (n_slices, matrix, matrix), fine_grid, params.texture_hu * COARSE_TEXTURE_GAIN)
     soft = (hu > SOFT_TEXTURE_MIN_HU) & (hu < 100)
     hu = hu + soft * tex[:, None]
     truth = hu.mean(axis=1)
