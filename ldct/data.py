@@ -29,15 +29,21 @@ def from_slices(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(arr, (2, 1, 0)))
 
 
-def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True) -> SubjectVolumes:
+LOW_NAME = "low.nii.gz"
+
+
+def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, low_name: str = LOW_NAME) -> SubjectVolumes:
+    """A subject's volumes; the low-dose input is read from `low_name` (another dose of the
+    same scan, e.g. low_10pct.nii.gz of the dose sweep, instead of low.nii.gz) and must share
+    the full-dose geometry, as conversion pairs them."""
     d = Path(nifti_dir) / subject
-    low, aff = read_nifti(d / "low.nii.gz")
-    full, _ = read_nifti(d / "full.nii.gz")
-    if low.shape != full.shape:
-        raise ValueError(f"{d}: low.nii.gz {low.shape} and full.nii.gz {full.shape} differ in shape")
-    for name, arr in (("low", low), ("full", full)):
+    low, aff = read_nifti(d / low_name)
+    full, full_aff = read_nifti(d / "full.nii.gz")
+    if low.shape != full.shape or not np.allclose(aff, full_aff, atol=1e-3):
+        raise ValueError(f"{d / low_name}: geometry {low.shape} differs from full.nii.gz {full.shape}")
+    for name, arr in ((low_name, low), ("full.nii.gz", full)):
         if not np.isfinite(arr).all():
-            raise ValueError(f"{d / (name + '.nii.gz')}: contains NaN or inf")
+            raise ValueError(f"{d / name}: contains NaN or inf")
     sv = SubjectVolumes(subject, to_slices(low), to_slices(full), affine=aff)
     if with_labels and (d / "labels.nii.gz").exists():
         sv.labels = to_slices(read_nifti(d / "labels.nii.gz")[0]).astype(np.int64)

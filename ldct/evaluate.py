@@ -11,29 +11,12 @@ from tqdm import tqdm
 
 from ldct.anatomy import dice_per_class, segment
 from ldct.classes import NUM_CLASSES
-from ldct.data import SubjectVolumes, from_slices, load_subject, to_slices
+from ldct.data import LOW_NAME, from_slices, load_subject, to_slices
 from ldct.io import read_nifti, write_csv, write_nifti
 from ldct.metrics import slice_metrics
 from ldct.train import load_denoiser, load_segmenter, pick_device, predict_slices
 
 LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input row
-LOW_NAME = "low.nii.gz"
-
-
-def load_input(nifti_dir: str | Path, subject: str, low_name: str = LOW_NAME, with_labels: bool = True) -> SubjectVolumes:
-    """A subject's volumes with the low-dose input read from `low_name` (another dose of the
-    same scan, e.g. low_10pct.nii.gz of the dose sweep) instead of low.nii.gz."""
-    sv = load_subject(nifti_dir, subject, with_labels)
-    if low_name != LOW_NAME:
-        path = Path(nifti_dir) / subject / low_name
-        vol, aff = read_nifti(path)
-        if not np.isfinite(vol).all():
-            raise ValueError(f"{path}: contains NaN or inf")
-        low = to_slices(vol)
-        if low.shape != sv.full.shape or not np.allclose(aff, sv.affine, atol=1e-3):
-            raise ValueError(f"{path}: geometry {low.shape} differs from full.nii.gz {sv.full.shape} of {subject}")
-        sv.low = low
-    return sv
 
 
 def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto",
@@ -41,7 +24,7 @@ def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_d
     dev = pick_device(device)
     net, ck = load_denoiser(model_path, dev)
     for subject in tqdm(subjects, desc="denoise", file=sys.stderr, disable=False):
-        sv = load_input(nifti_dir, subject, low_name, with_labels=False)
+        sv = load_subject(nifti_dir, subject, with_labels=False, low_name=low_name)
         pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev)
         if not np.isfinite(pred).all():
             raise ValueError(f"{model_path}: produced non-finite values on {subject}")
@@ -59,7 +42,7 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
     seg = load_segmenter(segmenter, dev) if segmenter and out_dice else None
     rows, dice_rows = [], []
     for subject in tqdm(subjects, desc=f"evaluate {experiment}", file=sys.stderr, disable=False):
-        sv = load_input(nifti_dir, subject, low_name)
+        sv = load_subject(nifti_dir, subject, low_name=low_name)
         if experiment == LDCT:
             out = sv.low
         else:

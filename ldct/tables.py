@@ -150,8 +150,5 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
     note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; "
             f"mean over {int(long['slices'].iloc[0])} test slices of {int(long['subjects'].iloc[0])} subjects. "
             "Best per column in bold; per-slice standard deviations in the CSV.")
-    out_prefix = str(out_prefix)
-    write_csv(out_prefix + ".csv", long)
-    write_text(out_prefix + ".md", md + f"\n{note}\n")
-    write_text(out_prefix + ".tex", tex)
+    write_table(out_prefix, long, md, tex, note)
     return long
