@@ -330,7 +330,7 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
         m = (q.sum(-1) <= 1.0) & (dist < -1.0)
         hu = np.where(m, HU[les.kind], hu)
     hu = hu.reshape(n_slices, n_sub, matrix, matrix)
-    # texture: smooth random fields (coarse and ~8 mm grain) inside soft tissue
+    # texture: smooth random fields (~10 mm and ~6 mm grain) inside soft tissue (not CSF)
     tex = _smooth_field(rng, (n_slices, matrix, matrix), 24, params.texture_hu * COARSE_TEXTURE_GAIN)
     fine_grid = max(8, int(round(matrix * pixel_mm / FINE_TEXTURE_MM)))
     tex = tex + FINE_TEXTURE_GAIN * _smooth_field(rng, (n_slices, matrix, matrix), fine_grid, params.texture_hu * COARSE_TEXTURE_GAIN)
