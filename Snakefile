@@ -1,5 +1,5 @@
 """LDCT brain-CT denoising benchmark: DICOM -> NIfTI -> splits -> segmenter -> training ->
-denoising -> evaluation -> tables, figures and report. See README.md and DESIGN.md."""
+denoising -> evaluation -> tables, figures and report. See README.md (its Layout section maps the folders)."""
 
 from snakemake.utils import min_version
 

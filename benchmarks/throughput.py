@@ -35,14 +35,14 @@ CASES = [  # (label, model kwargs, loss name)
 ]
 
 
-def build(spec: dict, loss: str, seg_width: int):
+def build(spec: dict, loss: str, seg_width: int, seg_norm: str):
     kw = {k: v for k, v in spec.items() if k != "name"}
     if models.needs_segmenter(spec["name"]):
-        kw["seg_width"] = seg_width
+        kw["seg_width"], kw["seg_norm"] = seg_width, seg_norm
     net = models.build(spec["name"], **kw)
     lkw = {}
     if losses.needs_segmenter(loss):
-        lkw = {"segmenter": models.build("unet", base_width=seg_width), "hu_range": (-1024.0, 3072.0)}
+        lkw = {"segmenter": models.build("unet", base_width=seg_width, norm=seg_norm), "hu_range": (-1024.0, 3072.0)}
     return net, losses.build(loss, **lkw)
 
 
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--slice", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--seg-width", type=int, default=8)
+    ap.add_argument("--seg-norm", default="instance", choices=["channel", "instance"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -72,7 +73,7 @@ def main() -> None:
     s = torch.rand(4, 1, a.slice, a.slice) * 0.3 + 0.2
     rows = []
     for label, spec, loss_name in CASES:
-        net, loss = build(spec, loss_name, a.seg_width)
+        net, loss = build(spec, loss_name, a.seg_width, a.seg_norm)
         opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
         def step():

@@ -102,10 +102,48 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (1 - dice[1:][present]).mean() if present.any() else logits.sum() * 0
 
 
-def save_segmenter(path: str | Path, net: torch.nn.Module, base_width: int, source: str) -> None:
+def save_segmenter(path: str | Path, net: torch.nn.Module, source: str, **meta) -> None:
+    """segmenter.pt: the weights with what rebuilds the network (width, norm) and their origin."""
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": net.state_dict(), "base_width": base_width, "num_classes": NUM_CLASSES,
-                    "source": source}, tmp)
+        torch.save({"state_dict": net.state_dict(), "base_width": net.conv1A.out_channels, "norm": net.norm,
+                    "num_classes": NUM_CLASSES, "source": source, **meta}, tmp)
+
+
+def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
+    """The U-Net of a weights file: a segmenter.pt of this project (which says its width and
+    norm; they must match the config) or a bare state dict such as the authors' converted
+    model.pth (built as the config says)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    width, norm = cfg["base_width"], cfg["norm"]
+    state = obj
+    if isinstance(obj, dict) and "state_dict" in obj:
+        state = obj["state_dict"]
+        got = (obj.get("base_width", width), obj.get("norm", norm))
+        if got != (width, norm):
+            raise ValueError(f"{path}: holds a U-Net with base_width {got[0]} and norm {got[1]!r}, but the config "
+                             f"says segmenter.base_width={width}, segmenter.norm={norm!r}; make them agree")
+    net = models.build("unet", num_classes=NUM_CLASSES, base_width=width, norm=norm)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: does not fit the U-Net at segmenter.base_width={width} "
+                         f"(the published network needs 64, norm 'channel'): {err}") from err
+    return net
+
+
+def validation_dice(net: torch.nn.Module, val: dict, device: torch.device) -> dict:
+    """Mean foreground Dice and per-class Dice (dice_00 ... dice_16) on the validation slices."""
+    net.eval()
+    dice = dice_per_class(segment(net, val["full"], device), val["labels"])
+    row = {"val_mean_dice": float(np.nanmean(dice[1:]))}
+    row.update({f"dice_{c:02d}": (None if np.isnan(d) else float(d)) for c, d in enumerate(dice)})
+    return row
+
+
+def _report(row: dict, prefix: str) -> None:
+    names = {f"dice_{c:02d}": n for c, n in enumerate(CLASS_NAMES)}
+    print(f"{prefix}: mean foreground Dice {row['val_mean_dice']:.3f}; per class: " + ", ".join(
+        f"{names[k]} {v:.2f}" for k, v in row.items() if k in names and v is not None), file=sys.stderr)
 
 
 def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, out: str, out_history: str) -> pd.DataFrame:
@@ -116,16 +154,15 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     the validation subjects is kept."""
     device = pick_device(cfg.get("device", "auto"))
     if cfg.get("weights"):
-        net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"])
-        state = torch.load(cfg["weights"], map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{cfg['weights']}: does not fit the U-Net at segmenter.base_width="
-                             f"{cfg['base_width']} (the published network needs 64): {err}") from err
-        save_segmenter(out, net, cfg["base_width"], str(cfg["weights"]))
-        df = pd.DataFrame([{"epoch": 0, "source": str(cfg["weights"])}])
+        net = load_weights(cfg["weights"], cfg)
+        row = {"epoch": 0, "source": str(cfg["weights"])}
+        # labelled validation subjects (synthetic data): say how well the weights fit them
+        va = stack_subjects(nifti_dir, splits["val"]) if splits.get("val") else {}
+        if "labels" in va:
+            row.update(validation_dice(net.to(device), va, device))
+            _report(row, f"loaded {cfg['weights']}, on the validation subjects")
+        save_segmenter(out, net.cpu(), str(cfg["weights"]))
+        df = pd.DataFrame([row])
         write_csv(out_history, df)
         return df
     seed_everything(seed)
@@ -135,8 +172,9 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     if "labels" not in tr or "labels" not in va:
         raise ValueError(f"{nifti_dir}: no labels.nii.gz for the training/validation subjects; "
                          "set segmenter.weights to a pre-trained model instead")
-    net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"])
-    init_hu_thresholds(net)
+    net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"], norm=cfg["norm"])
+    if cfg["norm"] == "channel":
+        init_hu_thresholds(net)
     net = net.to(device)
     weight = class_weights(tr["labels"]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
@@ -164,23 +202,18 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
             opt.step()
             sched.step()
             total += loss.item()
-        net.eval()
-        pred = segment(net, va["full"], device)
-        dice = dice_per_class(pred, va["labels"])
-        fg = float(np.nanmean(dice[1:]))
-        row = {"epoch": epoch + 1, "train_loss": total / cfg["iters_per_epoch"], "val_mean_dice": fg,
-               "seconds": round(time.perf_counter() - t0, 2)}
-        row.update({f"dice_{c:02d}": (None if np.isnan(d) else float(d)) for c, d in enumerate(dice)})
+        row = {"epoch": epoch + 1, "train_loss": total / cfg["iters_per_epoch"],
+               **validation_dice(net, va, device), "seconds": round(time.perf_counter() - t0, 2)}
+        fg = row["val_mean_dice"]
         history.append(row)
         print(f"segmenter epoch {epoch + 1}: loss {row['train_loss']:.4f} mean foreground Dice {fg:.3f}", file=sys.stderr)
         if fg > best:
             best, best_state = fg, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
-    save_segmenter(out, net, cfg["base_width"], "pretrained on " + ",".join(splits["train"]))
+    best_row = max(history, key=lambda r: r["val_mean_dice"])
+    save_segmenter(out, net, "pretrained on " + ",".join(splits["train"]), val_mean_dice=best_row["val_mean_dice"],
+                   epoch=best_row["epoch"], seed=seed, settings=dict(cfg))
     df = pd.DataFrame(history)
     write_csv(out_history, df)
-    names = {f"dice_{c:02d}": n for c, n in enumerate(CLASS_NAMES)}
-    best_row = max(history, key=lambda r: r["val_mean_dice"])
-    print(f"best epoch {best_row['epoch']}, per-class Dice: " + ", ".join(
-        f"{names[k]} {v:.2f}" for k, v in best_row.items() if k in names and v is not None), file=sys.stderr)
+    _report(best_row, f"best epoch {best_row['epoch']}")
     return df

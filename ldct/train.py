@@ -57,7 +57,8 @@ def _accepts(cls, arg: str) -> bool:
 
 def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module:
     """The frozen U-Net from a segmenter.pt dictionary (ldct.anatomy.save_segmenter)."""
-    net = models.build("unet", num_classes=ck["num_classes"], base_width=ck["base_width"])
+    net = models.build("unet", num_classes=ck["num_classes"], base_width=ck["base_width"],
+                       norm=ck.get("norm", "channel"))
     net.load_state_dict(ck["state_dict"])
     return net.to(device).eval()
 
@@ -203,6 +204,7 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
     model_spec = dict(experiment["model"])
     if models.needs_segmenter(model_spec["name"]):
         model_spec["seg_width"] = seg_ck["base_width"]
+        model_spec["seg_norm"] = seg_ck.get("norm", "channel")
     mspec = dict(model_spec)
     name = mspec.pop("name")
     if _accepts(models.REGISTRY.get(name), "hu_range"):

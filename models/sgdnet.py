@@ -23,9 +23,10 @@ class SGDNet(nn.Module):
     needs_segmenter = True
 
     def __init__(self, width: int = 32, blocks: int = 6, seg_width: int = 64,
+                 seg_norm: str = "channel",
                  hu_range: tuple[float, float] = (-1024.0, 3072.0)):
         super().__init__()
-        self.segmenter = HeadCTUNet(NUM_CLASSES, seg_width)
+        self.segmenter = HeadCTUNet(NUM_CLASSES, seg_width, seg_norm)
         for p in self.segmenter.parameters():
             p.requires_grad_(False)
         self.hu_range = tuple(hu_range)

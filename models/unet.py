@@ -4,6 +4,12 @@ anatomical prior (the perception loss and SGDNet).
 Parameter names and shapes follow the reference PyTorch port (conv1A ... conv10,
 layer_normalization ... layer_normalization_17 with gamma/beta [C, 1, 1]) so that its
 converted weights load with strict=True at base_width=64 (31,043,409 parameters).
+
+`norm="instance"` swaps the per-pixel channel normalisation for instance normalisation
+(per channel over the slice), with the same gamma/beta parameters. The published network uses
+"channel"; from scratch on a CPU budget it hardly trains (a width-8 U-Net could not overfit 8
+slices in 300 Adam steps: mean foreground Dice 0.30, against 0.76 with "instance"), because
+normalising each pixel over a handful of channels throws away its intensity.
 """
 
 from __future__ import annotations
@@ -31,6 +37,22 @@ class ChannelLayerNorm(nn.Module):
         return (x - mean) / (std + self.eps) * self.gamma + self.beta
 
 
+class ChannelInstanceNorm(nn.Module):
+    """Instance normalisation (each channel over H, W) with ChannelLayerNorm's gamma/beta."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, eps=self.eps) * self.gamma + self.beta
+
+
+NORMS = {"channel": ChannelLayerNorm, "instance": ChannelInstanceNorm}
+
+
 @register("unet")
 class HeadCTUNet(nn.Module):
     """(N, 1, H, W) raw HU -> (N, num_classes, H, W) logits. H, W padded to a multiple of 16.
@@ -41,8 +63,11 @@ class HeadCTUNet(nn.Module):
 
     is_denoiser = False  # a segmenter: excluded from the denoiser experiments and tests
 
-    def __init__(self, num_classes: int = NUM_CLASSES, base_width: int = 64):
+    def __init__(self, num_classes: int = NUM_CLASSES, base_width: int = 64, norm: str = "channel"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"unknown U-Net norm {norm!r}; choose one of {sorted(NORMS)}")
+        self.norm = norm
         w = [base_width * 2**i for i in range(5)]
         self._norm_index = 0
         enc_in = [1, w[0], w[1], w[2], w[3]]
@@ -57,9 +82,9 @@ class HeadCTUNet(nn.Module):
         self.conv10 = nn.Conv2d(w[0], num_classes, 1)
         norm_channels = [c for c in w for _ in range(2)] + [c for c in reversed(w[:4]) for _ in range(2)]
         for k, c in enumerate(norm_channels):
-            setattr(self, "layer_normalization" + ("" if k == 0 else f"_{k}"), ChannelLayerNorm(c))
+            setattr(self, "layer_normalization" + ("" if k == 0 else f"_{k}"), NORMS[norm](c))
 
-    def _norm(self, k: int) -> ChannelLayerNorm:
+    def _norm(self, k: int) -> nn.Module:
         return getattr(self, "layer_normalization" + ("" if k == 0 else f"_{k}"))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):

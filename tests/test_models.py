@@ -201,3 +201,17 @@ def test_unet_state_dict_round_trips_strictly(tmp_path):
     expected |= {"conv10.weight", "conv10.bias"}
     expected |= {f"layer_normalization{'' if k == 0 else f'_{k}'}.{t}" for k in range(18) for t in ("gamma", "beta")}
     assert keys == expected
+
+
+def test_unet_instance_norm_keeps_the_parameters_and_normalises_each_channel_over_the_slice():
+    chan, inst = models.build("unet", base_width=4), models.build("unet", base_width=4, norm="instance")
+    assert {k: v.shape for k, v in chan.state_dict().items()} == {k: v.shape for k, v in inst.state_dict().items()}
+    inst.load_state_dict(chan.state_dict(), strict=True)
+    x = torch.randn(2, 4, 8, 8) * 30 + 40
+    y = inst.layer_normalization(x)
+    assert torch.allclose(y.mean(dim=(2, 3)), torch.zeros(2, 4), atol=1e-4)
+    assert torch.allclose(y.var(dim=(2, 3), unbiased=False), torch.ones(2, 4), atol=1e-3)
+    z = chan.layer_normalization(x)  # the published norm: each pixel over the channels
+    assert torch.allclose(z.mean(dim=1), torch.zeros(2, 8, 8), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown U-Net norm 'batch'"):
+        models.build("unet", base_width=4, norm="batch")

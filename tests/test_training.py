@@ -87,7 +87,7 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
 
     src = models.build("unet", base_width=4)
     torch.save(src.state_dict(), tmp_path / "model.pth")
-    cfg = {"weights": str(tmp_path / "model.pth"), "base_width": 4, "device": "cpu"}
+    cfg = {"weights": str(tmp_path / "model.pth"), "base_width": 4, "norm": "channel", "device": "cpu"}
     pretrain_segmenter(nifti_dir="unused", splits={}, cfg=cfg, seed=0, out=str(tmp_path / "seg.pt"),
                        out_history=str(tmp_path / "h.csv"))
     loaded = load_segmenter(tmp_path / "seg.pt", torch.device("cpu"))
@@ -96,6 +96,32 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
         pretrain_segmenter(nifti_dir="unused", splits={}, cfg={**cfg, "base_width": 8}, seed=0,
                            out=str(tmp_path / "seg2.pt"), out_history=str(tmp_path / "h2.csv"))
     assert not (tmp_path / "seg2.pt").exists()
+
+
+def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validation(dataset, tmp_path):
+    from ldct.anatomy import pretrain_segmenter
+    from ldct.train import load_segmenter
+
+    base, splits = dataset
+    cfg = {"weights": None, "base_width": 4, "norm": "instance", "epochs": 1, "iters_per_epoch": 2, "batch_size": 2,
+           "lr": 1e-3, "rotation_deg": 10.0, "scale_jitter": 0.1, "device": "cpu"}
+    pretrain_segmenter(nifti_dir=str(base / "nifti"), splits=splits, cfg=cfg, seed=0, out=str(tmp_path / "a.pt"),
+                       out_history=str(tmp_path / "a.csv"))
+    ck = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert (ck["norm"], ck["base_width"]) == ("instance", 4)
+    assert load_segmenter(tmp_path / "a.pt", torch.device("cpu")).norm == "instance"
+    # given as weights, the file is loaded and scored on the labelled validation subjects
+    again = {**cfg, "weights": str(tmp_path / "a.pt")}
+    hist = pretrain_segmenter(nifti_dir=str(base / "nifti"), splits=splits, cfg=again, seed=0,
+                              out=str(tmp_path / "b.pt"), out_history=str(tmp_path / "b.csv"))
+    trained = pd.read_csv(tmp_path / "a.csv")
+    assert hist.loc[0, "val_mean_dice"] == pytest.approx(trained["val_mean_dice"].max())
+    assert {f"dice_{c:02d}" for c in range(17)} <= set(pd.read_csv(tmp_path / "b.csv").columns)
+    # a config that disagrees with the file's norm is a clear error, before anything is written
+    with pytest.raises(ValueError, match="norm 'instance'.*segmenter.norm='channel'"):
+        pretrain_segmenter(nifti_dir=str(base / "nifti"), splits=splits, cfg={**again, "norm": "channel"}, seed=0,
+                           out=str(tmp_path / "c.pt"), out_history=str(tmp_path / "c.csv"))
+    assert not (tmp_path / "c.pt").exists()
 
 
 def test_rotation_and_resized_crop_keep_input_and_target_aligned():

@@ -4,7 +4,9 @@
 rule pretrain_segmenter:
     input:
         splits=str(RP.splits),
-        data=nifti_files(SPLITS["train"] + SPLITS["val"], labels=not config["segmenter"]["weights"]),
+        # labels: to pre-train, or to score given weights on the validation subjects (synthetic)
+        data=nifti_files(SPLITS["train"] + SPLITS["val"],
+                         labels=not config["segmenter"]["weights"] or config["dataset"]["source"] == "synthetic"),
         weights=config["segmenter"]["weights"] or [],
     output:
         model=str(RP.segmenter),
