@@ -99,27 +99,33 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
 
 
 def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validation(dataset, tmp_path):
+    import shutil
+
     from ldct.anatomy import pretrain_segmenter
     from ldct.train import load_segmenter
 
     base, splits = dataset
+    nifti = tmp_path / "nifti"
+    for s in ("S001", "S002"):  # with the labels, which the workflow's convert step copies along
+        shutil.copytree(base / "nifti" / s, nifti / s)
+        shutil.copy(base / "phantom" / s / "labels.nii.gz", nifti / s / "labels.nii.gz")
     cfg = {"weights": None, "base_width": 4, "norm": "instance", "epochs": 1, "iters_per_epoch": 2, "batch_size": 2,
            "lr": 1e-3, "rotation_deg": 10.0, "scale_jitter": 0.1, "device": "cpu"}
-    pretrain_segmenter(nifti_dir=str(base / "nifti"), splits=splits, cfg=cfg, seed=0, out=str(tmp_path / "a.pt"),
+    pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg=cfg, seed=0, out=str(tmp_path / "a.pt"),
                        out_history=str(tmp_path / "a.csv"))
     ck = torch.load(tmp_path / "a.pt", weights_only=True)
     assert (ck["norm"], ck["base_width"]) == ("instance", 4)
     assert load_segmenter(tmp_path / "a.pt", torch.device("cpu")).norm == "instance"
     # given as weights, the file is loaded and scored on the labelled validation subjects
     again = {**cfg, "weights": str(tmp_path / "a.pt")}
-    hist = pretrain_segmenter(nifti_dir=str(base / "nifti"), splits=splits, cfg=again, seed=0,
+    hist = pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg=again, seed=0,
                               out=str(tmp_path / "b.pt"), out_history=str(tmp_path / "b.csv"))
     trained = pd.read_csv(tmp_path / "a.csv")
     assert hist.loc[0, "val_mean_dice"] == pytest.approx(trained["val_mean_dice"].max())
     assert {f"dice_{c:02d}" for c in range(17)} <= set(pd.read_csv(tmp_path / "b.csv").columns)
     # a config that disagrees with the file's norm is a clear error, before anything is written
     with pytest.raises(ValueError, match="norm 'instance'.*segmenter.norm='channel'"):
-        pretrain_segmenter(nifti_dir=str(base / "nifti"), splits=splits, cfg={**again, "norm": "channel"}, seed=0,
+        pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg={**again, "norm": "channel"}, seed=0,
                            out=str(tmp_path / "c.pt"), out_history=str(tmp_path / "c.csv"))
     assert not (tmp_path / "c.pt").exists()
 

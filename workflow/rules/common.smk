@@ -17,6 +17,14 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err))
 
+# A relative segmenter.weights not found in the working directory is looked up in the project
+# folder, where config.yaml's shipped file (ldct/presets/segmenter_synthetic.pt) lives.
+_weights = config["segmenter"]["weights"]
+if _weights and not os.path.isabs(_weights) and not os.path.exists(_weights):
+    _shipped = os.path.join(workflow.basedir, _weights)
+    if os.path.exists(_shipped):
+        config["segmenter"]["weights"] = _shipped
+
 
 RP = ResultPaths(config["results"], config["dataset"]["name"])
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
