@@ -211,8 +211,8 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
             best, best_state = fg, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
     best_row = max(history, key=lambda r: r["val_mean_dice"])
-    save_segmenter(out, net, f"pretrained on {nifti_dir}: " + ",".join(splits["train"]), val_mean_dice=best_row["val_mean_dice"],
-                   epoch=best_row["epoch"], seed=seed, settings=dict(cfg))
+    save_segmenter(out, net, f"pretrained on {nifti_dir}: " + ",".join(splits["train"]),
+                   val_mean_dice=best_row["val_mean_dice"], epoch=best_row["epoch"], seed=seed, settings=dict(cfg))
     df = pd.DataFrame(history)
     write_csv(out_history, df)
     _report(best_row, f"best epoch {best_row['epoch']}")
