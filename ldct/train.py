@@ -182,6 +182,46 @@ def head_window_mse(pred_hu: np.ndarray, full_hu: np.ndarray) -> float:
     return float(np.mean((np.clip(pred_hu, lo, hi) - np.clip(full_hu, lo, hi)) ** 2))
 
 
+def build_experiment(experiment: dict, hu_range: tuple[float, float], seg_ck: dict | None,
+                     device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """The model and loss of an experiment on `device`, the frozen segmenter (a segmenter.pt
+    dictionary) wired into whichever needs it and the HU scaling passed to any that takes it.
+    Returns (model, loss, model spec as saved in model.pt)."""
+    model_spec = dict(experiment["model"])
+    if models.needs_segmenter(model_spec["name"]):
+        model_spec["seg_width"] = seg_ck["base_width"]
+        model_spec["seg_norm"] = seg_ck.get("norm", "channel")
+    mspec = dict(model_spec)
+    name = mspec.pop("name")
+    if _accepts(models.REGISTRY.get(name), "hu_range"):
+        model_spec["hu_range"] = mspec["hu_range"] = list(hu_range)
+    net = models.build(name, **mspec)
+    if models.needs_segmenter(name):
+        net.segmenter.load_state_dict(seg_ck["state_dict"])
+    net = net.to(device)
+    lspec = dict(experiment["loss"])
+    lname = lspec.pop("name")
+    if losses.needs_segmenter(lname):
+        lspec["segmenter"] = segmenter_from_checkpoint(seg_ck, device)
+    if _accepts(losses.REGISTRY.get(lname), "hu_range"):
+        lspec.setdefault("hu_range", tuple(hu_range))
+    return net, losses.build(lname, **lspec).to(device), model_spec
+
+
+def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, use_amp: bool) -> float:
+    """One optimiser step (mixed precision when `use_amp`); stops on a non-finite loss."""
+    with torch.autocast(x.device.type, enabled=use_amp):
+        loss = criterion(net(x), y)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"non-finite loss ({loss.item()}); lower train.lr or check the input data for NaN")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.item()
+
+
 def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: tuple[float, float], seed: int,
                    out_model: str, out_history: str, checkpoint_dir: str, segmenter: str | None = None,
                    stop_after_epochs: int | None = None) -> pd.DataFrame:
@@ -201,25 +241,7 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
         raise TrainingError(f"experiment {experiment['model']['name']} + {experiment['loss']['name']} "
                             "needs the segmenter checkpoint")
     seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True) if needs_seg else None
-    model_spec = dict(experiment["model"])
-    if models.needs_segmenter(model_spec["name"]):
-        model_spec["seg_width"] = seg_ck["base_width"]
-        model_spec["seg_norm"] = seg_ck.get("norm", "channel")
-    mspec = dict(model_spec)
-    name = mspec.pop("name")
-    if _accepts(models.REGISTRY.get(name), "hu_range"):
-        model_spec["hu_range"] = mspec["hu_range"] = list(hu_range)
-    net = models.build(name, **mspec)
-    if models.needs_segmenter(name):
-        net.segmenter.load_state_dict(seg_ck["state_dict"])
-    net = net.to(device)
-    lspec = dict(experiment["loss"])
-    lname = lspec.pop("name")
-    if losses.needs_segmenter(lname):
-        lspec["segmenter"] = segmenter_from_checkpoint(seg_ck, device)
-    if _accepts(losses.REGISTRY.get(lname), "hu_range"):
-        lspec.setdefault("hu_range", tuple(hu_range))
-    criterion = losses.build(lname, **lspec).to(device)
+    net, criterion, model_spec = build_experiment(experiment, hu_range, seg_ck, device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg["lr_decay"])
     warmup = int(cfg.get("warmup_iters", 0))
@@ -270,17 +292,10 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
                 for group in opt.param_groups:
                     group["lr"] = sched.get_last_lr()[0]
             x, y = sampler.sample()
-            x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = criterion(net(x), y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}; "
-                                    "lower train.lr or check the input data for NaN")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += loss.item()
+            try:
+                total += train_step(net, criterion, opt, scaler, x.to(device), y.to(device), use_amp)
+            except TrainingError as err:
+                raise TrainingError(f"epoch {epoch + 1}, step {it + 1}: {err}") from None
         train_time = time.perf_counter() - t0
         net.eval()
         pred = predict_slices(net, val["low"], tuple(hu_range), device)

@@ -141,3 +141,20 @@ def test_dose_sweep_end_to_end(tmp_path):
     for extra in doses:
         if extra != cfg["synthetic"]["dose_fractions"][0]:
             assert (out / "dose_sweep" / f"{extra * 100:g}pct" / "eval" / "edcnn_l1" / "metrics.csv").exists()
+
+
+def test_paper_epoch_benchmark_runs_the_paper_training_step(tmp_path):
+    """benchmarks/paper_epoch.py (the GPU epoch timing of the paper config) runs the engine's
+    training step for Feat-KPN with L1 and with the anatomical loss (width-64 U-Net); here
+    on the CPU at a toy size, one timed step each."""
+    out = tmp_path / "epoch.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_epoch.py"), "--config", str(PAPER),
+                          "--matrix", "48", "--slices", "2", "--steps", "1", "--json", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["experiment"] for r in rows] == ["featkpn_l1", "featkpn_ana"]
+    for r in rows:
+        assert r["step_ms"] > 0 and r["steps_timed"] == 1 and not r["measured_epoch"]
+        assert r["epoch_s"] == pytest.approx(r["step_ms"] / 1000 * 1400) and r["epochs"] == 400
+    assert "featkpn_ana costs" in res.stdout
