@@ -31,6 +31,30 @@ def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_d
         write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(pred), sv.affine)
 
 
+DICE_COLUMNS = ["experiment", "subject", "slice", "class", "out_px", "ndct_px", "truth_px", "inter_ndct",
+                "inter_truth", "dice_vs_ndct", "dice_vs_truth"]
+
+
+def dice_counts(experiment: str, subject: str, seg_out: np.ndarray, seg_ndct: np.ndarray,
+                labels: np.ndarray | None) -> list[dict]:
+    """Per slice and foreground class: pixel counts of the segmentation of the output, of NDCT
+    and of the true labels, their overlaps, and the slice's Dice. The counts let the tables
+    compute Dice over a whole volume (ldct.tables.dice_table), as segmentation is scored."""
+    rows = []
+    for s in range(seg_out.shape[0]):
+        d_ref = dice_per_class(seg_out[s], seg_ndct[s])
+        d_true = dice_per_class(seg_out[s], labels[s]) if labels is not None else np.full(NUM_CLASSES, np.nan)
+        for c in range(1, NUM_CLASSES):
+            o, n = seg_out[s] == c, seg_ndct[s] == c
+            t = labels[s] == c if labels is not None else None
+            rows.append({"experiment": experiment, "subject": subject, "slice": s, "class": c,
+                         "out_px": int(o.sum()), "ndct_px": int(n.sum()),
+                         "truth_px": int(t.sum()) if t is not None else None,
+                         "inter_ndct": int((o & n).sum()), "inter_truth": int((o & t).sum()) if t is not None else None,
+                         "dice_vs_ndct": d_ref[c], "dice_vs_truth": d_true[c]})
+    return rows
+
+
 def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], denoised_dir: str | None,
                         segmenter: str | None, out_metrics: str, out_dice: str | None, device: str = "auto",
                         low_name: str = LOW_NAME) -> pd.DataFrame:
@@ -58,16 +82,9 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
                 row.update(slice_metrics(out[s], sv.truth[s], prefix="truth_"))
             rows.append(row)
         if seg is not None:
-            seg_out = segment(seg, out, dev)
-            seg_ref = segment(seg, sv.full, dev)
-            for s in range(out.shape[0]):
-                d_ref = dice_per_class(seg_out[s], seg_ref[s])
-                d_true = dice_per_class(seg_out[s], sv.labels[s]) if sv.labels is not None else np.full(NUM_CLASSES, np.nan)
-                for c in range(1, NUM_CLASSES):
-                    dice_rows.append({"experiment": experiment, "subject": subject, "slice": s, "class": c,
-                                      "dice_vs_ndct": d_ref[c], "dice_vs_truth": d_true[c]})
+            dice_rows += dice_counts(experiment, subject, segment(seg, out, dev), segment(seg, sv.full, dev), sv.labels)
     df = pd.DataFrame(rows)
     write_csv(out_metrics, df)
     if out_dice:
-        write_csv(out_dice, pd.DataFrame(dice_rows, columns=["experiment", "subject", "slice", "class", "dice_vs_ndct", "dice_vs_truth"]))
+        write_csv(out_dice, pd.DataFrame(dice_rows, columns=DICE_COLUMNS))
     return df

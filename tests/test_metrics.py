@@ -92,3 +92,28 @@ def test_compare_to_best_finds_a_real_difference():
     assert row["best"] == "good" and row["experiment"] == "bad" and row["significant"]
     assert row["ci_low"] < row["mean_diff"] < row["ci_high"] < 0
     assert row["mean_diff"] == pytest.approx(-2.0, abs=0.1)
+
+
+def test_anatomical_dice_table_scores_whole_volumes(tmp_path):
+    """Table 3 computes Dice over each test volume from the per-slice counts, not as a mean of
+    per-slice Dice: a class missed on one slice of two costs what its pixels weigh."""
+    from ldct.evaluate import DICE_COLUMNS, dice_counts
+    from ldct.tables import dice_table
+
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[0, :4, :4] = 1  # 16 px of class 1 on slice 0 ...
+    labels[1, :1, :2] = 1  # ... and 2 px on slice 1
+    seg_out = labels.copy()
+    seg_out[1] = 0  # the output misses slice 1's two pixels
+    files = {}
+    for exp, seg in (("LDCT", seg_out), ("perfect", labels)):
+        rows = dice_counts(exp, "S001", seg, labels, labels)
+        files[exp] = tmp_path / f"{exp}.csv"
+        pd.DataFrame(rows, columns=DICE_COLUMNS).to_csv(files[exp], index=False)
+    table = dice_table(files, str(tmp_path / "t3")).set_index("experiment")
+    # volume Dice of class 1: 2 * 16 / (16 + 18); the per-slice mean would be (1 + 0) / 2
+    assert table.loc["LDCT", "dice_vs_truth"] == pytest.approx(32 / 34)
+    assert table.loc["LDCT", "dice_vs_ndct"] == pytest.approx(32 / 34)
+    assert table.loc["perfect", "dice_vs_truth"] == 1.0
+    assert table.loc["LDCT", "dice_brain_parenchyma"] == pytest.approx(32 / 34)
+    assert "**1.0000**" in (tmp_path / "t3.md").read_text()
