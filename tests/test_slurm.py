@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+DOSE_SWEEP = ROOT / "configs" / "dose_sweep.yaml"
 GPU_RULES = ("pretrain_segmenter", "train", "denoise")
 
 pytestmark = pytest.mark.slurm
@@ -330,23 +331,31 @@ def site_profile(dest: Path) -> Path:
     return dest
 
 
-def test_profile_requests_gpus_and_wall_times(tmp_path):
+@pytest.mark.parametrize("config", [TINY, DOSE_SWEEP], ids=lambda p: p.name)
+def test_profile_requests_gpus_and_wall_times(tmp_path, config):
     """Without a cluster (any user): the shipped profile parses, and its dry run shows the
-    per-rule requests, GPU rules on the GPU partition."""
+    per-rule requests: every rule that declares a GPU on the GPU partition with its own
+    requests, every other job on the CPU partition, no rule left to the defaults by mistake."""
     res = subprocess.run(SNAKEMAKE + ["-n", "--profile", str(PROFILE.parent), "--workflow-profile", "none",
-                                      "--configfile", str(TINY)], cwd=tmp_path, capture_output=True, text=True,
+                                      "--configfile", str(config)], cwd=tmp_path, capture_output=True, text=True,
                          timeout=300, check=False)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     prof = yaml.safe_load(PROFILE.read_text())
     gpu_part = prof["set-resources"]["train"]["slurm_partition"]
     jobs = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, re.MULTILINE)}
-    for rule in GPU_RULES:
-        assert f"slurm_partition={gpu_part}" in jobs[rule] and "gpu=1" in jobs[rule], (rule, jobs[rule])
+    gpu_rules = {r for r, res_ in jobs.items() if "gpu=1" in res_}
+    assert set(GPU_RULES) <= gpu_rules
+    for rule in gpu_rules:
+        assert f"slurm_partition={gpu_part}" in jobs[rule], (rule, jobs[rule])
+        assert rule in prof["set-threads"] and rule in prof["set-resources"], rule
     assert "runtime=720" in jobs["train"] and "mem_mb=32000" in jobs["train"]
     cpu_part = prof["default-resources"]["slurm_partition"]
-    for rule in ("synthesize", "convert", "evaluate", "tables"):
+    for rule in set(jobs) - gpu_rules:
         assert f"slurm_partition={cpu_part}" in jobs[rule] and "gpu=" not in jobs[rule], (rule, jobs[rule])
+    if config == DOSE_SWEEP:
+        assert {"denoise_doses", "convert_doses", "evaluate_doses", "dose_sweep"} <= set(jobs)
+        assert "denoise_doses" in gpu_rules
 
 
 JOB_LINE = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_([A-Za-z0-9_]+)/")
