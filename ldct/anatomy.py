@@ -18,6 +18,7 @@ import models
 from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.data import stack_subjects
 from ldct.io import atomic_path, write_csv
+from ldct.provenance import versions
 from ldct.train import pick_device, seed_everything
 
 
@@ -103,10 +104,11 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def save_segmenter(path: str | Path, net: torch.nn.Module, source: str, **meta) -> None:
-    """segmenter.pt: the weights with what rebuilds the network (width, norm) and their origin."""
+    """segmenter.pt: the weights with what rebuilds the network (width, norm), their origin and
+    the package versions that wrote it."""
     with atomic_path(path) as tmp:
         torch.save({"state_dict": net.state_dict(), "base_width": net.conv1A.out_channels, "norm": net.norm,
-                    "num_classes": NUM_CLASSES, "source": source, **meta}, tmp)
+                    "num_classes": NUM_CLASSES, "source": source, "versions": versions(), **meta}, tmp)
 
 
 def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:

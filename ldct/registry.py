@@ -1,4 +1,4 @@
-"""Decorator registries for models and losses (see DESIGN.md, "Contracts").
+"""Decorator registries for models and losses (README "Add a baseline").
 
 A package (models/, losses/) creates one `Registry`, exposes `register`, `build` and
 `available`, and calls `import_all` so that every module in the package registers itself:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ldct.classes import CLASS_NAMES
 from ldct.io import write_csv, write_text
+from ldct.provenance import versions
 from ldct.stats import compare_to_best
 
 TABLE2_COLUMNS = [  # (column, header) in the paper's layout
@@ -47,10 +48,13 @@ def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: di
 
 
 def write_table(out_prefix: str | Path, df: pd.DataFrame, md: str, tex: str, note: str = "") -> None:
+    """The table as CSV, Markdown (with its note) and LaTeX; the last two say the package
+    versions they were made with."""
     out_prefix = str(out_prefix)
+    made = "Made with " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "."
     write_csv(out_prefix + ".csv", df)
-    write_text(out_prefix + ".md", md + (f"\n{note}\n" if note else ""))
-    write_text(out_prefix + ".tex", tex)
+    write_text(out_prefix + ".md", md + (f"\n{note}\n" if note else "") + f"\n{made}\n")
+    write_text(out_prefix + ".tex", f"% {made}\n" + tex)
 
 
 def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0,

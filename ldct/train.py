@@ -2,8 +2,9 @@
 validation in the head window every epoch, best-checkpoint selection, resumable state.
 
 Resume: after every epoch the full state (model, optimiser, scheduler, RNG, history) goes to
-`<checkpoint_dir>/last.pt` together with a hash of the experiment's settings. A run started
-again with the same settings continues from there; changed settings start fresh. The
+`<checkpoint_dir>/last.pt` together with a hash of the experiment's settings and of its inputs
+(data, segmenter, model and loss code). A run started again with the same settings and inputs
+continues from there; anything changed starts fresh. The
 checkpoint folder is not a Snakemake output, so a failed job does not delete it.
 """
 
@@ -48,6 +49,25 @@ def seed_everything(seed: int) -> None:
 
 def settings_hash(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def inputs_fingerprint(data: dict, val: dict, segmenter: str | None) -> str:
+    """A digest of what a checkpoint was trained from besides its settings: the training and
+    validation slices, the segmenter file, and the source of models/ and losses/. A resumed
+    run whose data were remade (another dose, for instance), whose segmenter was retrained or
+    whose model code was edited starts fresh instead of finishing from stale weights."""
+    h = hashlib.blake2b(digest_size=16)
+    for arrays in (data, val):
+        for k in sorted(arrays):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(arrays[k]).data)
+    if segmenter:
+        h.update(Path(segmenter).read_bytes())
+    for pkg in (models, losses):
+        for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _accepts(cls, arg: str) -> bool:
@@ -255,7 +275,8 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     key = settings_hash({"experiment": experiment, "hu_range": list(hu_range), "seed": seed,
-                         "train": splits["train"], "val": splits["val"]})
+                         "train": splits["train"], "val": splits["val"],
+                         "inputs": inputs_fingerprint(data, val, segmenter if needs_seg else None)})
     history: list[dict] = []
     start_epoch, best, best_state = 0, math.inf, None
     last = ckdir / "last.pt"

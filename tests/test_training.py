@@ -70,6 +70,24 @@ def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     assert list(hist["epoch"]) == [1, 2, 3]
 
 
+def test_remade_data_start_fresh(dataset, tmp_path, capfd):
+    """Same settings, other training data (e.g. the dataset was resynthesized): the finished
+    checkpoint of the old data is not reused as the new model."""
+    import shutil
+
+    base, splits = dataset
+    other = tmp_path / "data"
+    shutil.copytree(base / "nifti", other / "nifti")
+    shutil.copy(other / "nifti" / "S002" / "low.nii.gz", other / "nifti" / "S001" / "low.nii.gz")
+    ck = tmp_path / "ck"
+    train(dataset, "x", tmp_path, ck=ck)
+    capfd.readouterr()
+    train((other, splits), "y", tmp_path, ck=ck)
+    assert "starting fresh" in capfd.readouterr().err
+    assert not all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "x" / "model.pt").values(),
+                                                      weights(tmp_path / "y" / "model.pt").values()))
+
+
 def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
     bad = json.loads(json.dumps(EXPERIMENT))
     bad["train"]["lr"] = 1e30
