@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.hu import from_unit
 from losses import register
 
@@ -57,7 +58,15 @@ class AnatomicalLogitsLoss(_Anatomical):
     def __init__(self, segmenter: nn.Module, hu_range: tuple[float, float], ana_weight: float = 0.01,
                  classes: list[int] | None = None):
         super().__init__(segmenter, hu_range, ana_weight)
+        self.check_config({"classes": classes})
         self.classes = list(classes) if classes else None
+
+    @staticmethod
+    def check_config(kwargs: dict) -> None:
+        bad = [c for c in kwargs.get("classes") or [] if not isinstance(c, int) or not 0 <= c < NUM_CLASSES]
+        if bad:
+            raise ValueError(f"classes {bad} are not class ids of the segmenter (0-{NUM_CLASSES - 1}: "
+                             + ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES)) + ")")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p_logits, _, t_logits, _ = self.views(pred, target)

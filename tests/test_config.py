@@ -51,6 +51,8 @@ def test_every_schema_key_has_default_and_description():
     ({"dataset": {"source": "dicom"}}, "dataset.dicom_root"),
     ({"dataset": {"source": "dicom", "dicom_root": "/data"}}, "segmenter.weights"),
     ({"split": {"method": "preset"}}, "split.preset"),
+    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_2", "classes": [10, 17]}}}},
+     "experiments.x.loss"),
 ])
 def test_invalid_config_names_the_key(patch, key):
     with pytest.raises(ConfigError) as err:
