@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--slice", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--seg-width", type=int, default=8)
+    ap.add_argument("--seg-width", type=int, default=12)
     ap.add_argument("--seg-norm", default="instance", choices=["channel", "instance"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
