@@ -78,15 +78,19 @@ def qualitative_grid(images: dict[str, np.ndarray], reference: np.ndarray, out: 
 
 def segmentation_maps(maps: dict[str, np.ndarray], out: str, title: str = "") -> None:
     """Figure 2: the frozen segmenter's maps on LDCT, each output and NDCT, one colour per class."""
-    fig, ax = plt.subplots(1, len(maps), figsize=(2.3 * len(maps), 3.2), squeeze=False)
+    ncol = min(len(maps), 7)  # wrap many experiments into rows so each map stays readable
+    nrow = -(-len(maps) // ncol)
+    fig, ax = plt.subplots(nrow, ncol, figsize=(2.3 * ncol, 2.4 * nrow + 0.4), squeeze=False)
+    for a in ax.ravel():
+        a.axis("off")
     for j, (n, m) in enumerate(maps.items()):
-        ax[0, j].imshow(m, cmap=CLASS_CMAP, vmin=-0.5, vmax=NUM_CLASSES - 0.5, interpolation="nearest")
-        ax[0, j].set_title(n, fontsize=9)
-        ax[0, j].axis("off")
+        a = ax[j // ncol, j % ncol]
+        a.imshow(m, cmap=CLASS_CMAP, vmin=-0.5, vmax=NUM_CLASSES - 0.5, interpolation="nearest")
+        a.set_title(n, fontsize=9)
     present = sorted(set(np.unique(np.concatenate([m.ravel() for m in maps.values()]))) - {0})
     handles = [Patch(color=CLASS_COLORS[c], label=f"{c} {CLASS_NAMES[c]}") for c in present]
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, -0.12))
+    fig.legend(handles=handles, loc="upper center", ncol=min(6, max(1, len(handles))), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.02))
     if title:
         fig.suptitle(title, fontsize=10)
     save(fig, out)
