@@ -8,6 +8,7 @@ adding a baseline is one new file.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from typing import Any, Callable
 
@@ -49,6 +50,15 @@ class Registry:
             return cls(**kwargs)
         except TypeError as err:
             raise TypeError(f"cannot build {self.kind} {name!r} with {kwargs}: {err}") from err
+
+    def unknown_arguments(self, name: str, kwargs: dict, injected: tuple[str, ...] = ()) -> list[str]:
+        """The keys of `kwargs` that `name`'s constructor does not take (none when it takes
+        **kwargs); `injected` names the arguments the engine passes itself, which a config
+        must not set."""
+        params = inspect.signature(self.get(name)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return [k for k in kwargs if k in injected]
+        return [k for k in kwargs if k not in params or k in injected]
 
     def available(self) -> list[str]:
         return sorted(self._items)

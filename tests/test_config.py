@@ -53,11 +53,23 @@ def test_every_schema_key_has_default_and_description():
     ({"split": {"method": "preset"}}, "split.preset"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_2", "classes": [10, 17]}}}},
      "experiments.x.loss"),
+    ({"experiments": {"x": {"model": {"name": "redcnn", "channnels": 32}, "loss": {"name": "l1"}}}},
+     "experiments.x.model"),
+    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_1", "weight": 0.1}}}},
+     "experiments.x.loss"),
+    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_1", "segmenter": "x"}}}},
+     "experiments.x.loss"),
 ])
 def test_invalid_config_names_the_key(patch, key):
     with pytest.raises(ConfigError) as err:
         validate_config(copy.deepcopy(patch))
     assert f"config error at {key}" in str(err.value)
+
+
+def test_misspelt_model_argument_names_what_the_model_takes():
+    cfg = {"experiments": {"x": {"model": {"name": "redcnn", "channnels": 32}, "loss": {"name": "l1"}}}}
+    with pytest.raises(ConfigError, match="redcnn does not take 'channnels'; it takes: channels"):
+        validate_config(cfg)
 
 
 def test_experiment_overrides_merge_with_training_defaults():
