@@ -7,7 +7,6 @@ The Snakefile and the command line share this one implementation. Errors name th
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
 
 import jsonschema
@@ -69,13 +68,12 @@ def validate_config(config: dict) -> dict:
                               f"available: {', '.join(losses.available())}")
         for part, reg, injected in (("model", models.REGISTRY, ("hu_range", "seg_norm")),
                                     ("loss", losses.REGISTRY, ("hu_range", "segmenter"))):
-            spec = {k: v for k, v in exp[part].items() if k != "name"}
-            bad = reg.unknown_arguments(exp[part]["name"], spec, injected)
+            takes = reg.arguments(exp[part]["name"])  # None: any argument
+            bad = [k for k in exp[part] if k != "name" and (k in injected or (takes is not None and k not in takes))]
             if bad:
-                takes = [p for p in inspect.signature(reg.get(exp[part]["name"])).parameters
-                         if p not in injected and p not in ("self", "args", "kwargs")]
+                own = [p for p in takes or [] if p not in injected]
                 raise ConfigError(f"config error at experiments.{name}.{part}: {exp[part]['name']} does not take "
-                                  f"{', '.join(map(repr, bad))}; it takes: {', '.join(takes) or 'nothing'}")
+                                  f"{', '.join(map(repr, bad))}; it takes: {', '.join(own) or 'nothing'}")
         check = getattr(losses.REGISTRY.get(exp["loss"]["name"]), "check_config", None)
         if check is not None:  # a loss may need more than the schema can say (e.g. a weights file)
             try:

@@ -51,14 +51,12 @@ class Registry:
         except TypeError as err:
             raise TypeError(f"cannot build {self.kind} {name!r} with {kwargs}: {err}") from err
 
-    def unknown_arguments(self, name: str, kwargs: dict, injected: tuple[str, ...] = ()) -> list[str]:
-        """The keys of `kwargs` that `name`'s constructor does not take (none when it takes
-        **kwargs); `injected` names the arguments the engine passes itself, which a config
-        must not set."""
-        params = inspect.signature(self.get(name)).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return [k for k in kwargs if k in injected]
-        return [k for k in kwargs if k not in params or k in injected]
+    def arguments(self, name: str) -> list[str] | None:
+        """The keyword arguments `name`'s constructor takes; None when it takes any (**kwargs)."""
+        params = inspect.signature(self.get(name)).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        return [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
     def available(self) -> list[str]:
         return sorted(self._items)

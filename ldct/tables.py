@@ -104,17 +104,13 @@ def dice_table(dice_files: dict[str, str], out_prefix: str) -> pd.DataFrame:
     allm = pd.concat([pd.read_csv(p) for p in dice_files.values()], ignore_index=True)
     order = list(dice_files)
     cols = [("dice_vs_ndct", "Dice vs NDCT segmentation"), ("dice_vs_truth", "Dice vs true labels")]
-    has_truth = allm["truth_px"].notna().any()
-    table = pd.DataFrame({"experiment": order})
-    per_class = None
-    for ref in ("ndct", "truth"):
-        if ref == "truth" and not has_truth:
-            table["dice_vs_truth"] = np.nan
-            continue
+    refs = ["ndct"] + (["truth"] if allm["truth_px"].notna().any() else [])
+    table = pd.DataFrame({"experiment": order, "dice_vs_ndct": np.nan, "dice_vs_truth": np.nan})
+    for ref in refs:
         vd = volume_dice(allm, ref)
         subj = vd.groupby(["experiment", "subject"], sort=False)["dice"].mean()
         table[f"dice_vs_{ref}"] = subj.groupby("experiment").mean().reindex(order).to_numpy()
-        per_class = vd.groupby(["experiment", "class"])["dice"].mean().unstack("class").reindex(order)
+    per_class = vd.groupby(["experiment", "class"])["dice"].mean().unstack("class").reindex(order)  # the last ref
     per_class.columns = ["dice_" + re.sub(r"\W+", "_", CLASS_NAMES[c]).strip("_") for c in per_class.columns]
     table = table.join(per_class.reset_index(drop=True))
     bold = {c: table.loc[table[c].idxmax(), "experiment"] for c, _ in cols if table[c].notna().any()}

@@ -11,7 +11,6 @@ checkpoint folder is not a Snakemake output, so a failed job does not delete it.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import sys
@@ -68,11 +67,6 @@ def inputs_fingerprint(data: dict, val: dict, segmenter: str | None) -> str:
             h.update(f.name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def _accepts(cls, arg: str) -> bool:
-    """Whether a registered model or loss takes `arg` (the engine then passes the HU scaling)."""
-    return arg in inspect.signature(cls).parameters
 
 
 def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module:
@@ -213,7 +207,7 @@ def build_experiment(experiment: dict, hu_range: tuple[float, float], seg_ck: di
         model_spec["seg_norm"] = seg_ck.get("norm", "channel")
     mspec = dict(model_spec)
     name = mspec.pop("name")
-    if _accepts(models.REGISTRY.get(name), "hu_range"):
+    if "hu_range" in (models.REGISTRY.arguments(name) or []):  # the engine passes the HU scaling
         model_spec["hu_range"] = mspec["hu_range"] = list(hu_range)
     net = models.build(name, **mspec)
     if models.needs_segmenter(name):
@@ -223,7 +217,7 @@ def build_experiment(experiment: dict, hu_range: tuple[float, float], seg_ck: di
     lname = lspec.pop("name")
     if losses.needs_segmenter(lname):
         lspec["segmenter"] = segmenter_from_checkpoint(seg_ck, device)
-    if _accepts(losses.REGISTRY.get(lname), "hu_range"):
+    if "hu_range" in (losses.REGISTRY.arguments(lname) or []):
         lspec.setdefault("hu_range", tuple(hu_range))
     return net, losses.build(lname, **lspec).to(device), model_spec
 
