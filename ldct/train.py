@@ -265,6 +265,9 @@ def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: 
                            crop_prob=cfg.get("crop_prob", 0.0), crop_scale=cfg.get("crop_scale", (0.5, 1.0)))
     use_amp = bool(cfg.get("amp", True)) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    print(f"training {experiment['model']['name']} with loss {experiment['loss']['name']} on {device} "
+          f"(threads: {torch.get_num_threads()}, mixed precision: {'on' if use_amp else 'off'}): "
+          f"{len(data['low'])} training and {len(val['low'])} validation slices", file=sys.stderr)
 
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,38 @@ def test_remade_data_start_fresh(dataset, tmp_path, capfd):
                                                       weights(tmp_path / "y" / "model.pt").values()))
 
 
+def test_model_file_holds_the_best_validation_epoch(dataset, tmp_path, monkeypatch):
+    """model.pt is the epoch with the lowest [0, 80] HU validation MSE, not the last one."""
+    import ldct.train
+
+    scores = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(ldct.train, "head_window_mse", lambda pred, full: next(scores))
+    hist, out = train(dataset, "best", tmp_path)
+    assert list(hist["best"]) == [True, True, False]
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 2 and saved["val_mse_head"] == 1.0
+    # the same run stopped after epoch 2: its weights are the ones kept
+    scores = iter([3.0, 1.0])
+    monkeypatch.setattr(ldct.train, "head_window_mse", lambda pred, full: next(scores))
+    train(dataset, "two", tmp_path, stop_after_epochs=2)
+    after2 = torch.load(tmp_path / "two" / "ck" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    last3 = torch.load(out / "ck" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(saved["state_dict"][k], after2[k]) for k in after2)
+    assert not all(torch.equal(saved["state_dict"][k], last3[k]) for k in last3)
+
+
+def test_training_log_shows_threads_and_progress(dataset, tmp_path, capfd):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what `ldct train --threads 1` (Snakemake's {threads}) sets
+    try:
+        train(dataset, "log", tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    err = capfd.readouterr().err
+    assert "on cpu (threads: 1, mixed precision: off)" in err
+    assert "epoch 3/3: 100%" in err and "2/2" in err  # the tqdm bar of each epoch
+
+
 def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
     bad = json.loads(json.dumps(EXPERIMENT))
     bad["train"]["lr"] = 1e30
