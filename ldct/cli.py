@@ -127,7 +127,16 @@ def cmd_train(a) -> None:
     from ldct.train import train_denoiser
 
     _threads(a.threads)
-    p = json.loads(a.params)
+    if a.params:
+        p = json.loads(a.params)
+    else:  # outside the workflow: one experiment of a config file
+        from ldct.config import experiment_settings
+
+        cfg = _section(a, "")
+        if a.experiment not in cfg["experiments"]:
+            raise ValueError(f"{a.config}: give --experiment, one of: {', '.join(cfg['experiments'])}")
+        p = {"experiment": experiment_settings(cfg, a.experiment), "seed": cfg["seed"],
+             "hu_range": [cfg["normalization"]["hu_min"], cfg["normalization"]["hu_max"]]}
     train_denoiser(nifti_dir=a.nifti, splits=json.loads(Path(a.splits).read_text()), experiment=p["experiment"],
                    hu_range=tuple(p["hu_range"]), seed=p["seed"], out_model=a.out, out_history=a.history,
                    checkpoint_dir=a.checkpoints, segmenter=a.segmenter, stop_after_epochs=a.stop_after_epochs)
@@ -276,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     for arg in ("--nifti", "--splits", "--out", "--history", "--checkpoints"):
         p.add_argument(arg, required=True)
     p.add_argument("--segmenter")
+    p.add_argument("--experiment", help="with --config: the experiment to train")
     p.add_argument("--stop-after-epochs", type=int, help="stop early (to test resuming)")
     p = add("denoise", cmd_denoise, "denoise the test subjects with a trained model")
     for arg in ("--model", "--nifti", "--splits"):

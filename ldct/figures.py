@@ -128,17 +128,35 @@ def noise_vs_radius(images: dict[str, np.ndarray], reference: np.ndarray, pixel_
     save(fig, out)
 
 
+def experiment_styles(names: list[str]) -> dict[str, dict]:
+    """Line style per experiment: one colour per model (the name up to its last '_', so
+    featkpn_l1 and featkpn_ana share a colour) and one dash pattern per loss within it, so
+    any number of rows stays tellable apart (matplotlib's default cycle repeats after 10)."""
+    groups = list(dict.fromkeys(n.rsplit("_", 1)[0] for n in names))
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    dashes = ["-", "--", "-.", ":"]
+    seen: dict[str, int] = {}
+    styles = {}
+    for n in names:
+        g = n.rsplit("_", 1)[0]
+        k = seen[g] = seen.get(g, -1) + 1
+        styles[n] = {"color": cmap(groups.index(g) % cmap.N), "ls": dashes[k % len(dashes)]}
+    return styles
+
+
 def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    styles = experiment_styles(list(histories))
     for n, h in histories.items():
-        ax[0].plot(h["epoch"], h["train_loss"], label=n)
-        ax[1].plot(h["epoch"], h["val_mse_head"], label=n)
+        ax[0].plot(h["epoch"], h["train_loss"], label=n, **styles[n])
+        ax[1].plot(h["epoch"], h["val_mse_head"], label=n, **styles[n])
     ax[0].set_title("training loss")
     ax[1].set_title("validation MSE in [0, 80] HU (selects the checkpoint)")
     for a in ax:
         a.set_xlabel("epoch")
         a.grid(alpha=0.3)
-    ax[1].set_yscale("log")
+    for a in ax:  # losses and MSEs span decades between models and epochs
+        a.set_yscale("log")
     ax[1].legend(fontsize=7)
     save(fig, out)
 
@@ -193,12 +211,12 @@ def dose_sweep(table: pd.DataFrame, out: str) -> None:
     doses = sorted(table["dose_fraction"].unique())
     trained = table.loc[table["training_dose"].astype(bool), "dose_fraction"].unique()
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    styles = experiment_styles([e for e in dict.fromkeys(table["experiment"]) if e != "LDCT"])
+    styles["LDCT"] = {"color": "black", "ls": "--", "lw": 2.2, "zorder": 3}
     for a, (c, label) in zip(ax, panels):
         for exp, t in table.groupby("experiment", sort=False):
             t = t.sort_values("dose_fraction")
-            is_ldct = exp == "LDCT"
-            a.plot(t["dose_fraction"], t[c], marker="o", ms=4, label=exp, color="black" if is_ldct else None,
-                   lw=2.2 if is_ldct else 1.3, ls="--" if is_ldct else "-", zorder=3 if is_ldct else 2)
+            a.plot(t["dose_fraction"], t[c], marker="o", ms=4, label=exp, **{"lw": 1.3, "zorder": 2, **styles[exp]})
         for d in trained:
             a.axvline(d, color="grey", ls=":", lw=1)
         a.set_xscale("log")

@@ -209,3 +209,36 @@ def test_rotation_and_resized_crop_keep_input_and_target_aligned():
     inside = y > -100  # (bilinear blends the -1024 fill into border pixels)
     assert torch.allclose((x - y)[inside], torch.full_like(x[inside], 40.0), atol=0.5)
     assert y[inside].std() < 0.9 * full.std()                     # bilinear zoom smooths the white noise
+
+
+def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, capfd):
+    """`python -m ldct train --config FILE --experiment NAME` trains outside the workflow."""
+    from pathlib import Path
+
+    from ldct.cli import main
+
+    base, splits = dataset
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    tiny = Path(__file__).parent / "configs" / "tiny.yaml"
+    args = ["train", "--config", str(tiny), "--nifti", str(base / "nifti"), "--splits", str(tmp_path / "splits.json"),
+            "--out", str(tmp_path / "model.pt"), "--history", str(tmp_path / "history.csv"),
+            "--checkpoints", str(tmp_path / "ck")]
+    assert main(args + ["--experiment", "nope"]) == 1
+    assert "give --experiment, one of: featkpn_ana, edcnn_l1" in capfd.readouterr().err
+    assert main(args + ["--experiment", "edcnn_l1"]) == 0
+    saved = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["model"]["name"] == "edcnn" and saved["model"]["channels"] == 8
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision runs only there)")
+def test_mixed_precision_training_on_cuda(dataset, tmp_path, capfd):
+    """On a GPU the engine trains under autocast with gradient scaling and keeps finite weights."""
+    gpu = json.loads(json.dumps(EXPERIMENT))
+    gpu["train"]["device"] = "cuda"
+    hist, out = train(dataset, "gpu", tmp_path, experiment=gpu)
+    err = capfd.readouterr().err
+    assert "on cuda" in err and "mixed precision: on" in err
+    assert hist["train_loss"].notna().all() and (hist["val_mse_head"] > 0).all()
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())

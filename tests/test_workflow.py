@@ -83,6 +83,19 @@ def test_tiny_workflow_end_to_end(tmp_path):
     for target in ([], ["paper"]):
         again = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--cores", "2", *target], tmp_path)
         assert "Nothing to be done" in again.stdout + again.stderr
+    # the anatomical-loss check continues a trained model with each loss on the same batches
+    csv = tmp_path / "finetune.csv"
+    fine = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "anatomical_finetune.py"), "--root", str(out),
+                           "--start", "featkpn_ana", "--variants", "l1", "l1_l1ana_1:1.0", "--steps", "2", "--every", "1",
+                           "--csv", str(csv)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert fine.returncode == 0, fine.stderr[-3000:]
+    rows = pd.read_csv(csv)
+    assert list(rows["variant"]) == ["l1"] * 3 + ["l1_l1ana_1:1.0"] * 3 and list(rows["step"]) == [0, 1, 2] * 2
+    assert rows[["dice_vs_ndct", "anatomical_distance", "psnr_brain"]].notna().all().all()
+    assert (rows["dice_vs_ndct"].between(0, 1)).all() and (rows["anatomical_distance"] > 0).all()
+    start = rows[rows["step"] == 0]
+    assert start["dice_vs_ndct"].nunique() == 1 and start["psnr_brain"].nunique() == 1  # both from the same model
+    assert "change after 2 steps" in fine.stdout
     # the HTML report bundles every table and figure
     rep = run(["--report", "report.html", "--configfile", str(ROOT / "tests/configs/tiny.yaml")], tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
