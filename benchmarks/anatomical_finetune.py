@@ -1,23 +1,29 @@
 """Can the anatomical loss move the segmenter's agreement at all? A paired fine-tuning check.
 
     python benchmarks/anatomical_finetune.py                      # results/synthetic, featkpn_l1
-    python benchmarks/anatomical_finetune.py --root results/mayo --start featkpn_l1 \\
+    python benchmarks/anatomical_finetune.py --root results/mayo_head --start featkpn_l1 \\
         --variants l1 l1_l1ana_1:0.01 l1_l1ana_1:1.0 --steps 300 --every 100
 
 Table 3 compares models trained from scratch with and without the anatomical loss; a small
 difference there may be training noise. This check isolates the loss: it takes one trained
 model of a results tree (`--start`, usually the L1 one) and continues training it for
-`--steps` steps with each loss variant (`name` or `name:ana_weight`; `l1` is the control),
-every variant drawing the same batches from the same training slices (paired). After every
-`--every` steps it scores the test subjects as the workflow does: the frozen segmenter's mean
-foreground Dice against its segmentation of NDCT (over each volume, mean over classes, then
-over subjects), the anatomical term that the paper's loss minimises (A of `l1_l1ana_1`:
-decoder stages and logits, NDCT as target) and PSNR in [-40, 120] HU (mean over slices). If even weight 1 (the
-anatomical term alone) does not raise the test Dice above the control, the loss cannot be
-expected to raise it in Table 3 either.
+`--steps` steps with each loss variant (`name` or `name:ana_weight`; the first is the control,
+`l1` by default). Every variant starts from the same weights and draws the same batches (the
+sampler and torch are reseeded per variant) from the training subjects, with flips, 90-degree
+turns and a shared +-20 HU offset (no rotation or crop); AdamW at `--lr`, no decay.
 
-Prints one row per variant and checkpoint and, at the end, each variant's change from the
-starting model; `--csv` also writes the rows.
+Before training and after every `--every` steps it scores the test subjects as the workflow
+does: the frozen segmenter's mean foreground Dice against its segmentation of NDCT (over each
+volume, mean over classes, then over subjects), the anatomical term that the paper's loss
+minimises (A of `l1_l1ana_1`: decoder stages and logits, NDCT as target; mean over slices)
+and PSNR in [-40, 120] HU (mean over slices). The same scores of the LDCT input and, for
+synthetic data, of the noiseless reconstruction (what a perfect denoiser would give) frame
+them. For each anatomical variant it also prints how strong the anatomical term's gradient on
+the output is against the L1 term's, at its weight, on the first batch.
+
+If even weight 1 (the anatomical term alone) does not lower the term or raise the Dice on
+the test subjects compared with the control, the loss cannot be expected to raise Dice in
+Table 3 either. `--csv` writes every row.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ sys.path.insert(0, ROOT)
 from ldct.anatomy import dice_per_class, segment  # noqa: E402
 from ldct.data import load_subject, stack_subjects  # noqa: E402
 from ldct.hu import to_unit  # noqa: E402
-from ldct.metrics import window_metrics  # noqa: E402
+from ldct.metrics import window_psnr  # noqa: E402
 from ldct.paths import ResultPaths  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 from ldct.train import (PatchSampler, build_experiment, load_segmenter, pick_device, predict_slices,  # noqa: E402
@@ -50,23 +56,44 @@ def parse_variant(text: str) -> dict:
     return {"name": name, **({"ana_weight": float(weight)} if weight else {})}
 
 
-def score(net, test: list, seg, anatomical, hu_range, device) -> dict:
-    """On the test subjects: the segmenter's Dice on the outputs against its NDCT segmentation,
-    the anatomical term itself (the loss's A, mean over slices) and PSNR."""
-    net.eval()
-    dice, psnr, dist = [], [], []
-    for sv, seg_ndct in test:
-        out = predict_slices(net, sv.low, hu_range, device)
-        dice.append(np.nanmean(dice_per_class(segment(seg, out, device), seg_ndct)[1:]))
-        psnr += [window_metrics(o, f, "brain")["psnr"] for o, f in zip(out, sv.full)]
-        with torch.no_grad():
-            for s in range(0, len(out), 4):
-                pair = [torch.clamp(to_unit(torch.from_numpy(v[s:s + 4]).float()[:, None], *hu_range), 0, 1).to(device)
-                        for v in (out, sv.full)]
-                dist.append(float(anatomical(*pair)) * len(pair[0]))
-    net.train()
-    return {"dice_vs_ndct": float(np.mean(dice)), "anatomical_distance": sum(dist) / sum(len(sv.low) for sv, _ in test),
-            "psnr_brain": float(np.mean(psnr))}
+class Scorer:
+    """The test subjects' scores of a set of outputs (one HU volume per subject)."""
+
+    def __init__(self, test: list, seg, anatomical, hu_range, device):
+        self.test, self.seg, self.anatomical, self.hu_range, self.device = test, seg, anatomical, hu_range, device
+        self.seg_ndct = [segment(seg, sv.full, device) for sv in test]
+
+    def _unit(self, hu: np.ndarray) -> torch.Tensor:
+        return torch.clamp(to_unit(torch.from_numpy(hu).float()[:, None], *self.hu_range), 0, 1).to(self.device)
+
+    def __call__(self, outputs: list[np.ndarray]) -> dict:
+        dice, psnr, dist = [], [], []
+        for out, sv, seg_ndct in zip(outputs, self.test, self.seg_ndct):
+            dice.append(np.nanmean(dice_per_class(segment(self.seg, out, self.device), seg_ndct)[1:]))
+            psnr += [window_psnr(o, f, "brain") for o, f in zip(out, sv.full)]
+            with torch.no_grad():
+                for s in range(0, len(out), 4):
+                    pred, ndct = self._unit(out[s:s + 4]), self._unit(sv.full[s:s + 4])
+                    dist.append(float(self.anatomical(pred, ndct)) * len(pred))
+        n = sum(len(o) for o in outputs)
+        return {"dice_vs_ndct": float(np.mean(dice)), "anatomical_distance": sum(dist) / n,
+                "psnr_brain": float(np.mean(psnr))}
+
+    def model(self, net) -> dict:
+        net.eval()
+        row = self([predict_slices(net, sv.low, self.hu_range, self.device) for sv in self.test])
+        net.train()
+        return row
+
+
+def gradient_ratio(net, criterion, x: torch.Tensor, y: torch.Tensor) -> float:
+    """|w grad A| / |(1 - w) grad L1| on the output for one batch (l1_l1ana_1's two terms)."""
+    pred = net(x).detach().requires_grad_(True)
+    p_logits, p_feats, t_logits, t_feats = criterion.views(pred, y)
+    ana = torch.stack([(a - b).abs().mean() for a, b in zip(p_feats + [p_logits], t_feats + [t_logits])]).mean()
+    g_ana, = torch.autograd.grad(criterion.w * ana, pred)
+    g_l1, = torch.autograd.grad((1 - criterion.w) * (pred - y).abs().mean(), pred)
+    return float(g_ana.norm() / g_l1.norm())
 
 
 def main() -> None:
@@ -84,6 +111,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--csv", help="also write the rows to this file")
     a = ap.parse_args()
+    if len(set(a.variants)) != len(a.variants):
+        ap.error(f"--variants repeats a variant: {' '.join(a.variants)}")
     if a.threads:
         torch.set_num_threads(a.threads)
 
@@ -96,19 +125,23 @@ def main() -> None:
     start = torch.load(rp.model(a.start), map_location="cpu", weights_only=True)
     hu_range = tuple(start["hu_range"])
     seg_ck = torch.load(rp.segmenter, map_location="cpu", weights_only=True)
-    seg = load_segmenter(rp.segmenter, device)
     train = stack_subjects(rp.nifti(), splits["train"], with_labels=False)
+    test = [load_subject(rp.nifti(), s, with_labels=False) for s in splits["test"]]
     anatomical = build_experiment({"model": dict(start["model"]), "loss": {"name": "l1_l1ana_1", "ana_weight": 1.0}},
                                   hu_range, seg_ck, device)[1]  # weight 1: the anatomical term A alone
-    test = []
-    for s in splits["test"]:
-        sv = load_subject(rp.nifti(), s, with_labels=False)
-        test.append((sv, segment(seg, sv.full, device)))
+    score = Scorer(test, load_segmenter(rp.segmenter, device), anatomical, hu_range, device)
 
     print(f"continuing {a.start} (epoch {start['epoch']}) for {a.steps} steps with each of {', '.join(a.variants)}; "
           f"{'whole slices' if not a.patch else f'{a.patch}x{a.patch} patches'}, batch {a.batch}, lr {a.lr}, "
           f"on {device}; test subjects {', '.join(splits['test'])}", flush=True)
-    rows = []
+    rows = [{"variant": "LDCT input", "step": 0, **score([sv.low for sv in test]), "seconds": 0.0}]
+    if all(sv.truth is not None for sv in test):
+        rows.append({"variant": "noiseless reconstruction", "step": 0, **score([sv.truth for sv in test]), "seconds": 0.0})
+    for r in rows:
+        print(f"  {r['variant']:<24}: Dice vs NDCT seg {r['dice_vs_ndct']:.4f}, anatomical term "
+              f"{r['anatomical_distance']:.4f}, PSNR [-40,120] {r['psnr_brain']:.2f} dB", flush=True)
+    refs, rows = rows, []
+    first = None
     for text in a.variants:
         seed_everything(a.seed)
         experiment = {"model": dict(start["model"]), "loss": parse_variant(text)}
@@ -118,32 +151,36 @@ def main() -> None:
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
         sampler = PatchSampler(train["low"], train["full"], a.patch or None, a.batch, True, 20.0, hu_range,
                                torch.Generator().manual_seed(a.seed))
-        rows.append({"variant": text, "step": 0, **score(net, test, seg, anatomical, hu_range, device), "seconds": 0.0})
+        first = first or score.model(net)  # every variant starts from the same weights
+        rows.append({"variant": text, "step": 0, **first, "seconds": 0.0})
         t0 = time.perf_counter()
         for step in range(1, a.steps + 1):
-            x, y = sampler.sample()
-            train_step(net, criterion, opt, scaler, x.to(device), y.to(device), device.type == "cuda")
+            x, y = (t.to(device) for t in sampler.sample())
+            if step == 1 and experiment["loss"]["name"] == "l1_l1ana_1" and criterion.w < 1:
+                print(f"  {text:<24}  anatomical gradient {gradient_ratio(net, criterion, x, y):.2f}x the L1 "
+                      "gradient on the output (first batch)", flush=True)
+            train_step(net, criterion, opt, scaler, x, y, device.type == "cuda")
             if step % a.every == 0 or step == a.steps:
-                rows.append({"variant": text, "step": step, **score(net, test, seg, anatomical, hu_range, device),
+                rows.append({"variant": text, "step": step, **score.model(net),
                              "seconds": round(time.perf_counter() - t0, 1)})
                 r = rows[-1]
-                print(f"  {text:<20} step {step:>5}: Dice vs NDCT seg {r['dice_vs_ndct']:.4f}, "
+                print(f"  {text:<24}  step {step:>5}: Dice vs NDCT seg {r['dice_vs_ndct']:.4f}, "
                       f"anatomical term {r['anatomical_distance']:.4f}, PSNR [-40,120] {r['psnr_brain']:.2f} dB "
                       f"({r['seconds']:.0f} s)", flush=True)
 
     df = pd.DataFrame(rows)
-    first = df[df["step"] == 0].iloc[0]
-    print(f"\nstart: Dice {first['dice_vs_ndct']:.4f}, anatomical term {first['anatomical_distance']:.4f}, PSNR {first['psnr_brain']:.2f} dB; change after {a.steps} steps:")
+    print(f"\nstart: Dice {first['dice_vs_ndct']:.4f}, anatomical term {first['anatomical_distance']:.4f}, "
+          f"PSNR {first['psnr_brain']:.2f} dB; change after {a.steps} steps:")
     final = df.groupby("variant", sort=False).last()
     control = final.iloc[0]
     for name, r in final.iterrows():
-        print(f"  {name:<20} Dice {r['dice_vs_ndct'] - first['dice_vs_ndct']:+.4f} "
+        print(f"  {name:<24} Dice {r['dice_vs_ndct'] - first['dice_vs_ndct']:+.4f} "
               f"(vs {final.index[0]}: {r['dice_vs_ndct'] - control['dice_vs_ndct']:+.4f}), "
               f"anatomical term {r['anatomical_distance'] - first['anatomical_distance']:+.4f}, "
               f"PSNR {r['psnr_brain'] - first['psnr_brain']:+.2f} dB")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     if a.csv:
-        df.to_csv(a.csv, index=False)
+        pd.concat([pd.DataFrame(refs), df]).to_csv(a.csv, index=False)
 
 
 if __name__ == "__main__":

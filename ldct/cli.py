@@ -127,6 +127,8 @@ def cmd_train(a) -> None:
     from ldct.train import train_denoiser
 
     _threads(a.threads)
+    if a.params and (a.config or a.experiment):
+        raise ValueError("give either --params (as the workflow does) or --config with --experiment, not both")
     if a.params:
         p = json.loads(a.params)
     else:  # outside the workflow: one experiment of a config file

@@ -129,18 +129,21 @@ def noise_vs_radius(images: dict[str, np.ndarray], reference: np.ndarray, pixel_
 
 
 def experiment_styles(names: list[str]) -> dict[str, dict]:
-    """Line style per experiment: one colour per model (the name up to its last '_', so
-    featkpn_l1 and featkpn_ana share a colour) and one dash pattern per loss within it, so
-    any number of rows stays tellable apart (matplotlib's default cycle repeats after 10)."""
-    groups = list(dict.fromkeys(n.rsplit("_", 1)[0] for n in names))
+    """Line style per experiment named `{model}_{loss}`: one colour per model (featkpn_l1 and
+    featkpn_ana share one), one dash pattern per loss within it, then markers, so rows stay
+    tellable apart where matplotlib's default cycle would repeat after 10."""
+    groups = list(dict.fromkeys(n.split("_", 1)[0] for n in names))
     cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-    dashes = ["-", "--", "-.", ":"]
+    dashes, markers = ["-", "--", "-.", ":"], [None, "o", "s", "^", "x", "D"]
     seen: dict[str, int] = {}
     styles = {}
     for n in names:
-        g = n.rsplit("_", 1)[0]
+        g = n.split("_", 1)[0]
         k = seen[g] = seen.get(g, -1) + 1
-        styles[n] = {"color": cmap(groups.index(g) % cmap.N), "ls": dashes[k % len(dashes)]}
+        gi = groups.index(g)
+        cycles = -(-len(groups) // cmap.N)  # colour cycles: the marker tells them apart, then the loss
+        styles[n] = {"color": cmap(gi % cmap.N), "ls": dashes[k % len(dashes)],
+                     "marker": markers[(gi // cmap.N + cycles * (k // len(dashes))) % len(markers)], "ms": 3}
     return styles
 
 
@@ -216,7 +219,9 @@ def dose_sweep(table: pd.DataFrame, out: str) -> None:
     for a, (c, label) in zip(ax, panels):
         for exp, t in table.groupby("experiment", sort=False):
             t = t.sort_values("dose_fraction")
-            a.plot(t["dose_fraction"], t[c], marker="o", ms=4, label=exp, **{"lw": 1.3, "zorder": 2, **styles[exp]})
+            kw = {"lw": 1.3, "zorder": 2, **styles[exp]}
+            kw.update(marker=kw.get("marker") or "o", ms=4)  # a point at every dose
+            a.plot(t["dose_fraction"], t[c], label=exp, **kw)
         for d in trained:
             a.axvline(d, color="grey", ls=":", lw=1)
         a.set_xscale("log")

@@ -18,14 +18,25 @@ from ldct.hu import WINDOWS
 METRICS = ("psnr", "ssim", "vif", "rmse")
 
 
-def window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> dict[str, float]:
-    """Metrics of one 2-D slice against its reference in one named window."""
+def _clipped(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """Both images clipped to the window; their MSE, the window width and the PSNR."""
     lo, hi = WINDOWS[window]
     p = np.clip(pred_hu.astype(np.float64), lo, hi)
     r = np.clip(ref_hu.astype(np.float64), lo, hi)
-    width = hi - lo
     mse = float(np.mean((p - r) ** 2))
-    psnr = float("inf") if mse == 0 else float(peak_signal_noise_ratio(r, p, data_range=width))
+    psnr = float("inf") if mse == 0 else float(peak_signal_noise_ratio(r, p, data_range=hi - lo))
+    return p, r, mse, hi - lo, psnr
+
+
+def window_psnr(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> float:
+    """PSNR alone of one 2-D slice in one named window (as in `window_metrics`)."""
+    return _clipped(pred_hu, ref_hu, window)[4]
+
+
+def window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> dict[str, float]:
+    """Metrics of one 2-D slice against its reference in one named window."""
+    lo, _ = WINDOWS[window]
+    p, r, mse, width, psnr = _clipped(pred_hu, ref_hu, window)
     ssim = float(structural_similarity(r, p, data_range=width))
     scale = 255.0 / width
     vif = float(visual_information_fidelity(torch.from_numpy((p - lo) * scale)[None, None].float(),

@@ -12,3 +12,19 @@ def test_every_experiment_gets_its_own_line_style():
     assert styles["featkpn_l1"]["color"] == styles["featkpn_ana"]["color"]  # one colour per model
     assert styles["featkpn_l1"]["ls"] != styles["featkpn_ana"]["ls"]  # one dash pattern per loss
     assert len({tuple(styles[n]["color"]) for n in ("featkpn_l1", "redcnn_l1", "gaussian_l1", "mynet")}) == 4
+    many = [f"featkpn_{loss}" for loss in ("l1", "mse", "ssim_l1", "l1_weighted", "l1_l1ana_1", "l1_l1ana_2")]
+    many += [f"model{i}_l1" for i in range(25)]  # more models than tab20 has colours
+    looks = {(tuple(s["color"]), s["ls"], s["marker"]) for s in experiment_styles(many).values()}
+    assert len(looks) == len(many)
+
+
+def test_dose_sweep_figure_draws_every_experiment(tmp_path):
+    import pandas as pd
+
+    from ldct.figures import dose_sweep
+
+    rows = [{"experiment": e, "dose_fraction": d, "psnr_brain": 25 + 10 * d + i, "ssim_brain": 0.9, "training_dose": d == 0.25}
+            for i, e in enumerate(["LDCT", "featkpn_l1", "featkpn_ana", "edcnn_l1"]) for d in (0.1, 0.25, 0.5)]
+    out = tmp_path / "sweep.png"
+    dose_sweep(pd.DataFrame(rows), str(out))
+    assert out.stat().st_size > 5000

@@ -117,7 +117,8 @@ def test_training_log_shows_threads_and_progress(dataset, tmp_path, capfd):
         torch.set_num_threads(before)
     err = capfd.readouterr().err
     assert "on cpu (threads: 1, mixed precision: off)" in err
-    assert "epoch 3/3: 100%" in err and "2/2" in err  # the tqdm bar of each epoch
+    for epoch in (1, 2, 3):  # the tqdm bar of each epoch, run to its end
+        assert f"epoch {epoch}/3: 100%" in err and f"epoch {epoch}: loss" in err
 
 
 def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
@@ -223,6 +224,8 @@ def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, c
     args = ["train", "--config", str(tiny), "--nifti", str(base / "nifti"), "--splits", str(tmp_path / "splits.json"),
             "--out", str(tmp_path / "model.pt"), "--history", str(tmp_path / "history.csv"),
             "--checkpoints", str(tmp_path / "ck")]
+    assert main(args + ["--experiment", "edcnn_l1", "--params", "{}"]) == 1
+    assert "give either --params" in capfd.readouterr().err
     assert main(args + ["--experiment", "nope"]) == 1
     assert "give --experiment, one of: featkpn_ana, edcnn_l1" in capfd.readouterr().err
     assert main(args + ["--experiment", "edcnn_l1"]) == 0
@@ -234,11 +237,20 @@ def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, c
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision runs only there)")
 def test_mixed_precision_training_on_cuda(dataset, tmp_path, capfd):
     """On a GPU the engine trains under autocast with gradient scaling and keeps finite weights."""
+    import models
+
     gpu = json.loads(json.dumps(EXPERIMENT))
     gpu["train"]["device"] = "cuda"
-    hist, out = train(dataset, "gpu", tmp_path, experiment=gpu)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        hist, out = train(dataset, "gpu", tmp_path, experiment=gpu)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     err = capfd.readouterr().err
     assert "on cuda" in err and "mixed precision: on" in err
-    assert hist["train_loss"].notna().all() and (hist["val_mse_head"] > 0).all()
-    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert list(hist["epoch"]) == [1, 2, 3] and (hist["val_mse_head"] > 0).all()
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    torch.manual_seed(5)  # the engine's seed: the weights it started from
+    init = models.build("edcnn", channels=4, stages=2).state_dict()
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+    assert not all(torch.equal(saved[k], init[k]) for k in init)  # the scaled steps did update the weights

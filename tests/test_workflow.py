@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -83,19 +84,26 @@ def test_tiny_workflow_end_to_end(tmp_path):
     for target in ([], ["paper"]):
         again = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--cores", "2", *target], tmp_path)
         assert "Nothing to be done" in again.stdout + again.stderr
-    # the anatomical-loss check continues a trained model with each loss on the same batches
+    # the anatomical-loss check continues a trained model with each loss on the same batches:
+    # weight 0 is L1 under another name, so its rows must repeat the control's
     csv = tmp_path / "finetune.csv"
     fine = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "anatomical_finetune.py"), "--root", str(out),
-                           "--start", "featkpn_ana", "--variants", "l1", "l1_l1ana_1:1.0", "--steps", "2", "--every", "1",
-                           "--csv", str(csv)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           "--start", "featkpn_ana", "--variants", "l1", "l1_l1ana_1:0.0", "l1_l1ana_1:1.0",
+                           "--steps", "2", "--every", "1", "--csv", str(csv)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
     assert fine.returncode == 0, fine.stderr[-3000:]
     rows = pd.read_csv(csv)
-    assert list(rows["variant"]) == ["l1"] * 3 + ["l1_l1ana_1:1.0"] * 3 and list(rows["step"]) == [0, 1, 2] * 2
-    assert rows[["dice_vs_ndct", "anatomical_distance", "psnr_brain"]].notna().all().all()
-    assert (rows["dice_vs_ndct"].between(0, 1)).all() and (rows["anatomical_distance"] > 0).all()
-    start = rows[rows["step"] == 0]
-    assert start["dice_vs_ndct"].nunique() == 1 and start["psnr_brain"].nunique() == 1  # both from the same model
-    assert "change after 2 steps" in fine.stdout
+    assert list(rows["variant"][:2]) == ["LDCT input", "noiseless reconstruction"]
+    runs = {v: r.reset_index(drop=True) for v, r in rows[2:].groupby("variant", sort=False)}
+    assert list(runs) == ["l1", "l1_l1ana_1:0.0", "l1_l1ana_1:1.0"]
+    scores = ["dice_vs_ndct", "anatomical_distance", "psnr_brain"]
+    for r in runs.values():
+        assert list(r["step"]) == [0, 1, 2] and r[scores].notna().all().all()
+        assert r["dice_vs_ndct"].between(0, 1).all() and (r["anatomical_distance"] > 0).all()
+        assert r.loc[0, scores].tolist() == runs["l1"].loc[0, scores].tolist()  # one starting model
+    pd.testing.assert_frame_equal(runs["l1"][scores], runs["l1_l1ana_1:0.0"][scores], rtol=1e-5)
+    assert not np.allclose(runs["l1"]["psnr_brain"][1:], runs["l1_l1ana_1:1.0"]["psnr_brain"][1:], rtol=1e-6)
+    assert "anatomical gradient 0.00x the L1 gradient" in fine.stdout and "change after 2 steps" in fine.stdout
     # the HTML report bundles every table and figure
     rep = run(["--report", "report.html", "--configfile", str(ROOT / "tests/configs/tiny.yaml")], tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
