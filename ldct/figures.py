@@ -135,13 +135,13 @@ def experiment_styles(names: list[str]) -> dict[str, dict]:
     groups = list(dict.fromkeys(n.split("_", 1)[0] for n in names))
     cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
     dashes, markers = ["-", "--", "-.", ":"], [None, "o", "s", "^", "x", "D"]
+    cycles = -(-len(groups) // cmap.N)  # colour cycles: the marker tells them apart, then the loss
     seen: dict[str, int] = {}
     styles = {}
     for n in names:
         g = n.split("_", 1)[0]
         k = seen[g] = seen.get(g, -1) + 1
         gi = groups.index(g)
-        cycles = -(-len(groups) // cmap.N)  # colour cycles: the marker tells them apart, then the loss
         styles[n] = {"color": cmap(gi % cmap.N), "ls": dashes[k % len(dashes)],
                      "marker": markers[(gi // cmap.N + cycles * (k // len(dashes))) % len(markers)], "ms": 3}
     return styles
@@ -157,9 +157,8 @@ def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
     ax[1].set_title("validation MSE in [0, 80] HU (selects the checkpoint)")
     for a in ax:
         a.set_xlabel("epoch")
+        a.set_yscale("log")  # losses and MSEs span decades between models and epochs
         a.grid(alpha=0.3)
-    for a in ax:  # losses and MSEs span decades between models and epochs
-        a.set_yscale("log")
     ax[1].legend(fontsize=7)
     save(fig, out)
 
