@@ -43,12 +43,11 @@ sys.path.insert(0, ROOT)
 
 from ldct.anatomy import dice_per_class, segment  # noqa: E402
 from ldct.data import load_subject, stack_subjects  # noqa: E402
-from ldct.hu import to_unit  # noqa: E402
 from ldct.metrics import window_psnr  # noqa: E402
 from ldct.paths import ResultPaths  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
-from ldct.train import (PatchSampler, build_experiment, load_segmenter, pick_device, predict_slices,  # noqa: E402
-                        seed_everything, train_step)
+from ldct.train import (PatchSampler, build_experiment, pick_device, predict_slices, seed_everything,  # noqa: E402
+                        to_input, train_step)
 
 
 def parse_variant(text: str) -> dict:
@@ -59,12 +58,11 @@ def parse_variant(text: str) -> dict:
 class Scorer:
     """The test subjects' scores of a set of outputs (one HU volume per subject)."""
 
-    def __init__(self, test: list, seg, anatomical, hu_range, device):
-        self.test, self.seg, self.anatomical, self.hu_range, self.device = test, seg, anatomical, hu_range, device
-        self.seg_ndct = [segment(seg, sv.full, device) for sv in test]
-
-    def _unit(self, hu: np.ndarray) -> torch.Tensor:
-        return torch.clamp(to_unit(torch.from_numpy(hu).float()[:, None], *self.hu_range), 0, 1).to(self.device)
+    def __init__(self, test: list, anatomical, hu_range, device):
+        """`anatomical`: an l1_l1ana_1 loss, whose frozen segmenter also segments."""
+        self.test, self.anatomical, self.hu_range, self.device = test, anatomical, hu_range, device
+        self.seg = anatomical.segmenter
+        self.seg_ndct = [segment(self.seg, sv.full, device) for sv in test]
 
     def __call__(self, outputs: list[np.ndarray]) -> dict:
         dice, psnr, dist = [], [], []
@@ -73,8 +71,8 @@ class Scorer:
             psnr += [window_psnr(o, f, "brain") for o, f in zip(out, sv.full)]
             with torch.no_grad():
                 for s in range(0, len(out), 4):
-                    pred, ndct = self._unit(out[s:s + 4]), self._unit(sv.full[s:s + 4])
-                    dist.append(float(self.anatomical(pred, ndct)) * len(pred))
+                    pred, ndct = (to_input(v[s:s + 4], self.hu_range).to(self.device) for v in (out, sv.full))
+                    dist.append(float(self.anatomical.term(pred, ndct)) * len(pred))
         n = sum(len(o) for o in outputs)
         return {"dice_vs_ndct": float(np.mean(dice)), "anatomical_distance": sum(dist) / n,
                 "psnr_brain": float(np.mean(psnr))}
@@ -89,9 +87,7 @@ class Scorer:
 def gradient_ratio(net, criterion, x: torch.Tensor, y: torch.Tensor) -> float:
     """|w grad A| / |(1 - w) grad L1| on the output for one batch (l1_l1ana_1's two terms)."""
     pred = net(x).detach().requires_grad_(True)
-    p_logits, p_feats, t_logits, t_feats = criterion.views(pred, y)
-    ana = torch.stack([(a - b).abs().mean() for a, b in zip(p_feats + [p_logits], t_feats + [t_logits])]).mean()
-    g_ana, = torch.autograd.grad(criterion.w * ana, pred)
+    g_ana, = torch.autograd.grad(criterion.w * criterion.term(pred, y), pred)
     g_l1, = torch.autograd.grad((1 - criterion.w) * (pred - y).abs().mean(), pred)
     return float(g_ana.norm() / g_l1.norm())
 
@@ -127,9 +123,9 @@ def main() -> None:
     seg_ck = torch.load(rp.segmenter, map_location="cpu", weights_only=True)
     train = stack_subjects(rp.nifti(), splits["train"], with_labels=False)
     test = [load_subject(rp.nifti(), s, with_labels=False) for s in splits["test"]]
-    anatomical = build_experiment({"model": dict(start["model"]), "loss": {"name": "l1_l1ana_1", "ana_weight": 1.0}},
-                                  hu_range, seg_ck, device)[1]  # weight 1: the anatomical term A alone
-    score = Scorer(test, load_segmenter(rp.segmenter, device), anatomical, hu_range, device)
+    anatomical = build_experiment({"model": dict(start["model"]), "loss": {"name": "l1_l1ana_1"}},
+                                  hu_range, seg_ck, device)[1]  # its term() is A, its segmenter the frozen one
+    score = Scorer(test, anatomical, hu_range, device)
 
     print(f"continuing {a.start} (epoch {start['epoch']}) for {a.steps} steps with each of {', '.join(a.variants)}; "
           f"{'whole slices' if not a.patch else f'{a.patch}x{a.patch} patches'}, batch {a.batch}, lr {a.lr}, "

@@ -173,9 +173,13 @@ class PatchSampler:
                     lo, fu = lo + off, fu + off
             xs.append(lo)
             ys.append(fu)
-        x = torch.clamp(to_unit(torch.stack(xs)[:, None], *self.hu_range), 0, 1)
-        y = torch.clamp(to_unit(torch.stack(ys)[:, None], *self.hu_range), 0, 1)
-        return x.float(), y.float()
+        return to_input(torch.stack(xs), self.hu_range).float(), to_input(torch.stack(ys), self.hu_range).float()
+
+
+def to_input(hu: np.ndarray | torch.Tensor, hu_range: tuple[float, float]) -> torch.Tensor:
+    """(S, H, W) HU slices -> the networks' (S, 1, H, W) input in [0, 1] units, clipped."""
+    hu = torch.from_numpy(hu).float() if isinstance(hu, np.ndarray) else hu
+    return torch.clamp(to_unit(hu[:, None], *hu_range), 0, 1)
 
 
 @torch.no_grad()
@@ -184,7 +188,7 @@ def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[flo
     """(S, H, W) HU -> (S, H, W) HU through a denoiser, in batches of full slices."""
     out = np.empty_like(low_hu, dtype=np.float32)
     for s in range(0, len(low_hu), batch):
-        x = torch.clamp(to_unit(torch.from_numpy(low_hu[s:s + batch]).float()[:, None], *hu_range), 0, 1).to(device)
+        x = to_input(low_hu[s:s + batch], hu_range).to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             y = net(x)
         out[s:s + batch] = from_unit(y.float().clamp(0, 1), *hu_range)[:, 0].cpu().numpy()

@@ -44,11 +44,13 @@ class _Anatomical(nn.Module):
 class AnatomicalFeatureLoss(_Anatomical):
     """(1 - w) L1 + w A, A = mean L1 over the four decoder stages and the logits."""
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def term(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """A alone: the mean L1 distance of the segmenter's views of `pred` and `target`."""
         p_logits, p_feats, t_logits, t_feats = self.views(pred, target)
-        terms = [(a - b).abs().mean() for a, b in zip(p_feats + [p_logits], t_feats + [t_logits])]
-        ana = torch.stack(terms).mean()
-        return (1 - self.w) * (pred - target).abs().mean() + self.w * ana
+        return torch.stack([(a - b).abs().mean() for a, b in zip(p_feats + [p_logits], t_feats + [t_logits])]).mean()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (1 - self.w) * (pred - target).abs().mean() + self.w * self.term(pred, target)
 
 
 @register("l1_l1ana_2")
