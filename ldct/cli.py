@@ -178,15 +178,17 @@ def cmd_complexity(a) -> None:
 
 
 def cmd_tables(a) -> None:
-    from ldct.tables import dice_table, quantitative_table
+    from ldct.tables import departure_note, dice_table, quantitative_table
 
     rp = ResultPaths.at(a.root)
     exps = a.experiments
     metric_files = {e: rp.metrics(e) for e in exps}
-    quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=a.seed)
+    fidelity = departure_note(json.loads(a.models))
+    quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=a.seed,
+                       fidelity=fidelity)
     if "truth_psnr_full" in pd.read_csv(metric_files[exps[0]], nrows=1):
         quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
-                           seed=a.seed, reference="truth")
+                           seed=a.seed, reference="truth", fidelity=fidelity)
     dice_table({e: rp.dice(e) for e in exps}, rp.table_prefix("table3_anatomical_dice"))
 
 
@@ -316,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", required=True, help="results/{dataset} folder")
         p.add_argument("--experiments", nargs="+", required=True)
         p.add_argument("--seed", type=int, default=0)
+        if name == "tables":
+            p.add_argument("--models", default="{}",
+                           help='JSON: {"experiments": {name: model spec}, "segmenter": segmenter settings}; '
+                                "Table 2's caption names the settings that depart from the reference")
     p = add("dose-sweep", cmd_dose_sweep, "dose-sweep table and figure")
     p.add_argument("--root", required=True, help="results/{dataset} folder")
     p.add_argument("--experiments", nargs="+", required=True, help="rows, LDCT included")

@@ -66,7 +66,7 @@ def validate_config(config: dict) -> dict:
         if exp["loss"]["name"] not in losses.available():
             raise ConfigError(f"config error at experiments.{name}.loss.name: unknown loss {exp['loss']['name']!r}; "
                               f"available: {', '.join(losses.available())}")
-        for part, reg, injected in (("model", models.REGISTRY, ("hu_range", "seg_norm")),
+        for part, reg, injected in (("model", models.REGISTRY, ("hu_range", "seg_width", "seg_norm")),
                                     ("loss", losses.REGISTRY, ("hu_range", "segmenter"))):
             takes = reg.arguments(exp[part]["name"])  # None: any argument
             bad = [k for k in exp[part] if k != "name" and (k in injected or (takes is not None and k not in takes))]

@@ -1,21 +1,51 @@
-"""Image-quality metrics in named HU windows, from maintained libraries.
+"""Image-quality metrics in named HU windows.
 
-PSNR and SSIM: scikit-image, with the window width as data range (the paper's convention:
-peak 4096 for [-1024, 3072], 160 for [-40, 120]). VIF: torchmetrics' pixel-domain VIF
-(Sheikh & Bovik 2006, sigma_n^2 = 2) on the window mapped to 0-255. Images are clipped to
-the window before every metric.
+Images are clipped to the window before every metric; the window width is the data range
+(the paper's convention: peak 4096 for [-1024, 3072], 160 for [-40, 120]).
+- PSNR: scikit-image.
+- SSIM (`ssim`): as the paper computes it (reference measure.py): 11x11 Gaussian window
+  (sigma 1.5), population (co)variances, C1 = (0.01 L)^2, C2 = (0.03 L)^2, the window applied
+  with zero padding (in HU) so the map keeps the slice's size, mean over the whole map.
+  No maintained library offers that border handling (scikit-image and torchmetrics crop or
+  reflect), so it is written here with scipy's separable filters and tested against the
+  reference's golden values.
+- `ssim_skimage`: scikit-image's default SSIM (7x7 uniform window, sample covariance,
+  borders cropped), the definition this project used before; kept for comparison.
+- VIF: torchmetrics' pixel-domain VIF (Sheikh & Bovik 2006, sigma_n^2 = 2) on the window
+  mapped to 0-255.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.ndimage import correlate1d
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torchmetrics.functional.image import visual_information_fidelity
 
 from ldct.hu import WINDOWS
 
-METRICS = ("psnr", "ssim", "vif", "rmse")
+METRICS = ("psnr", "ssim", "ssim_skimage", "vif", "rmse")
+
+_SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
+_SSIM_TAPS = np.exp(-((np.arange(_SSIM_SIZE) - _SSIM_SIZE // 2) ** 2) / (2 * _SSIM_SIGMA**2))
+_SSIM_TAPS /= _SSIM_TAPS.sum()
+
+
+def _gauss(img: np.ndarray) -> np.ndarray:
+    """The 11x11 Gaussian window at every pixel, zero outside the image (same-size output)."""
+    out = correlate1d(img, _SSIM_TAPS, axis=0, mode="constant", cval=0.0)
+    return correlate1d(out, _SSIM_TAPS, axis=1, mode="constant", cval=0.0)
+
+
+def paper_ssim(pred: np.ndarray, ref: np.ndarray, data_range: float) -> float:
+    """SSIM of two 2-D images as the paper's measure.py computes it (see the module doc)."""
+    x, y = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
+    mx, my = _gauss(x), _gauss(y)
+    sxx, syy, sxy = _gauss(x * x) - mx * mx, _gauss(y * y) - my * my, _gauss(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim_map = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(ssim_map.mean())
 
 
 def _clipped(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> tuple[np.ndarray, np.ndarray, float, float, float]:
@@ -37,11 +67,12 @@ def window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> dict
     """Metrics of one 2-D slice against its reference in one named window."""
     lo, _ = WINDOWS[window]
     p, r, mse, width, psnr = _clipped(pred_hu, ref_hu, window)
-    ssim = float(structural_similarity(r, p, data_range=width))
+    ssim = paper_ssim(p, r, width)
+    ssim_skimage = float(structural_similarity(r, p, data_range=width))
     scale = 255.0 / width
     vif = float(visual_information_fidelity(torch.from_numpy((p - lo) * scale)[None, None].float(),
                                             torch.from_numpy((r - lo) * scale)[None, None].float(), sigma_n_sq=2.0))
-    return {"psnr": psnr, "ssim": ssim, "vif": vif, "rmse": float(np.sqrt(mse))}
+    return {"psnr": psnr, "ssim": ssim, "ssim_skimage": ssim_skimage, "vif": vif, "rmse": float(np.sqrt(mse))}
 
 
 def slice_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, windows=("full", "brain", "head"), prefix: str = "") -> dict[str, float]:

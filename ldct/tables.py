@@ -57,11 +57,38 @@ def write_table(out_prefix: str | Path, df: pd.DataFrame, md: str, tex: str, not
     write_text(out_prefix + ".tex", f"% {made}\n" + tex)
 
 
+def departure_note(spec: dict) -> str:
+    """One sentence naming every model setting (per experiment) and segmenter setting that
+    departs from the reference implementation (models.departures), or saying there is none.
+    `spec`: {"experiments": {name: model spec}, "segmenter": segmenter settings}."""
+    import models
+
+    parts = []
+    by_setting: dict[str, list[str]] = {}
+    for exp, mspec in spec.get("experiments", {}).items():
+        for k, v in models.departures(mspec["name"], mspec).items():
+            by_setting.setdefault(f"{mspec['name']} {k}={v}", []).append(exp)
+    parts += [f"{setting} ({', '.join(exps)})" for setting, exps in by_setting.items()]
+    seg = spec.get("segmenter") or {}
+    seg_dep = models.departures("unet", seg)
+    if seg_dep:
+        ref = models.REGISTRY.get("unet").reference_settings
+        parts.append("segmenter " + ", ".join(f"{k}={v}" for k, v in seg_dep.items())
+                     + " (published U-Net: " + ", ".join(f"{k}={v}" for k, v in ref.items()) + ")")
+    if not spec:
+        return ""
+    if not parts:
+        return "Models, losses and metrics as in the reference implementation."
+    return "Departures from the reference implementation (project options): " + "; ".join(parts) + "."
+
+
 def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0,
-                       reference: str = "NDCT") -> pd.DataFrame:
+                       reference: str = "NDCT", fidelity: str = "") -> pd.DataFrame:
     """Table 2: mean over test slices per experiment; best in bold; † = significantly worse
     than the best (subject-level Wilcoxon, Holm-corrected p < 0.05). `reference="truth"`
-    makes the same table against the noiseless phantom (synthetic data)."""
+    makes the same table against the noiseless phantom (synthetic data). `fidelity`
+    (departure_note) is added to the caption. SSIM is the paper's definition
+    (ldct.metrics.paper_ssim)."""
     frames = [pd.read_csv(p) for p in metric_files.values()]
     allm = pd.concat(frames, ignore_index=True)
     if reference == "truth":
@@ -78,12 +105,15 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significant}
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     md, tex = render(table, "experiment", TABLE2_COLUMNS, digits, bold, marks,
-                     f"Mean over test slices against {reference}. Best in bold; $\\dagger$: significantly worse than "
-                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$).")
+                     f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
+                     "zero padding). Best in bold; $\\dagger$: significantly worse than "
+                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$). " + fidelity.replace("_", "\\_"))
     n_subj = per_subject["subject"].nunique()
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
             "Best in bold; † significantly "
-            "worse than the best (subject-level Wilcoxon signed-rank, Holm p < 0.05); CIs in stats.csv.")
+            "worse than the best (subject-level Wilcoxon signed-rank, Holm p < 0.05); CIs in stats.csv. "
+            "SSIM as the paper computes it (11x11 Gaussian window, sigma 1.5, zero padding; "
+            "scikit-image's default SSIM is `ssim_skimage_*` in metrics.csv). " + fidelity)
     write_table(out_prefix, table, md, tex, note)
     return table
 

@@ -23,17 +23,20 @@ class MSE(nn.Module):
 
 @register("l1_weighted")
 class WeightedL1(nn.Module):
-    """L1 plus `weight` times an L1 restricted to pixels whose target lies in the head window
-    [0, 80] HU (where brain tissue lives). `hu_range` is the network scaling window."""
+    """L1 plus `weight` times the L1 over pixels whose target lies in the head window
+    [0, 80) HU (where brain tissue lives). As in the reference, the weight defaults to the
+    scaling range over the window width (4096 / 80 = 51.2 for [-1024, 3072]), so the extra
+    term is that L1 in units of the head window; a patch without such pixels adds nothing
+    (the reference gives NaN there). `hu_range` is the network scaling window."""
 
-    def __init__(self, weight: float = 1.0, hu_range: tuple[float, float] = (-1024.0, 3072.0)):
+    def __init__(self, weight: float | None = None, hu_range: tuple[float, float] = (-1024.0, 3072.0)):
         super().__init__()
-        self.weight = weight
         lo, hi = WINDOWS["head"]
+        self.weight = (hu_range[1] - hu_range[0]) / (hi - lo) if weight is None else weight
         self.bounds = (to_unit(lo, *hu_range), to_unit(hi, *hu_range))
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         diff = (pred - target).abs()
-        mask = (target >= self.bounds[0]) & (target <= self.bounds[1])
+        mask = (target >= self.bounds[0]) & (target < self.bounds[1])
         extra = (diff * mask).sum() / mask.sum().clamp(min=1)
         return diff.mean() + self.weight * extra

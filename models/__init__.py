@@ -33,4 +33,28 @@ def needs_segmenter(name: str) -> bool:
     return bool(getattr(REGISTRY.get(name), "needs_segmenter", False))
 
 
+def departures(name: str, kwargs: dict) -> dict:
+    """The settings in `kwargs` that depart from the published method's (the class's
+    `reference_settings`, e.g. Feat-KPN's near_identity_init=False, the U-Net's channel norm
+    at base width 64): {key: value}. Empty for a model as published or without such settings."""
+    ref = getattr(REGISTRY.get(name), "reference_settings", {})
+    return {k: kwargs[k] for k in ref if k in kwargs and kwargs[k] != ref[k]}
+
+
+def load_reference_weights(net, state: dict, strict: bool = True):
+    """Load a state dict saved by the reference implementation (FeatKPN-LDCT-enhancement)
+    into a project module. A model whose parameter names differ from the reference's maps
+    them with a `reference_key(own_name) -> reference_name` static method; the U-Net already uses
+    the reference's names. Missing or unexpected keys raise."""
+    key = getattr(net, "reference_key", None)
+    own = net.state_dict()
+    names = {name: (key(name) if key else name) for name in own}
+    missing = [ref for ref in names.values() if ref not in state]
+    unexpected = sorted(set(state) - set(names.values()))
+    if strict and (missing or unexpected):
+        raise KeyError(f"reference state dict does not fit {type(net).__name__}: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    return net.load_state_dict({name: state[ref] for name, ref in names.items() if ref in state}, strict=strict)
+
+
 REGISTRY.import_all(__name__, __path__)

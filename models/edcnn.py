@@ -10,15 +10,17 @@ from models import register
 
 
 class SobelConv2d(nn.Module):
-    """Fixed Sobel-type 3x3 filters (horizontal, vertical and two diagonals, cycled over the
-    output channels) times a trainable per-channel factor, plus a bias. The fixed weights are a
-    buffer, so 64 trainable parameters at 32 channels (288 fixed)."""
+    """Fixed Sobel 3x3 filters times a trainable per-channel factor, plus a bias. The filters
+    cycle over the output channels in the reference's order and sign: vertical gradient
+    (top row negative), horizontal (left column negative), the diagonal with -2 at the top
+    left, the diagonal with -2 at the bottom left. The fixed weights are a buffer, so 64
+    trainable parameters at 32 channels (288 fixed)."""
 
     def __init__(self, out_ch: int = 32):
         super().__init__()
-        base = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-        diag = torch.tensor([[0.0, 1.0, 2.0], [-1.0, 0.0, 1.0], [-2.0, -1.0, 0.0]])
-        patterns = [base, base.T, diag, diag.flip(1)]
+        vertical = torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])
+        diag = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
+        patterns = [vertical, vertical.T, diag, diag.flip(0)]
         w = torch.stack([patterns[i % 4] for i in range(out_ch)])[:, None]
         self.register_buffer("sobel_weight", w)
         self.factor = nn.Parameter(torch.ones(out_ch, 1, 1, 1))
@@ -50,3 +52,12 @@ class EDCNN(nn.Module):
             if i < len(self.full) - 1:
                 out = self.act(out)
         return self.act(out + x)
+
+    @staticmethod
+    def reference_key(name: str) -> str:
+        """The reference implementation's name (EDCNN) of one of this module's parameters."""
+        part, rest = name.split(".", 1)
+        if part == "sobel":
+            return "conv_sobel." + {"factor": "sobel_factor"}.get(rest, rest)
+        i, tail = rest.split(".", 1)
+        return f"conv_{'p' if part == 'point' else 'f'}{int(i) + 1}.{tail}"

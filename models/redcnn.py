@@ -39,3 +39,9 @@ class REDCNN(nn.Module):
         out = self.dec[3](self.relu(out))
         out = self.dec[4](self.relu(out)) + res1
         return self.relu(out)[..., :h, :w]
+
+    @staticmethod
+    def reference_key(name: str) -> str:
+        """The reference implementation's name (RED_CNN) of one of this module's parameters."""
+        part, i, tail = name.split(".")
+        return f"{'conv' if part == 'enc' else 'tconv'}{int(i) + 1}.{tail}"

@@ -62,6 +62,7 @@ class HeadCTUNet(nn.Module):
     """
 
     is_denoiser = False  # a segmenter: excluded from the denoiser experiments and tests
+    reference_settings = {"base_width": 64, "norm": "channel"}
 
     def __init__(self, num_classes: int = NUM_CLASSES, base_width: int = 64, norm: str = "channel"):
         super().__init__()
@@ -105,7 +106,7 @@ class HeadCTUNet(nn.Module):
         feats = []
         for i in range(6, 10):
             out = F.interpolate(out, scale_factor=2, mode="nearest")
-            out = F.relu(getattr(self, f"conv{i}A")(F.pad(out, (0, 1, 0, 1))))
+            out = getattr(self, f"conv{i}A")(F.pad(out, (0, 1, 0, 1)))  # no activation after the up-conv
             out = torch.cat([skips[9 - i], out], dim=1)
             for part in "BC":
                 out = F.relu(self._norm(k)(getattr(self, f"conv{i}{part}")(out)))

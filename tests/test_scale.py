@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.conftest import make_tcia_tree
+from tests.golden import load as load_golden
+from tests.golden import max_rel_diff, random_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
@@ -67,11 +70,12 @@ def test_paper_config_is_the_protocol():
 @pytest.fixture(scope="module")
 def featkpn_tree(tmp_path_factory, synthetic_subject):
     """The 50 cases of the Feat-KPN split as a stand-in TCIA tree (copies of one small series
-    pair), with a stand-in weights file."""
+    pair), with a U-Net weights file saved under the reference's parameter names (the
+    well-conditioned golden weights, tests/golden.py)."""
     base = tmp_path_factory.mktemp("mayo")
     split = json.loads((ROOT / "ldct" / "presets" / "split_featkpn_seed.json").read_text())
     root = make_tcia_tree(base / "LDCT-and-Projection-data", split["train"] + split["val"], synthetic_subject["dicom"])
-    (base / "model.pth").write_bytes(b"stand-in")  # a dry run only checks that it exists
+    torch.save(random_weights(load_golden("unet")), base / "model.pth")
     return root
 
 
@@ -88,6 +92,23 @@ def test_paper_config_dry_runs_on_the_tcia_layout(featkpn_tree, tmp_path):
     assert "synthesize" not in counts and "dose_sweep" not in counts
     assert "results/mayo_head/train/featkpn_ana/model.pt" in out and "N300" in out
     assert '"patch_size": null' in out and '"epochs": 400' in out and '"batch_size": 1' in out
+
+
+def test_paper_config_loads_reference_named_unet_weights_strictly(featkpn_tree):
+    """configs/paper.yaml's segmenter settings load a state dict in the reference's names
+    strictly, and the loaded network computes the reference's logits."""
+    from ldct.anatomy import load_weights
+
+    cfg = yaml.safe_load(PAPER.read_text())["segmenter"]
+    net = load_weights(featkpn_tree.parent / "model.pth", cfg).eval()
+    g = load_golden("unet_random")
+    with torch.no_grad():
+        assert max_rel_diff(net(torch.from_numpy(g["x_hu"])), g["logits"]) < 1e-5
+    state = torch.load(featkpn_tree.parent / "model.pth", weights_only=True)
+    state["conv10.extra"] = state.pop("conv10.bias")
+    torch.save(state, featkpn_tree.parent / "renamed.pth")
+    with pytest.raises(ValueError, match="renamed.pth: does not fit"):
+        load_weights(featkpn_tree.parent / "renamed.pth", cfg)
 
 
 def test_dose_sweep_config_dry_runs(tmp_path):

@@ -136,7 +136,7 @@ def dose_sweep_outputs():
 
 def dose_evaluate_inputs(wc):
     test = SPLITS["test"]
-    inp = {"splits": str(RP.splits), "data": nifti_files(test, labels=SYNTHETIC),
+    inp = {"splits": str(RP.splits), "data": nifti_files(test, labels=SYNTHETIC), "code": code_files("metrics"),
            "low": [str(RP.low_dose(s, f)) for f in DOSES[1:] for s in test]}
     if wc.experiment != LDCT:
         inp["denoised"] = [str(RP.dose_denoised(t, wc.experiment, s)) for t in EXTRA_DOSES for s in test]
@@ -167,7 +167,7 @@ def series_args(wc, input):
 
 def evaluate_inputs(wc):
     inp = {"splits": str(RP.splits), "segmenter": str(RP.segmenter),
-           "data": nifti_files(SPLITS["test"], labels=SYNTHETIC)}
+           "data": nifti_files(SPLITS["test"], labels=SYNTHETIC), "code": code_files("metrics")}
     if wc.experiment != LDCT:
         inp["denoised"] = [str(RP.denoised(wc.experiment, s)) for s in SPLITS["test"]]
     return inp

@@ -24,6 +24,7 @@ rule complexity:
 rule tables:
     input:
         metrics=[str(RP.metrics(e)) for e in ROWS],
+        code=code_files("tables", "stats"),
         dice=[str(RP.dice(e)) for e in ROWS],
     output:
         [report_table(t, e) for t in TABLES[1:] for e in ("csv", "md", "tex")],
@@ -35,11 +36,13 @@ rule tables:
         root=results_root,
         rows=ROWS,
         seed=config["seed"],
+        models=as_json({"experiments": {e: x["model"] for e, x in config["experiments"].items()},
+                        "segmenter": config["segmenter"]}),
     conda:
         CONDA_ENV
     shell:
         "python -m ldct tables --root {params.root:q} --seed {params.seed} "
-        "--experiments {params.rows:q} > {log:q} 2>&1"
+        "--experiments {params.rows:q} --models {params.models:q} > {log:q} 2>&1"
 
 
 rule figures:

@@ -1,0 +1,133 @@
+"""The project computes what the reference implementation computes: every model, the
+segmenter, the losses and the metrics against the reference's golden outputs
+(tests/data/golden/, see tests/golden.py), to 1e-5 of the output's magnitude."""
+
+import numpy as np
+import pytest
+import torch
+
+import losses
+import models
+from ldct.hu import WINDOWS
+from ldct.metrics import window_metrics
+from tests.golden import formula_weights, load, max_rel_diff, random_weights
+
+TOL = 1e-5
+
+
+def reference_model(name: str, golden: dict, **kwargs) -> torch.nn.Module:
+    net = models.build(name, **kwargs)
+    models.load_reference_weights(net, formula_weights(golden))
+    return net.eval()
+
+
+@pytest.mark.parametrize("name", ["featkpn", "redcnn"])
+def test_denoiser_matches_reference(name):
+    g = load(name)
+    net = reference_model(name, g)
+    with torch.no_grad():
+        assert max_rel_diff(net(torch.from_numpy(g["x"])), g["y"]) < TOL
+        if "x_odd" in g:  # 45 x 50: padded to a multiple of 4 by replication, cropped back
+            assert max_rel_diff(net(torch.from_numpy(g["x_odd"])), g["y_odd"]) < TOL
+
+
+def test_edcnn_sobel_bank_and_output_match_reference():
+    g = load("edcnn")
+    net = models.build("edcnn")
+    assert torch.equal(net.sobel.sobel_weight, torch.from_numpy(g["sobel_weight"]))
+    weights = {**formula_weights(g), "conv_sobel.sobel_weight": torch.from_numpy(g["sobel_weight"])}
+    models.load_reference_weights(net, weights)
+    with torch.no_grad():
+        assert max_rel_diff(net(torch.from_numpy(g["x"])), g["y"]) < TOL
+
+
+def random_unet() -> torch.nn.Module:
+    net = models.build("unet")
+    net.load_state_dict(random_weights(load("unet")), strict=True)  # the reference's names
+    return net.eval()
+
+
+def test_unet_decoder_stages_and_logits_match_reference():
+    g = load("unet_random")
+    with torch.no_grad():
+        logits, feats = random_unet()(torch.from_numpy(g["x_hu"]), return_features=True)
+    for stage, f in zip(("f6", "f7", "f8", "f9"), feats):
+        assert f.shape == g[stage].shape
+        assert max_rel_diff(f, g[stage]) < TOL, stage
+    assert max_rel_diff(logits, g["logits"]) < TOL
+
+
+def test_formula_unet_case_is_too_ill_conditioned_to_judge():
+    """Why unet.npz is not used: with the formula weights float32 and float64 runs of the same
+    network disagree by far more than any tolerance (see tests/golden.random_weights)."""
+    g = load("unet")
+    net = models.build("unet")
+    net.load_state_dict(formula_weights(g), strict=True)
+    x = torch.from_numpy(g["x_hu"])
+    with torch.no_grad():
+        single = net(x)
+        double = net.double()(x.double())
+    assert max_rel_diff(single, double.numpy()) > 0.1
+
+
+class Wrapped(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, hu):
+        return self.fn(hu)
+
+
+def test_sgdnet_matches_reference_and_reads_the_segmenters_logits():
+    g = load("sgdnet_random")
+    weights = random_weights(g, seed0=2000)
+    weights.update({f"segmentation_model.{k}": v for k, v in random_weights(load("unet")).items()})
+    net = models.build("sgdnet")
+    models.load_reference_weights(net, weights)
+    x = torch.from_numpy(g["x"])
+    with torch.no_grad():
+        assert max_rel_diff(net.eval()(x), g["y"]) < TOL
+        unet = net.segmenter
+        net.segmenter = Wrapped(lambda hu: torch.softmax(unet(hu), dim=1))  # probabilities, not logits
+        assert max_rel_diff(net(x), g["y"]) > 100 * TOL
+        net.segmenter = Wrapped(lambda hu: unet((hu + 1024.0) / 4096.0))  # the U-Net fed [0, 1], not HU
+        assert max_rel_diff(net(x), g["y"]) > 100 * TOL
+
+
+def test_anatomical_loss_and_its_term_match_reference():
+    g = load("losses_random")
+    loss = losses.build("l1_l1ana_1", segmenter=random_unet(), hu_range=(-1024.0, 3072.0), ana_weight=0.01)
+    pred, target = torch.from_numpy(g["pred"]), torch.from_numpy(g["target"])
+    with torch.no_grad():
+        assert loss.term(pred, target).item() == pytest.approx(float(g["anatomical_term"]), rel=TOL)
+        assert loss(pred, target).item() == pytest.approx(float(g["l1_l1ana_1"]), rel=TOL)
+
+
+def test_ssim_l1_matches_reference():
+    g = load("losses")
+    value = losses.build("ssim_l1")(torch.from_numpy(g["pred"]), torch.from_numpy(g["target"]))
+    assert value.item() == pytest.approx(float(g["ssim_l1"]), rel=TOL)
+
+
+@pytest.mark.parametrize("window", ["full", "brain", "head"])
+def test_psnr_and_ssim_match_reference_measure(window):
+    g = load("metrics")
+    lo, hi = (int(v) for v in WINDOWS[window])
+    m = window_metrics(g["pred_hu"][0, 0], g["ref_hu"][0, 0], window)
+    assert m["ssim"] == pytest.approx(float(g[f"ssim_{lo}_{hi}"]), abs=1e-6)
+    assert m["psnr"] == pytest.approx(float(g[f"psnr_{lo}_{hi}"]), rel=1e-6)
+    assert abs(m["ssim_skimage"] - m["ssim"]) > (1e-3 if window != "full" else 1e-5)  # kept by name; differs
+
+
+def test_reference_state_dicts_load_strictly_and_refuse_others():
+    for name, kwargs in (("featkpn", {}), ("redcnn", {}), ("edcnn", {}), ("sgdnet", {"seg_width": 4})):
+        net = models.build(name, **kwargs)
+        keys = {net.reference_key(k) for k in net.state_dict()}
+        assert len(keys) == len(net.state_dict())  # one reference name for each of ours
+    net = models.build("featkpn")
+    state = formula_weights(load("featkpn"))
+    state.pop("final_conv.0.bias")
+    with pytest.raises(KeyError, match="final_conv.0.bias"):
+        models.load_reference_weights(net, state)
+    assert np.isfinite(float(load("featkpn")["gain"]))
