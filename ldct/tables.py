@@ -59,24 +59,25 @@ def write_table(out_prefix: str | Path, df: pd.DataFrame, md: str, tex: str, not
 
 def departure_note(spec: dict) -> str:
     """One sentence naming every model setting (per experiment) and segmenter setting that
-    departs from the reference implementation (models.departures), or saying there is none.
-    `spec`: {"experiments": {name: model spec}, "segmenter": segmenter settings}."""
+    departs from the reference implementation (models.departures), or saying there is none;
+    empty without a spec. `spec`: {"experiments": {name: model spec}, "segmenter": settings}."""
     import models
 
-    parts = []
+    if not spec:
+        return ""
+
+    def listed(settings: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in settings.items())
+
     by_setting: dict[str, list[str]] = {}
     for exp, mspec in spec.get("experiments", {}).items():
         for k, v in models.departures(mspec["name"], mspec).items():
             by_setting.setdefault(f"{mspec['name']} {k}={v}", []).append(exp)
-    parts += [f"{setting} ({', '.join(exps)})" for setting, exps in by_setting.items()]
-    seg = spec.get("segmenter") or {}
-    seg_dep = models.departures("unet", seg)
+    parts = [f"{setting} ({', '.join(exps)})" for setting, exps in by_setting.items()]
+    seg_dep = models.departures("unet", spec.get("segmenter") or {})
     if seg_dep:
-        ref = models.REGISTRY.get("unet").reference_settings
-        parts.append("segmenter " + ", ".join(f"{k}={v}" for k, v in seg_dep.items())
-                     + " (published U-Net: " + ", ".join(f"{k}={v}" for k, v in ref.items()) + ")")
-    if not spec:
-        return ""
+        published = models.REGISTRY.get("unet").reference_settings
+        parts.append(f"segmenter {listed(seg_dep)} (published U-Net: {listed(published)})")
     if not parts:
         return "Models, losses and metrics as in the reference implementation."
     return "Departures from the reference implementation (project options): " + "; ".join(parts) + "."

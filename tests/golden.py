@@ -18,15 +18,19 @@ def load(name: str) -> dict:
         return {k: data[k] for k in data.files}
 
 
+def _parameters(golden: dict):
+    """(i, reference name, shape, numel) of each trainable parameter, in named_parameters order."""
+    shapes = json.loads(str(golden["shapes"]))
+    for i, (name, shape) in enumerate(zip(golden["names"], shapes)):
+        yield i, str(name), shape, int(np.prod(shape))
+
+
 def formula_weights(golden: dict) -> dict[str, torch.Tensor]:
     """The reference's trainable parameters, by reference name, set by the golden formula:
     for the i-th parameter (named_parameters order), v = sin(0.37 * arange(n) + i)."""
-    names = [str(n) for n in golden["names"]]
-    shapes = json.loads(str(golden["shapes"]))
     gain = float(golden["gain"]) if "gain" in golden else 1.0
     out = {}
-    for i, (name, shape) in enumerate(zip(names, shapes)):
-        n = int(np.prod(shape))
+    for i, name, shape, n in _parameters(golden):
         v = np.sin(0.37 * np.arange(n, dtype=np.float64) + i)
         if name.endswith("gamma") or name.endswith("sobel_factor"):
             w = 1 + 0.1 * v
@@ -52,11 +56,8 @@ def random_weights(golden: dict, seed0: int = 1000) -> dict[str, torch.Tensor]:
     divides near-cancelled values: float32 rounding alone (or float64 instead of float32)
     moves its decoder stages by 20-100 % of their range, and unet.npz cannot tell a right
     implementation from a wrong one. Random weights agree in float32 and float64 to 2e-6."""
-    names = [str(n) for n in golden["names"]]
-    shapes = json.loads(str(golden["shapes"]))
     out = {}
-    for i, (name, shape) in enumerate(zip(names, shapes)):
-        n = int(np.prod(shape))
+    for i, name, shape, n in _parameters(golden):
         r = np.random.RandomState(seed0 + i).standard_normal(n)
         if name.endswith("gamma"):
             w = 1 + 0.1 * r
