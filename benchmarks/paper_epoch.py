@@ -4,7 +4,7 @@
     python benchmarks/paper_epoch.py --steps 3            # a few steps, extrapolated (CPU check)
     python benchmarks/paper_epoch.py --experiments featkpn_l1 redcnn_l1 --no-fp32
 
-Runs the training engine's own optimiser step (`ldct.train.train_step`: mixed precision and
+Runs the training engine's own optimiser step (`ldct.engine.train_step`: mixed precision and
 gradient scaling as in training) with the experiments' models and losses as configured,
 batch size and augmentation of the config, on full 512x512 slices of synthetic head phantoms
 with quarter-dose noise inserted in the projection domain. The anatomical loss uses the
@@ -32,11 +32,14 @@ sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
 from ldct.classes import NUM_CLASSES  # noqa: E402
-from ldct.config import experiment_settings, load_config  # noqa: E402
+from ldct.config import load_config  # noqa: E402
+from ldct.engine import build_optimizer, train_step  # noqa: E402
+from ldct.inference import pick_device, predict_slices  # noqa: E402
 from ldct.lowdose import ParallelBeam, simulate_doses  # noqa: E402
 from ldct.phantom import draw_subject, synthesize_subject  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
-from ldct.train import PatchSampler, build_experiment, pick_device, predict_slices, train_step  # noqa: E402
+from ldct.spec import ExperimentSpec  # noqa: E402
+from ldct.train import PatchSampler, build_experiment  # noqa: E402
 
 
 def phantom_pairs(matrix: int, n_slices: int, fov_mm: float = 256.0, seed: int = 0):
@@ -57,15 +60,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(settings: dict, hu_range, seg_ck: dict, low, full, device, amp: bool, steps: int | None, seed: int):
-    cfg = settings["train"]
-    torch.manual_seed(seed)
-    net, criterion, _ = build_experiment(settings, hu_range, seg_ck, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+def measure(spec: ExperimentSpec, seg_ck: dict, low, full, device, amp: bool, steps: int | None):
+    cfg, hu_range = spec.train, spec.hu_range
+    torch.manual_seed(spec.seed)
+    net, criterion, _ = build_experiment(spec, seg_ck, device)
+    opt = build_optimizer([p for p in net.parameters() if p.requires_grad], cfg)
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler = PatchSampler(low, full, cfg["patch_size"], cfg["batch_size"], cfg["augment"], cfg["hu_offset"],
-                           tuple(hu_range), torch.Generator().manual_seed(seed), rotation_deg=cfg["rotation_deg"],
+                           tuple(hu_range), torch.Generator().manual_seed(spec.seed), rotation_deg=cfg["rotation_deg"],
                            crop_prob=cfg["crop_prob"], crop_scale=cfg["crop_scale"])
     n = steps or cfg["iters_per_epoch"]
     if device.type == "cuda":
@@ -108,7 +111,6 @@ def main() -> None:
     a = ap.parse_args()
     config = load_config(a.config)
     device = pick_device(a.device)
-    hu_range = (config["normalization"]["hu_min"], config["normalization"]["hu_max"])
     seg = config["segmenter"]
     torch.manual_seed(0)
     unet = models.build("unet", num_classes=NUM_CLASSES, base_width=seg["base_width"], norm=seg["norm"])
@@ -122,10 +124,10 @@ def main() -> None:
     precisions = [True] if a.no_fp32 or device.type != "cuda" else [True, False]
     rows = []
     for exp in a.experiments:
-        settings = experiment_settings(config, exp)
-        cfg = settings["train"]
+        spec = ExperimentSpec.from_config(config, exp)
+        cfg = spec.train
         for amp in precisions:
-            r = measure(settings, hu_range, seg_ck, low, full, device, amp, a.steps, config["seed"])
+            r = measure(spec, seg_ck, low, full, device, amp, a.steps)
             r.update(experiment=exp, amp=amp and device.type == "cuda", batch=cfg["batch_size"],
                      iters_per_epoch=cfg["iters_per_epoch"], epochs=cfg["epochs"])
             rows.append(r)

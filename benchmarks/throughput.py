@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import losses  # noqa: E402
 import models  # noqa: E402
+from ldct.engine import build_optimizer  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 
 CASES = [  # (label, model kwargs, loss name)
@@ -74,7 +75,7 @@ def main() -> None:
     rows = []
     for label, spec, loss_name in CASES:
         net, loss = build(spec, loss_name, a.seg_width, a.seg_norm)
-        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+        opt = build_optimizer([p for p in net.parameters() if p.requires_grad], {"lr": 1e-4, "weight_decay": 0.01})
 
         def step():
             opt.zero_grad(set_to_none=True)

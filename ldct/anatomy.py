@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import models
 from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.data import stack_subjects
 from ldct.io import atomic_path, write_csv
 from ldct.provenance import versions
-from ldct.train import pick_device, seed_everything
+from ldct import engine
+from ldct.errors import ConfigError, DataError
+from ldct.inference import pick_device
 
 
 # Pre-training shifts each batch by up to this many HU: robustness to scanner calibration
@@ -122,13 +122,13 @@ def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
         state = obj["state_dict"]
         got = (obj.get("base_width", width), obj.get("norm", norm))
         if got != (width, norm):
-            raise ValueError(f"{path}: holds a U-Net with base_width {got[0]} and norm {got[1]!r}, but the config "
+            raise ConfigError(f"{path}: holds a U-Net with base_width {got[0]} and norm {got[1]!r}, but the config "
                              f"says segmenter.base_width={width}, segmenter.norm={norm!r}; make them agree")
     net = models.build("unet", num_classes=NUM_CLASSES, base_width=width, norm=norm)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: does not fit the U-Net at segmenter.base_width={width} "
+        raise ConfigError(f"{path}: does not fit the U-Net at segmenter.base_width={width} "
                          f"(the published network needs 64, norm 'channel'): {err}") from err
     return net
 
@@ -148,74 +148,75 @@ def _report(row: dict, prefix: str) -> None:
         f"{names[k]} {v:.2f}" for k, v in row.items() if k in names and v is not None), file=sys.stderr)
 
 
-def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, out: str, out_history: str) -> pd.DataFrame:
+def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, out: str, out_history: str,
+                       checkpoint_dir: str | None = None) -> pd.DataFrame:
     """Train (or load) the U-Net; history.csv holds per-class validation Dice per epoch.
 
-    Training: weighted cross-entropy plus soft Dice, Adam with a one-cycle schedule,
-    flips, rotations, scaling and HU offsets; the epoch with the best mean foreground Dice on
-    the validation subjects is kept."""
+    Training (through the shared loop, ldct.engine): weighted cross-entropy plus soft Dice,
+    the config's optimiser and schedule (Adam, one-cycle by default), flips, rotations,
+    scaling and HU offsets; the epoch with the best mean foreground Dice on the validation
+    subjects is kept."""
     device = pick_device(cfg.get("device", "auto"))
     if cfg.get("weights"):
-        net = load_weights(cfg["weights"], cfg)
-        row = {"epoch": 0, "source": str(cfg["weights"])}
-        # labelled validation subjects (synthetic data): say how well the weights fit them
-        va = stack_subjects(nifti_dir, splits["val"]) if splits.get("val") else {}
-        if "labels" in va:
-            row.update(validation_dice(net.to(device), va, device))
-            _report(row, f"loaded {cfg['weights']}, on the validation subjects")
-        save_segmenter(out, net.cpu(), str(cfg["weights"]))
-        df = pd.DataFrame([row])
-        write_csv(out_history, df)
-        return df
-    seed_everything(seed)
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+        return _load_given_weights(nifti_dir, splits, cfg, device, out, out_history)
+    engine.prepare(seed, device)
     tr = stack_subjects(nifti_dir, splits["train"])
     va = stack_subjects(nifti_dir, splits["val"])
     if "labels" not in tr or "labels" not in va:
-        raise ValueError(f"{nifti_dir}: no labels.nii.gz for the training/validation subjects; "
-                         "set segmenter.weights to a pre-trained model instead")
+        raise DataError(f"{nifti_dir}: no labels.nii.gz for the training/validation subjects; "
+                        "set segmenter.weights to a pre-trained model instead")
     net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"], norm=cfg["norm"])
     if cfg["norm"] == "channel":
         init_hu_thresholds(net)
     net = net.to(device)
     weight = class_weights(tr["labels"]).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
-    total_steps = cfg["epochs"] * cfg["iters_per_epoch"]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total_steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     keep = np.flatnonzero((tr["labels"] > 0).any(axis=(1, 2)))  # slices that show some anatomy
     x_all = torch.from_numpy(tr["full"][keep]).float()
     y_all = torch.from_numpy(tr["labels"][keep]).long()
-    history = []
-    best, best_state = -1.0, None
-    for epoch in range(cfg["epochs"]):
-        net.train()
-        t0 = time.perf_counter()
-        total = 0.0
-        for _ in tqdm(range(cfg["iters_per_epoch"]), desc=f"segmenter epoch {epoch + 1}/{cfg['epochs']}",
-                      file=sys.stderr, mininterval=5, disable=False):
-            idx = torch.randint(len(x_all), (cfg["batch_size"],), generator=gen)
-            x, y = augment_pair(x_all[idx][:, None], y_all[idx], gen, cfg["rotation_deg"], cfg["scale_jitter"])
-            logits = net(x.to(device))
-            y = y.to(device)
-            loss = F.cross_entropy(logits, y, weight=weight) + soft_dice_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        row = {"epoch": epoch + 1, "train_loss": total / cfg["iters_per_epoch"],
-               **validation_dice(net, va, device), "seconds": round(time.perf_counter() - t0, 2)}
-        fg = row["val_mean_dice"]
-        history.append(row)
-        print(f"segmenter epoch {epoch + 1}: loss {row['train_loss']:.4f} mean foreground Dice {fg:.3f}", file=sys.stderr)
-        if fg > best:
-            best, best_state = fg, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    net.load_state_dict(best_state)
-    best_row = max(history, key=lambda r: r["val_mean_dice"])
+
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(x_all), (cfg["batch_size"],), generator=gen)
+        return augment_pair(x_all[idx][:, None], y_all[idx], gen, cfg["rotation_deg"], cfg["scale_jitter"])
+
+    task = engine.Task(net, SegmentationLoss(weight), sample, lambda m: validation_dice(m, va, device),
+                       score="val_mean_dice", maximize=True, label="segmenter ")
+    key = engine.settings_hash({"cfg": cfg, "seed": seed, "splits": splits,
+                                "inputs": engine.fingerprint([tr, va], packages=(models,))})
+    result = engine.fit(task, cfg, device=device, generator=gen,
+                        key=key, checkpoint_dir=checkpoint_dir)
+    net.load_state_dict(result.best_state)
+    best = result.best_row
     save_segmenter(out, net, f"pretrained on {nifti_dir}: " + ",".join(splits["train"]),
-                   val_mean_dice=best_row["val_mean_dice"], epoch=best_row["epoch"], seed=seed, settings=dict(cfg))
-    df = pd.DataFrame(history)
+                   val_mean_dice=best["val_mean_dice"], epoch=best["epoch"], seed=seed, settings=dict(cfg))
+    df = pd.DataFrame(result.history)
     write_csv(out_history, df)
-    _report(best_row, f"best epoch {best_row['epoch']}")
+    _report(best, f"best epoch {best['epoch']}")
+    return df
+
+
+class SegmentationLoss(torch.nn.Module):
+    """Class-weighted cross-entropy plus soft Dice, as separate terms."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = weight
+
+    def terms(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"cross_entropy": F.cross_entropy(logits, y, weight=self.weight),
+                "soft_dice": soft_dice_loss(logits, y)}
+
+
+def _load_given_weights(nifti_dir: str, splits: dict, cfg: dict, device: torch.device, out: str,
+                        out_history: str) -> pd.DataFrame:
+    """segmenter.pt from given weights; on labelled validation subjects (synthetic data), their Dice."""
+    net = load_weights(cfg["weights"], cfg)
+    row = {"epoch": 0, "source": str(cfg["weights"])}
+    va = stack_subjects(nifti_dir, splits["val"]) if splits.get("val") else {}
+    if "labels" in va:
+        row.update(validation_dice(net.to(device), va, device))
+        _report(row, f"loaded {cfg['weights']}, on the validation subjects")
+    save_segmenter(out, net.cpu(), str(cfg["weights"]))
+    df = pd.DataFrame([row])
+    write_csv(out_history, df)
     return df

@@ -1,8 +1,15 @@
 """Command line of every workflow step: `python -m ldct <command> ...` (or `ldct <command>`).
 
-Snakemake rules call these commands; each also runs by hand. Settings arrive as the JSON
-of the relevant config section (`--params`), already validated by the workflow; by hand,
-`--config config.yaml` validates a config file and takes the section from it.
+Each command declares its typed options next to its handler (`@command`) and runs by hand on
+a folder with sensible defaults, e.g. `ldct convert --subject-dir X --out Y`. A command that
+uses a config section (synthetic, dataset, split, segmenter, train) also takes that
+section's keys as options, made from the config schema with their types, defaults and
+descriptions (see `--help`); `--config FILE` starts from a config file's values instead of
+the defaults. The Snakemake rules pass the validated config as such options
+(`section_flags`), and `train` takes a whole experiment as `--spec` (ldct.spec).
+
+Project errors (ldct.errors.LdctError: bad config, data or options) print as one line and
+exit with status 1; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,67 +17,193 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
-import pandas as pd
-
+from ldct.errors import DataError, LdctError, MissingFileError, UsageError
 from ldct.paths import ResultPaths
 
+COMMANDS: dict[str, dict] = {}
 
-def _section(args, name: str) -> dict:
-    if args.params:
-        return json.loads(args.params)
-    if args.config:
-        from ldct.config import load_config
 
-        cfg = load_config(args.config)
-        return cfg[name] if name else cfg
-    raise SystemExit("give --params JSON or --config FILE")
+def arg(*flags: str, **kwargs) -> tuple:
+    return flags, kwargs
 
+
+def command(name: str, help: str, *args: tuple, sections: dict | None = None, threads: bool = False) -> Callable:
+    """Register a handler with its options; `sections` maps a config section to the keys it
+    takes as options (None: every key); they arrive validated in `a.settings`."""
+    def deco(fn: Callable) -> Callable:
+        COMMANDS[name] = {"fn": fn, "help": help, "args": args, "sections": sections or {}, "threads": threads}
+        return fn
+    return deco
+
+
+# --- config sections as options -------------------------------------------------------------
+
+def _leaves(schema: dict, path: tuple = ()):
+    """(key path, schema) of every option-able key of a section; free-form maps are skipped."""
+    for key, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object":
+            yield from _leaves(sub, path + (key,))
+        else:
+            yield path + (key,), sub
+
+
+def _caster(schema: dict) -> Callable[[str], object]:
+    types = schema.get("type", "string")
+    types = [types] if isinstance(types, str) else types
+    base = int if "integer" in types else float if "number" in types else str
+
+    def cast(text: str):
+        return None if "null" in types and text.lower() in ("null", "none") else base(text)
+    cast.__name__ = base.__name__  # argparse names the type in its errors
+    return cast
+
+
+def _add_section(p: argparse.ArgumentParser, section: str, keys) -> None:
+    from ldct.config import load_schema
+
+    group = p.add_argument_group(f"config section `{section}` (defaults: the schema's, or --config FILE's)")
+    for path, sub in _leaves(load_schema()["properties"][section]):
+        if keys is not None and ".".join(path) not in keys:
+            continue
+        kw = {"dest": f"{section}:{'.'.join(path)}", "default": argparse.SUPPRESS,
+              "help": f"{sub.get('description', '')} (default: {sub.get('default')})".replace("%", "%%")}
+        if sub.get("type") == "boolean":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif sub.get("type") == "array":
+            kw.update(nargs="+", type=_caster(sub.get("items", {})), metavar="X")
+        else:
+            types = sub.get("type", "string")
+            kw.update(type=_caster(sub), metavar="|".join([types] if isinstance(types, str) else types).upper())
+            if "enum" in sub:
+                kw["choices"] = sub["enum"]
+        group.add_argument("--" + "-".join(path).replace("_", "-"), **kw)
+
+
+def _given(a, section: str) -> dict:
+    """The section's options given on the command line, as a nested dict."""
+    out: dict = {}
+    for dest, value in vars(a).items():
+        if dest.startswith(section + ":"):
+            *parents, leaf = dest.split(":", 1)[1].split(".")
+            node = out
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in over.items()}}
+
+
+def _settings(a, sections: dict) -> dict:
+    """{section: values, 'seed': int}: --config FILE's (or the defaults), then the options."""
+    from ldct.config import load_config, validate_section
+
+    cfg = load_config(a.config) if a.config else {}
+    out = {name: validate_section(name, _merge(cfg.get(name, {}), _given(a, name))) for name in sections}
+    out["seed"] = a.seed if a.seed is not None else cfg.get("seed", 42)
+    return out
+
+
+def section_flags(section: str, values: dict, keys=None) -> str:
+    """Shell options that give a validated config section to a command (for the rules)."""
+    from ldct.config import load_schema
+
+    parts = []
+    for path, _ in _leaves(load_schema()["properties"][section]):
+        if keys is not None and ".".join(path) not in keys:
+            continue
+        value = values
+        for key in path:
+            value = value[key]
+        flag = "--" + "-".join(path).replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            parts.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+        else:
+            parts.append(f"{flag} {shlex.quote('null' if value is None else str(value))}")
+    return " ".join(parts)
+
+
+# --- helpers of the handlers ------------------------------------------------------------------
 
 def _pairs(first: list, second: list, name1: str, name2: str) -> list[tuple]:
     """Zip two per-dose argument lists (a single `first` value applies to every `second`)."""
     if len(first) == 1:
         first = first * len(second)
     if len(first) != len(second):
-        raise ValueError(f"{name1} gives {len(first)} values and {name2} {len(second)}; give one each")
+        raise UsageError(f"{name1} gives {len(first)} values and {name2} {len(second)}; give one each")
     return list(zip(first, second))
 
 
-def _threads(n: int | None) -> None:
-    if n:
-        import torch
+def _read_json(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON: {err}") from None
 
-        torch.set_num_threads(n)
+
+def _test_subjects(path: str) -> list[str]:
+    return _read_json(path)["test"]
 
 
+SERIES_KEYS = ("full_series", "low_series")
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@command("synthesize", "make one synthetic subject (DICOM series + noiseless truth)",
+         arg("--subject", required=True, help="subject name, e.g. S001"),
+         arg("--dicom-out", required=True, help="the subject's DICOM folder (TCIA layout)"),
+         arg("--phantom-out", required=True, help="folder for phantom, truth, labels and parameters"),
+         arg("--fields", help="template fields cache from `ldct template-fields` (default: build them)"),
+         sections={"synthetic": None})
 def cmd_synthesize(a) -> None:
     from ldct.synthetic import make_subject
 
-    cfg = _section(a, "")
-    make_subject(a.subject, cfg["synthetic"], cfg["seed"], a.dicom_out, a.phantom_out, a.fields)
+    make_subject(a.subject, a.settings["synthetic"], a.settings["seed"], a.dicom_out, a.phantom_out, a.fields)
 
 
+@command("template-fields", "build the MNI152 template fields once (npz cache)",
+         arg("--out", required=True, help="the .npz file to write"))
 def cmd_template_fields(a) -> None:
     from ldct.phantom import save_fields
 
     save_fields(a.out)
 
 
+@command("convert", "convert one subject's full- and low-dose DICOM series to NIfTI",
+         arg("--subject-dir", help="subject folder in the TCIA layout (series found by description)"),
+         arg("--full", help="full-dose series folder (generic layout; with --low)"),
+         arg("--low", help="low-dose series folder (generic layout; with --full)"),
+         arg("--subject", help="subject name (default: the output folder's name)"),
+         arg("--out", required=True, help="the subject's NIfTI folder"),
+         arg("--phantom", help="synthetic truth folder whose labels and truth are copied along"),
+         sections={"dataset": SERIES_KEYS})
 def cmd_convert(a) -> None:
     import shutil
 
     from ldct.dicom import SubjectSeries, convert_subject, find_series
     from ldct.io import atomic_path, write_json
 
-    cfg = _section(a, "dataset")
+    cfg = a.settings["dataset"]
     if a.full or a.low:
+        if not (a.full and a.low):
+            raise UsageError("give both --full and --low (or --subject-dir)")
         series = SubjectSeries(a.subject or Path(a.out).name, Path(a.full), Path(a.low))
     elif a.subject_dir:
         series = find_series(Path(a.subject_dir), cfg["full_series"], cfg["low_series"])
     else:
-        raise ValueError("give --subject-dir (TCIA layout) or --full and --low series folders")
+        raise UsageError("give --subject-dir (TCIA layout) or --full and --low series folders")
     row = convert_subject(a.subject_dir, a.out, series=series)
     if a.phantom:
         for name in ("labels.nii.gz", "truth.nii.gz"):
@@ -79,119 +212,184 @@ def cmd_convert(a) -> None:
     write_json(Path(a.out) / "manifest.json", row)
 
 
+@command("convert-doses", "convert a subject's extra reduced-dose series (dose sweep)",
+         arg("--subject-dir", required=True, help="subject folder in the TCIA layout"),
+         arg("--fractions", type=float, nargs="+", required=True, help="dose fractions to convert"),
+         arg("--primary", type=float, required=True, help="the primary dose fraction (series 'Low Dose Images')"),
+         arg("--out", required=True, help="the subject's NIfTI folder"),
+         sections={"dataset": ("full_series",)})
 def cmd_convert_doses(a) -> None:
-    """Extra reduced-dose series of one subject (dose sweep) -> low_<pct>pct.nii.gz beside low.nii.gz.
-    Each is paired with the full-dose series exactly as `convert` pairs the primary one."""
-    from ldct.dicom import find_series, low_description, pair_volumes, read_series
+    """Each extra series -> low_<pct>pct.nii.gz, paired with the full dose as `convert` pairs."""
+    from ldct.dicom import DicomError, find_series, low_description, pair_volumes, read_series
     from ldct.io import write_nifti
     from ldct.paths import low_dose_name
 
-    cfg = _section(a, "dataset")
-    subject_dir = Path(a.subject_dir)
-    full = None
+    subject_dir, full = Path(a.subject_dir), None
     for fraction in a.fractions:
-        series = find_series(subject_dir, cfg["full_series"], low_description(fraction, a.primary))
+        series = find_series(subject_dir, a.settings["dataset"]["full_series"], low_description(fraction, a.primary))
         if full is None:
             full = read_series(series.full)
         _, low, dropped = pair_volumes(full, read_series(series.low), str(subject_dir))
         if dropped:
-            raise ValueError(f"{series.low}: slice positions differ from the full-dose series: {dropped}")
+            raise DicomError(f"{series.low}: slice positions differ from the full-dose series: {dropped}")
         write_nifti(Path(a.out) / low_dose_name(fraction), low.data, low.affine)
 
 
+@command("manifest", "gather per-subject manifest rows into one CSV",
+         arg("--out", required=True, help="manifest.csv to write"),
+         arg("rows", nargs="+", help="the subjects' manifest.json files"))
 def cmd_manifest(a) -> None:
+    import pandas as pd
+
     from ldct.io import write_csv
 
-    rows = [json.loads(Path(p).read_text()) for p in a.rows]
-    write_csv(a.out, pd.DataFrame(rows))
+    write_csv(a.out, pd.DataFrame([_read_json(p) for p in a.rows]))
 
 
+@command("split", "write splits.json (subject-level train / val / test)",
+         arg("--out", required=True, help="splits.json to write"),
+         arg("subjects", nargs="+", help="every subject name"),
+         sections={"split": None})
 def cmd_split(a) -> None:
     from ldct.io import write_json
     from ldct.splits import make_splits
 
-    cfg = _section(a, "")
-    write_json(a.out, make_splits(a.subjects, cfg["split"], cfg["seed"]))
+    write_json(a.out, make_splits(a.subjects, a.settings["split"], a.settings["seed"]))
 
 
+# --- training -------------------------------------------------------------------------------------
+
+TRAINING_IO = (arg("--nifti", required=True, help="results/{dataset}/nifti"),
+               arg("--splits", required=True, help="splits.json"),
+               arg("--out", required=True, help="the model file to write"),
+               arg("--history", required=True, help="history.csv to write"))
+
+
+@command("pretrain-segmenter", "train (or load given weights of) the segmentation U-Net",
+         *TRAINING_IO, arg("--checkpoints", help="folder for the resumable state (default: none)"),
+         sections={"segmenter": None}, threads=True)
 def cmd_pretrain_segmenter(a) -> None:
     from ldct.anatomy import pretrain_segmenter
 
-    _threads(a.threads)
-    cfg = _section(a, "")
-    pretrain_segmenter(nifti_dir=a.nifti, splits=json.loads(Path(a.splits).read_text()), cfg=cfg["segmenter"],
-                       seed=cfg["seed"], out=a.out, out_history=a.history)
+    pretrain_segmenter(nifti_dir=a.nifti, splits=_read_json(a.splits),
+                       cfg=a.settings["segmenter"], seed=a.settings["seed"], out=a.out, out_history=a.history,
+                       checkpoint_dir=a.checkpoints)
 
 
+@command("train", "train one experiment (--spec, or --config with --experiment)",
+         *TRAINING_IO,
+         arg("--checkpoints", required=True, help="folder for the resumable state"),
+         arg("--spec", help="the experiment as JSON (ldct.spec.ExperimentSpec: name, model, loss, train, seed, "
+                            "hu_range), or a file holding it; the workflow passes this"),
+         arg("--experiment", help="with --config: the experiment to train"),
+         arg("--segmenter", help="segmenter.pt, for experiments that use the frozen U-Net"),
+         arg("--stop-after-epochs", type=int, help="stop early (to test resuming)"),
+         sections={"train": None}, threads=True)
 def cmd_train(a) -> None:
+    import dataclasses
+
+    from ldct.config import load_config, validate_section
+    from ldct.spec import ExperimentSpec
     from ldct.train import train_denoiser
 
-    _threads(a.threads)
-    if a.params and (a.config or a.experiment):
-        raise ValueError("give either --params (as the workflow does) or --config with --experiment, not both")
-    if a.params:
-        p = json.loads(a.params)
-    else:  # outside the workflow: one experiment of a config file
-        from ldct.config import experiment_settings
-
-        cfg = _section(a, "")
+    if a.spec and (a.config or a.experiment):
+        raise UsageError("give either --spec (as the workflow does) or --config with --experiment, not both")
+    if a.spec:
+        text = Path(a.spec).read_text() if not a.spec.lstrip().startswith("{") else a.spec
+        spec = ExperimentSpec.from_json(text)
+    elif a.config:
+        cfg = load_config(a.config)
         if a.experiment not in cfg["experiments"]:
-            raise ValueError(f"{a.config}: give --experiment, one of: {', '.join(cfg['experiments'])}")
-        p = {"experiment": experiment_settings(cfg, a.experiment), "seed": cfg["seed"],
-             "hu_range": [cfg["normalization"]["hu_min"], cfg["normalization"]["hu_max"]]}
-    train_denoiser(nifti_dir=a.nifti, splits=json.loads(Path(a.splits).read_text()), experiment=p["experiment"],
-                   hu_range=tuple(p["hu_range"]), seed=p["seed"], out_model=a.out, out_history=a.history,
-                   checkpoint_dir=a.checkpoints, segmenter=a.segmenter, stop_after_epochs=a.stop_after_epochs)
+            raise UsageError(f"{a.config}: give --experiment, one of: {', '.join(cfg['experiments'])}")
+        spec = ExperimentSpec.from_config(cfg, a.experiment)
+    else:
+        raise UsageError("give --spec JSON, or --config FILE with --experiment NAME")
+    spec = dataclasses.replace(spec, train=validate_section("train", _merge(spec.train, _given(a, "train"))),
+                               seed=spec.seed if a.seed is None else a.seed)
+    train_denoiser(spec, nifti_dir=a.nifti, splits=_read_json(a.splits), out_model=a.out,
+                   out_history=a.history, checkpoint_dir=a.checkpoints, segmenter=a.segmenter,
+                   stop_after_epochs=a.stop_after_epochs)
 
 
+# --- evaluation -----------------------------------------------------------------------------------
+
+LOW_ARG = arg("--low", nargs="+", default=["low.nii.gz"],
+              help="low-dose input file(s) in each subject folder (other doses of the dose sweep)")
+
+
+@command("denoise", "denoise the test subjects with a trained model",
+         arg("--model", required=True, help="a trained model.pt"),
+         arg("--nifti", required=True, help="results/{dataset}/nifti"),
+         arg("--splits", required=True, help="splits.json (its test subjects are denoised)"),
+         arg("--outdir", nargs="+", required=True, help="output folder (one per --low)"),
+         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG, threads=True)
 def cmd_denoise(a) -> None:
     from ldct.evaluate import denoise_subjects
 
-    _threads(a.threads)
-    subjects = json.loads(Path(a.splits).read_text())["test"]
     for low, outdir in _pairs(a.low, a.outdir, "--low", "--outdir"):
-        denoise_subjects(a.model, a.nifti, subjects, outdir, a.device, low)
+        denoise_subjects(a.model, a.nifti, _test_subjects(a.splits), outdir, a.device, low)
 
 
+@command("evaluate", "per-slice metrics and Dice of one experiment (or of LDCT)",
+         arg("--experiment", required=True, help="row name (LDCT: the low-dose input itself)"),
+         arg("--nifti", required=True, help="results/{dataset}/nifti"),
+         arg("--splits", required=True, help="splits.json (its test subjects are scored)"),
+         arg("--out", nargs="+", required=True, help="per-slice metrics CSV (one per --low)"),
+         arg("--dice", help="per-class Dice CSV (needs --segmenter)"),
+         arg("--denoised", nargs="+", help="folder(s) of the experiment's outputs (one per --out)"),
+         arg("--segmenter", help="segmenter.pt (for --dice)"),
+         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG, threads=True)
 def cmd_evaluate(a) -> None:
     from ldct.evaluate import evaluate_experiment
 
-    _threads(a.threads)
-    subjects = json.loads(Path(a.splits).read_text())["test"]
     denoised = a.denoised or [None] * len(a.out)
     if len(denoised) != len(a.out):
-        raise ValueError(f"--denoised gives {len(denoised)} folders and --out {len(a.out)} files; give one each")
+        raise UsageError(f"--denoised gives {len(denoised)} folders and --out {len(a.out)} files; give one each")
     if a.dice and len(a.out) > 1:
-        raise ValueError("--dice goes with a single --out")
+        raise UsageError("--dice goes with a single --out")
     for (low, out), den in zip(_pairs(a.low, a.out, "--low", "--out"), denoised):
-        evaluate_experiment(a.experiment, a.nifti, subjects, den, a.segmenter, out, a.dice, a.device, low)
+        evaluate_experiment(a.experiment, a.nifti, _test_subjects(a.splits), den, a.segmenter, out, a.dice,
+                            a.device, low)
 
 
+# --- tables and figures ---------------------------------------------------------------------------
+
+@command("complexity", "Table 1: parameters, MACs, latency, memory",
+         arg("--models", type=json.loads, required=True, help='JSON: {"row label": {"name": model, **kwargs}}'),
+         arg("--out-prefix", required=True, help="table path without extension"),
+         arg("--size", type=int, default=512, help="slice size (default 512)"),
+         arg("--repeats", type=int, default=3, help="timed passes per model (default 3)"), threads=True)
 def cmd_complexity(a) -> None:
     from ldct.complexity import model_complexity
     from ldct.tables import complexity_table
 
-    _threads(a.threads)
-    specs = json.loads(a.params)
-    rows = [model_complexity(name, spec, a.size, a.repeats) for name, spec in specs.items()]
-    complexity_table(rows, a.out_prefix)
+    complexity_table([model_complexity(name, spec, a.size, a.repeats) for name, spec in a.models.items()],
+                     a.out_prefix)
 
 
+REPORT_ARGS = (arg("--root", required=True, help="results/{dataset} folder"),
+               arg("--experiments", nargs="+", required=True, help="rows, LDCT included"))
+
+
+@command("tables", "Table 2, the Dice table and the statistics", *REPORT_ARGS,
+         arg("--models", type=json.loads, default={},
+             help='JSON: {"experiments": {name: model spec}, "segmenter": settings}; Table 2\'s caption names '
+                  "the settings that depart from the reference"))
 def cmd_tables(a) -> None:
-    from ldct.tables import departure_note, dice_table, quantitative_table
+    from ldct.tables import write_tables
 
-    rp = ResultPaths.at(a.root)
-    exps = a.experiments
-    metric_files = {e: rp.metrics(e) for e in exps}
-    fidelity = departure_note(json.loads(a.models))
-    quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=a.seed,
-                       fidelity=fidelity)
-    if "truth_psnr_full" in pd.read_csv(metric_files[exps[0]], nrows=1):
-        quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
-                           seed=a.seed, reference="truth", fidelity=fidelity)
-    dice_table({e: rp.dice(e) for e in exps}, rp.table_prefix("table3_anatomical_dice"))
+    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed if a.seed is not None else 0)
 
 
+@command("figures", "every figure", *REPORT_ARGS, threads=True)
+def cmd_figures(a) -> None:
+    from ldct.figures import draw_all
+
+    draw_all(ResultPaths.at(a.root), a.experiments)
+
+
+@command("dose-sweep", "dose-sweep table and figure", *REPORT_ARGS,
+         arg("--doses", type=float, nargs="+", required=True, help="dose fractions, the training dose first"))
 def cmd_dose_sweep(a) -> None:
     from ldct import figures
     from ldct.tables import dose_table
@@ -202,139 +400,40 @@ def cmd_dose_sweep(a) -> None:
     figures.dose_sweep(table, rp.figure("fig_dose_sweep"))
 
 
-def cmd_figures(a) -> None:
-    import numpy as np
-    import torch
-
-    from ldct import figures
-    from ldct.anatomy import segment
-    from ldct.data import load_subject, to_slices
-    from ldct.evaluate import LDCT
-    from ldct.io import read_nifti
-    from ldct.train import load_segmenter
-
-    _threads(a.threads)
-    rp = ResultPaths.at(a.root)
-    splits = json.loads(rp.splits.read_text())
-    subject = splits["test"][0]
-    sv = load_subject(rp.nifti(), subject)
-    s = figures.pick_slice(sv.full)
-    trained = [e for e in a.experiments if e != LDCT]
-    vols = {LDCT: sv.low}
-    for e in trained:
-        vols[e] = to_slices(read_nifti(rp.denoised(e, subject))[0])
-    pixel = float(abs(sv.affine[0, 0]))
-    figures.qualitative_grid({k: v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
-                             f"{subject}, slice {s}")
-    reference, ref_name = (sv.truth, "noiseless recon") if sv.truth is not None else (sv.full, "NDCT")
-    figures.noise_vs_radius(vols, reference, pixel, rp.figure("fig_noise_radius"), ref_name)
-    seg = load_segmenter(rp.segmenter, torch.device("cpu"))
-    maps = {k: segment(seg, v[s:s + 1], torch.device("cpu"))[0] for k, v in vols.items()}
-    maps["NDCT"] = segment(seg, sv.full[s:s + 1], torch.device("cpu"))[0]
-    if sv.labels is not None:
-        maps["true labels"] = sv.labels[s].astype(np.uint8)
-    figures.segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
-    figures.training_curves({e: pd.read_csv(rp.history(e)) for e in trained}, rp.figure("fig_training_curves"))
-    metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in a.experiments], ignore_index=True)
-    figures.metric_distributions(metrics, rp.figure("fig_metric_distributions"))
-    if sv.truth is not None and sv.labels is not None:
-        phantom = to_slices(read_nifti(rp.phantom(subject) / "phantom.nii.gz")[0])
-        figures.phantom_overview(phantom, sv.truth, sv.full, sv.low, sv.labels, pixel, rp.figure("fig_phantom"),
-                                 f"synthetic subject {subject}")
-
+# --- entry point ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ldct", description=__doc__)
+    ap = argparse.ArgumentParser(prog="ldct", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-
-    def add(name, fn, help_):
-        p = sub.add_parser(name, help=help_)
-        p.set_defaults(fn=fn)
-        p.add_argument("--params", help="JSON of the config section (as the workflow passes it)")
-        p.add_argument("--config", help="a config YAML file, validated against the schema")
-        p.add_argument("--threads", type=int, default=None)
-        return p
-
-    p = add("synthesize", cmd_synthesize, "make one synthetic subject (DICOM + truth)")
-    p.add_argument("--subject", required=True)
-    p.add_argument("--dicom-out", required=True)
-    p.add_argument("--phantom-out", required=True)
-    p.add_argument("--fields", help="template fields cache (npz) from `ldct template-fields`")
-    p = add("template-fields", cmd_template_fields, "build the MNI152 template fields once (npz cache)")
-    p.add_argument("--out", required=True)
-    p = add("convert", cmd_convert, "convert one subject's full/low DICOM series to NIfTI")
-    p.add_argument("--subject-dir", help="subject folder in the TCIA layout")
-    p.add_argument("--full", help="full-dose series folder (generic layout)")
-    p.add_argument("--low", help="low-dose series folder (generic layout)")
-    p.add_argument("--subject", help="subject name (default: the output folder's name)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--phantom", help="synthetic truth folder whose labels/truth are copied along")
-    p = add("convert-doses", cmd_convert_doses, "convert a subject's extra reduced-dose series (dose sweep)")
-    p.add_argument("--subject-dir", required=True, help="subject folder in the TCIA layout")
-    p.add_argument("--fractions", type=float, nargs="+", required=True, help="dose fractions to convert")
-    p.add_argument("--primary", type=float, required=True, help="the primary dose fraction (series 'Low Dose Images')")
-    p.add_argument("--out", required=True, help="the subject's NIfTI folder")
-    p = add("manifest", cmd_manifest, "gather per-subject manifest rows into one CSV")
-    p.add_argument("--out", required=True)
-    p.add_argument("rows", nargs="+")
-    p = add("split", cmd_split, "write splits.json")
-    p.add_argument("--out", required=True)
-    p.add_argument("subjects", nargs="+")
-    p = add("pretrain-segmenter", cmd_pretrain_segmenter, "train (or load) the segmentation U-Net")
-    p.add_argument("--nifti", required=True)
-    p.add_argument("--splits", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--history", required=True)
-    p = add("train", cmd_train, "train one experiment")
-    for arg in ("--nifti", "--splits", "--out", "--history", "--checkpoints"):
-        p.add_argument(arg, required=True)
-    p.add_argument("--segmenter")
-    p.add_argument("--experiment", help="with --config: the experiment to train")
-    p.add_argument("--stop-after-epochs", type=int, help="stop early (to test resuming)")
-    p = add("denoise", cmd_denoise, "denoise the test subjects with a trained model")
-    for arg in ("--model", "--nifti", "--splits"):
-        p.add_argument(arg, required=True)
-    p.add_argument("--outdir", nargs="+", required=True, help="output folder (one per --low)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--low", nargs="+", default=["low.nii.gz"],
-                   help="low-dose input file(s) in each subject folder (other doses of the dose sweep)")
-    p = add("evaluate", cmd_evaluate, "per-slice metrics and Dice of one experiment")
-    for arg in ("--experiment", "--nifti", "--splits"):
-        p.add_argument(arg, required=True)
-    p.add_argument("--out", nargs="+", required=True, help="per-slice metrics CSV (one per --low)")
-    p.add_argument("--dice", help="per-class Dice CSV (needs --segmenter)")
-    p.add_argument("--denoised", nargs="+", help="folder(s) of the experiment's outputs (one per --out)")
-    p.add_argument("--segmenter")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--low", nargs="+", default=["low.nii.gz"],
-                   help="low-dose input file(s) in each subject folder (other doses of the dose sweep)")
-    p = add("complexity", cmd_complexity, "Table 1: parameters, MACs, latency, memory")
-    p.add_argument("--out-prefix", required=True)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=3)
-    for name, fn, h in (("tables", cmd_tables, "Table 2, Dice table and statistics"),
-                        ("figures", cmd_figures, "every figure")):
-        p = add(name, fn, h)
-        p.add_argument("--root", required=True, help="results/{dataset} folder")
-        p.add_argument("--experiments", nargs="+", required=True)
-        p.add_argument("--seed", type=int, default=0)
-        if name == "tables":
-            p.add_argument("--models", default="{}",
-                           help='JSON: {"experiments": {name: model spec}, "segmenter": segmenter settings}; '
-                                "Table 2's caption names the settings that depart from the reference")
-    p = add("dose-sweep", cmd_dose_sweep, "dose-sweep table and figure")
-    p.add_argument("--root", required=True, help="results/{dataset} folder")
-    p.add_argument("--experiments", nargs="+", required=True, help="rows, LDCT included")
-    p.add_argument("--doses", type=float, nargs="+", required=True, help="dose fractions, the training dose first")
+    for name, c in COMMANDS.items():
+        p = sub.add_parser(name, help=c["help"], description=c["fn"].__doc__ or c["help"])
+        p.set_defaults(command_spec=c)
+        for flags, kwargs in c["args"]:
+            p.add_argument(*flags, **kwargs)
+        if c["threads"]:
+            p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+        p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
+        if c["sections"]:
+            p.add_argument("--config", help="a config YAML file whose section(s) replace the defaults")
+            for section, keys in c["sections"].items():
+                _add_section(p, section, keys)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    a = build_parser().parse_args(argv)
+    c = a.command_spec
     try:
-        args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+        if c["threads"] and a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        if c["sections"]:
+            a.settings = _settings(a, {k: v for k, v in c["sections"].items() if k != "train"})
+        c["fn"](a)
+    except LdctError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

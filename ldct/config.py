@@ -2,6 +2,10 @@
 
 The Snakefile and the command line share this one implementation. Errors name the key:
     config error at experiments.redcnn_l1.train.lr: -1 is less than or equal to the minimum of 0
+
+Values given on Snakemake's command line (`--config 'train={epochs: 2}'`) arrive as strings
+below the top level; `coerce` reads each as YAML where the schema wants a number, boolean,
+list or null, so every key can be overridden there.
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from ldct.errors import ConfigError
+
+__all__ = ["ConfigError", "coerce", "load_config", "load_schema", "validate_config", "validate_section"]
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def load_schema() -> dict:
@@ -42,6 +46,53 @@ def _fill_defaults(schema: dict, inst):
     return inst
 
 
+def _types(schema: dict) -> list[str]:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _from_text(text: str):
+    """A number as Python reads it (1e-3 too, which YAML 1.1 leaves a string), else YAML."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce(schema: dict, inst):
+    """`inst` with strings read as YAML where the schema expects another type (see above)."""
+    types = _types(schema)
+    if isinstance(inst, str) and types and ("string" not in types or ("null" in types and inst in ("null", "~"))):
+        inst = _from_text(inst)
+    if isinstance(inst, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, value in inst.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                inst[key] = coerce(sub, value)
+    elif isinstance(inst, list) and isinstance(schema.get("items"), dict):
+        inst = [coerce(schema["items"], v) for v in inst]
+    return inst
+
+
+def _coerce_experiments(config: dict, train_schema: dict) -> None:
+    """Model and loss arguments have no schema types: read any string but a name as YAML."""
+    for exp in (config.get("experiments") or {}).values():
+        if not isinstance(exp, dict):
+            continue
+        for part in ("model", "loss"):
+            if isinstance(exp.get(part), dict):
+                exp[part] = {k: (_from_text(v) if isinstance(v, str) and k != "name" else v)
+                             for k, v in exp[part].items()}
+        if isinstance(exp.get("train"), dict):
+            exp["train"] = coerce(train_schema, exp["train"])
+
+
 def _check(schema: dict, inst, where: str = "") -> None:
     err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(inst))
     if err is not None:
@@ -52,34 +103,16 @@ def _check(schema: dict, inst, where: str = "") -> None:
 
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (defaults filled), plus checks a schema cannot express."""
+    from ldct.spec import ExperimentSpec
+
     schema = load_schema()
+    train_schema = schema["properties"]["train"]
+    coerce(schema, config)
+    _coerce_experiments(config, train_schema)
     _fill_defaults(schema, config)
     _check(schema, config)
-    import losses
-    import models
-
-    train_schema = schema["properties"]["train"]
     for name, exp in config["experiments"].items():
-        if exp["model"]["name"] not in models.available():
-            raise ConfigError(f"config error at experiments.{name}.model.name: unknown model {exp['model']['name']!r}; "
-                              f"available: {', '.join(models.available())}")
-        if exp["loss"]["name"] not in losses.available():
-            raise ConfigError(f"config error at experiments.{name}.loss.name: unknown loss {exp['loss']['name']!r}; "
-                              f"available: {', '.join(losses.available())}")
-        for part, reg, injected in (("model", models.REGISTRY, ("hu_range", "seg_width", "seg_norm")),
-                                    ("loss", losses.REGISTRY, ("hu_range", "segmenter"))):
-            takes = reg.arguments(exp[part]["name"])  # None: any argument
-            bad = [k for k in exp[part] if k != "name" and (k in injected or (takes is not None and k not in takes))]
-            if bad:
-                own = [p for p in takes or [] if p not in injected]
-                raise ConfigError(f"config error at experiments.{name}.{part}: {exp[part]['name']} does not take "
-                                  f"{', '.join(map(repr, bad))}; it takes: {', '.join(own) or 'nothing'}")
-        check = getattr(losses.REGISTRY.get(exp["loss"]["name"]), "check_config", None)
-        if check is not None:  # a loss may need more than the schema can say (e.g. a weights file)
-            try:
-                check({k: v for k, v in exp["loss"].items() if k != "name"})
-            except ValueError as err:
-                raise ConfigError(f"config error at experiments.{name}.loss: {err}") from None
+        ExperimentSpec.from_config(config, name).check()
         _check(train_schema, {**config["train"], **exp.get("train", {})}, f"experiments.{name}.train")
     ds = config["dataset"]
     if ds["source"] == "dicom" and not ds["dicom_root"]:
@@ -94,10 +127,12 @@ def validate_config(config: dict) -> dict:
     return config
 
 
-def experiment_settings(config: dict, name: str) -> dict:
-    """One experiment with the training defaults merged in: {'model', 'loss', 'train'}."""
-    exp = config["experiments"][name]
-    return {"model": dict(exp["model"]), "loss": dict(exp["loss"]), "train": {**config["train"], **exp.get("train", {})}}
+def validate_section(name: str, values: dict) -> dict:
+    """One top-level section (e.g. `synthetic`) on its own: defaults filled, checked in place."""
+    schema = load_schema()["properties"][name]
+    _fill_defaults(schema, values)
+    _check(schema, values, name)
+    return values
 
 
 def load_config(path: str | Path) -> dict:

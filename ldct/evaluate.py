@@ -14,7 +14,7 @@ from ldct.classes import NUM_CLASSES
 from ldct.data import LOW_NAME, from_slices, load_subject, to_slices
 from ldct.io import read_nifti, write_csv, write_nifti
 from ldct.metrics import slice_metrics
-from ldct.train import load_denoiser, load_segmenter, pick_device, predict_slices
+from ldct.inference import load_denoiser, load_segmenter, pick_device, predict_slices
 
 LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input row
 

@@ -6,6 +6,7 @@ colours of ldct.classes. Every figure is written as PNG and PDF.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -234,3 +235,43 @@ def dose_sweep(table: pd.DataFrame, out: str) -> None:
         fig.suptitle(f"dose sweep: models trained at {', '.join(f'{d * 100:g}%' for d in trained)} dose "
                      "(dotted line), applied at every dose", fontsize=10)
     save(fig, out)
+
+
+def draw_all(rp, experiments: list[str]) -> None:
+    """Every figure of a results folder (`ldct figures`): the first test subject's middle
+    slice, noise against radius, segmentation maps, training curves, metric distributions
+    and, for synthetic data, the phantom overview."""
+    import torch
+
+    from ldct.anatomy import segment
+    from ldct.data import load_subject, to_slices
+    from ldct.evaluate import LDCT
+    from ldct.io import read_nifti
+    from ldct.inference import load_segmenter
+
+    splits = json.loads(rp.splits.read_text())
+    subject = splits["test"][0]
+    sv = load_subject(rp.nifti(), subject)
+    s = pick_slice(sv.full)
+    trained = [e for e in experiments if e != LDCT]
+    vols = {LDCT: sv.low}
+    for e in trained:
+        vols[e] = to_slices(read_nifti(rp.denoised(e, subject))[0])
+    pixel = float(abs(sv.affine[0, 0]))
+    qualitative_grid({k: v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
+                     f"{subject}, slice {s}")
+    reference, ref_name = (sv.truth, "noiseless recon") if sv.truth is not None else (sv.full, "NDCT")
+    noise_vs_radius(vols, reference, pixel, rp.figure("fig_noise_radius"), ref_name)
+    seg = load_segmenter(rp.segmenter, torch.device("cpu"))
+    maps = {k: segment(seg, v[s:s + 1], torch.device("cpu"))[0] for k, v in vols.items()}
+    maps["NDCT"] = segment(seg, sv.full[s:s + 1], torch.device("cpu"))[0]
+    if sv.labels is not None:
+        maps["true labels"] = sv.labels[s].astype(np.uint8)
+    segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
+    training_curves({e: pd.read_csv(rp.history(e)) for e in trained}, rp.figure("fig_training_curves"))
+    metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in experiments], ignore_index=True)
+    metric_distributions(metrics, rp.figure("fig_metric_distributions"))
+    if sv.truth is not None and sv.labels is not None:
+        phantom = to_slices(read_nifti(rp.phantom(subject) / "phantom.nii.gz")[0])
+        phantom_overview(phantom, sv.truth, sv.full, sv.low, sv.labels, pixel, rp.figure("fig_phantom"),
+                         f"synthetic subject {subject}")

@@ -57,6 +57,11 @@ class ResultPaths:
         return self.root / "anatomy" / "history.csv"
 
     # training
+    @property
+    def segmenter_checkpoints(self) -> Path:
+        """The segmenter pre-training's resumable state (not a Snakemake output)."""
+        return self.root / "anatomy" / "checkpoints"
+
     def model(self, exp: str) -> Path:
         return self.root / "train" / exp / "model.pt"
 

@@ -12,8 +12,10 @@ import inspect
 import pkgutil
 from typing import Any, Callable
 
+from ldct.errors import LdctError
 
-class RegistryError(KeyError):
+
+class RegistryError(LdctError, KeyError):
     """Unknown or duplicate registry name; the message lists what exists."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ldct.errors import LdctError
+
 PRESETS = {
     "featkpn": "split_featkpn_seed.json",               # 40 train / 10 val, val doubles as test
     "ldct_benchmark_neuro": "split_ldct_benchmark_neuro.json",  # 35 / 10 / 5
 }
 
 
-class SplitError(ValueError):
+class SplitError(LdctError, ValueError):
     pass
 
 

@@ -209,3 +209,16 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
             "Best per column in bold; per-slice standard deviations in the CSV.")
     write_table(out_prefix, long, md, tex, note)
     return long
+
+
+def write_tables(rp, experiments: list[str], model_specs: dict, seed: int) -> None:
+    """Table 2 (against NDCT, and against the noiseless truth where the metrics have it), its
+    statistics, and the Dice table of a results folder (`ldct tables`)."""
+    metric_files = {e: rp.metrics(e) for e in experiments}
+    fidelity = departure_note(model_specs)
+    quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=seed,
+                       fidelity=fidelity)
+    if "truth_psnr_full" in pd.read_csv(metric_files[experiments[0]], nrows=1):
+        quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
+                           seed=seed, reference="truth", fidelity=fidelity)
+    dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"))

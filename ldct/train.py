@@ -1,92 +1,33 @@
-"""Training engine for denoisers: sampling, augmentation, AdamW with exponential decay,
-validation in the head window every epoch, best-checkpoint selection, resumable state.
+"""Denoiser training: paired patch sampling with augmentation, validation MSE in the head
+window, and `train_denoiser`, which runs an `ExperimentSpec` through the shared loop
+(ldct.engine) and writes model.pt (the best validation epoch) and history.csv.
 
-Resume: after every epoch the full state (model, optimiser, scheduler, RNG, history) goes to
-`<checkpoint_dir>/last.pt` together with a hash of the experiment's settings and of its inputs
-(data, segmenter, model and loss code). A run started again with the same settings and inputs
-continues from there; anything changed starts fresh. The
-checkpoint folder is not a Snakemake output, so a failed job does not delete it.
+Resume: a run started again with the same spec and inputs (training and validation slices,
+segmenter, source of models/ and losses/) continues from its checkpoint folder; anything
+changed starts fresh. The checkpoint folder is not a Snakemake output, so a failed job does
+not delete it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import losses
 import models
+from ldct import engine
 from ldct.data import stack_subjects
-from ldct.hu import WINDOWS, from_unit, to_unit
+from ldct.errors import TrainingError
+from ldct.hu import WINDOWS
+from ldct.inference import pick_device, predict_slices, segmenter_from_checkpoint, to_input
 from ldct.io import atomic_path, write_csv
 from ldct.provenance import versions
-
-
-class TrainingError(RuntimeError):
-    pass
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def settings_hash(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def inputs_fingerprint(data: dict, val: dict, segmenter: str | None) -> str:
-    """A digest of what a checkpoint was trained from besides its settings: the training and
-    validation slices, the segmenter file, and the source of models/ and losses/. A resumed
-    run whose data were remade (another dose, for instance), whose segmenter was retrained or
-    whose model code was edited starts fresh instead of finishing from stale weights."""
-    h = hashlib.blake2b(digest_size=16)
-    for arrays in (data, val):
-        for k in sorted(arrays):
-            h.update(k.encode())
-            h.update(np.ascontiguousarray(arrays[k]).data)
-    if segmenter:
-        h.update(Path(segmenter).read_bytes())
-    for pkg in (models, losses):
-        for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module:
-    """The frozen U-Net from a segmenter.pt dictionary (ldct.anatomy.save_segmenter)."""
-    net = models.build("unet", num_classes=ck["num_classes"], base_width=ck["base_width"],
-                       norm=ck.get("norm", "channel"))
-    net.load_state_dict(ck["state_dict"])
-    return net.to(device).eval()
-
-
-def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
-    return segmenter_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True), device)
-
-
-def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    spec = dict(ck["model"])
-    net = models.build(spec.pop("name"), **spec)
-    net.load_state_dict(ck["state_dict"])
-    return net.to(device).eval(), ck
+from ldct.spec import ExperimentSpec
 
 
 class PatchSampler:
@@ -176,173 +117,67 @@ class PatchSampler:
         return to_input(torch.stack(xs), self.hu_range).float(), to_input(torch.stack(ys), self.hu_range).float()
 
 
-def to_input(hu: np.ndarray | torch.Tensor, hu_range: tuple[float, float]) -> torch.Tensor:
-    """(S, H, W) HU slices -> the networks' (S, 1, H, W) input in [0, 1] units, clipped."""
-    hu = torch.from_numpy(hu).float() if isinstance(hu, np.ndarray) else hu
-    return torch.clamp(to_unit(hu[:, None], *hu_range), 0, 1)
-
-
-@torch.no_grad()
-def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[float, float], device: torch.device,
-                   batch: int = 4) -> np.ndarray:
-    """(S, H, W) HU -> (S, H, W) HU through a denoiser, in batches of full slices."""
-    out = np.empty_like(low_hu, dtype=np.float32)
-    for s in range(0, len(low_hu), batch):
-        x = to_input(low_hu[s:s + batch], hu_range).to(device)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            y = net(x)
-        out[s:s + batch] = from_unit(y.float().clamp(0, 1), *hu_range)[:, 0].cpu().numpy()
-    return out
-
-
 def head_window_mse(pred_hu: np.ndarray, full_hu: np.ndarray) -> float:
     lo, hi = WINDOWS["head"]
     return float(np.mean((np.clip(pred_hu, lo, hi) - np.clip(full_hu, lo, hi)) ** 2))
 
 
-def build_experiment(experiment: dict, hu_range: tuple[float, float], seg_ck: dict | None,
+def build_experiment(spec: ExperimentSpec, seg_ck: dict | None,
                      device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
-    """The model and loss of an experiment on `device`, the frozen segmenter (a segmenter.pt
-    dictionary) wired into whichever needs it and the HU scaling passed to any that takes it.
-    Returns (model, loss, model spec as saved in model.pt)."""
-    model_spec = dict(experiment["model"])
-    if models.needs_segmenter(model_spec["name"]):
-        model_spec["seg_width"] = seg_ck["base_width"]
-        model_spec["seg_norm"] = seg_ck.get("norm", "channel")
-    mspec = dict(model_spec)
-    name = mspec.pop("name")
-    if "hu_range" in (models.REGISTRY.arguments(name) or []):  # the engine passes the HU scaling
-        model_spec["hu_range"] = mspec["hu_range"] = list(hu_range)
-    net = models.build(name, **mspec)
-    if models.needs_segmenter(name):
-        net.segmenter.load_state_dict(seg_ck["state_dict"])
+    """The model and loss of `spec` on `device`, the frozen segmenter (a segmenter.pt
+    dictionary) wired into whichever needs it. Returns (model, loss, model spec for model.pt)."""
+    net, saved = spec.build_model(seg_ck)
     net = net.to(device)
-    lspec = dict(experiment["loss"])
-    lname = lspec.pop("name")
-    if losses.needs_segmenter(lname):
-        lspec["segmenter"] = segmenter_from_checkpoint(seg_ck, device)
-    if "hu_range" in (losses.REGISTRY.arguments(lname) or []):
-        lspec.setdefault("hu_range", tuple(hu_range))
-    return net, losses.build(lname, **lspec).to(device), model_spec
+    seg = segmenter_from_checkpoint(seg_ck, device) if losses.needs_segmenter(spec.loss["name"]) else None
+    return net, spec.build_loss(seg).to(device), saved
 
 
-def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor, use_amp: bool) -> float:
-    """One optimiser step (mixed precision when `use_amp`); stops on a non-finite loss."""
-    with torch.autocast(x.device.type, enabled=use_amp):
-        loss = criterion(net(x), y)
-    if not torch.isfinite(loss):
-        raise TrainingError(f"non-finite loss ({loss.item()}); lower train.lr or check the input data for NaN")
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return loss.item()
-
-
-def train_denoiser(*, nifti_dir: str, splits: dict, experiment: dict, hu_range: tuple[float, float], seed: int,
-                   out_model: str, out_history: str, checkpoint_dir: str, segmenter: str | None = None,
-                   stop_after_epochs: int | None = None) -> pd.DataFrame:
-    """Train one experiment ({'model': {...}, 'loss': {...}, 'train': {...}}) and write
-    model.pt (best validation checkpoint) and history.csv."""
-    cfg = experiment["train"]
-    device = pick_device(cfg.get("device", "auto"))
-    seed_everything(seed)
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+def load_training_data(nifti_dir: str, splits: dict, val_max_slices: int | None) -> tuple[dict, dict]:
+    """Training slices, and validation slices (at most `val_max_slices`, evenly spaced)."""
     data = stack_subjects(nifti_dir, splits["train"], with_labels=False)
     val = stack_subjects(nifti_dir, splits["val"], with_labels=False)
-    if cfg.get("val_max_slices"):
-        pick = np.linspace(0, len(val["low"]) - 1, min(cfg["val_max_slices"], len(val["low"]))).round().astype(int)
+    if val_max_slices:
+        pick = np.linspace(0, len(val["low"]) - 1, min(val_max_slices, len(val["low"]))).round().astype(int)
         val = {k: v[pick] for k, v in val.items()}
-    needs_seg = models.needs_segmenter(experiment["model"]["name"]) or losses.needs_segmenter(experiment["loss"]["name"])
-    if needs_seg and not segmenter:
-        raise TrainingError(f"experiment {experiment['model']['name']} + {experiment['loss']['name']} "
-                            "needs the segmenter checkpoint")
-    seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True) if needs_seg else None
-    net, criterion, model_spec = build_experiment(experiment, hu_range, seg_ck, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg["lr_decay"])
-    warmup = int(cfg.get("warmup_iters", 0))
-    gen = torch.Generator().manual_seed(seed)
+    return data, val
+
+
+def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_model: str, out_history: str,
+                   checkpoint_dir: str, segmenter: str | None = None,
+                   stop_after_epochs: int | None = None) -> pd.DataFrame:
+    """Train one experiment; write model.pt (best validation epoch) and history.csv."""
+    cfg, hu_range = spec.train, tuple(spec.hu_range)
+    device = pick_device(cfg.get("device", "auto"))
+    engine.prepare(spec.seed, device)
+    data, val = load_training_data(nifti_dir, splits, cfg.get("val_max_slices"))
+    if spec.needs_segmenter and not segmenter:
+        raise TrainingError(f"experiment {spec.name} ({spec.model['name']} + {spec.loss['name']}) "
+                            "needs the segmenter checkpoint (--segmenter)")
+    seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True) if spec.needs_segmenter else None
+    net, criterion, model_spec = build_experiment(spec, seg_ck, device)
+    gen = torch.Generator().manual_seed(spec.seed)
     sampler = PatchSampler(data["low"], data["full"], cfg["patch_size"], cfg["batch_size"], cfg["augment"],
-                           cfg["hu_offset"], tuple(hu_range), gen, rotation_deg=cfg.get("rotation_deg", 0.0),
+                           cfg["hu_offset"], hu_range, gen, rotation_deg=cfg.get("rotation_deg", 0.0),
                            crop_prob=cfg.get("crop_prob", 0.0), crop_scale=cfg.get("crop_scale", (0.5, 1.0)))
-    use_amp = bool(cfg.get("amp", True)) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    print(f"training {experiment['model']['name']} with loss {experiment['loss']['name']} on {device} "
-          f"(threads: {torch.get_num_threads()}, mixed precision: {'on' if use_amp else 'off'}): "
-          f"{len(data['low'])} training and {len(val['low'])} validation slices", file=sys.stderr)
+    print(f"training {spec.name}: {spec.model['name']} with loss {spec.loss['name']} on {device} "
+          f"(threads: {torch.get_num_threads()}): {len(data['low'])} training and {len(val['low'])} "
+          "validation slices", file=sys.stderr)
+    key = engine.settings_hash({"spec": spec.to_json(), "train": splits["train"], "val": splits["val"],
+                                "inputs": engine.fingerprint([data, val], [segmenter] if seg_ck else [],
+                                                             (models, losses))})
 
-    ckdir = Path(checkpoint_dir)
-    ckdir.mkdir(parents=True, exist_ok=True)
-    key = settings_hash({"experiment": experiment, "hu_range": list(hu_range), "seed": seed,
-                         "train": splits["train"], "val": splits["val"],
-                         "inputs": inputs_fingerprint(data, val, segmenter if needs_seg else None)})
-    history: list[dict] = []
-    start_epoch, best, best_state = 0, math.inf, None
-    last = ckdir / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        if state.get("key") == key:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            gen.set_state(state["gen"])
-            torch.set_rng_state(state["torch_rng"])
-            history, start_epoch, best = state["history"], state["epoch"], state["best"]
-            best_state = state["best_state"]
-            print(f"resuming from {last} after epoch {start_epoch}", file=sys.stderr)
-        else:
-            print(f"settings changed since {last} was written: starting fresh", file=sys.stderr)
+    def validate(model: torch.nn.Module) -> dict:
+        return {"val_mse_head": head_window_mse(predict_slices(model, val["low"], hu_range, device), val["full"])}
 
-    epochs = cfg["epochs"]
-    for epoch in range(start_epoch, epochs):
-        if stop_after_epochs is not None and epoch >= stop_after_epochs:
-            return pd.DataFrame(history)
-        net.train()
-        criterion.train()
-        t0 = time.perf_counter()
-        total = 0.0
-        bar = tqdm(range(cfg["iters_per_epoch"]), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                   mininterval=5, disable=False)
-        for it in bar:
-            step = epoch * cfg["iters_per_epoch"] + it
-            if step < warmup:  # linear warm-up protects ReLU-ended models (RED-CNN) from dying early
-                for group in opt.param_groups:
-                    group["lr"] = sched.get_last_lr()[0] * (step + 1) / warmup
-            elif step == warmup and warmup:
-                for group in opt.param_groups:
-                    group["lr"] = sched.get_last_lr()[0]
-            x, y = sampler.sample()
-            try:
-                total += train_step(net, criterion, opt, scaler, x.to(device), y.to(device), use_amp)
-            except TrainingError as err:
-                raise TrainingError(f"epoch {epoch + 1}, step {it + 1}: {err}") from None
-        train_time = time.perf_counter() - t0
-        net.eval()
-        pred = predict_slices(net, val["low"], tuple(hu_range), device)
-        vmse = head_window_mse(pred, val["full"])
-        lr = opt.param_groups[0]["lr"]
-        for group in opt.param_groups:
-            group["lr"] = sched.get_last_lr()[0]
-        sched.step()
-        improved = vmse < best
-        if improved:
-            best = vmse
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        history.append({"epoch": epoch + 1, "train_loss": total / cfg["iters_per_epoch"], "val_mse_head": vmse,
-                        "lr": lr, "seconds": round(train_time, 3), "best": improved,
-                        "samples_per_s": round(cfg["iters_per_epoch"] * cfg["batch_size"] / train_time, 3)})
-        print(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} val MSE[0,80] {vmse:.3f}"
-              f"{' (best)' if improved else ''}", file=sys.stderr)
-        with atomic_path(last) as tmp:
-            torch.save({"key": key, "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                        "epoch": epoch + 1, "best": best, "best_state": best_state}, tmp)
-    best_epoch = min(history, key=lambda r: r["val_mse_head"])["epoch"]
+    task = engine.Task(net, criterion, sampler.sample, validate, score="val_mse_head")
+    result = engine.fit(task, cfg, device=device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,
+                        stop_after_epochs=stop_after_epochs)
+    df = pd.DataFrame(result.history)
+    if not result.complete:
+        return df
     with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": best_state, "model": model_spec, "hu_range": list(hu_range),
-                    "epoch": best_epoch, "val_mse_head": best, "versions": versions()}, tmp)
-    df = pd.DataFrame(history)
+        torch.save({"state_dict": result.best_state, "model": model_spec, "hu_range": list(hu_range),
+                    "epoch": result.best_row["epoch"], "val_mse_head": result.best_row["val_mse_head"],
+                    "spec": spec.to_json(), "versions": versions()}, tmp)
     write_csv(out_history, df)
     return df

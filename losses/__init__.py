@@ -4,14 +4,33 @@
     loss = losses.build("l1")          # kwargs = the experiment's loss keys
     value = loss(pred, target)         # both (N, 1, H, W) in network units
 
+A loss made of several terms subclasses `TermsLoss` and returns them by name from `terms`;
+the training engine logs each on its own in history.csv (loss_<term>).
+
 A loss class with `needs_segmenter = True` receives the frozen segmentation U-Net and the
 HU scaling as constructor arguments `segmenter=` and `hu_range=` from the training engine.
 """
+
+from functools import reduce
+from operator import add
+
+import torch
+import torch.nn as nn
 
 from ldct.registry import Registry
 
 REGISTRY = Registry("loss")
 register = REGISTRY.register
+
+
+class TermsLoss(nn.Module):
+    """A loss that is the sum of named (already weighted) terms."""
+
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return reduce(add, self.terms(pred, target).values())
 
 
 def build(name: str, **kwargs):

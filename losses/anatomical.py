@@ -12,10 +12,10 @@ import torch.nn as nn
 
 from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.hu import from_unit
-from losses import register
+from losses import TermsLoss, register
 
 
-class _Anatomical(nn.Module):
+class _Anatomical(TermsLoss):
     needs_segmenter = True
 
     def __init__(self, segmenter: nn.Module, hu_range: tuple[float, float], ana_weight: float = 0.01):
@@ -49,8 +49,8 @@ class AnatomicalFeatureLoss(_Anatomical):
         p_logits, p_feats, t_logits, t_feats = self.views(pred, target)
         return torch.stack([(a - b).abs().mean() for a, b in zip(p_feats + [p_logits], t_feats + [t_logits])]).mean()
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (1 - self.w) * (pred - target).abs().mean() + self.w * self.term(pred, target)
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"l1": (1 - self.w) * (pred - target).abs().mean(), "anatomical": self.w * self.term(pred, target)}
 
 
 @register("l1_l1ana_2")
@@ -70,9 +70,9 @@ class AnatomicalLogitsLoss(_Anatomical):
             raise ValueError(f"classes {bad} are not class ids of the segmenter (0-{NUM_CLASSES - 1}: "
                              + ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES)) + ")")
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         p_logits, _, t_logits, _ = self.views(pred, target)
         if self.classes is not None:
             p_logits, t_logits = p_logits[:, self.classes], t_logits[:, self.classes]
         ana = (p_logits - t_logits).abs().mean()
-        return (1 - self.w) * (pred - target).abs().mean() + self.w * ana
+        return {"l1": (1 - self.w) * (pred - target).abs().mean(), "anatomical": self.w * ana}

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses import register
+from losses import TermsLoss, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,7 +71,7 @@ def check_weights_file(path) -> None:
 
 
 @register("compound")
-class CompoundPerceptual(nn.Module):
+class CompoundPerceptual(TermsLoss):
     def __init__(self, resnet_weights: str | None = None, feature_weight: float = 0.01):
         super().__init__()
         check_weights_file(resnet_weights)
@@ -101,9 +101,9 @@ class CompoundPerceptual(nn.Module):
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net((x.expand(-1, 3, -1, -1) - self.mean) / self.std)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             t_feats = self._features(target)
         p_feats = self._features(pred)
         feat = torch.stack([F.mse_loss(a, b) for a, b in zip(p_feats, t_feats)]).mean()
-        return F.mse_loss(pred, target) + self.w * feat
+        return {"mse": F.mse_loss(pred, target), "resnet_features": self.w * feat}

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ldct.hu import WINDOWS, to_unit
-from losses import register
+from losses import TermsLoss, register
 
 
 @register("l1")
@@ -22,7 +22,7 @@ class MSE(nn.Module):
 
 
 @register("l1_weighted")
-class WeightedL1(nn.Module):
+class WeightedL1(TermsLoss):
     """L1 plus `weight` times the L1 over pixels whose target lies in the head window
     [0, 80) HU (where brain tissue lives). As in the reference, the weight defaults to the
     scaling range over the window width (4096 / 80 = 51.2 for [-1024, 3072]), so the extra
@@ -35,8 +35,8 @@ class WeightedL1(nn.Module):
         self.weight = (hu_range[1] - hu_range[0]) / (hi - lo) if weight is None else weight
         self.bounds = (to_unit(lo, *hu_range), to_unit(hi, *hu_range))
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         diff = (pred - target).abs()
         mask = (target >= self.bounds[0]) & (target < self.bounds[1])
         extra = (diff * mask).sum() / mask.sum().clamp(min=1)
-        return diff.mean() + self.weight * extra
+        return {"l1": diff.mean(), "head_window": self.weight * extra}

@@ -13,10 +13,9 @@ builds its masks for three-channel images, and a grey slice passes through all t
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from losses import register
+from losses import TermsLoss, register
 
 
 def gaussian_masks(sigmas: tuple[float, ...]) -> torch.Tensor:
@@ -32,7 +31,7 @@ def gaussian_masks(sigmas: tuple[float, ...]) -> torch.Tensor:
 
 
 @register("ssim_l1")
-class MSSSIML1(nn.Module):
+class MSSSIML1(TermsLoss):
     def __init__(self, alpha: float = 0.025, scale: float = 200.0,
                  sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0), repeats: int = 3):
         super().__init__()
@@ -43,7 +42,7 @@ class MSSSIML1(nn.Module):
         self.register_buffer("masks", gaussian_masks(tuple(sigmas)), persistent=False)
         self.c1, self.c2 = 0.01**2, 0.03**2
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         x, y = pred.float(), target.float()
         g = self.masks.to(x.device)
 
@@ -57,4 +56,5 @@ class MSSSIML1(nn.Module):
         cs = (2 * sxy + self.c2) / (sx + sy + self.c2)
         ms_ssim = lum[:, -1] ** self.repeats * cs.prod(dim=1) ** self.repeats
         l1 = F.conv2d((x - y).abs(), g[-1:], padding=self.pad)[:, 0]
-        return self.scale * (self.alpha * (1 - ms_ssim) + (1 - self.alpha) * l1).mean()
+        return {"ms_ssim": self.scale * self.alpha * (1 - ms_ssim).mean(),
+                "l1": self.scale * (1 - self.alpha) * l1.mean()}

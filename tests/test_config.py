@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ldct.config import ConfigError, experiment_settings, load_config, validate_config
+from ldct.config import ConfigError, load_config, validate_config
+from ldct.spec import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "config.yaml", *sorted((ROOT / "tests" / "configs").glob("*.yaml"))]
@@ -75,8 +76,9 @@ def test_misspelt_model_argument_names_what_the_model_takes():
 def test_experiment_overrides_merge_with_training_defaults():
     cfg = validate_config({"train": {"epochs": 3, "lr": 0.01},
                            "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}, "train": {"lr": 0.1}}}})
-    s = experiment_settings(cfg, "a")
-    assert s["train"]["lr"] == 0.1 and s["train"]["epochs"] == 3
+    s = ExperimentSpec.from_config(cfg, "a")
+    assert s.train["lr"] == 0.1 and s.train["epochs"] == 3
+    assert ExperimentSpec.from_json(s.to_json()) == s
 
 
 def test_missing_or_broken_config_file(tmp_path):
@@ -86,3 +88,39 @@ def test_missing_or_broken_config_file(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_strings_from_the_command_line_are_read_as_the_schema_types():
+    """Snakemake passes nested `--config` values as strings ('2', 'false', '[0.4, 1]', 'null')."""
+    cfg = {"train": {"epochs": "2", "augment": "false", "crop_scale": ["0.4", "1"], "patch_size": "null"},
+           "synthetic": {"dose_fractions": "[0.25, 0.1]"}, "segmenter": {"weights": "null"},
+           "dataset": {"name": "123"},
+           "experiments": {"a": {"model": {"name": "featkpn", "nf": "8", "near_identity_init": "true"},
+                                 "loss": {"name": "l1_l1ana_1", "ana_weight": "0.02"}, "train": {"lr": "1e-3"}}}}
+    v = validate_config(cfg)
+    assert v["train"]["epochs"] == 2 and v["train"]["augment"] is False and v["train"]["patch_size"] is None
+    assert v["train"]["crop_scale"] == [0.4, 1] and v["synthetic"]["dose_fractions"] == [0.25, 0.1]
+    assert v["segmenter"]["weights"] is None and v["dataset"]["name"] == "123"  # a string stays a string
+    exp = v["experiments"]["a"]
+    assert exp["model"] == {"name": "featkpn", "nf": 8, "near_identity_init": True}
+    assert exp["loss"]["ana_weight"] == 0.02 and exp["train"]["lr"] == 0.001
+    with pytest.raises(ConfigError, match="train.epochs: 'two' is not of type 'integer'"):
+        validate_config({"train": {"epochs": "two"}})
+
+
+def test_engine_injected_arguments_are_refused():
+    for part, arg in (("model", "seg_width"), ("model", "hu_range"), ("loss", "segmenter")):
+        exp = {"model": {"name": "sgdnet"}, "loss": {"name": "l1_l1ana_1"}}
+        exp[part] = {**exp[part], arg: 1}
+        with pytest.raises(ConfigError, match=f"does not take '{arg}'"):
+            validate_config({"experiments": {"x": exp}})
+
+
+def test_optimiser_and_schedule_names_agree_with_the_engine():
+    from ldct import engine
+    from ldct.config import load_schema
+
+    for section in ("train", "segmenter"):
+        props = load_schema()["properties"][section]["properties"]
+        assert tuple(props["optimizer"]["enum"]) == engine.OPTIMIZERS
+        assert tuple(props["schedule"]["enum"]) == engine.SCHEDULES

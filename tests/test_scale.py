@@ -50,7 +50,8 @@ def test_configs_validate(path):
 
 def test_paper_config_is_the_protocol():
     import models
-    from ldct.config import experiment_settings, load_config
+    from ldct.config import load_config
+    from ldct.spec import ExperimentSpec
 
     cfg = load_config(PAPER)
     assert cfg["dataset"]["source"] == "dicom" and cfg["dataset"]["layout"] == "tcia"
@@ -58,13 +59,13 @@ def test_paper_config_is_the_protocol():
     assert cfg["segmenter"]["base_width"] == 64 and cfg["segmenter"]["weights"]
     t = cfg["train"]
     assert (t["epochs"], t["batch_size"], t["patch_size"], t["lr"], t["lr_decay"], t["amp"]) == (400, 1, None, 1e-4, 0.99, True)
-    exps = {n: experiment_settings(cfg, n) for n in cfg["experiments"]}
+    exps = {n: ExperimentSpec.from_config(cfg, n) for n in cfg["experiments"]}
     denoisers = set(models.denoisers()) - {"unet"}
-    assert {e["model"]["name"] for e in exps.values()} == denoisers
+    assert {e.model["name"] for e in exps.values()} == denoisers
     for name in denoisers - {"gaussian"}:  # each learned model with L1 and with the anatomical loss
-        assert {e["loss"]["name"] for e in exps.values() if e["model"]["name"] == name} == {"l1", "l1_l1ana_1"}
-    assert exps["featkpn_ana"]["model"] == {"name": "featkpn", "nf": 16, "nk": 16, "kernel_size": 5}
-    assert exps["featkpn_ana"]["loss"] == {"name": "l1_l1ana_1", "ana_weight": 0.01}
+        assert {e.loss["name"] for e in exps.values() if e.model["name"] == name} == {"l1", "l1_l1ana_1"}
+    assert exps["featkpn_ana"].model == {"name": "featkpn", "nf": 16, "nk": 16, "kernel_size": 5}
+    assert exps["featkpn_ana"].loss == {"name": "l1_l1ana_1", "ana_weight": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,7 @@ def featkpn_tree(tmp_path_factory, synthetic_subject):
     return root
 
 
+@pytest.mark.slow
 def test_paper_config_dry_runs_on_the_tcia_layout(featkpn_tree, tmp_path):
     """The README's command: paths given with --config on top of configs/paper.yaml."""
     res = run(["-n", "-p", "--configfile", str(PAPER), "--cores", "2", "--config",
@@ -94,6 +96,7 @@ def test_paper_config_dry_runs_on_the_tcia_layout(featkpn_tree, tmp_path):
     assert '"patch_size": null' in out and '"epochs": 400' in out and '"batch_size": 1' in out
 
 
+@pytest.mark.slow
 def test_paper_config_loads_reference_named_unet_weights_strictly(featkpn_tree):
     """configs/paper.yaml's segmenter settings load a state dict in the reference's names
     strictly, and the loaded network computes the reference's logits."""
@@ -111,6 +114,7 @@ def test_paper_config_loads_reference_named_unet_weights_strictly(featkpn_tree):
         load_weights(featkpn_tree.parent / "renamed.pth", cfg)
 
 
+@pytest.mark.slow
 def test_dose_sweep_config_dry_runs(tmp_path):
     res = run(["-n", "--configfile", str(DOSE_SWEEP), "--cores", "2"], tmp_path)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
@@ -123,6 +127,7 @@ def test_dose_sweep_config_dry_runs(tmp_path):
     assert "fig_dose_sweep.png" in res.stdout
 
 
+@pytest.mark.slow
 def test_dose_sweep_end_to_end(tmp_path):
     """configs/dose_sweep.yaml at toy scale: 3 subjects, 64x64, 2 experiments, a few steps."""
     cfg = yaml.safe_load(DOSE_SWEEP.read_text())
@@ -164,6 +169,7 @@ def test_dose_sweep_end_to_end(tmp_path):
             assert (out / "dose_sweep" / f"{extra * 100:g}pct" / "eval" / "edcnn_l1" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_paper_epoch_benchmark_runs_the_paper_training_step(tmp_path):
     """benchmarks/paper_epoch.py (the GPU epoch timing of the paper config) runs the engine's
     training step for Feat-KPN with L1 and with the anatomical loss (width-64 U-Net); here

@@ -14,13 +14,16 @@ rule pretrain_segmenter:
     log:
         str(RP.log("pretrain_segmenter")),
     params:
-        cfg=as_json({"segmenter": config["segmenter"], "seed": config["seed"]}),
+        settings=section_flags("segmenter", config["segmenter"]),
+        seed=config["seed"],
         nifti=nifti_root,
+        checkpoints=str(RP.segmenter_checkpoints),
     threads: MAX_THREADS
     resources:
         gpu=1,
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct pretrain-segmenter --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
-        "--splits {input.splits:q} --out {output.model:q} --history {output.history:q} > {log:q} 2>&1"
+        "python -m ldct pretrain-segmenter --threads {threads} --seed {params.seed} {params.settings} "
+        "--nifti {params.nifti:q} --splits {input.splits:q} --out {output.model:q} --history {output.history:q} "
+        "--checkpoints {params.checkpoints:q} > {log:q} 2>&1"

@@ -5,10 +5,12 @@ import shlex
 from pathlib import Path
 import sys
 
-from ldct.config import ConfigError, experiment_settings, validate_config
+from ldct.cli import SERIES_KEYS, section_flags
+from ldct.config import ConfigError, validate_config
 from ldct.dicom import discover_subjects
 from ldct.evaluate import LDCT
 from ldct.paths import ResultPaths, dose_tag, low_dose_name
+from ldct.spec import ExperimentSpec
 from ldct.splits import make_splits
 from ldct.synthetic import subject_ids
 
@@ -61,6 +63,8 @@ def find_subjects():
 SUBJECTS = find_subjects()
 SPLITS = make_splits(SUBJECTS, config["split"], config["seed"])
 EXPERIMENTS = list(config["experiments"])
+# One ExperimentSpec per experiment: what `ldct train --spec` receives (ldct/spec.py).
+SPECS = {e: ExperimentSpec.from_config(config, e) for e in EXPERIMENTS}
 ROWS = [LDCT] + EXPERIMENTS
 # Dose sweep (synthetic data): the models are trained at the first dose fraction and every
 # experiment and the LDCT row are evaluated at each fraction; on only with more than one.
@@ -85,11 +89,7 @@ def nifti_files(subjects, labels=False):
 
 
 def needs_segmenter(exp):
-    import losses
-    import models
-
-    spec = config["experiments"][exp]
-    return losses.needs_segmenter(spec["loss"]["name"]) or models.needs_segmenter(spec["model"]["name"])
+    return SPECS[exp].needs_segmenter
 
 
 def complexity_models():

@@ -27,13 +27,14 @@ rule synthesize:
     log:
         str(RP.log("synthesize/{subject}")),
     params:
-        cfg=as_json({"synthetic": config["synthetic"], "seed": config["seed"]}),
+        settings=section_flags("synthetic", config["synthetic"]),
+        seed=config["seed"],
         phantom=lambda wc, output: str(Path(output.truth).parent),
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct synthesize --threads {threads} --subject {wildcards.subject:q} --params {params.cfg:q} "
+        "python -m ldct synthesize --threads {threads} --subject {wildcards.subject:q} --seed {params.seed} {params.settings} "
         "--dicom-out {output.dicom:q} --phantom-out {params.phantom:q} --fields {input.fields:q} > {log:q} 2>&1"
 
 
@@ -50,14 +51,14 @@ rule convert:
     log:
         str(RP.log("convert/{subject}")),
     params:
-        cfg=as_json(config["dataset"]),
+        settings=section_flags("dataset", config["dataset"], SERIES_KEYS),
         out=lambda wc, output: str(Path(output.full).parent),
         series=series_args,
         phantom=lambda wc, input: f"--phantom {shlex.quote(str(Path(input.labels).parent))}" if SYNTHETIC else "",
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct convert {params.series} --out {params.out:q} --params {params.cfg:q} "
+        "python -m ldct convert {params.series} --out {params.out:q} {params.settings} "
         "{params.phantom} > {log:q} 2>&1"
 
 
@@ -85,7 +86,7 @@ if DOSE_SWEEP:  # extra reduced-dose series of the test subjects
         log:
             str(RP.log("convert_doses/{subject}")),
         params:
-            cfg=as_json(config["dataset"]),
+            settings=section_flags("dataset", config["dataset"], ["full_series"]),
             out=lambda wc, output: str(Path(output[0]).parent),
             fractions=DOSES[1:],
             primary=DOSES[0],
@@ -93,4 +94,4 @@ if DOSE_SWEEP:  # extra reduced-dose series of the test subjects
             CONDA_ENV
         shell:
             "python -m ldct convert-doses --subject-dir {input.dicom:q} --fractions {params.fractions} "
-            "--primary {params.primary} --out {params.out:q} --params {params.cfg:q} > {log:q} 2>&1"
+            "--primary {params.primary} --out {params.out:q} {params.settings} > {log:q} 2>&1"

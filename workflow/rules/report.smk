@@ -17,7 +17,7 @@ rule complexity:
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct complexity --threads {threads} --params {params.specs:q} --out-prefix {params.prefix:q} "
+        "python -m ldct complexity --threads {threads} --models {params.specs:q} --out-prefix {params.prefix:q} "
         "--size {params.size} --repeats {params.repeats} > {log:q} 2>&1"
 
 

@@ -7,9 +7,10 @@ rule split:
     log:
         str(RP.log("split")),
     params:
-        cfg=as_json({"split": config["split"], "seed": config["seed"]}),
+        settings=section_flags("split", config["split"]),
+        seed=config["seed"],
         subjects=SUBJECTS,
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct split --params {params.cfg:q} --out {output:q} {params.subjects:q} > {log:q} 2>&1"
+        "python -m ldct split --seed {params.seed} {params.settings} --out {output:q} {params.subjects:q} > {log:q} 2>&1"

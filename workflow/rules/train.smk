@@ -13,8 +13,7 @@ rule train:
     log:
         str(RP.log("train/{experiment}")),
     params:
-        cfg=lambda wc: as_json({"experiment": experiment_settings(config, wc.experiment), "seed": config["seed"],
-                                "hu_range": [config["normalization"]["hu_min"], config["normalization"]["hu_max"]]}),
+        spec=lambda wc: SPECS[wc.experiment].to_json(),
         nifti=nifti_root,
         checkpoints=lambda wc: str(RP.checkpoints(wc.experiment)),
         segmenter=lambda wc, input: f"--segmenter {shlex.quote(input.segmenter)}" if input.segmenter else "",
@@ -26,6 +25,6 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct train --threads {threads} --params {params.cfg:q} --nifti {params.nifti:q} "
+        "python -m ldct train --threads {threads} --spec {params.spec:q} --nifti {params.nifti:q} "
         "--splits {input.splits:q} --out {output.model:q} --history {output.history:q} "
         "--checkpoints {params.checkpoints:q} {params.segmenter} > {log:q} 2>&1"

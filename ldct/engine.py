@@ -1,0 +1,247 @@
+"""The project's one training loop, shared by the denoisers and the segmentation U-Net.
+
+`fit` runs epochs of optimiser steps (mixed precision on CUDA), validates after each epoch,
+keeps the best snapshot, logs one history row per epoch (each term of a `TermsLoss` in its own
+`loss_<term>` column) and saves its whole state after every epoch, so that a killed job
+resumes where it stopped. The optimiser and the learning-rate schedule are named in the
+config (`optimizer`, `schedule`); `Schedule` is the only writer of the learning rate.
+
+Resume: `<checkpoint_dir>/last.pt` carries a key (a hash of the settings and the inputs,
+given by the caller); a run with another key starts fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from functools import reduce
+from operator import add
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ldct.errors import TrainingError
+from ldct.io import atomic_path
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("exponential", "cosine", "constant", "onecycle")
+
+
+def prepare(seed: int, device: torch.device) -> None:
+    """Seed torch's and numpy's global generators; deterministic kernels on the CPU."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+
+
+def settings_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint(arrays: list[dict], files: list[str | Path] = (), packages: tuple = ()) -> str:
+    """A digest of what a run trains from besides its settings: arrays (training and
+    validation slices), files (a segmenter) and the source of code packages (models/,
+    losses/), so that a resumed run whose inputs or code changed starts fresh."""
+    h = hashlib.blake2b(digest_size=16)
+    for group in arrays:
+        for k in sorted(group):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(group[k]).data)
+    for f in files:
+        h.update(Path(f).read_bytes())
+    for pkg in packages:
+        for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    """`cfg['optimizer']` (adamw, the default; adam; sgd with momentum 0.9) at `cfg['lr']`."""
+    name, lr, wd = cfg.get("optimizer", "adamw"), cfg["lr"], cfg.get("weight_decay", 0.0)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    raise TrainingError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+class Schedule:
+    """The learning rate of each step: a linear warm-up over `warmup_iters` steps times the
+    named decay: exponential (times `lr_decay` after each epoch, the default), cosine (to 0
+    at the last step), constant, or onecycle (torch's OneCycleLR, warm-up share 0.15, which
+    also cycles the momentum; it ignores warmup_iters)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int, total_steps: int):
+        self.opt, self.name = opt, cfg.get("schedule", "exponential")
+        if self.name not in SCHEDULES:
+            raise TrainingError(f"unknown schedule {self.name!r}; choose one of {', '.join(SCHEDULES)}")
+        self.lr0, self.decay = cfg["lr"], cfg.get("lr_decay", 1.0)
+        self.warmup, self.per_epoch, self.total = int(cfg.get("warmup_iters", 0)), steps_per_epoch, total_steps
+        self.epoch_lr = [self.lr0]  # products in order, as torch's ExponentialLR forms them
+        self.torch = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr0, total_steps=total_steps,
+                                                          pct_start=0.15) if self.name == "onecycle" else None)
+
+    def lr(self, step: int) -> float:
+        epoch = step // self.per_epoch
+        if self.name == "exponential":
+            while len(self.epoch_lr) <= epoch:
+                self.epoch_lr.append(self.epoch_lr[-1] * self.decay)
+            base = self.epoch_lr[epoch]
+        elif self.name == "cosine":
+            base = self.lr0 * 0.5 * (1 + math.cos(math.pi * step / self.total))
+        else:
+            base = self.lr0
+        return base * (step + 1) / self.warmup if step < self.warmup else base
+
+    def before_step(self, step: int) -> None:
+        if self.torch is None:
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr(step)
+
+    def after_step(self) -> None:
+        if self.torch is not None:
+            self.torch.step()
+
+    def state_dict(self) -> dict:
+        return self.torch.state_dict() if self.torch is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.torch is not None:
+            self.torch.load_state_dict(state)
+
+
+def train_step(net: torch.nn.Module, criterion: Callable, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, y: torch.Tensor, use_amp: bool) -> dict[str, float]:
+    """One optimiser step (mixed precision when `use_amp`): {'loss': total, term: value...};
+    stops on a non-finite loss."""
+    with torch.autocast(x.device.type, enabled=use_amp):
+        out = net(x)
+        terms = criterion.terms(out, y) if hasattr(criterion, "terms") else {}
+        loss = reduce(add, terms.values()) if terms else criterion(out, y)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"non-finite loss ({loss.item()}); lower train.lr or check the input data for NaN")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+
+@dataclass
+class Task:
+    """What `fit` trains: the network, its loss, a batch source, a validation and its score."""
+
+    net: torch.nn.Module
+    criterion: Callable  # (output, target) -> scalar; a TermsLoss also gives its terms
+    sample: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # one (input, target) batch, on the CPU
+    validate: Callable[[torch.nn.Module], dict]  # history columns of one validation (net in eval mode)
+    score: str  # the validation column that picks the best epoch
+    maximize: bool = False
+    label: str = ""  # prefix of progress messages
+
+
+@dataclass
+class Result:
+    history: list[dict]
+    best_state: dict
+    best_row: dict
+    complete: bool  # False when stopped early by stop_after_epochs
+
+
+def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generator, key: str,
+        checkpoint_dir: str | Path | None = None, stop_after_epochs: int | None = None) -> Result:
+    """Train `task.net` for cfg['epochs'] x cfg['iters_per_epoch'] steps (see the module doc)."""
+    epochs, iters = cfg["epochs"], cfg["iters_per_epoch"]
+    opt = build_optimizer([p for p in task.net.parameters() if p.requires_grad], cfg)
+    schedule = Schedule(opt, cfg, iters, epochs * iters)
+    use_amp = bool(cfg.get("amp", False)) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    print(f"{task.label}{cfg.get('optimizer', 'adamw')} at lr {cfg['lr']:g}, {schedule.name} schedule, {epochs} x {iters} "
+          f"steps on {device} (mixed precision: {'on' if use_amp else 'off'})", file=sys.stderr)
+    state = _Checkpoint(checkpoint_dir, key).resume(task.net, opt, schedule, generator)
+    history, best_state = state["history"], state["best_state"]
+    better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
+    best = state["best"] if state["best"] is not None else (-math.inf if task.maximize else math.inf)
+    for epoch in range(state["epoch"], epochs):
+        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            break
+        task.net.train()
+        if isinstance(task.criterion, torch.nn.Module):
+            task.criterion.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        bar = tqdm(range(iters), desc=f"{task.label}epoch {epoch + 1}/{epochs}", file=sys.stderr, mininterval=5)
+        for it in bar:
+            schedule.before_step(epoch * iters + it)
+            x, y = task.sample()
+            try:
+                losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp)
+            except TrainingError as err:
+                raise TrainingError(f"{task.label}epoch {epoch + 1}, step {it + 1}: {err}") from None
+            schedule.after_step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+        seconds = time.perf_counter() - t0
+        task.net.eval()
+        row = task.validate(task.net)
+        improved = better(row[task.score], best)
+        if improved:
+            best = row[task.score]
+            best_state = {k: v.detach().cpu().clone() for k, v in task.net.state_dict().items()}
+        history.append(_history_row(epoch + 1, sums, iters, row, opt, seconds, improved, cfg["batch_size"]))
+        print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
+              f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
+        _Checkpoint(checkpoint_dir, key).save(task.net, opt, schedule, generator, history, epoch + 1, best,
+                                             best_state)
+    best_row = (max if task.maximize else min)(history, key=lambda r: r[task.score]) if history else {}
+    return Result(history, best_state, best_row, len(history) == epochs)
+
+
+def _history_row(epoch: int, sums: dict, iters: int, val: dict, opt, seconds: float, best: bool, batch: int) -> dict:
+    terms = {f"loss_{k}": v / iters for k, v in sums.items() if k != "loss"}
+    return {"epoch": epoch, "train_loss": sums["loss"] / iters, **terms, **val, "lr": opt.param_groups[0]["lr"],
+            "seconds": round(seconds, 3), "best": best, "samples_per_s": round(iters * batch / seconds, 3)}
+
+
+class _Checkpoint:
+    """`last.pt` in the checkpoint folder: everything needed to continue after an epoch."""
+
+    def __init__(self, folder: str | Path | None, key: str):
+        self.path = Path(folder) / "last.pt" if folder else None
+        self.key = key
+
+    def resume(self, net, opt, schedule: Schedule, gen: torch.Generator) -> dict:
+        fresh = {"history": [], "epoch": 0, "best": None, "best_state": None}
+        if self.path is None or not self.path.exists():
+            return fresh
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("key") != self.key:
+            print(f"settings or inputs changed since {self.path} was written: starting fresh", file=sys.stderr)
+            return fresh
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        schedule.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming from {self.path} after epoch {state['epoch']}", file=sys.stderr)
+        return state
+
+    def save(self, net, opt, schedule: Schedule, gen: torch.Generator, history: list, epoch: int, best: float,
+             best_state: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save({"key": self.key, "model": net.state_dict(), "opt": opt.state_dict(),
+                        "sched": schedule.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "history": history, "epoch": epoch, "best": best, "best_state": best_state}, tmp)

@@ -1,0 +1,59 @@
+"""Trained models in use: pick the device, load a denoiser or the segmenter from its file,
+and run them on HU slices. Training and evaluation both use this module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import models
+from ldct.hu import from_unit, to_unit
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module:
+    """The frozen U-Net from a segmenter.pt dictionary (ldct.anatomy.save_segmenter)."""
+    net = models.build("unet", num_classes=ck["num_classes"], base_width=ck["base_width"],
+                       norm=ck.get("norm", "channel"))
+    net.load_state_dict(ck["state_dict"])
+    return net.to(device).eval()
+
+
+def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
+    return segmenter_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True), device)
+
+
+def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A trained denoiser from model.pt and the file's dictionary (spec, hu_range, epoch...)."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    spec = dict(ck["model"])
+    net = models.build(spec.pop("name"), **spec)
+    net.load_state_dict(ck["state_dict"])
+    return net.to(device).eval(), ck
+
+
+def to_input(hu: np.ndarray | torch.Tensor, hu_range: tuple[float, float]) -> torch.Tensor:
+    """(S, H, W) HU slices -> the networks' (S, 1, H, W) input in [0, 1] units, clipped."""
+    hu = torch.from_numpy(hu).float() if isinstance(hu, np.ndarray) else hu
+    return torch.clamp(to_unit(hu[:, None], *hu_range), 0, 1)
+
+
+@torch.no_grad()
+def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[float, float], device: torch.device,
+                   batch: int = 4) -> np.ndarray:
+    """(S, H, W) HU -> (S, H, W) HU through a denoiser, in batches of full slices."""
+    out = np.empty_like(low_hu, dtype=np.float32)
+    for s in range(0, len(low_hu), batch):
+        x = to_input(low_hu[s:s + batch], hu_range).to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            y = net(x)
+        out[s:s + batch] = from_unit(y.float().clamp(0, 1), *hu_range)[:, 0].cpu().numpy()
+    return out

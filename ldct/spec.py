@@ -1,0 +1,116 @@
+"""One experiment, specified once.
+
+An `ExperimentSpec` holds an experiment's settings as the config gives them, merged once
+(the `train` defaults under the experiment's own overrides) with the seed and the network
+scaling: everything that decides a trained model. The workflow's rules pass it to
+`ldct train --spec` as JSON, config validation checks it, and the training engine and the
+benchmarks build the model, loss, optimiser and schedule from it. Which constructor
+arguments the engine injects (`INJECTED`) and whether the experiment needs the frozen
+segmenter are decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ldct.errors import ConfigError
+
+# Constructor arguments the engine supplies; a config that sets one is refused.
+INJECTED = {"model": ("hu_range", "seg_width", "seg_norm"), "loss": ("hu_range", "segmenter")}
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A table row's model, loss and training settings ({'name': ..., **kwargs} each)."""
+
+    name: str
+    model: dict
+    loss: dict
+    train: dict
+    seed: int = 42
+    hu_range: tuple[float, float] = (-1024.0, 3072.0)
+
+    @classmethod
+    def from_config(cls, config: dict, name: str) -> ExperimentSpec:
+        """The experiment `name` of a validated config."""
+        exp = config["experiments"][name]
+        norm = config["normalization"]
+        return cls(name=name, model=dict(exp["model"]), loss=dict(exp["loss"]),
+                   train={**config["train"], **exp.get("train", {})}, seed=config["seed"],
+                   hu_range=(float(norm["hu_min"]), float(norm["hu_max"])))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentSpec:
+        try:
+            obj = json.loads(text)
+            obj["hu_range"] = tuple(obj.get("hu_range", (-1024.0, 3072.0)))
+            return cls(**obj)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ConfigError(f"not an experiment spec ({', '.join(cls.__dataclass_fields__)}): {err}") from None
+
+    @property
+    def needs_segmenter(self) -> bool:
+        import losses
+        import models
+
+        return models.needs_segmenter(self.model["name"]) or losses.needs_segmenter(self.loss["name"])
+
+    def kwargs(self, part: str) -> dict:
+        """The model's or loss's own constructor arguments (without its name)."""
+        return {k: v for k, v in getattr(self, part).items() if k != "name"}
+
+    def check(self) -> None:
+        """Registered names, accepted and non-injected arguments, the loss's own checks."""
+        import losses
+        import models
+
+        where = f"experiments.{self.name}"
+        for part, reg in (("model", models.REGISTRY), ("loss", losses.REGISTRY)):
+            name = getattr(self, part)["name"]
+            if name not in reg.available():
+                raise ConfigError(f"config error at {where}.{part}.name: unknown {part} {name!r}; "
+                                  f"available: {', '.join(reg.available())}")
+            takes = reg.arguments(name)  # None: any argument
+            bad = [k for k in self.kwargs(part) if k in INJECTED[part] or (takes is not None and k not in takes)]
+            if bad:
+                own = [p for p in takes or [] if p not in INJECTED[part]]
+                raise ConfigError(f"config error at {where}.{part}: {name} does not take "
+                                  f"{', '.join(map(repr, bad))}; it takes: {', '.join(own) or 'nothing'}")
+        check = getattr(losses.REGISTRY.get(self.loss["name"]), "check_config", None)
+        if check is not None:  # a loss may need more than the schema can say (e.g. a weights file)
+            try:
+                check(self.kwargs("loss"))
+            except ValueError as err:
+                raise ConfigError(f"config error at {where}.loss: {err}") from None
+
+    def build_model(self, seg_ck: dict | None = None) -> tuple[torch.nn.Module, dict]:
+        """The model with its injected arguments (the segmenter's width and weights from a
+        segmenter.pt dictionary where it takes one), and its spec as saved in model.pt."""
+        import models
+
+        name, saved = self.model["name"], dict(self.model)
+        if models.needs_segmenter(name):
+            saved.update(seg_width=seg_ck["base_width"], seg_norm=seg_ck.get("norm", "channel"))
+        if "hu_range" in (models.REGISTRY.arguments(name) or []):
+            saved["hu_range"] = list(self.hu_range)
+        net = models.build(name, **{k: v for k, v in saved.items() if k != "name"})
+        if models.needs_segmenter(name):
+            net.segmenter.load_state_dict(seg_ck["state_dict"])
+        return net, saved
+
+    def build_loss(self, segmenter: torch.nn.Module | None = None) -> torch.nn.Module:
+        """The loss, given the frozen segmenter where it needs one."""
+        import losses
+
+        name, kwargs = self.loss["name"], self.kwargs("loss")
+        if losses.needs_segmenter(name):
+            kwargs["segmenter"] = segmenter
+        if "hu_range" in (losses.REGISTRY.arguments(name) or []):
+            kwargs.setdefault("hu_range", tuple(self.hu_range))
+        return losses.build(name, **kwargs)
