@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -46,8 +47,10 @@ from ldct.data import load_subject, stack_subjects  # noqa: E402
 from ldct.metrics import window_psnr  # noqa: E402
 from ldct.paths import ResultPaths  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
-from ldct.train import (PatchSampler, build_experiment, pick_device, predict_slices, seed_everything,  # noqa: E402
-                        to_input, train_step)
+from ldct.engine import build_optimizer, prepare, train_step  # noqa: E402
+from ldct.inference import pick_device, predict_slices, to_input  # noqa: E402
+from ldct.spec import ExperimentSpec  # noqa: E402
+from ldct.train import PatchSampler, build_experiment  # noqa: E402
 
 
 def parse_variant(text: str) -> dict:
@@ -92,7 +95,8 @@ def gradient_ratio(net, criterion, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(g_ana.norm() / g_l1.norm())
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line; repeated variants are an error (their rows would mix)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=os.path.join("results", "synthetic"), help="a results tree of the workflow")
     ap.add_argument("--start", default="featkpn_l1", help="the trained experiment to continue from")
@@ -109,9 +113,25 @@ def main() -> None:
     a = ap.parse_args()
     if len(set(a.variants)) != len(a.variants):
         ap.error(f"--variants repeats a variant: {' '.join(a.variants)}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    return a
 
+
+@dataclass
+class Setup:
+    """What every variant shares: the starting checkpoint, the data and the scorer."""
+
+    splits: dict
+    start: dict
+    hu_range: tuple
+    seg_ck: dict
+    device: torch.device
+    train: dict
+    test: list
+    score: Scorer
+
+
+def load_setup(a: argparse.Namespace) -> Setup:
+    """Load the results tree's split, start model, segmenter and subjects; exit if one is missing."""
     rp = ResultPaths.at(a.root)
     for need in (rp.splits, rp.segmenter, rp.model(a.start)):
         if not need.exists():
@@ -123,50 +143,58 @@ def main() -> None:
     seg_ck = torch.load(rp.segmenter, map_location="cpu", weights_only=True)
     train = stack_subjects(rp.nifti(), splits["train"], with_labels=False)
     test = [load_subject(rp.nifti(), s, with_labels=False) for s in splits["test"]]
-    anatomical = build_experiment({"model": dict(start["model"]), "loss": {"name": "l1_l1ana_1"}},
-                                  hu_range, seg_ck, device)[1]  # its term() is A, its segmenter the frozen one
-    score = Scorer(test, anatomical, hu_range, device)
+    spec = ExperimentSpec("anatomical", dict(start["model"]), {"name": "l1_l1ana_1"}, {}, hu_range=hu_range)
+    anatomical = build_experiment(spec, seg_ck, device)[1]  # its term() is A, its segmenter the frozen one
+    return Setup(splits, start, hu_range, seg_ck, device, train, test, Scorer(test, anatomical, hu_range, device))
 
-    print(f"continuing {a.start} (epoch {start['epoch']}) for {a.steps} steps with each of {', '.join(a.variants)}; "
-          f"{'whole slices' if not a.patch else f'{a.patch}x{a.patch} patches'}, batch {a.batch}, lr {a.lr}, "
-          f"on {device}; test subjects {', '.join(splits['test'])}", flush=True)
+
+def reference_rows(setup: Setup) -> list[dict]:
+    """Score and print the LDCT input and, for synthetic data, the noiseless reconstruction."""
+    score, test = setup.score, setup.test
     rows = [{"variant": "LDCT input", "step": 0, **score([sv.low for sv in test]), "seconds": 0.0}]
     if all(sv.truth is not None for sv in test):
         rows.append({"variant": "noiseless reconstruction", "step": 0, **score([sv.truth for sv in test]), "seconds": 0.0})
     for r in rows:
         print(f"  {r['variant']:<24}: Dice vs NDCT seg {r['dice_vs_ndct']:.4f}, anatomical term "
               f"{r['anatomical_distance']:.4f}, PSNR [-40,120] {r['psnr_brain']:.2f} dB", flush=True)
-    refs, rows = rows, []
-    first = None
-    for text in a.variants:
-        seed_everything(a.seed)
-        experiment = {"model": dict(start["model"]), "loss": parse_variant(text)}
-        net, criterion, _ = build_experiment(experiment, hu_range, seg_ck, device)
-        net.load_state_dict(start["state_dict"])
-        opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.01)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-        sampler = PatchSampler(train["low"], train["full"], a.patch or None, a.batch, True, 20.0, hu_range,
-                               torch.Generator().manual_seed(a.seed))
-        first = first or score.model(net)  # every variant starts from the same weights
-        rows.append({"variant": text, "step": 0, **first, "seconds": 0.0})
-        t0 = time.perf_counter()
-        for step in range(1, a.steps + 1):
-            x, y = (t.to(device) for t in sampler.sample())
-            if step == 1 and experiment["loss"]["name"] == "l1_l1ana_1" and criterion.w < 1:
-                print(f"  {text:<24}  anatomical gradient {gradient_ratio(net, criterion, x, y):.2f}x the L1 "
-                      "gradient on the output (first batch)", flush=True)
-            train_step(net, criterion, opt, scaler, x, y, device.type == "cuda")
-            if step % a.every == 0 or step == a.steps:
-                rows.append({"variant": text, "step": step, **score.model(net),
-                             "seconds": round(time.perf_counter() - t0, 1)})
-                r = rows[-1]
-                print(f"  {text:<24}  step {step:>5}: Dice vs NDCT seg {r['dice_vs_ndct']:.4f}, "
-                      f"anatomical term {r['anatomical_distance']:.4f}, PSNR [-40,120] {r['psnr_brain']:.2f} dB "
-                      f"({r['seconds']:.0f} s)", flush=True)
+    return rows
 
-    df = pd.DataFrame(rows)
+
+def run_variant(text: str, a: argparse.Namespace, setup: Setup, first: dict | None) -> tuple[list[dict], dict]:
+    """Continue the start model with one loss variant, scoring every `a.every` steps; return its rows
+    and the start scores (`first`, scored once: every variant starts from the same weights)."""
+    prepare(a.seed, setup.device)
+    spec = ExperimentSpec(text, dict(setup.start["model"]), parse_variant(text), {"lr": a.lr, "weight_decay": 0.01},
+                          seed=a.seed, hu_range=setup.hu_range)
+    net, criterion, _ = build_experiment(spec, setup.seg_ck, setup.device)
+    net.load_state_dict(setup.start["state_dict"])
+    opt = build_optimizer([p for p in net.parameters() if p.requires_grad], spec.train)
+    scaler = torch.amp.GradScaler("cuda", enabled=setup.device.type == "cuda")
+    sampler = PatchSampler(setup.train["low"], setup.train["full"], a.patch or None, a.batch, True, 20.0,
+                           setup.hu_range, torch.Generator().manual_seed(a.seed))
+    first = first or setup.score.model(net)
+    rows = [{"variant": text, "step": 0, **first, "seconds": 0.0}]
+    t0 = time.perf_counter()
+    for step in range(1, a.steps + 1):
+        x, y = (t.to(setup.device) for t in sampler.sample())
+        if step == 1 and spec.loss["name"] == "l1_l1ana_1" and criterion.w < 1:
+            print(f"  {text:<24}  anatomical gradient {gradient_ratio(net, criterion, x, y):.2f}x the L1 "
+                  "gradient on the output (first batch)", flush=True)
+        train_step(net, criterion, opt, scaler, x, y, setup.device.type == "cuda")
+        if step % a.every == 0 or step == a.steps:
+            rows.append({"variant": text, "step": step, **setup.score.model(net),
+                         "seconds": round(time.perf_counter() - t0, 1)})
+            r = rows[-1]
+            print(f"  {text:<24}  step {step:>5}: Dice vs NDCT seg {r['dice_vs_ndct']:.4f}, "
+                  f"anatomical term {r['anatomical_distance']:.4f}, PSNR [-40,120] {r['psnr_brain']:.2f} dB "
+                  f"({r['seconds']:.0f} s)", flush=True)
+    return rows, first
+
+
+def print_summary(df: pd.DataFrame, first: dict, steps: int) -> None:
+    """Each variant's change from the start and against the control (the first variant)."""
     print(f"\nstart: Dice {first['dice_vs_ndct']:.4f}, anatomical term {first['anatomical_distance']:.4f}, "
-          f"PSNR {first['psnr_brain']:.2f} dB; change after {a.steps} steps:")
+          f"PSNR {first['psnr_brain']:.2f} dB; change after {steps} steps:")
     final = df.groupby("variant", sort=False).last()
     control = final.iloc[0]
     for name, r in final.iterrows():
@@ -174,6 +202,25 @@ def main() -> None:
               f"(vs {final.index[0]}: {r['dice_vs_ndct'] - control['dice_vs_ndct']:+.4f}), "
               f"anatomical term {r['anatomical_distance'] - first['anatomical_distance']:+.4f}, "
               f"PSNR {r['psnr_brain'] - first['psnr_brain']:+.2f} dB")
+
+
+def main() -> None:
+    """Fine-tune the start model with each variant and print (and optionally write) the scores."""
+    a = parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    setup = load_setup(a)
+    print(f"continuing {a.start} (epoch {setup.start['epoch']}) for {a.steps} steps with each of "
+          f"{', '.join(a.variants)}; {'whole slices' if not a.patch else f'{a.patch}x{a.patch} patches'}, "
+          f"batch {a.batch}, lr {a.lr}, on {setup.device}; test subjects {', '.join(setup.splits['test'])}", flush=True)
+    refs = reference_rows(setup)
+    rows: list[dict] = []
+    first = None
+    for text in a.variants:
+        variant_rows, first = run_variant(text, a, setup, first)
+        rows += variant_rows
+    df = pd.DataFrame(rows)
+    print_summary(df, first, a.steps)
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     if a.csv:
         pd.concat([pd.DataFrame(refs), df]).to_csv(a.csv, index=False)

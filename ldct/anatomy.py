@@ -13,14 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import models
+from ldct import engine
 from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.data import stack_subjects
+from ldct.errors import ConfigError, DataError
+from ldct.inference import pick_device, segment  # noqa: F401  (segment: re-exported)
 from ldct.io import atomic_path, write_csv
 from ldct.provenance import versions
-from ldct import engine
-from ldct.errors import ConfigError, DataError
-from ldct.inference import pick_device
-
 
 # Pre-training shifts each batch by up to this many HU: robustness to scanner calibration
 # (a few HU), small enough to keep the absolute 10-30 HU tissue contrasts meaningful.
@@ -43,16 +42,6 @@ def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> torch.T
     counts = np.bincount(labels.ravel(), minlength=num_classes).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0) ** (1 / 3)
     return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
-
-
-@torch.no_grad()
-def segment(net: torch.nn.Module, hu: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:
-    """(S, H, W) HU -> (S, H, W) class ids."""
-    out = np.empty(hu.shape, np.uint8)
-    for s in range(0, len(hu), batch):
-        x = torch.from_numpy(hu[s:s + batch]).float()[:, None].to(device)
-        out[s:s + batch] = net(x).argmax(1).cpu().numpy()
-    return out
 
 
 def init_hu_thresholds(net: torch.nn.Module) -> None:

@@ -220,7 +220,13 @@ def cmd_convert(a) -> None:
          sections={"dataset": ("full_series",)})
 def cmd_convert_doses(a) -> None:
     """Each extra series -> low_<pct>pct.nii.gz, paired with the full dose as `convert` pairs."""
-    from ldct.dicom import DicomError, find_series, low_description, pair_volumes, read_series
+    from ldct.dicom import (
+        DicomError,
+        find_series,
+        low_description,
+        pair_volumes,
+        read_series,
+    )
     from ldct.io import write_nifti
     from ldct.paths import low_dose_name
 

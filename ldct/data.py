@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldct.errors import DataError
 from ldct.io import read_nifti
 
 
@@ -40,10 +41,10 @@ def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, 
     low, aff = read_nifti(d / low_name)
     full, full_aff = read_nifti(d / "full.nii.gz")
     if low.shape != full.shape or not np.allclose(aff, full_aff, atol=1e-3):
-        raise ValueError(f"{d / low_name}: geometry {low.shape} differs from full.nii.gz {full.shape}")
+        raise DataError(f"{d / low_name}: geometry {low.shape} differs from full.nii.gz {full.shape}")
     for name, arr in ((low_name, low), ("full.nii.gz", full)):
         if not np.isfinite(arr).all():
-            raise ValueError(f"{d / name}: contains NaN or inf")
+            raise DataError(f"{d / name}: contains NaN or inf")
     sv = SubjectVolumes(subject, to_slices(low), to_slices(full), affine=aff)
     if with_labels and (d / "labels.nii.gz").exists():
         sv.labels = to_slices(read_nifti(d / "labels.nii.gz")[0]).astype(np.int64)
@@ -55,7 +56,7 @@ def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, 
 def stack_subjects(nifti_dir: str | Path, subjects: list[str], with_labels: bool = True) -> dict[str, np.ndarray]:
     """All slices of the given subjects stacked: {'low', 'full', 'labels'?} each (N, H, W)."""
     if not subjects:
-        raise ValueError("no subjects given")
+        raise DataError("no subjects given")
     vols = [load_subject(nifti_dir, s, with_labels) for s in subjects]
     out = {"low": np.concatenate([v.low for v in vols]), "full": np.concatenate([v.full for v in vols])}
     if with_labels and all(v.labels is not None for v in vols):

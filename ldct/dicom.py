@@ -22,6 +22,7 @@ import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from ldct.errors import DataError
 from ldct.io import write_nifti
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ FULL_DESCRIPTION = "Full Dose Images"
 LOW_DESCRIPTION = "Low Dose Images"
 
 
-class DicomError(ValueError):
+class DicomError(DataError):
     """A DICOM input problem; the message names the file or folder."""
 
 
@@ -176,9 +177,8 @@ class Volume:
     meta: dict
 
 
-def read_series(folder: str | Path) -> Volume:
-    """Read one CT series folder into a HU volume with a RAS affine, checking its geometry."""
-    folder = Path(folder)
+def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
+    """Read every file of a series folder, checking that each is a CT slice with geometry tags."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DicomError(f"{folder}: no DICOM files found")
@@ -195,6 +195,13 @@ def read_series(folder: str | Path) -> Volume:
             if tag not in ds:
                 raise DicomError(f"{f}: missing {tag}")
         slices.append((f, ds))
+    return slices
+
+
+def _check_in_plane(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """One series, one orientation, matrix and pixel spacing (those of the first file):
+    return (ImageOrientationPatient, PixelSpacing, (rows, columns))."""
     uids = {str(ds.SeriesInstanceUID) for _, ds in slices}
     if len(uids) > 1:
         raise DicomError(f"{folder}: mixed series in one folder ({len(uids)} SeriesInstanceUIDs)")
@@ -209,8 +216,13 @@ def read_series(folder: str | Path) -> Volume:
             raise DicomError(f"{f}: {ds.Rows}x{ds.Columns} pixels, {f0.name} has {shape[0]}x{shape[1]}")
         if not np.allclose(np.array(ds.PixelSpacing, dtype=float), spacing, atol=1e-4):
             raise DicomError(f"{f}: PixelSpacing differs from {f0.name}")
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
+    return iop, spacing, shape
+
+
+def _order_slices(folder: Path, slices: list[tuple[Path, pydicom.Dataset]], normal: np.ndarray,
+                  ds0: pydicom.Dataset) -> tuple[list[tuple[Path, pydicom.Dataset]], np.ndarray, float]:
+    """Sort slices along the normal and check their spacing is uniform (no duplicate or missing
+    slice); return (sorted slices, positions, step). A single slice's step is ds0's thickness."""
     pos = np.array([float(np.dot(np.array(ds.ImagePositionPatient, dtype=float), normal)) for _, ds in slices])
     order = np.argsort(pos, kind="stable")
     slices = [slices[i] for i in order]
@@ -218,48 +230,60 @@ def read_series(folder: str | Path) -> Volume:
     dup = np.where(np.diff(pos) < 1e-3)[0]
     if len(dup):
         raise DicomError(f"{slices[dup[0] + 1][0]}: duplicate slice position {pos[dup[0]]:.3f} mm (also {slices[dup[0]][0].name})")
-    if len(pos) > 1:
-        steps = np.diff(pos)
-        step = float(np.median(steps))
-        bad = np.where(np.abs(steps - step) > max(0.01 * step, 1e-3))[0]
-        if len(bad):
-            i = bad[0]
-            raise DicomError(
-                f"{folder}: non-uniform slice spacing: {steps[i]:.3f} mm between {slices[i][0].name} and "
-                f"{slices[i + 1][0].name} (expected {step:.3f} mm; a slice is missing?)"
-            )
-    else:
-        step = float(ds0.get("SliceThickness", 1.0) or 1.0)
-    data = np.empty((shape[1], shape[0], len(slices)), np.float32)
-    for k, (f, ds) in enumerate(slices):
-        try:
-            px = ds.pixel_array.astype(np.float32)
-        except Exception as err:
-            ts = ds.file_meta.get("TransferSyntaxUID", None)
-            name = ts.name if ts is not None else "unknown transfer syntax"
-            hint = ""
-            if ts is not None and ts.is_compressed:
-                hint = (" - compressed pixel data: RLE decodes as is; for JPEG, JPEG-LS and JPEG 2000 install the "
-                        "decoder plugins (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
-            raise DicomError(f"{f}: cannot decode pixel data ({name}): {err}{hint}") from err
-        if not np.isfinite(px).all():
-            raise DicomError(f"{f}: pixel data contains NaN or inf")
-        if px.shape != shape:
-            raise DicomError(f"{f}: pixel array shape {px.shape} does not match Rows x Columns {shape}")
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        data[:, :, k] = (px * slope + intercept).T
-    first = np.array(slices[0][1].ImagePositionPatient, dtype=float)
+    if len(pos) <= 1:
+        return slices, pos, float(ds0.get("SliceThickness", 1.0) or 1.0)
+    steps = np.diff(pos)
+    step = float(np.median(steps))
+    bad = np.where(np.abs(steps - step) > max(0.01 * step, 1e-3))[0]
+    if len(bad):
+        i = bad[0]
+        raise DicomError(
+            f"{folder}: non-uniform slice spacing: {steps[i]:.3f} mm between {slices[i][0].name} and "
+            f"{slices[i + 1][0].name} (expected {step:.3f} mm; a slice is missing?)"
+        )
+    return slices, pos, step
+
+
+def _slice_hu(f: Path, ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray:
+    """One slice's pixels in HU as (columns, rows) float32; a clear error if they cannot be decoded."""
+    try:
+        px = ds.pixel_array.astype(np.float32)
+    except Exception as err:
+        ts = ds.file_meta.get("TransferSyntaxUID", None)
+        name = ts.name if ts is not None else "unknown transfer syntax"
+        hint = ""
+        if ts is not None and ts.is_compressed:
+            hint = (" - compressed pixel data: RLE decodes as is; for JPEG, JPEG-LS and JPEG 2000 install the "
+                    "decoder plugins (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
+        raise DicomError(f"{f}: cannot decode pixel data ({name}): {err}{hint}") from err
+    if not np.isfinite(px).all():
+        raise DicomError(f"{f}: pixel data contains NaN or inf")
+    if px.shape != shape:
+        raise DicomError(f"{f}: pixel array shape {px.shape} does not match Rows x Columns {shape}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return (px * slope + intercept).T
+
+
+def _series_affine(iop: np.ndarray, spacing: np.ndarray, step: float, first: np.ndarray) -> np.ndarray:
+    """NIfTI RAS affine of data[column, row, slice] from the LPS geometry of the first slice."""
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
     lps = np.eye(4)
     lps[:3, 0] = row_dir * spacing[1]
     lps[:3, 1] = col_dir * spacing[0]
     lps[:3, 2] = normal * step
     lps[:3, 3] = first
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    meta = {
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _series_meta(ds0: pydicom.Dataset, n_slices: int, shape: tuple[int, int], spacing: np.ndarray,
+                 step: float) -> dict:
+    """The series facts the manifest reports, from its first file."""
+    return {
         "series_uid": str(ds0.SeriesInstanceUID),
         "description": str(ds0.get("SeriesDescription", "")),
-        "slices": len(slices),
+        "slices": n_slices,
         "rows": shape[0], "columns": shape[1],
         "pixel_spacing_mm": float(spacing[0]),
         "slice_spacing_mm": round(step, 4),
@@ -268,7 +292,20 @@ def read_series(folder: str | Path) -> Volume:
         "exposure_mas": float(ds0.get("Exposure", 0) or 0) or None,
         "ctdivol": float(ds0.get("CTDIvol", 0) or 0) or None,
     }
-    return Volume(data, affine, pos, meta)
+
+
+def read_series(folder: str | Path) -> Volume:
+    """Read one CT series folder into a HU volume with a RAS affine, checking its geometry."""
+    folder = Path(folder)
+    slices = _read_slices(folder)
+    iop, spacing, shape = _check_in_plane(folder, slices)
+    ds0 = slices[0][1]  # the first file by name: the series' reference for metadata
+    slices, pos, step = _order_slices(folder, slices, np.cross(iop[:3], iop[3:]), ds0)
+    data = np.empty((shape[1], shape[0], len(slices)), np.float32)
+    for k, (f, ds) in enumerate(slices):
+        data[:, :, k] = _slice_hu(f, ds, shape)
+    affine = _series_affine(iop, spacing, step, np.array(slices[0][1].ImagePositionPatient, dtype=float))
+    return Volume(data, affine, pos, _series_meta(ds0, len(slices), shape, spacing, step))
 
 
 def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume, list[float]]:

@@ -9,12 +9,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ldct.anatomy import segment
 from ldct.classes import NUM_CLASSES
 from ldct.data import LOW_NAME, from_slices, load_subject, to_slices
+from ldct.errors import DataError
+from ldct.inference import (
+    load_denoiser,
+    load_segmenter,
+    pick_device,
+    predict_slices,
+    segment,
+)
 from ldct.io import read_nifti, write_csv, write_nifti
 from ldct.metrics import slice_metrics
-from ldct.inference import load_denoiser, load_segmenter, pick_device, predict_slices
 
 LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input row
 
@@ -27,7 +33,7 @@ def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_d
         sv = load_subject(nifti_dir, subject, with_labels=False, low_name=low_name)
         pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev)
         if not np.isfinite(pred).all():
-            raise ValueError(f"{model_path}: produced non-finite values on {subject}")
+            raise DataError(f"{model_path}: produced non-finite values on {subject}")
         write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(pred), sv.affine)
 
 
@@ -78,7 +84,7 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
             vol, _ = read_nifti(path)
             out = to_slices(vol)
             if out.shape != sv.full.shape:
-                raise ValueError(f"{path}: shape {out.shape} differs from the reference {sv.full.shape}")
+                raise DataError(f"{path}: shape {out.shape} differs from the reference {sv.full.shape}")
         for s in range(out.shape[0]):
             row = {"experiment": experiment, "subject": subject, "slice": s}
             row.update(slice_metrics(out[s], sv.full[s]))

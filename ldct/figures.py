@@ -243,11 +243,10 @@ def draw_all(rp, experiments: list[str]) -> None:
     and, for synthetic data, the phantom overview."""
     import torch
 
-    from ldct.anatomy import segment
     from ldct.data import load_subject, to_slices
     from ldct.evaluate import LDCT
+    from ldct.inference import load_segmenter, segment
     from ldct.io import read_nifti
-    from ldct.inference import load_segmenter
 
     splits = json.loads(rp.splits.read_text())
     subject = splits["test"][0]

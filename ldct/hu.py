@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 # Named windows used by metrics, tables and figures: (low, high) in HU.
 WINDOWS: dict[str, tuple[float, float]] = {
     "full": (-1024.0, 3072.0),   # the whole CT range; PSNR peak 4096
     "brain": (-40.0, 120.0),     # the paper's narrow range; PSNR peak 160
     "head": (0.0, 80.0),         # head window (centre 40, width 80): checkpoint selection
 }
-
-# Pixels of a NIfTI/DICOM volume outside the scanned disc are stored as this value.
-AIR_HU = -1000.0
 
 
 def window_name_label(name: str) -> str:
@@ -28,8 +23,3 @@ def to_unit(hu, lo: float = -1024.0, hi: float = 3072.0):
 def from_unit(x, lo: float = -1024.0, hi: float = 3072.0):
     """Inverse of `to_unit`."""
     return x * (hi - lo) + lo
-
-
-def clip_window(hu: np.ndarray, name: str) -> np.ndarray:
-    lo, hi = WINDOWS[name]
-    return np.clip(hu, lo, hi)

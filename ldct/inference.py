@@ -57,3 +57,13 @@ def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[flo
             y = net(x)
         out[s:s + batch] = from_unit(y.float().clamp(0, 1), *hu_range)[:, 0].cpu().numpy()
     return out
+
+
+@torch.no_grad()
+def segment(net: torch.nn.Module, hu: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:
+    """(S, H, W) HU -> (S, H, W) class ids."""
+    out = np.empty(hu.shape, np.uint8)
+    for s in range(0, len(hu), batch):
+        x = torch.from_numpy(hu[s:s + batch]).float()[:, None].to(device)
+        out[s:s + batch] = net(x).argmax(1).cpu().numpy()
+    return out

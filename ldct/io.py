@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import nibabel as nib
 import numpy as np
 
+from ldct.errors import DataError, MissingFileError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -56,7 +57,7 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, d
     arr = np.asarray(data)
     if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
         if not np.isfinite(arr).all():
-            raise ValueError(f"{path}: refusing to write non-finite values")
+            raise DataError(f"{path}: refusing to write non-finite values")
         info = np.iinfo(dtype)
         arr = np.clip(np.rint(arr), info.min, info.max)
     img = nib.Nifti1Image(arr.astype(dtype), affine)
@@ -71,6 +72,6 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         img = nib.load(str(path))
         return np.asarray(img.dataobj, dtype=np.float32), img.affine
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: NIfTI file not found") from None
+        raise MissingFileError(f"{path}: NIfTI file not found") from None
     except Exception as err:  # nibabel raises several types for corrupt files
-        raise ValueError(f"{path}: cannot read NIfTI: {err}") from err
+        raise DataError(f"{path}: cannot read NIfTI: {err}") from err

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ldct.errors import ConfigError, DataError
+
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at ~70 keV effective energy, 1/mm
 
 
@@ -86,7 +88,7 @@ class ParallelBeam:
         elif self.filter == "shepp-logan":
             ramp = ramp * torch.sinc(freq)
         elif self.filter != "ramp":
-            raise ValueError(f"unknown reconstruction filter {self.filter!r} (ramp, hann, shepp-logan)")
+            raise ConfigError(f"unknown reconstruction filter {self.filter!r} (ramp, hann, shepp-logan)")
         ramp = torch.where(freq.abs() <= 0.5, ramp, torch.zeros_like(ramp))
         return ramp.float()
 
@@ -147,12 +149,12 @@ def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float
     noise is added to the image, which keeps the original resolution.
     """
     if not 0 < dose_fraction <= 1:
-        raise ValueError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
+        raise ConfigError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
     hu = np.asarray(full_dose_hu, dtype=np.float32)
     if hu.ndim == 2:
         return insert_noise(hu[None], pixel_mm, dose_fraction, i0, sigma_e, n_views, seed)[0]
     if hu.shape[-1] != hu.shape[-2]:
-        raise ValueError(f"slices must be square, got {hu.shape[-2:]}")
+        raise DataError(f"slices must be square, got {hu.shape[-2:]}")
     geom = ParallelBeam(n=hu.shape[-1], pixel_mm=pixel_mm, n_views=n_views)
     sino = geom.project(hu_to_mu(torch.as_tensor(hu))).double()
     k = float(dose_fraction)
@@ -167,6 +169,6 @@ def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float
 def make_geometry(cfg: dict) -> ParallelBeam:
     """The scanner geometry of a `synthetic` config section."""
     if cfg["geometry"] != "parallel":
-        raise ValueError(f"synthetic.geometry {cfg['geometry']!r} is not supported (parallel)")
+        raise ConfigError(f"synthetic.geometry {cfg['geometry']!r} is not supported (parallel)")
     return ParallelBeam(cfg["matrix"], cfg["fov_mm"] / cfg["matrix"], cfg["n_views"], filter=cfg["filter"],
                         cutoff=cfg.get("filter_cutoff", 1.0))

@@ -25,8 +25,6 @@ from torchmetrics.functional.image import visual_information_fidelity
 
 from ldct.hu import WINDOWS
 
-METRICS = ("psnr", "ssim", "ssim_skimage", "vif", "rmse")
-
 _SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
 _SSIM_TAPS = np.exp(-((np.arange(_SSIM_SIZE) - _SSIM_SIZE // 2) ** 2) / (2 * _SSIM_SIGMA**2))
 _SSIM_TAPS /= _SSIM_TAPS.sum()

@@ -43,6 +43,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ldct.errors import MissingFileError
+
 # Parenchymal texture: smooth random fields (~10 mm and ~6 mm grain; amplitude the subject's
 # texture_hu times the gains) stand in for the unresolved heterogeneity of real brain (sulci,
 # vessels, perivascular spaces). Without it the synthetic LDCT/NDCT SSIM sits ~0.03 below the
@@ -120,19 +122,92 @@ def mni_fields(cache: str | None = None) -> dict[str, np.ndarray]:
     return _dequantize(_quantize(_build_fields()))
 
 
-def _build_fields() -> dict[str, np.ndarray]:
+def _load_templates() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The MNI152 T1, GM and WM templates: (affine, t1, gm, wm), the probabilities scaled to max 1."""
     d = _template_dir()
     name = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
     try:
         imgs = {k: nib.load(str(d / name.format(k))) for k in ("t1", "gm", "wm")}
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"MNI152 template missing from the nilearn wheel: {err.filename}") from err
+        raise MissingFileError(f"MNI152 template missing from the nilearn wheel: {err.filename}") from err
     affine = imgs["t1"].affine
     t1 = np.asarray(imgs["t1"].dataobj, dtype=np.float32)
     gm = np.asarray(imgs["gm"].dataobj, dtype=np.float32)
     wm = np.asarray(imgs["wm"].dataobj, dtype=np.float32)
     gm /= max(gm.max(), 1e-6)
     wm /= max(wm.max(), 1e-6)
+    return affine, t1, gm, wm
+
+
+def _ellipsoid(ax: np.ndarray, y: np.ndarray, z: np.ndarray, cx: float, cy: float, cz: float,
+               rx: float, ry: float, rz: float) -> np.ndarray:
+    """A pair of ellipsoids mirrored in x (`ax` = |x|), as a mask."""
+    return ((ax - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0
+
+
+def _label_tissues(brain: np.ndarray, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, ax: np.ndarray,
+                   y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Start the label map: parenchyma, CSF and ventricles by dominant tissue; return
+    (labels, csf-dominant, grey-dominant, ventricle masks)."""
+    lab = np.zeros(brain.shape, np.uint8)
+    csf_dom = brain & (csf > np.maximum(gm, wm))
+    wm_dom = brain & ~csf_dom & (wm >= gm)
+    gm_dom = brain & ~csf_dom & ~wm_dom
+    vent_box = (ax < 32) & (y > -45) & (y < 30) & (z > -5) & (z < 32)
+    lab[brain] = 1
+    lab[csf_dom] = 2
+    vent = csf_dom & vent_box
+    vent = ndimage.binary_opening(vent, iterations=1)
+    lab[vent] = 10
+    return lab, csf_dom, gm_dom, vent
+
+
+def _label_cortex(lab: np.ndarray, gm_dom: np.ndarray, dist: np.ndarray, cerebellum_zone: np.ndarray,
+                  ax: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+    """Label the cortex in place: lobes, central sulcus and insula."""
+    cs_y = -18.0 - 0.45 * (z - 30.0)
+    cortex = gm_dom & (dist > -6)
+    occ = y < -72
+    temporal = (z < 8) & (ax > 30) & (y > -72) & (y < 25)
+    frontal = (y > cs_y) & ~temporal
+    lab[cortex & ~occ & ~temporal & ~frontal] = 13
+    lab[cortex & frontal] = 12
+    lab[cortex & temporal] = 15
+    lab[cortex & occ] = 14
+    lab[cortex & (np.abs(y - cs_y) < 3.5) & (z > 25)] = 11
+    lab[gm_dom & ~cerebellum_zone & (ax > 28) & (ax < 42) & (y > -22) & (y < 22) & (z > -10) & (z < 20) & (dist < -4)] = 8
+
+
+def _label_deep(lab: np.ndarray, brain: np.ndarray, csf_dom: np.ndarray, vent: np.ndarray,
+                cerebellum_zone: np.ndarray, ax: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+    """Label in place the cerebellum, brainstem, deep nuclei, internal capsule and septum."""
+    cerebellum = brain & cerebellum_zone
+    lab[cerebellum] = 5
+    stem = brain & (ax < 12) & (y > -40) & (y < -10) & (z < -10)
+    lab[stem] = 1
+    lentiform = brain & _ellipsoid(ax, y, z, 24, 0, 0, 7, 14, 9)
+    capsule = brain & ~csf_dom & ~lentiform & _ellipsoid(ax, y, z, 24, 0, 0, 13, 17, 10) & (ax < 24)
+    lab[capsule] = 9
+    lab[lentiform] = 7
+    lab[brain & _ellipsoid(ax, y, z, 13, 12, 10, 6, 12, 9) & ~vent] = 6
+    lab[brain & _ellipsoid(ax, y, z, 10, -20, 6, 8, 13, 9) & ~vent] = 16
+    septum = brain & (ax < 2.0) & (y > -5) & (y < 25) & (z > 5) & (z < 25)
+    lab[septum & ndimage.binary_dilation(vent, iterations=3)] = 4
+
+
+def _label_surface(lab: np.ndarray, dist: np.ndarray, ax: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Label in place the subarachnoid CSF and dura layers and the superior sagittal sinus;
+    return the sinus mask."""
+    lab[(dist > 0) & (dist <= 2.0)] = 2
+    lab[(dist > 2.0) & (dist <= 3.0)] = 3
+    sinus = (ax < 4) & (dist > 0.5) & (dist < 5.0) & (z > 0) & (y < 60)
+    lab[sinus & (dist < 5.0)] = 3
+    return sinus
+
+
+def _build_fields() -> dict[str, np.ndarray]:
+    """Build the static MNI-grid fields from the templates (see the module docstring's labels)."""
+    affine, t1, gm, wm = _load_templates()
     brain = ndimage.binary_closing(t1 > 5, iterations=2)
     brain = ndimage.binary_fill_holes(brain)
     csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
@@ -145,48 +220,11 @@ def _build_fields() -> dict[str, np.ndarray]:
     z = affine[2, 2] * kk + affine[2, 3]
     ax = np.abs(x)
 
-    def ell(cx, cy, cz, rx, ry, rz):
-        return ((ax - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0
-
-    lab = np.zeros(t1.shape, np.uint8)
-    csf_dom = brain & (csf > np.maximum(gm, wm))
-    wm_dom = brain & ~csf_dom & (wm >= gm)
-    gm_dom = brain & ~csf_dom & ~wm_dom
-    vent_box = (ax < 32) & (y > -45) & (y < 30) & (z > -5) & (z < 32)
-    lab[brain] = 1
-    lab[csf_dom] = 2
-    vent = csf_dom & vent_box
-    vent = ndimage.binary_opening(vent, iterations=1)
-    lab[vent] = 10
+    lab, csf_dom, gm_dom, vent = _label_tissues(brain, gm, wm, csf, ax, y, z)
     cerebellum_zone = (z < -8 + 0.1 * (y + 60)) & (y < -35)  # below the tentorium
-    # cortex lobes
-    cs_y = -18.0 - 0.45 * (z - 30.0)
-    cortex = gm_dom & (dist > -6)
-    occ = y < -72
-    temporal = (z < 8) & (ax > 30) & (y > -72) & (y < 25)
-    frontal = (y > cs_y) & ~temporal
-    lab[cortex & ~occ & ~temporal & ~frontal] = 13
-    lab[cortex & frontal] = 12
-    lab[cortex & temporal] = 15
-    lab[cortex & occ] = 14
-    lab[cortex & (np.abs(y - cs_y) < 3.5) & (z > 25)] = 11
-    lab[gm_dom & ~cerebellum_zone & (ax > 28) & (ax < 42) & (y > -22) & (y < 22) & (z > -10) & (z < 20) & (dist < -4)] = 8
-    cerebellum = brain & cerebellum_zone
-    lab[cerebellum] = 5
-    stem = brain & (ax < 12) & (y > -40) & (y < -10) & (z < -10)
-    lab[stem] = 1
-    lentiform = brain & ell(24, 0, 0, 7, 14, 9)
-    capsule = brain & ~csf_dom & ~lentiform & ell(24, 0, 0, 13, 17, 10) & (ax < 24)
-    lab[capsule] = 9
-    lab[lentiform] = 7
-    lab[brain & ell(13, 12, 10, 6, 12, 9) & ~vent] = 6
-    lab[brain & ell(10, -20, 6, 8, 13, 9) & ~vent] = 16
-    septum = brain & (ax < 2.0) & (y > -5) & (y < 25) & (z > 5) & (z < 25)
-    lab[septum & ndimage.binary_dilation(vent, iterations=3)] = 4
-    lab[(dist > 0) & (dist <= 2.0)] = 2
-    lab[(dist > 2.0) & (dist <= 3.0)] = 3
-    sinus = (ax < 4) & (dist > 0.5) & (dist < 5.0) & (z > 0) & (y < 60)
-    lab[sinus & (dist < 5.0)] = 3
+    _label_cortex(lab, gm_dom, dist, cerebellum_zone, ax, y, z)
+    _label_deep(lab, brain, csf_dom, vent, cerebellum_zone, ax, y, z)
+    sinus = _label_surface(lab, dist, ax, y, z)
     deep = np.isin(lab, (6, 7, 16)).astype(np.float32)
     caps = (lab == 9).astype(np.float32)
     return {
@@ -261,18 +299,11 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], grid: int, a
     return ndimage.zoom(coarse, [s / grid for s in shape], order=3, mode="nearest")[tuple(slice(0, s) for s in shape)]
 
 
-def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slice_mm: float,
-                       z_range_mm: tuple[float, float], fields_cache: str | None = None) -> dict[str, np.ndarray]:
-    """Sample one subject on the scanner grid.
-
-    Returns HU truth (S, matrix, matrix) float32 averaged over the slice thickness, labels
-    (S, matrix, matrix) uint8 at slice centres, and slice positions (mm).
-    Scanner axes: x = patient left->right in columns, y = anterior (top row) -> posterior,
-    z = slice position (inferior -> superior), matching the DICOM writer.
-    """
-    f = mni_fields(str(fields_cache) if fields_cache else None)
-    rng = np.random.default_rng(params.seed + 1)
-    inv_aff = np.linalg.inv(f["affine"])
+def _scanner_points(matrix: int, pixel_mm: float, slice_mm: float, z_range_mm: tuple[float, float]
+                    ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Sampling points of the scanner grid, several sub-slices per slice (for the slice thickness):
+    return (slice centres, sub-slices per slice, in-plane coordinates, (N, 3) points in
+    (slice, sub, row, col) order), all in scanner mm."""
     z0, z1 = z_range_mm
     n_slices = max(1, int(round((z1 - z0) / slice_mm)))
     zc = z0 + (np.arange(n_slices) + 0.5) * slice_mm
@@ -284,6 +315,13 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
     yy = -coords[None, None, :, None] + 0.0 * zz
     xx = -coords[None, None, None, :] + 0.0 * zz  # columns run to patient left (DICOM +x)
     pts = np.stack(np.broadcast_arrays(xx, yy, zz), axis=-1).reshape(-1, 3)
+    return zc, n_sub, coords, pts
+
+
+def _scanner_to_mni(pts: np.ndarray, params: SubjectParams, f: dict[str, np.ndarray],
+                    rng: np.random.Generator) -> np.ndarray:
+    """Map scanner points to MNI mm through the subject's pose, elastic deformation (three
+    fields drawn from `rng`) and atrophy."""
     # scanner -> MNI: undo shift, rotation and scale
     rot = _rotation(params.rotation_deg)
     mni = ((pts - np.array(params.shift_mm)) @ rot) / np.array(params.scale) + f["head_center"]
@@ -294,8 +332,29 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
     # atrophy: push sampling points toward the ventricle centre -> ventricles appear larger
     rel = mni - f["vent_center"]
     r = np.linalg.norm(rel / np.array([25.0, 35.0, 25.0]), axis=-1, keepdims=True)
-    mni = mni - params.atrophy * rel * np.exp(-(r**2))
-    vox = (np.c_[mni, np.ones(len(mni))] @ inv_aff.T)[:, :3].T
+    return mni - params.atrophy * rel * np.exp(-(r**2))
+
+
+def _layer_bounds(params: SubjectParams) -> tuple[float, float, float]:
+    """Outer surfaces of dura, skull and scalp (template mm from the brain surface)."""
+    skull_in, skull_out = 3.0, 3.0 + params.skull_mm
+    return skull_in, skull_out, skull_out + params.scalp_mm
+
+
+def _brain_hu(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, deep: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Partial-volume HU of intracranial tissue; deep nuclei and capsule override the template's
+    grey/white split (their weights and the grey/white ones sum to gm + wm)."""
+    parenchyma = gm + wm
+    rest = (1 - deep) * (1 - caps)
+    num = (HU["deep_gm"] * deep * parenchyma + HU["capsule"] * caps * (1 - deep) * parenchyma
+           + HU["gm"] * gm * rest + HU["wm"] * wm * rest + HU["csf"] * SULCAL_CSF_GAIN * csf)
+    return num / np.maximum(parenchyma + SULCAL_CSF_GAIN * csf, 1e-6)
+
+
+def _tissue_hu(f: dict[str, np.ndarray], vox: np.ndarray, mni: np.ndarray,
+               params: SubjectParams) -> tuple[np.ndarray, np.ndarray]:
+    """HU at the sampling points (template voxel coordinates `vox`) before texture: brain, the
+    layers outside it, the sinus and lesions; return (HU, distance from the brain surface)."""
 
     def sample(name: str, order: int = 1, cval: float = 0.0) -> np.ndarray:
         return ndimage.map_coordinates(f[name], vox, order=order, mode="constant", cval=cval)
@@ -304,16 +363,9 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
     dist = sample("dist", cval=200.0)
     deep, caps, sinus = sample("deep"), sample("capsule"), sample("sinus")
     tissue = gm + wm + csf
-    # deep nuclei and capsule override the template's grey/white split (their weights and
-    # the grey/white ones sum to gm + wm)
-    parenchyma = gm + wm
-    rest = (1 - deep) * (1 - caps)
-    num = (HU["deep_gm"] * deep * parenchyma + HU["capsule"] * caps * (1 - deep) * parenchyma
-           + HU["gm"] * gm * rest + HU["wm"] * wm * rest + HU["csf"] * SULCAL_CSF_GAIN * csf)
-    brain_hu = num / np.maximum(parenchyma + SULCAL_CSF_GAIN * csf, 1e-6)
+    brain_hu = _brain_hu(gm, wm, csf, deep, caps)
     # layers outside the brain surface (distance in template mm)
-    skull_in, skull_out = 3.0, 3.0 + params.skull_mm
-    scalp_out = skull_out + params.scalp_mm
+    skull_in, skull_out, scalp_out = _layer_bounds(params)
     layer = np.select(
         [dist <= 0, dist <= 2.0, dist <= skull_in, dist <= skull_in + 1.6, dist <= skull_out - 1.8,
          dist <= skull_out, dist <= skull_out + 1.5, dist <= scalp_out],
@@ -329,20 +381,28 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
         q = ((mni - np.array(les.center_mm)) / np.array(les.radii_mm)) ** 2
         m = (q.sum(-1) <= 1.0) & (dist < -1.0)
         hu = np.where(m, HU[les.kind], hu)
-    hu = hu.reshape(n_slices, n_sub, matrix, matrix)
-    # texture: smooth random fields (~10 mm and ~6 mm grain) inside soft tissue (not CSF)
-    tex = _smooth_field(rng, (n_slices, matrix, matrix), 24, params.texture_hu * COARSE_TEXTURE_GAIN)
+    return hu, dist
+
+
+def _add_texture(hu: np.ndarray, rng: np.random.Generator, pixel_mm: float, texture_hu: float) -> np.ndarray:
+    """Add smooth random fields (~10 mm and ~6 mm grain, two draws from `rng`) inside soft tissue
+    (not CSF) of the (slice, sub, row, col) HU."""
+    n_slices, _, matrix, _ = hu.shape
+    tex = _smooth_field(rng, (n_slices, matrix, matrix), 24, texture_hu * COARSE_TEXTURE_GAIN)
     fine_grid = max(8, int(round(matrix * pixel_mm / FINE_TEXTURE_MM)))
-    tex = tex + FINE_TEXTURE_GAIN * _smooth_field(rng, (n_slices, matrix, matrix), fine_grid, params.texture_hu * COARSE_TEXTURE_GAIN)
+    tex = tex + FINE_TEXTURE_GAIN * _smooth_field(rng, (n_slices, matrix, matrix), fine_grid, texture_hu * COARSE_TEXTURE_GAIN)
     soft = (hu > SOFT_TEXTURE_MIN_HU) & (hu < 100)
-    hu = hu + soft * tex[:, None]
-    truth = hu.mean(axis=1)
-    # head holder: a curved shell under the (posterior) head plus a foam cushion
-    rows = np.arange(matrix)[:, None] * pixel_mm
+    return hu + soft * tex[:, None]
+
+
+def _add_head_holder(truth: np.ndarray, back: np.ndarray, scalp_out: float, coords: np.ndarray,
+                     pixel_mm: float) -> None:
+    """Draw in place a head holder, a curved shell under the (posterior) head plus a foam
+    cushion, on each slice the head reaches (`back`: distance from the brain surface)."""
+    rows = np.arange(truth.shape[1])[:, None] * pixel_mm
     cols = coords[None, :]  # symmetric about the centre
-    back = dist.reshape(n_slices, n_sub, matrix, matrix)[:, n_sub // 2]
     head = back < scalp_out
-    for s in range(n_slices):
+    for s in range(truth.shape[0]):
         if not head[s].any():
             continue
         r_back = rows[:, 0][head[s].any(axis=1)].max()
@@ -352,6 +412,29 @@ def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slic
         cushion = (rad > 96.0) & (rad <= 101.0) & (rows > y_c + 40) & ~head[s]
         truth[s][cushion] = HU["cushion"]
         truth[s][shell] = HU["holder"]
+
+
+def synthesize_subject(params: SubjectParams, matrix: int, pixel_mm: float, slice_mm: float,
+                       z_range_mm: tuple[float, float], fields_cache: str | None = None) -> dict[str, np.ndarray]:
+    """Sample one subject on the scanner grid.
+
+    Returns HU truth (S, matrix, matrix) float32 averaged over the slice thickness, labels
+    (S, matrix, matrix) uint8 at slice centres, and slice positions (mm).
+    Scanner axes: x = patient left->right in columns, y = anterior (top row) -> posterior,
+    z = slice position (inferior -> superior), matching the DICOM writer.
+    """
+    f = mni_fields(str(fields_cache) if fields_cache else None)
+    rng = np.random.default_rng(params.seed + 1)
+    inv_aff = np.linalg.inv(f["affine"])
+    zc, n_sub, coords, pts = _scanner_points(matrix, pixel_mm, slice_mm, z_range_mm)
+    n_slices = len(zc)
+    mni = _scanner_to_mni(pts, params, f, rng)
+    vox = (np.c_[mni, np.ones(len(mni))] @ inv_aff.T)[:, :3].T
+    hu, dist = _tissue_hu(f, vox, mni, params)
+    hu = _add_texture(hu.reshape(n_slices, n_sub, matrix, matrix), rng, pixel_mm, params.texture_hu)
+    truth = hu.mean(axis=1)
+    back = dist.reshape(n_slices, n_sub, matrix, matrix)[:, n_sub // 2]
+    _add_head_holder(truth, back, _layer_bounds(params)[2], coords, pixel_mm)
     labels = ndimage.map_coordinates(
         f["labels"], vox.reshape(3, n_slices, n_sub, matrix, matrix)[:, :, n_sub // 2].reshape(3, -1),
         order=0, mode="constant", cval=0,

@@ -24,7 +24,12 @@ from ldct import engine
 from ldct.data import stack_subjects
 from ldct.errors import TrainingError
 from ldct.hu import WINDOWS
-from ldct.inference import pick_device, predict_slices, segmenter_from_checkpoint, to_input
+from ldct.inference import (
+    pick_device,
+    predict_slices,
+    segmenter_from_checkpoint,
+    to_input,
+)
 from ldct.io import atomic_path, write_csv
 from ldct.provenance import versions
 from ldct.spec import ExperimentSpec

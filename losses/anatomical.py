@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ldct.classes import CLASS_NAMES, NUM_CLASSES
+from ldct.errors import ConfigError
 from ldct.hu import from_unit
 from losses import TermsLoss, register
 
@@ -21,7 +22,7 @@ class _Anatomical(TermsLoss):
     def __init__(self, segmenter: nn.Module, hu_range: tuple[float, float], ana_weight: float = 0.01):
         super().__init__()
         if not 0.0 <= ana_weight <= 1.0:
-            raise ValueError(f"ana_weight must be in [0, 1], got {ana_weight}")
+            raise ConfigError(f"ana_weight must be in [0, 1], got {ana_weight}")
         self.segmenter = segmenter.eval()
         for p in self.segmenter.parameters():
             p.requires_grad_(False)
@@ -67,7 +68,7 @@ class AnatomicalLogitsLoss(_Anatomical):
     def check_config(kwargs: dict) -> None:
         bad = [c for c in kwargs.get("classes") or [] if not isinstance(c, int) or not 0 <= c < NUM_CLASSES]
         if bad:
-            raise ValueError(f"classes {bad} are not class ids of the segmenter (0-{NUM_CLASSES - 1}: "
+            raise ConfigError(f"classes {bad} are not class ids of the segmenter (0-{NUM_CLASSES - 1}: "
                              + ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES)) + ")")
 
     def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldct.errors import ConfigError
 from losses import TermsLoss, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,10 +65,10 @@ class ResNet50Features(nn.Module):
 def check_weights_file(path) -> None:
     """Raise ValueError unless `path` names an existing file (used by config validation)."""
     if not path:
-        raise ValueError("the compound loss needs `resnet_weights`: the path of torchvision's ImageNet ResNet-50 "
+        raise ConfigError("the compound loss needs `resnet_weights`: the path of torchvision's ImageNet ResNet-50 "
                          "weights (resnet50-*.pth), which cannot be downloaded at run time")
     if not Path(path).is_file():
-        raise ValueError(f"resnet_weights {path}: file not found")
+        raise ConfigError(f"resnet_weights {path}: file not found")
 
 
 @register("compound")
@@ -81,7 +82,7 @@ class CompoundPerceptual(TermsLoss):
         try:
             self.net.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{resnet_weights}: not a torchvision ResNet-50 state dict: {err}") from err
+            raise ConfigError(f"{resnet_weights}: not a torchvision ResNet-50 state dict: {err}") from err
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

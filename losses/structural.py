@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ldct.errors import ConfigError
 from losses import TermsLoss, register
 
 
@@ -36,7 +37,7 @@ class MSSSIML1(TermsLoss):
                  sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0), repeats: int = 3):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
         self.alpha, self.scale, self.repeats = alpha, scale, repeats
         self.pad = int(2 * sigmas[-1])
         self.register_buffer("masks", gaussian_masks(tuple(sigmas)), persistent=False)

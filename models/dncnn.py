@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ldct.errors import ConfigError
 from models import register
 
 
@@ -15,7 +16,7 @@ class DnCNN(nn.Module):
     def __init__(self, depth: int = 17, channels: int = 64):
         super().__init__()
         if depth < 3:
-            raise ValueError(f"dncnn depth must be >= 3, got {depth}")
+            raise ConfigError(f"dncnn depth must be >= 3, got {depth}")
         layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ldct.classes import NUM_CLASSES
+from ldct.errors import ConfigError
 from models import register
 
 
@@ -67,7 +68,7 @@ class HeadCTUNet(nn.Module):
     def __init__(self, num_classes: int = NUM_CLASSES, base_width: int = 64, norm: str = "channel"):
         super().__init__()
         if norm not in NORMS:
-            raise ValueError(f"unknown U-Net norm {norm!r}; choose one of {sorted(NORMS)}")
+            raise ConfigError(f"unknown U-Net norm {norm!r}; choose one of {sorted(NORMS)}")
         self.norm = norm
         w = [base_width * 2**i for i in range(5)]
         self._norm_index = 0

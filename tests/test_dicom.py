@@ -194,13 +194,28 @@ def test_generic_layout_from_the_command_line(synthetic_subject, tmp_path):
     shutil.copytree(low, scans / "patient7" / "qd")
     out = tmp_path / "nifti" / "patient7"
     rc = main(["convert", "--full", str(scans / "patient7" / "fd"), "--low", str(scans / "patient7" / "qd"),
-               "--out", str(out), "--params", json.dumps({"full_series": "x", "low_series": "y"})])
+               "--out", str(out), "--full-series", "x", "--low-series", "y"])
     assert rc == 0
     row = json.loads((out / "manifest.json").read_text())
     assert row["subject"] == "patient7" and row["slices"] == 4
     rc = main(["convert", "--full", str(scans / "nope"), "--low", str(scans / "patient7" / "qd"),
-               "--out", str(tmp_path / "x"), "--params", "{}"])
+               "--out", str(tmp_path / "x")])
     assert rc == 1 and not (tmp_path / "x").exists()
+
+
+def test_convert_by_hand_with_defaults(synthetic_subject, tmp_path, capfd):
+    """`ldct convert --subject-dir X --out Y`: the TCIA series names are the defaults; a wrong
+    option is a one-line error naming it, a misused pair of options too."""
+    from ldct.cli import main
+
+    out = tmp_path / "S001"
+    assert main(["convert", "--subject-dir", str(synthetic_subject["dicom"]), "--out", str(out)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["slices"] == 4
+    assert main(["convert", "--subject-dir", str(synthetic_subject["dicom"]), "--out", str(tmp_path / "z"),
+                 "--low-series", "Quarter"]) == 1
+    assert "Quarter" in capfd.readouterr().err and not (tmp_path / "z").exists()
+    assert main(["convert", "--full", str(synthetic_subject["dicom"]), "--out", str(tmp_path / "w")]) == 1
+    assert "error: give both --full and --low" in capfd.readouterr().err
 
 
 def test_nan_pixels_are_rejected(tmp_path):

@@ -84,6 +84,7 @@ def test_reduced_doses_share_the_full_dose_noise():
     assert n_full.std() < n_half.std() < n_quarter.std()
 
 
+@pytest.mark.slow
 def test_default_dataset_is_calibrated_to_the_papers_ldct_row():
     """Over the default test subjects' slices, LDCT vs NDCT in [-40, 120] HU: PSNR 26.57 +/- 1 dB and
     SSIM 0.913 +/- 0.02 (Table 2 of the paper), SSIM as the paper computes it (ldct.metrics.paper_ssim)."""

@@ -7,6 +7,7 @@ labels that the file no longer fits fails here (remake it as the README says).""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from ldct.anatomy import dice_per_class, load_weights, segment
@@ -14,6 +15,8 @@ from ldct.config import load_config
 from ldct.lowdose import make_geometry, simulate_doses
 from ldct.phantom import draw_subject, synthesize_subject
 from ldct.synthetic import subject_seed
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -48,7 +48,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 DOSE_SWEEP = ROOT / "configs" / "dose_sweep.yaml"
 GPU_RULES = ("pretrain_segmenter", "train", "denoise")
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # executable -> Debian package
 PACKAGES = {"slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client", "munged": "munge"}

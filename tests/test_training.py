@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ldct.train import TrainingError, train_denoiser
+from ldct.errors import TrainingError
+from ldct.spec import ExperimentSpec
+from ldct.train import train_denoiser
 
 EXPERIMENT = {"model": {"name": "edcnn", "channels": 4, "stages": 2}, "loss": {"name": "l1"},
               "train": {"epochs": 3, "iters_per_epoch": 2, "batch_size": 2, "patch_size": 16, "lr": 1e-3,
@@ -30,8 +32,8 @@ def dataset(tmp_path_factory):
 def train(dataset, tag, tmp_path, experiment=EXPERIMENT, **kw):
     base, splits = dataset
     out = tmp_path / tag
-    hist = train_denoiser(nifti_dir=str(base / "nifti"), splits=splits, experiment=experiment,
-                          hu_range=(-1024.0, 3072.0), seed=5, out_model=str(out / "model.pt"),
+    spec = ExperimentSpec(name=tag, seed=5, hu_range=(-1024.0, 3072.0), **experiment)
+    hist = train_denoiser(spec, nifti_dir=str(base / "nifti"), splits=splits, out_model=str(out / "model.pt"),
                           out_history=str(out / "history.csv"), checkpoint_dir=str(kw.pop("ck", out / "ck")), **kw)
     return hist, out
 
@@ -40,6 +42,7 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_history_and_weights(dataset, tmp_path):
     h1, o1 = train(dataset, "a", tmp_path)
     h2, o2 = train(dataset, "b", tmp_path)
@@ -49,6 +52,7 @@ def test_same_seed_same_history_and_weights(dataset, tmp_path):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     _, full = train(dataset, "full", tmp_path)
     ck = tmp_path / "resume_ck"
@@ -60,6 +64,7 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+@pytest.mark.slow
 def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     ck = tmp_path / "ck"
     train(dataset, "x", tmp_path, ck=ck, stop_after_epochs=1)
@@ -70,6 +75,7 @@ def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     assert list(hist["epoch"]) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_remade_data_start_fresh(dataset, tmp_path, capfd):
     """Same settings, other training data (e.g. the dataset was resynthesized): the finished
     checkpoint of the old data is not reused as the new model."""
@@ -88,6 +94,7 @@ def test_remade_data_start_fresh(dataset, tmp_path, capfd):
                                                       weights(tmp_path / "y" / "model.pt").values()))
 
 
+@pytest.mark.slow
 def test_model_file_holds_the_best_validation_epoch(dataset, tmp_path, monkeypatch):
     """model.pt is the epoch with the lowest [0, 80] HU validation MSE, not the last one."""
     import ldct.train
@@ -108,6 +115,7 @@ def test_model_file_holds_the_best_validation_epoch(dataset, tmp_path, monkeypat
     assert not all(torch.equal(saved["state_dict"][k], last3[k]) for k in last3)
 
 
+@pytest.mark.slow
 def test_training_log_shows_threads_and_progress(dataset, tmp_path, capfd):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what `ldct train --threads 1` (Snakemake's {threads}) sets
@@ -116,11 +124,12 @@ def test_training_log_shows_threads_and_progress(dataset, tmp_path, capfd):
     finally:
         torch.set_num_threads(before)
     err = capfd.readouterr().err
-    assert "on cpu (threads: 1, mixed precision: off)" in err
+    assert "on cpu (threads: 1)" in err and "on cpu (mixed precision: off)" in err
     for epoch in (1, 2, 3):  # the tqdm bar of each epoch, run to its end
         assert f"epoch {epoch}/3: 100%" in err and f"epoch {epoch}: loss" in err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
     bad = json.loads(json.dumps(EXPERIMENT))
     bad["train"]["lr"] = 1e30
@@ -134,7 +143,7 @@ def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
 def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
     import models
     from ldct.anatomy import pretrain_segmenter
-    from ldct.train import load_segmenter
+    from ldct.inference import load_segmenter
 
     src = models.build("unet", base_width=4)
     torch.save(src.state_dict(), tmp_path / "model.pth")
@@ -149,11 +158,12 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
     assert not (tmp_path / "seg2.pt").exists()
 
 
+@pytest.mark.slow
 def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validation(dataset, tmp_path):
     import shutil
 
     from ldct.anatomy import pretrain_segmenter
-    from ldct.train import load_segmenter
+    from ldct.inference import load_segmenter
 
     base, splits = dataset
     nifti = tmp_path / "nifti"
@@ -172,6 +182,9 @@ def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validatio
     hist = pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg=again, seed=0,
                               out=str(tmp_path / "b.pt"), out_history=str(tmp_path / "b.csv"))
     trained = pd.read_csv(tmp_path / "a.csv")
+    # the shared training loop: each loss term, the learning rate and the best flag per epoch
+    assert {"loss_cross_entropy", "loss_soft_dice", "lr", "best"} <= set(trained.columns)
+    assert trained["train_loss"].iloc[0] == pytest.approx(trained[["loss_cross_entropy", "loss_soft_dice"]].iloc[0].sum())
     assert hist.loc[0, "val_mean_dice"] == pytest.approx(trained["val_mean_dice"].max())
     assert {f"dice_{c:02d}" for c in range(17)} <= set(pd.read_csv(tmp_path / "b.csv").columns)
     # a config that disagrees with the file's norm is a clear error, before anything is written
@@ -212,6 +225,7 @@ def test_rotation_and_resized_crop_keep_input_and_target_aligned():
     assert y[inside].std() < 0.9 * full.std()                     # bilinear zoom smooths the white noise
 
 
+@pytest.mark.slow
 def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, capfd):
     """`python -m ldct train --config FILE --experiment NAME` trains outside the workflow."""
     from pathlib import Path
@@ -224,17 +238,28 @@ def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, c
     args = ["train", "--config", str(tiny), "--nifti", str(base / "nifti"), "--splits", str(tmp_path / "splits.json"),
             "--out", str(tmp_path / "model.pt"), "--history", str(tmp_path / "history.csv"),
             "--checkpoints", str(tmp_path / "ck")]
-    assert main(args + ["--experiment", "edcnn_l1", "--params", "{}"]) == 1
-    assert "give either --params" in capfd.readouterr().err
+    assert main(args + ["--experiment", "edcnn_l1", "--spec", "{}"]) == 1
+    assert "give either --spec" in capfd.readouterr().err
     assert main(args + ["--experiment", "nope"]) == 1
     assert "give --experiment, one of: featkpn_ana, edcnn_l1" in capfd.readouterr().err
     assert main(args + ["--experiment", "edcnn_l1"]) == 0
     saved = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert saved["model"]["name"] == "edcnn" and saved["model"]["channels"] == 8
     assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2]
+    # typed overrides of the experiment's training settings, and a spec given as a file
+    assert main(args + ["--experiment", "edcnn_l1", "--epochs", "1", "--lr", "2e-3", "--checkpoints",
+                        str(tmp_path / "ck1")]) == 0
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["epoch"]) == [1] and "at lr 0.002," in capfd.readouterr().err
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "x", "seed": 3, **EXPERIMENT}))
+    assert main(args[:1] + args[3:] + ["--spec", str(spec), "--epochs", "1", "--checkpoints", str(tmp_path / "ck2")]) == 0
+    assert main(args + ["--experiment", "edcnn_l1", "--epochs", "0"]) == 1
+    assert "config error at train.epochs: 0 is less than the minimum of 1" in capfd.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision runs only there)")
+@pytest.mark.slow
 def test_mixed_precision_training_on_cuda(dataset, tmp_path, capfd):
     """On a GPU the engine trains under autocast with gradient scaling and keeps finite weights."""
     import models
@@ -254,3 +279,32 @@ def test_mixed_precision_training_on_cuda(dataset, tmp_path, capfd):
     init = models.build("edcnn", channels=4, stages=2).state_dict()
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
     assert not all(torch.equal(saved[k], init[k]) for k in init)  # the scaled steps did update the weights
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_exponential_schedule_is_torchs_with_the_linear_warm_up():
+    """The engine's one writer of the learning rate gives, float for float, what torch's
+    ExponentialLR stepped per epoch gives, times the linear warm-up over the first steps."""
+    from ldct.engine import Schedule
+
+    cfg = {"lr": 3e-4, "lr_decay": 0.97, "warmup_iters": 7}
+    net = torch.nn.Linear(2, 2)
+    ours = Schedule(torch.optim.AdamW(net.parameters(), lr=cfg["lr"]), cfg, steps_per_epoch=5, total_steps=40)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"])
+    ref = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg["lr_decay"])
+    for step in range(40):
+        epoch_lr = ref.get_last_lr()[0]
+        expected = epoch_lr * (step + 1) / 7 if step < 7 else epoch_lr
+        assert ours.lr(step) == expected
+        if step % 5 == 4:
+            ref.step()
+
+
+@pytest.mark.slow
+def test_each_loss_term_is_logged(dataset, tmp_path):
+    weighted = json.loads(json.dumps(EXPERIMENT))
+    weighted["loss"] = {"name": "l1_weighted"}
+    weighted["train"]["epochs"] = 1
+    hist, _ = train(dataset, "terms", tmp_path, experiment=weighted)
+    assert hist.loc[0, "train_loss"] == pytest.approx(hist.loc[0, "loss_l1"] + hist.loc[0, "loss_head_window"])
+    assert hist.loc[0, "loss_head_window"] > 0

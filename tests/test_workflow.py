@@ -12,6 +12,8 @@ import pytest
 # the stand-in tree fixture `standin_tcia` lives in conftest.py with this helper
 from tests.conftest import weights_line
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "tests" / "configs").glob("*.yaml"))]
@@ -50,6 +52,25 @@ def test_invalid_config_stops_with_the_key(tmp_path):
     res = run(["-n", "--configfile", str(bad)], tmp_path)
     assert res.returncode != 0
     assert "config error at train.lr" in res.stdout + res.stderr
+
+
+def test_command_line_config_overrides_are_typed(tmp_path):
+    """`snakemake --config` with numbers, booleans, lists and null, at every depth, reaches the
+    jobs with the schema's types (Snakemake passes nested values as strings)."""
+    res = run(["-n", "-p", "--configfile", str(ROOT / "config.yaml"), "--cores", "2", "--config", "seed=7",
+               "train={epochs: 2, lr: 1e-3, augment: false, crop_scale: [0.4, 1.0], val_max_slices: null}",
+               "synthetic={n_subjects: 6, dose_fractions: [0.25, 0.1]}",
+               "experiments={featkpn_l1: {model: {nf: 8}, train: {epochs: 1}}}"], tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    edcnn = next(x for x in lines if "ldct train" in x and '"name": "edcnn_l1"' in x)
+    for part in ('"epochs": 2', '"lr": 0.001', '"augment": false', '"crop_scale": [0.4, 1.0]',
+                 '"val_max_slices": null', '"seed": 7'):
+        assert part in edcnn, part
+    featkpn = next(x for x in lines if "ldct train" in x and '"name": "featkpn_l1"' in x)
+    assert '"nf": 8' in featkpn and '"epochs": 1' in featkpn
+    synth = [x for x in lines if "ldct synthesize" in x]
+    assert len(synth) == 6 and all("--dose-fractions 0.25 0.1" in x and "--seed 7" in x for x in synth)
 
 
 def test_tiny_workflow_end_to_end(tmp_path):

@@ -1,0 +1,40 @@
+"""The code stays easy to change: short functions, and evaluation apart from training."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES = 60
+REASON = "Long because"  # a function may pass the limit when its docstring says why
+
+
+def functions(folder: str):
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path.relative_to(ROOT), node
+
+
+def test_no_function_over_60_lines_without_a_reason():
+    long = [f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for folder in ("ldct", "models", "losses") for path, node in functions(folder)
+            if node.end_lineno - node.lineno + 1 > MAX_LINES and REASON not in (ast.get_docstring(node) or "")]
+    assert not long, "split these functions or say in their docstring why not:\n" + "\n".join(long)
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_evaluation_does_not_import_the_training_engine():
+    """Evaluation and reporting load models through ldct.inference, never through training."""
+    training = {"ldct.train", "ldct.engine", "ldct.anatomy"}
+    for module in ("evaluate", "figures", "tables", "inference", "metrics", "stats"):
+        imported = imported_modules(ROOT / "ldct" / f"{module}.py")
+        assert not imported & training, f"ldct/{module}.py imports {imported & training}"
