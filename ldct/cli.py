@@ -32,11 +32,11 @@ def arg(*flags: str, **kwargs) -> tuple:
     return flags, kwargs
 
 
-def command(name: str, help: str, *args: tuple, sections: dict | None = None, threads: bool = False) -> Callable:
+def command(name: str, help: str, *args: tuple, sections: dict | None = None) -> Callable:
     """Register a handler with its options; `sections` maps a config section to the keys it
     takes as options (None: every key); they arrive validated in `a.settings`."""
     def deco(fn: Callable) -> Callable:
-        COMMANDS[name] = {"fn": fn, "help": help, "args": args, "sections": sections or {}, "threads": threads}
+        COMMANDS[name] = {"fn": fn, "help": help, "args": args, "sections": sections or {}}
         return fn
     return deco
 
@@ -55,11 +55,20 @@ def _leaves(schema: dict, path: tuple = ()):
 def _caster(schema: dict) -> Callable[[str], object]:
     types = schema.get("type", "string")
     types = [types] if isinstance(types, str) else types
-    base = int if "integer" in types else float if "number" in types else str
+    numbers = [t for t, name in ((int, "integer"), (float, "number")) if name in types]
 
     def cast(text: str):
-        return None if "null" in types and text.lower() in ("null", "none") else base(text)
-    cast.__name__ = base.__name__  # argparse names the type in its errors
+        if "null" in types and text.lower() in ("null", "none"):
+            return None
+        for number in numbers:
+            try:
+                return number(text)
+            except ValueError:
+                pass
+        if "string" in types:
+            return text
+        raise ValueError(text)
+    cast.__name__ = "|".join(types)  # argparse names the type in its errors
     return cast
 
 
@@ -273,7 +282,7 @@ TRAINING_IO = (arg("--nifti", required=True, help="results/{dataset}/nifti"),
 
 @command("pretrain-segmenter", "train (or load given weights of) the segmentation U-Net",
          *TRAINING_IO, arg("--checkpoints", help="folder for the resumable state (default: none)"),
-         sections={"segmenter": None}, threads=True)
+         sections={"segmenter": None})
 def cmd_pretrain_segmenter(a) -> None:
     from ldct.anatomy import pretrain_segmenter
 
@@ -290,7 +299,7 @@ def cmd_pretrain_segmenter(a) -> None:
          arg("--experiment", help="with --config: the experiment to train"),
          arg("--segmenter", help="segmenter.pt, for experiments that use the frozen U-Net"),
          arg("--stop-after-epochs", type=int, help="stop early (to test resuming)"),
-         sections={"train": None}, threads=True)
+         sections={"train": None})
 def cmd_train(a) -> None:
     import dataclasses
 
@@ -328,7 +337,7 @@ LOW_ARG = arg("--low", nargs="+", default=["low.nii.gz"],
          arg("--nifti", required=True, help="results/{dataset}/nifti"),
          arg("--splits", required=True, help="splits.json (its test subjects are denoised)"),
          arg("--outdir", nargs="+", required=True, help="output folder (one per --low)"),
-         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG, threads=True)
+         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG)
 def cmd_denoise(a) -> None:
     from ldct.evaluate import denoise_subjects
 
@@ -344,7 +353,7 @@ def cmd_denoise(a) -> None:
          arg("--dice", help="per-class Dice CSV (needs --segmenter)"),
          arg("--denoised", nargs="+", help="folder(s) of the experiment's outputs (one per --out)"),
          arg("--segmenter", help="segmenter.pt (for --dice)"),
-         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG, threads=True)
+         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG)
 def cmd_evaluate(a) -> None:
     from ldct.evaluate import evaluate_experiment
 
@@ -364,7 +373,7 @@ def cmd_evaluate(a) -> None:
          arg("--models", type=json.loads, required=True, help='JSON: {"row label": {"name": model, **kwargs}}'),
          arg("--out-prefix", required=True, help="table path without extension"),
          arg("--size", type=int, default=512, help="slice size (default 512)"),
-         arg("--repeats", type=int, default=3, help="timed passes per model (default 3)"), threads=True)
+         arg("--repeats", type=int, default=3, help="timed passes per model (default 3)"))
 def cmd_complexity(a) -> None:
     from ldct.complexity import model_complexity
     from ldct.tables import complexity_table
@@ -373,25 +382,29 @@ def cmd_complexity(a) -> None:
                      a.out_prefix)
 
 
+# The training settings that Table 2's caption states (ldct.budget.describe).
+TABLE_TRAIN_KEYS = ("budget.protocol", "budget.tera_macs", "budget.steps", "budget.evaluations", "budget.patience",
+                    "budget.min_gain_db", "epochs", "iters_per_epoch", "batch_size", "patch_size")
 REPORT_ARGS = (arg("--root", required=True, help="results/{dataset} folder"),
                arg("--experiments", nargs="+", required=True, help="rows, LDCT included"))
 
 
-@command("tables", "Table 2, the Dice table and the statistics", *REPORT_ARGS,
+@command("tables", "Table 2, the Dice table, the statistics and the training summary", *REPORT_ARGS,
          arg("--models", type=json.loads, default={},
              help='JSON: {"experiments": {name: model spec}, "segmenter": settings}; Table 2\'s caption names '
-                  "the settings that depart from the reference"))
+                  "the settings that depart from the reference"),
+         sections={"train": TABLE_TRAIN_KEYS})
 def cmd_tables(a) -> None:
     from ldct.tables import write_tables
 
-    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed if a.seed is not None else 0)
+    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.settings["seed"], a.settings["train"])
 
 
-@command("figures", "every figure", *REPORT_ARGS, threads=True)
+@command("figures", "every figure", *REPORT_ARGS, sections={"train": ("budget.min_gain_db",)})
 def cmd_figures(a) -> None:
     from ldct.figures import draw_all
 
-    draw_all(ResultPaths.at(a.root), a.experiments)
+    draw_all(ResultPaths.at(a.root), a.experiments, a.settings["train"]["budget"]["min_gain_db"])
 
 
 @command("dose-sweep", "dose-sweep table and figure", *REPORT_ARGS,
@@ -406,6 +419,29 @@ def cmd_dose_sweep(a) -> None:
     figures.dose_sweep(table, rp.figure("fig_dose_sweep"))
 
 
+@command("seeds", "repeat the whole benchmark for several seeds; write the stability table",
+         arg("--seeds", type=int, nargs="+", required=True, help="seeds (data, split and initialisation)"),
+         arg("--configfile", help="the config (default: config.yaml in the working directory)"),
+         arg("--cores", default="all", help="Snakemake --cores (default: all)"),
+         arg("--no-run", action="store_true", help="only gather results already there"),
+         arg("snakemake_args", nargs="*", help="further Snakemake options, after --"))
+def cmd_seeds(a) -> None:
+    """Runs `snakemake` once per seed (results/{dataset}_seed{s}; the config's own seed keeps
+    results/{dataset}) and writes results/{dataset}_stability/ (ldct.stability)."""
+    from ldct import stability
+    from ldct.config import load_config
+
+    cfg = load_config(a.configfile or "config.yaml")
+    name, results = cfg["dataset"]["name"], Path(cfg["results"])
+    args = ["--cores", a.cores] + (["--configfile", a.configfile] if a.configfile else []) + a.snakemake_args
+    roots = {}
+    for seed in a.seeds:
+        if not a.no_run:
+            stability.run_seed(seed, name, cfg["seed"], args)
+        roots[seed] = stability.seed_root(results, name, seed, cfg["seed"])
+    stability.report(roots, results / f"{name}_stability")
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(command_spec=c)
         for flags, kwargs in c["args"]:
             p.add_argument(*flags, **kwargs)
-        if c["threads"]:
-            p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
         p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
         if c["sections"]:
             p.add_argument("--config", help="a config YAML file whose section(s) replace the defaults")
@@ -432,12 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     c = a.command_spec
     try:
-        if c["threads"] and a.threads:
+        if a.threads:
             import torch
 
             torch.set_num_threads(a.threads)
         if c["sections"]:
-            a.settings = _settings(a, {k: v for k, v in c["sections"].items() if k != "train"})
+            a.settings = _settings(a, {k: v for k, v in c["sections"].items() if k != "train" or c["fn"] != cmd_train})
         c["fn"](a)
     except LdctError as err:
         print(f"error: {err}", file=sys.stderr)

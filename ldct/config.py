@@ -69,6 +69,9 @@ def coerce(schema: dict, inst):
     types = _types(schema)
     if isinstance(inst, str) and types and ("string" not in types or ("null" in types and inst in ("null", "~"))):
         inst = _from_text(inst)
+    elif isinstance(inst, str) and "number" in types:  # e.g. lr: a number or 'auto'
+        value = _from_text(inst)
+        inst = value if isinstance(value, (int, float)) and not isinstance(value, bool) else inst
     if isinstance(inst, dict):
         props, extra = schema.get("properties", {}), schema.get("additionalProperties")
         for key, value in inst.items():
@@ -112,8 +115,14 @@ def validate_config(config: dict) -> dict:
     _fill_defaults(schema, config)
     _check(schema, config)
     for name, exp in config["experiments"].items():
-        ExperimentSpec.from_config(config, name).check()
         _check(train_schema, {**config["train"], **exp.get("train", {})}, f"experiments.{name}.train")
+        protocol = {**config["train"], **exp.get("train", {})}["budget"]["protocol"]
+        fixed = [k for k in ("epochs", "iters_per_epoch") if k in exp.get("train", {}) and protocol != "converged"]
+        if fixed:
+            raise ConfigError(f"config error at experiments.{name}.train.{fixed[0]}: set by the budget protocol "
+                              f"({protocol}) for every experiment alike; remove it (or use train.budget.protocol: "
+                              "converged)")
+        ExperimentSpec.from_config(config, name).check()
     ds = config["dataset"]
     if ds["source"] == "dicom" and not ds["dicom_root"]:
         raise ConfigError("config error at dataset.dicom_root: required when dataset.source is 'dicom'")

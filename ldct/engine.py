@@ -159,8 +159,11 @@ class Result:
 
 
 def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generator, key: str,
-        checkpoint_dir: str | Path | None = None, stop_after_epochs: int | None = None) -> Result:
-    """Train `task.net` for cfg['epochs'] x cfg['iters_per_epoch'] steps (see the module doc)."""
+        checkpoint_dir: str | Path | None = None, stop_after_epochs: int | None = None,
+        patience: int | None = None, macs_per_step: float = 0.0) -> Result:
+    """Train `task.net` for cfg['epochs'] x cfg['iters_per_epoch'] steps (see the module doc);
+    with `patience`, stop once the score has not improved for that many epochs. History rows
+    count the steps and the training compute (`macs_per_step`, in 10^12 MACs) so far."""
     epochs, iters = cfg["epochs"], cfg["iters_per_epoch"]
     opt = build_optimizer([p for p in task.net.parameters() if p.requires_grad], cfg)
     schedule = Schedule(opt, cfg, iters, epochs * iters)
@@ -174,6 +177,10 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
     best = state["best"] if state["best"] is not None else (-math.inf if task.maximize else math.inf)
     for epoch in range(state["epoch"], epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            break
+        if patience and _stalled(history, patience):
+            print(f"{task.label}no improvement for {patience} validations: stopping after epoch {epoch}",
+                  file=sys.stderr)
             break
         task.net.train()
         if isinstance(task.criterion, torch.nn.Module):
@@ -199,12 +206,19 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
             best = row[task.score]
             best_state = {k: v.detach().cpu().clone() for k, v in task.net.state_dict().items()}
         history.append(_history_row(epoch + 1, sums, iters, row, opt, seconds, improved, cfg["batch_size"]))
+        history[-1].update(step=(epoch + 1) * iters, tera_macs=(epoch + 1) * iters * macs_per_step / 1e12)
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
               f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
         _Checkpoint(checkpoint_dir, key).save(task.net, opt, schedule, generator, history, epoch + 1, best,
                                              best_state)
     best_row = (max if task.maximize else min)(history, key=lambda r: r[task.score]) if history else {}
-    return Result(history, best_state, best_row, len(history) == epochs)
+    done = len(history) == epochs or bool(patience and _stalled(history, patience))
+    return Result(history, best_state, best_row, done)
+
+
+def _stalled(history: list[dict], patience: int) -> bool:
+    """The last `patience` validations brought no new best."""
+    return len(history) > patience and not any(r["best"] for r in history[-patience:])
 
 
 def _history_row(epoch: int, sums: dict, iters: int, val: dict, opt, seconds: float, best: bool, batch: int) -> dict:

@@ -164,6 +164,57 @@ def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
     save(fig, out)
 
 
+def learning_curves(histories: dict[str, pd.DataFrame], out: str, not_converged: list[str] = ()) -> None:
+    """Validation PSNR in [-40, 120] HU against training compute, every experiment in one plot,
+    the validation input's (LDCT) level as a line; a dot marks each kept (best) epoch."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    styles = experiment_styles(list(histories))
+    ldct = None
+    for n, h in histories.items():
+        if "val_psnr_brain" not in h:
+            continue
+        x = h["tera_macs"] if h["tera_macs"].max() > 0 else h["step"]
+        label = n + (" (not converged)" if n in not_converged else "")
+        ax.plot(x, h["val_psnr_brain"], label=label, **styles[n])
+        best = h[h["best"]].iloc[-1] if h["best"].any() else h.iloc[-1]
+        ax.plot(best["tera_macs"] if h["tera_macs"].max() > 0 else best["step"], best["val_psnr_brain"], "o",
+                color=styles[n].get("color"), ms=4)
+        ldct = h["val_psnr_brain_ldct"].iloc[0]
+    if ldct is not None:
+        ax.axhline(ldct, color="k", ls=":", lw=1.2, label="LDCT (validation input)")
+    ax.set_xlabel("training compute (10^12 multiply-accumulates, 3 x forward)")
+    ax.set_ylabel("validation PSNR [-40, 120] HU (dB)")
+    ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80])", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    save(fig, out)
+
+
+def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
+    """Each experiment's rank per seed (1 = best), for PSNR and SSIM in [-40, 120] HU: lines
+    that cross are experiments whose order depends on the seed."""
+    cols = [(c, h) for c, h in (("rank_psnr_brain", "PSNR [-40,120]"), ("rank_ssim_brain", "SSIM [-40,120]"))
+            if c in ranks]
+    seeds = sorted(ranks["seed"].unique())
+    names = list(dict.fromkeys(ranks["experiment"]))
+    styles = experiment_styles(names)
+    fig, ax = plt.subplots(1, len(cols), figsize=(5.2 * len(cols), 0.35 * len(names) + 2.5), squeeze=False)
+    for a, (c, head) in zip(ax[0], cols):
+        for n in names:
+            r = ranks[ranks["experiment"] == n].set_index("seed").reindex(seeds)[c]
+            a.plot(range(len(seeds)), r.to_numpy(), marker="o", label=n, **{k: v for k, v in styles[n].items()
+                                                                            if k != "marker"})
+            a.annotate(n, (len(seeds) - 1, r.iloc[-1]), xytext=(6, 0), textcoords="offset points", fontsize=7,
+                       va="center")
+        a.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
+        a.set_ylim(len(names) + 0.5, 0.5)
+        a.set_ylabel("rank (1 = best)")
+        a.set_title(f"rank by {head} across seeds", fontsize=9)
+        a.set_xlim(-0.3, len(seeds) - 0.2 + 0.9)
+        a.grid(alpha=0.3)
+    save(fig, str(out))
+
+
 def metric_distributions(metrics: pd.DataFrame, out: str) -> None:
     cols = [("psnr_brain", "PSNR [-40,120] (dB)"), ("ssim_brain", "SSIM [-40,120]"), ("psnr_full", "PSNR [-1024,3072] (dB)")]
     order = list(dict.fromkeys(metrics["experiment"]))
@@ -237,12 +288,13 @@ def dose_sweep(table: pd.DataFrame, out: str) -> None:
     save(fig, out)
 
 
-def draw_all(rp, experiments: list[str]) -> None:
+def draw_all(rp, experiments: list[str], min_gain_db: float = 0.1) -> None:
     """Every figure of a results folder (`ldct figures`): the first test subject's middle
-    slice, noise against radius, segmentation maps, training curves, metric distributions
-    and, for synthetic data, the phantom overview."""
+    slice, noise against radius, segmentation maps, training and learning curves, metric
+    distributions and, for synthetic data, the phantom overview."""
     import torch
 
+    from ldct.budget import training_summary
     from ldct.data import load_subject, to_slices
     from ldct.evaluate import LDCT
     from ldct.inference import load_segmenter, segment
@@ -267,7 +319,10 @@ def draw_all(rp, experiments: list[str]) -> None:
     if sv.labels is not None:
         maps["true labels"] = sv.labels[s].astype(np.uint8)
     segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
-    training_curves({e: pd.read_csv(rp.history(e)) for e in trained}, rp.figure("fig_training_curves"))
+    histories = {e: pd.read_csv(rp.history(e)) for e in trained}
+    training_curves(histories, rp.figure("fig_training_curves"))
+    summary = training_summary(histories, {}, min_gain_db)
+    learning_curves(histories, rp.figure("fig_learning_curves"), summary.query("not_converged")["experiment"].tolist())
     metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in experiments], ignore_index=True)
     metric_distributions(metrics, rp.figure("fig_metric_distributions"))
     if sv.truth is not None and sv.labels is not None:

@@ -68,6 +68,10 @@ class ResultPaths:
     def history(self, exp: str) -> Path:
         return self.root / "train" / exp / "history.csv"
 
+    def lr_sweep(self, exp: str) -> Path:
+        """The learning-rate sweep of `lr: auto` (or the one rate given)."""
+        return self.root / "train" / exp / "lr_sweep.csv"
+
     def checkpoints(self, exp: str) -> Path:
         return self.root / "checkpoints" / exp
 

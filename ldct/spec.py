@@ -12,7 +12,7 @@ segmenter are decided here and nowhere else.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -32,15 +32,20 @@ class ExperimentSpec:
     train: dict
     seed: int = 42
     hu_range: tuple[float, float] = (-1024.0, 3072.0)
+    budget: dict = field(default_factory=dict)  # the protocol's steps and compute (ldct.budget.resolve)
 
     @classmethod
     def from_config(cls, config: dict, name: str) -> ExperimentSpec:
-        """The experiment `name` of a validated config."""
+        """The experiment `name` of a validated config, its steps set by the budget protocol."""
+        from ldct import budget
+
         exp = config["experiments"][name]
         norm = config["normalization"]
-        return cls(name=name, model=dict(exp["model"]), loss=dict(exp["loss"]),
-                   train={**config["train"], **exp.get("train", {})}, seed=config["seed"],
-                   hu_range=(float(norm["hu_min"]), float(norm["hu_max"])))
+        slice_size = config["synthetic"]["matrix"] if config["dataset"]["source"] == "synthetic" else 512
+        train, spent = budget.resolve({**config["train"], **exp.get("train", {})}, exp["model"],
+                                      config["segmenter"], slice_size)
+        return cls(name=name, model=dict(exp["model"]), loss=dict(exp["loss"]), train=train, seed=config["seed"],
+                   hu_range=(float(norm["hu_min"]), float(norm["hu_max"])), budget=spent)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

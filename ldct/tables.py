@@ -35,7 +35,8 @@ def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: di
            "\\begin{tabular}{l" + "r" * len(cols) + "}", "\\toprule",
            " & ".join(heads).replace("%", "\\%") + " \\\\", "\\midrule"]
     for _, r in df.iterrows():
-        cells_md, cells_tex = [str(r[first])], [str(r[first]).replace("_", "\\_")]
+        cells_md = [str(r[first])]
+        cells_tex = [str(r[first]).replace("_", "\\_").replace("‡", "$^\\ddagger$").replace("§", "\\S")]
         for c, _ in cols:
             s = _fmt(r[c], digits.get(c, 4)) + marks.get((r[first], c), "")
             is_best = bold.get(c) == r[first]
@@ -84,11 +85,14 @@ def departure_note(spec: dict) -> str:
 
 
 def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0,
-                       reference: str = "NDCT", fidelity: str = "") -> pd.DataFrame:
+                       reference: str = "NDCT", fidelity: str = "", training: pd.DataFrame | None = None,
+                       protocol: str = "") -> pd.DataFrame:
     """Table 2: mean over test slices per experiment; best in bold; † = significantly worse
     than the best (subject-level Wilcoxon, Holm-corrected p < 0.05). `reference="truth"`
     makes the same table against the noiseless phantom (synthetic data). `fidelity`
-    (departure_note) is added to the caption. SSIM is the paper's definition
+    (departure_note) and `protocol` (ldct.budget.describe) are added to the caption; `training`
+    (ldct.budget.training_summary) adds each row's steps, compute, learning rate and
+    convergence flags, which mark the row. SSIM is the paper's definition
     (ldct.metrics.paper_ssim)."""
     frames = [pd.read_csv(p) for p in metric_files.values()]
     allm = pd.concat(frames, ignore_index=True)
@@ -99,24 +103,60 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     cols = [c for c, _ in TABLE2_COLUMNS]
     extra = [c for c in ("psnr_head", "ssim_head", "vif_head", "rmse_brain") if c in allm]
     table = allm.groupby("experiment", sort=False)[cols + extra].mean().reindex(order).reset_index()
+    if training is not None:
+        table = table.merge(training, on="experiment", how="left")
     per_subject = allm.groupby(["experiment", "subject"])[cols].mean().reset_index()
     st = compare_to_best(per_subject, cols, seed)
     write_csv(out_stats, st)
     bold = {c: table.loc[table[c].idxmax(), "experiment"] for c in cols}
     marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significant}
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
-    md, tex = render(table, "experiment", TABLE2_COLUMNS, digits, bold, marks,
+    n_subj = per_subject["subject"].nunique()
+    flags, flag_note = row_flags(training)
+    power = power_note(n_subj, len(order) - 1)
+    shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
+    bold = {c: e + flags.get(e, "") for c, e in bold.items()}
+    marks = {(e + flags.get(e, ""), c): m for (e, c), m in marks.items()}
+    md, tex = render(shown, "experiment", TABLE2_COLUMNS, digits, bold, marks,
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
                      "zero padding). Best in bold; $\\dagger$: significantly worse than "
-                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$). " + fidelity.replace("_", "\\_"))
-    n_subj = per_subject["subject"].nunique()
+                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$). "
+                     + " ".join(x for x in (power, protocol, flag_note, fidelity) if x).replace("_", "\\_"))
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
             "Best in bold; † significantly "
             "worse than the best (subject-level Wilcoxon signed-rank, Holm p < 0.05); CIs in stats.csv. "
+            + " ".join(x for x in (power, protocol, flag_note) if x) + " "
             "SSIM as the paper computes it (11x11 Gaussian window, sigma 1.5, zero padding; "
             "scikit-image's default SSIM is `ssim_skimage_*` in metrics.csv). " + fidelity)
     write_table(out_prefix, table, md, tex, note)
     return table
+
+
+def power_note(n_subjects: int, comparisons: int) -> str:
+    """What the subject-level test can reach: the exact two-sided Wilcoxon signed-rank p-value
+    cannot fall below 2 / 2^n, and Holm multiplies the smallest by the number of comparisons."""
+    p_min = 2.0 / 2**n_subjects
+    holm_min = min(1.0, comparisons * p_min)
+    verdict = "no difference can reach significance" if holm_min >= 0.05 else "differences can reach significance"
+    return (f"With {n_subjects} test subjects the smallest attainable p is {p_min:.3g} "
+            f"({holm_min:.3g} after Holm over {comparisons} comparisons): {verdict}.")
+
+
+FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] still rising over the last tenth of "
+                                "training by more than the configured threshold)"),
+         "worse_than_input": ("§", "worse than its own input on validation (the kept model below the LDCT level)")}
+
+
+def row_flags(training: pd.DataFrame | None) -> tuple[dict[str, str], str]:
+    """Marks appended to an experiment's name in every table, and the sentence explaining them."""
+    if training is None or training.empty:
+        return {}, ""
+    flags = {}
+    for _, r in training.iterrows():
+        flags[r["experiment"]] = "".join(" " + sym for col, (sym, _) in FLAGS.items() if bool(r.get(col)))
+    used = [f"{sym} {text}" for col, (sym, text) in FLAGS.items() if training[col].astype(bool).any()]
+    return {e: f for e, f in flags.items() if f}, ("; ".join(used) + "." if used else
+                                                  "Every learned model converged and ends above its input on validation.")
 
 
 def volume_dice(dice: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -127,7 +167,7 @@ def volume_dice(dice: pd.DataFrame, reference: str) -> pd.DataFrame:
     return (2 * g[f"inter_{reference}"] / denom.where(denom > 0)).rename("dice").reset_index()
 
 
-def dice_table(dice_files: dict[str, str], out_prefix: str) -> pd.DataFrame:
+def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFrame | None = None) -> pd.DataFrame:
     """Anatomical fidelity: Dice of the frozen segmenter on each output over each test volume,
     against its segmentation of NDCT and against the true labels (synthetic data); mean over
     the foreground classes, then over subjects. The CSV adds each class's Dice vs the labels
@@ -148,8 +188,11 @@ def dice_table(dice_files: dict[str, str], out_prefix: str) -> pd.DataFrame:
     subjects = allm["subject"].nunique()
     caption = ("Mean foreground Dice of the frozen segmentation U-Net on each output, over each test volume "
                f"(mean over classes, then over {subjects} subjects).")
-    md, tex = render(table, "experiment", cols, {}, bold, {}, caption)
-    write_table(out_prefix, table, md, tex, caption + " Per-class Dice in the CSV.")
+    flags, flag_note = row_flags(training)
+    shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
+    bold = {c: e + flags.get(e, "") for c, e in bold.items()}
+    md, tex = render(shown, "experiment", cols, {}, bold, {}, f"{caption} {flag_note}".strip())
+    write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV. {flag_note}".strip())
     return table
 
 
@@ -211,14 +254,25 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
     return long
 
 
-def write_tables(rp, experiments: list[str], model_specs: dict, seed: int) -> None:
+def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train_cfg: dict | None = None) -> None:
     """Table 2 (against NDCT, and against the noiseless truth where the metrics have it), its
-    statistics, and the Dice table of a results folder (`ldct tables`)."""
+    statistics, the Dice table, and training.csv (each experiment's budget and convergence,
+    ldct.budget.training_summary) of a results folder (`ldct tables`)."""
+    from ldct import budget
+
     metric_files = {e: rp.metrics(e) for e in experiments}
     fidelity = departure_note(model_specs)
+    trained = [e for e in experiments if rp.history(e).exists()]
+    training, protocol = None, ""
+    if train_cfg and trained:
+        sweeps = {e: pd.read_csv(rp.lr_sweep(e)) for e in trained if rp.lr_sweep(e).exists()}
+        training = budget.training_summary({e: pd.read_csv(rp.history(e)) for e in trained}, sweeps,
+                                           train_cfg["budget"]["min_gain_db"])
+        write_csv(rp.table("training"), training)
+        protocol = budget.describe(train_cfg)
     quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=seed,
-                       fidelity=fidelity)
+                       fidelity=fidelity, training=training, protocol=protocol)
     if "truth_psnr_full" in pd.read_csv(metric_files[experiments[0]], nrows=1):
         quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
-                           seed=seed, reference="truth", fidelity=fidelity)
-    dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"))
+                           seed=seed, reference="truth", fidelity=fidelity, training=training, protocol=protocol)
+    dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"), training)

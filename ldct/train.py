@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,7 @@ from ldct.inference import (
     to_input,
 )
 from ldct.io import atomic_path, write_csv
+from ldct.metrics import window_psnr
 from ldct.provenance import versions
 from ldct.spec import ExperimentSpec
 
@@ -150,39 +153,95 @@ def load_training_data(nifti_dir: str, splits: dict, val_max_slices: int | None)
 def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_model: str, out_history: str,
                    checkpoint_dir: str, segmenter: str | None = None,
                    stop_after_epochs: int | None = None) -> pd.DataFrame:
-    """Train one experiment; write model.pt (best validation epoch) and history.csv."""
-    cfg, hu_range = spec.train, tuple(spec.hu_range)
-    device = pick_device(cfg.get("device", "auto"))
-    engine.prepare(spec.seed, device)
-    data, val = load_training_data(nifti_dir, splits, cfg.get("val_max_slices"))
+    """Train one experiment; write model.pt (best validation epoch), history.csv and, beside
+    them, lr_sweep.csv (the learning-rate sweep of `lr: auto`, or the one rate given)."""
+    device = pick_device(spec.train.get("device", "auto"))
+    data, val = load_training_data(nifti_dir, splits, spec.train.get("val_max_slices"))
     if spec.needs_segmenter and not segmenter:
         raise TrainingError(f"experiment {spec.name} ({spec.model['name']} + {spec.loss['name']}) "
                             "needs the segmenter checkpoint (--segmenter)")
     seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True) if spec.needs_segmenter else None
-    net, criterion, model_spec = build_experiment(spec, seg_ck, device)
-    gen = torch.Generator().manual_seed(spec.seed)
-    sampler = PatchSampler(data["low"], data["full"], cfg["patch_size"], cfg["batch_size"], cfg["augment"],
-                           cfg["hu_offset"], hu_range, gen, rotation_deg=cfg.get("rotation_deg", 0.0),
-                           crop_prob=cfg.get("crop_prob", 0.0), crop_scale=cfg.get("crop_scale", (0.5, 1.0)))
     print(f"training {spec.name}: {spec.model['name']} with loss {spec.loss['name']} on {device} "
           f"(threads: {torch.get_num_threads()}): {len(data['low'])} training and {len(val['low'])} "
-          "validation slices", file=sys.stderr)
-    key = engine.settings_hash({"spec": spec.to_json(), "train": splits["train"], "val": splits["val"],
-                                "inputs": engine.fingerprint([data, val], [segmenter] if seg_ck else [],
-                                                             (models, losses))})
-
-    def validate(model: torch.nn.Module) -> dict:
-        return {"val_mse_head": head_window_mse(predict_slices(model, val["low"], hu_range, device), val["full"])}
-
-    task = engine.Task(net, criterion, sampler.sample, validate, score="val_mse_head")
-    result = engine.fit(task, cfg, device=device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,
-                        stop_after_epochs=stop_after_epochs)
+          f"validation slices; {spec.budget.get('protocol', 'given')} budget: {spec.budget.get('steps', '?')} steps, "
+          f"{spec.budget.get('tera_macs', float('nan')):.3g} x 10^12 MACs", file=sys.stderr)
+    run = _Run(spec, data, val, seg_ck, device, [segmenter] if seg_ck else [], splits)
+    sweep = run.sweep(checkpoint_dir) if spec.train["lr"] == "auto" else pd.DataFrame(
+        [{"lr": spec.train["lr"], "steps": spec.budget.get("steps"), "chosen": True, "source": "given"}])
+    write_csv(Path(out_model).with_name("lr_sweep.csv"), sweep)
+    spec = replace(spec, train={**spec.train, "lr": float(sweep.loc[sweep["chosen"], "lr"].iloc[0])})
+    result, model_spec = run.fit(spec, checkpoint_dir, stop_after_epochs,
+                                 patience=spec.train["budget"]["patience"] if _converged(spec) else None)
     df = pd.DataFrame(result.history)
     if not result.complete:
         return df
+    best = result.best_row
     with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": result.best_state, "model": model_spec, "hu_range": list(hu_range),
-                    "epoch": result.best_row["epoch"], "val_mse_head": result.best_row["val_mse_head"],
-                    "spec": spec.to_json(), "versions": versions()}, tmp)
+        torch.save({"state_dict": result.best_state, "model": model_spec, "hu_range": list(spec.hu_range),
+                    "epoch": best["epoch"], "val_mse_head": best["val_mse_head"],
+                    "val_psnr_brain": best["val_psnr_brain"], "val_psnr_brain_ldct": run.ldct_psnr,
+                    "lr": spec.train["lr"], "budget": spec.budget, "spec": spec.to_json(), "versions": versions()}, tmp)
     write_csv(out_history, df)
     return df
+
+
+def _converged(spec: ExperimentSpec) -> bool:
+    return spec.train.get("budget", {}).get("protocol") == "converged"
+
+
+class _Run:
+    """One experiment's training data and validation, trained by `fit` at a given spec."""
+
+    def __init__(self, spec: ExperimentSpec, data: dict, val: dict, seg_ck: dict | None, device: torch.device,
+                 files: list, splits: dict):
+        self.spec, self.data, self.val, self.seg_ck, self.device = spec, data, val, seg_ck, device
+        self.inputs = engine.fingerprint([data, val], files, (models, losses))
+        self.splits = {k: splits[k] for k in ("train", "val")}
+        self.ldct_psnr = float(np.mean([window_psnr(lo, fu, "brain") for lo, fu in zip(val["low"], val["full"])]))
+
+    def validate(self, model: torch.nn.Module) -> dict:
+        pred = predict_slices(model, self.val["low"], tuple(self.spec.hu_range), self.device)
+        return {"val_mse_head": head_window_mse(pred, self.val["full"]),
+                "val_psnr_brain": float(np.mean([window_psnr(p, f, "brain") for p, f in zip(pred, self.val["full"])])),
+                "val_psnr_brain_ldct": self.ldct_psnr}
+
+    def fit(self, spec: ExperimentSpec, checkpoint_dir: str | None, stop_after_epochs: int | None = None,
+            patience: int | None = None) -> tuple[engine.Result, dict]:
+        """Train from the seed's initialisation (the same for every call with one seed)."""
+        cfg = spec.train
+        engine.prepare(spec.seed, self.device)
+        net, criterion, model_spec = build_experiment(spec, self.seg_ck, self.device)
+        gen = torch.Generator().manual_seed(spec.seed)
+        sampler = PatchSampler(self.data["low"], self.data["full"], cfg["patch_size"], cfg["batch_size"],
+                               cfg["augment"], cfg["hu_offset"], tuple(spec.hu_range), gen,
+                               rotation_deg=cfg.get("rotation_deg", 0.0), crop_prob=cfg.get("crop_prob", 0.0),
+                               crop_scale=cfg.get("crop_scale", (0.5, 1.0)))
+        key = engine.settings_hash({"spec": spec.to_json(), **self.splits, "inputs": self.inputs})
+        task = engine.Task(net, criterion, sampler.sample, self.validate, score="val_mse_head")
+        result = engine.fit(task, cfg, device=self.device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,
+                            stop_after_epochs=stop_after_epochs, patience=patience,
+                            macs_per_step=spec.budget.get("macs_per_step", 0.0))
+        return result, model_spec
+
+    def sweep(self, checkpoint_dir: str) -> pd.DataFrame:
+        """`lr: auto`: each candidate trains `lr_sweep.fraction` of the run's epochs from the same
+        initialisation; the lowest best validation MSE [0, 80] HU is chosen."""
+        cfg = self.spec.train
+        epochs = max(1, round(cfg["epochs"] * cfg["lr_sweep"]["fraction"]))
+        rows = []
+        for lr in cfg["lr_sweep"]["candidates"]:
+            trial = replace(self.spec, train={**cfg, "lr": lr, "epochs": epochs})
+            print(f"lr sweep: {lr:g} for {epochs} x {cfg['iters_per_epoch']} steps", file=sys.stderr)
+            try:
+                best = self.fit(trial, str(Path(checkpoint_dir) / f"lr_{lr:g}"))[0].best_row
+                rows.append({"lr": lr, "steps": epochs * cfg["iters_per_epoch"], "val_mse_head": best["val_mse_head"],
+                             "val_psnr_brain": best["val_psnr_brain"], "source": "sweep"})
+            except TrainingError as err:  # a rate that diverges is out, not fatal
+                rows.append({"lr": lr, "steps": epochs * cfg["iters_per_epoch"], "val_mse_head": math.inf,
+                             "val_psnr_brain": math.nan, "source": f"sweep: {err}"})
+        df = pd.DataFrame(rows)
+        if not np.isfinite(df["val_mse_head"]).any():
+            raise TrainingError(f"every learning rate of the sweep diverged: {cfg['lr_sweep']['candidates']}")
+        df["chosen"] = df.index == df["val_mse_head"].idxmin()
+        print(f"lr sweep: chose {df.loc[df['chosen'], 'lr'].iloc[0]:g}", file=sys.stderr)
+        return df

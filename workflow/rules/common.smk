@@ -5,7 +5,7 @@ import shlex
 from pathlib import Path
 import sys
 
-from ldct.cli import SERIES_KEYS, section_flags
+from ldct.cli import SERIES_KEYS, TABLE_TRAIN_KEYS, section_flags
 from ldct.config import ConfigError, validate_config
 from ldct.dicom import discover_subjects
 from ldct.evaluate import LDCT
@@ -107,7 +107,7 @@ def complexity_models():
 
 
 TABLES = ["table1_complexity", "table2_quantitative", "table3_anatomical_dice"] + (["table2_vs_truth"] if SYNTHETIC else [])
-FIGURES = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
+FIGURES = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves", "fig_learning_curves",
            "fig_metric_distributions"] + (["fig_phantom"] if SYNTHETIC else [])
 
 

@@ -26,9 +26,13 @@ rule tables:
         metrics=[str(RP.metrics(e)) for e in ROWS],
         code=code_files("tables", "stats"),
         dice=[str(RP.dice(e)) for e in ROWS],
+        histories=[str(RP.history(e)) for e in EXPERIMENTS],
+        sweeps=[str(RP.lr_sweep(e)) for e in EXPERIMENTS],
+        budget=code_files("budget"),
     output:
         [report_table(t, e) for t in TABLES[1:] for e in ("csv", "md", "tex")],
         stats=str(RP.table("stats")),
+        training=str(RP.table("training")),
         stats_truth=str(RP.table("stats_vs_truth")) if SYNTHETIC else [],
     log:
         str(RP.log("tables")),
@@ -38,10 +42,11 @@ rule tables:
         seed=config["seed"],
         models=as_json({"experiments": {e: x["model"] for e, x in config["experiments"].items()},
                         "segmenter": config["segmenter"]}),
+        train=section_flags("train", config["train"], TABLE_TRAIN_KEYS),
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct tables --root {params.root:q} --seed {params.seed} "
+        "python -m ldct tables --root {params.root:q} --seed {params.seed} {params.train} "
         "--experiments {params.rows:q} --models {params.models:q} > {log:q} 2>&1"
 
 
@@ -61,11 +66,12 @@ rule figures:
     params:
         root=results_root,
         rows=ROWS,
+        train=section_flags("train", config["train"], ["budget.min_gain_db"]),
     threads: MAX_THREADS
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct figures --threads {threads} --root {params.root:q} "
+        "python -m ldct figures --threads {threads} --root {params.root:q} {params.train} "
         "--experiments {params.rows:q} > {log:q} 2>&1"
 
 

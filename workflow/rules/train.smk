@@ -10,6 +10,7 @@ rule train:
     output:
         model=str(RP.model("{experiment}")),
         history=str(RP.history("{experiment}")),
+        lr_sweep=str(RP.lr_sweep("{experiment}")),
     log:
         str(RP.log("train/{experiment}")),
     params:

@@ -1,0 +1,103 @@
+"""The training budget protocol: how many optimiser steps each experiment gets, and how its
+training compute is counted, the same rule for every experiment (config `train.budget`).
+
+Compute is counted from the model's own multiply-accumulates (torch's FLOP counter on the
+meta device, so no machine enters the count): one step costs 3 x the forward MACs per pixel
+x the pixels of a patch x the batch size (forward and backward); the loss's own cost (the
+frozen U-Net of the anatomical loss) is not counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+# Protocols that fix the steps up front; `converged` stops on the validation score instead.
+FIXED = ("equal_macs", "equal_steps")
+
+
+@functools.lru_cache(maxsize=None)
+def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> float:
+    import models
+    from ldct.complexity import count_macs
+
+    kwargs = json.loads(model_json)
+    name = kwargs.pop("name")
+    if models.needs_segmenter(name):
+        seg = json.loads(seg_json)
+        kwargs.update(seg_width=seg["base_width"], seg_norm=seg["norm"])
+    return count_macs(models.build(name, **kwargs), size) / size**2
+
+
+def macs_per_pixel(model: dict, segmenter: dict, size: int = 64) -> float:
+    """Forward MACs per pixel of a model spec ({'name', **kwargs}), counted at size x size."""
+    seg = {k: segmenter.get(k) for k in ("base_width", "norm")}
+    return _macs_per_pixel(json.dumps(model, sort_keys=True), json.dumps(seg, sort_keys=True), size)
+
+
+def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple[dict, dict]:
+    """The training settings with `epochs` and `iters_per_epoch` set by the protocol, and a
+    record of the budget: {'protocol', 'steps', 'macs_per_step', 'tera_macs'}."""
+    b = train["budget"]
+    pixels = (train["patch_size"] or slice_size) ** 2
+    macs_step = 3.0 * macs_per_pixel(model, segmenter) * pixels * train["batch_size"]
+    train = dict(train)
+    if b["protocol"] == "converged":
+        steps = train["epochs"] * train["iters_per_epoch"]
+    else:
+        steps = b["steps"]
+        if b["protocol"] == "equal_macs" and macs_step > 0:
+            steps = min(steps, max(1, round(b["tera_macs"] * 1e12 / macs_step)))
+        train["epochs"] = min(b["evaluations"], steps)
+        train["iters_per_epoch"] = max(1, round(steps / train["epochs"]))
+        steps = train["epochs"] * train["iters_per_epoch"]
+    return train, {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
+                   "tera_macs": steps * macs_step / 1e12}
+
+
+def describe(train: dict) -> str:
+    """One sentence for Table 2's caption: the protocol and its numbers."""
+    b = train["budget"]
+    size = f"{train['patch_size']}x{train['patch_size']} patches" if train["patch_size"] else "whole slices"
+    common = f"batches of {train['batch_size']} {size}"
+    if b["protocol"] == "equal_macs":
+        return (f"Training budget: equal compute, {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
+                f"(3 x the model's forward MACs per step; at most {b['steps']} steps), {common}, "
+                f"validated {b['evaluations']} times.")
+    if b["protocol"] == "equal_steps":
+        return f"Training budget: equal steps, {b['steps']} per experiment, {common}, validated {b['evaluations']} times."
+    return (f"Training budget: until converged, validation MSE [0, 80] HU not improved for {b['patience']} rounds "
+            f"of {train['iters_per_epoch']} steps (at most {train['epochs']} rounds), {common}.")
+
+
+def last_tenth_gain(steps: list[float], scores: list[float]) -> float:
+    """The rise of a validation score over the last tenth of training (interpolated), or NaN
+    with fewer than two validations."""
+    if len(steps) < 2:
+        return math.nan
+    import numpy as np
+
+    return float(scores[-1] - np.interp(0.9 * steps[-1], steps, scores))
+
+
+def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
+    """Per experiment: steps and compute spent, the learning rate used, the kept epoch's
+    validation PSNR [-40, 120] and the input's, the gain over the last tenth of training, and
+    the two flags every table shows: `not_converged` (gain above `min_gain_db`) and
+    `worse_than_input` (the kept model below its input on validation)."""
+    import pandas as pd
+
+    rows = []
+    for exp, h in histories.items():
+        kept = h[h["best"]].iloc[-1] if h["best"].any() else h.iloc[-1]
+        gain = last_tenth_gain(h["step"].tolist(), h["val_psnr_brain"].tolist())
+        sweep = sweeps.get(exp)
+        lr = float(sweep.loc[sweep["chosen"], "lr"].iloc[0]) if sweep is not None else float(h["lr"].iloc[0])
+        rows.append({"experiment": exp, "steps": int(h["step"].iloc[-1]), "tera_macs": float(h["tera_macs"].iloc[-1]),
+                     "lr": lr, "lr_source": sweep.loc[sweep["chosen"], "source"].iloc[0] if sweep is not None else "",
+                     "kept_epoch": int(kept["epoch"]), "val_psnr_brain": float(kept["val_psnr_brain"]),
+                     "val_psnr_brain_ldct": float(h["val_psnr_brain_ldct"].iloc[0]),
+                     "val_gain_last_tenth_db": gain, "not_converged": bool(gain > min_gain_db),
+                     "worse_than_input": bool(kept["val_psnr_brain"] < h["val_psnr_brain_ldct"].iloc[0])})
+    return pd.DataFrame(rows)

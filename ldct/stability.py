@@ -1,0 +1,106 @@
+"""Seed stability: the whole benchmark repeated for several seeds (data, split and
+initialisation all follow the seed), then per experiment and metric the mean and SD across
+seeds, and Kendall's tau between every two seeds' rankings of the experiments.
+
+`python -m ldct seeds --seeds 42 43 44` runs the workflow once per seed (results of seed s in
+results/{dataset}_seed{s}, the config's own seed in results/{dataset}) and writes
+results/{dataset}_stability/: stability.csv / .md (mean +- SD), ranks.csv (each seed's rank
+of each experiment), tau.csv (Kendall's tau per pair of seeds and metric) and
+fig_seed_ranks.png.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+from ldct.errors import DataError
+from ldct.io import write_csv, write_text
+from ldct.provenance import versions
+
+METRICS = [("psnr_brain", "PSNR [-40,120]"), ("ssim_brain", "SSIM [-40,120]"), ("psnr_full", "PSNR [-1024,3072]"),
+           ("ssim_full", "SSIM [-1024,3072]")]
+
+
+def seed_root(results: Path, dataset: str, seed: int, config_seed: int) -> Path:
+    return results / (dataset if seed == config_seed else f"{dataset}_seed{seed}")
+
+
+def run_seed(seed: int, dataset: str, config_seed: int, snakemake_args: list[str]) -> None:
+    """The whole workflow for one seed (the config's own seed keeps its results folder)."""
+    cmd = [sys.executable, "-m", "snakemake", *snakemake_args, "--config", f"seed={seed}"]
+    if seed != config_seed:
+        cmd.append(f"dataset={{name: {dataset}_seed{seed}}}")
+    print("running:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise DataError(f"the workflow for seed {seed} failed (command above)")
+
+
+def gather(roots: dict[int, Path]) -> pd.DataFrame:
+    """Table 2 of every seed in one long frame: seed, experiment, metric columns."""
+    frames = []
+    for seed, root in roots.items():
+        path = root / "tables" / "table2_quantitative.csv"
+        if not path.exists():
+            raise DataError(f"{path}: not found; run the workflow for seed {seed} first")
+        frames.append(pd.read_csv(path).assign(seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(mean and SD per experiment and metric, each seed's ranks, Kendall's tau per seed pair)."""
+    cols = [c for c, _ in METRICS if c in long]
+    order = list(dict.fromkeys(long["experiment"]))
+    g = long.groupby("experiment", sort=False)[cols]
+    table = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd")).reindex(order).reset_index()
+    table["seeds"] = long.groupby("experiment")["seed"].nunique().reindex(order).to_numpy()
+    ranks = long.assign(**{f"rank_{c}": long.groupby("seed")[c].rank(ascending=False, method="min") for c in cols})
+    ranks = ranks[["seed", "experiment"] + [f"rank_{c}" for c in cols]]
+    taus = []
+    for c in cols:
+        wide = long.pivot(index="experiment", columns="seed", values=c)
+        for a, b in itertools.combinations(wide.columns, 2):
+            both = wide[[a, b]].dropna()
+            tau = stats.kendalltau(both[a], both[b])
+            taus.append({"metric": c, "seed_a": a, "seed_b": b, "tau": float(tau.statistic),
+                         "p": float(tau.pvalue), "swapped_pairs": ", ".join(swaps(both[a], both[b]))})
+    return table, ranks, pd.DataFrame(taus)
+
+
+def swaps(a: pd.Series, b: pd.Series) -> list[str]:
+    """Pairs of experiments ordered one way by `a` and the other way by `b`."""
+    out = []
+    for x, y in itertools.combinations(a.index, 2):
+        if (a[x] - a[y]) * (b[x] - b[y]) < 0:
+            out.append(f"{x}/{y}")
+    return out
+
+
+def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
+    """stability.csv/.md, ranks.csv, tau.csv and fig_seed_ranks.png in `out_dir`."""
+    from ldct import figures
+
+    table, ranks, taus = summarize(gather(roots))
+    write_csv(out_dir / "stability.csv", table)
+    write_csv(out_dir / "ranks.csv", ranks)
+    write_csv(out_dir / "tau.csv", taus)
+    cols = [c for c, _ in METRICS if f"{c}_mean" in table]
+    md = ["| experiment | " + " | ".join(h for c, h in METRICS if c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        digits = lambda c: 2 if c.startswith("psnr") else 4  # noqa: E731
+        md.append(f"| {r['experiment']} | " + " | ".join(
+            f"{r[c + '_mean']:.{digits(c)}f} ± {r[c + '_sd']:.{digits(c)}f}" for c in cols) + " |")
+    mean_tau = taus.groupby("metric")["tau"].mean()
+    note = (f"Mean ± SD across {len(roots)} seeds ({', '.join(map(str, roots))}): data, split and initialisation "
+            "follow the seed. Kendall's tau between the seeds' rankings (mean over seed pairs): "
+            + ", ".join(f"{m} {t:.2f}" for m, t in mean_tau.items()) + ". Pairs that swap places: tau.csv.")
+    made = "Made with " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "."
+    write_text(out_dir / "stability.md", "\n".join(md) + f"\n\n{note}\n\n{made}\n")
+    figures.seed_ranks(ranks, out_dir / "fig_seed_ranks.png")
+    return table
