@@ -32,11 +32,12 @@ def arg(*flags: str, **kwargs) -> tuple:
     return flags, kwargs
 
 
-def command(name: str, help: str, *args: tuple, sections: dict | None = None, threads: bool = False) -> Callable:
+def command(name: str, help: str, *args: tuple, sections: dict | None = None, seed: bool = False) -> Callable:
     """Register a handler with its options; `sections` maps a config section to the keys it
-    takes as options (None: every key); they arrive validated in `a.settings`."""
+    takes as options (None: every key); they arrive validated in `a.settings`, with the seed
+    (`--seed`, else --config's) where `seed`."""
     def deco(fn: Callable) -> Callable:
-        COMMANDS[name] = {"fn": fn, "help": help, "args": args, "sections": sections or {}, "threads": threads}
+        COMMANDS[name] = {"fn": fn, "help": help, "args": args, "sections": sections or {}, "seed": seed}
         return fn
     return deco
 
@@ -58,7 +59,7 @@ def _caster(schema: dict) -> Callable[[str], object]:
     base = int if "integer" in types else float if "number" in types else str
 
     def cast(text: str):
-        return None if "null" in types and text.lower() in ("null", "none") else base(text)
+        return None if "null" in types and text in ("null", "~") else base(text)
     cast.__name__ = base.__name__  # argparse names the type in its errors
     return cast
 
@@ -107,7 +108,7 @@ def _settings(a, sections: dict) -> dict:
 
     cfg = load_config(a.config) if a.config else {}
     out = {name: validate_section(name, _merge(cfg.get(name, {}), _given(a, name))) for name in sections}
-    out["seed"] = a.seed if a.seed is not None else cfg.get("seed", 42)
+    out["seed"] = a.seed if getattr(a, "seed", None) is not None else cfg.get("seed", 42)
     return out
 
 
@@ -116,7 +117,7 @@ def section_flags(section: str, values: dict, keys=None) -> str:
     from ldct.config import load_schema
 
     parts = []
-    for path, _ in _leaves(load_schema()["properties"][section]):
+    for path, sub in _leaves(load_schema()["properties"][section]):
         if keys is not None and ".".join(path) not in keys:
             continue
         value = values
@@ -126,7 +127,10 @@ def section_flags(section: str, values: dict, keys=None) -> str:
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
-            parts.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+            if value:
+                parts.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+        elif isinstance(value, float) and value.is_integer() and "integer" in str(sub.get("type")):
+            parts.append(f"{flag} {int(value)}")
         else:
             parts.append(f"{flag} {shlex.quote('null' if value is None else str(value))}")
     return " ".join(parts)
@@ -153,7 +157,10 @@ def _read_json(path: str) -> dict:
 
 
 def _test_subjects(path: str) -> list[str]:
-    return _read_json(path)["test"]
+    split = _read_json(path)
+    if "test" not in split:
+        raise DataError(f"{path}: no 'test' subjects")
+    return split["test"]
 
 
 SERIES_KEYS = ("full_series", "low_series")
@@ -166,7 +173,7 @@ SERIES_KEYS = ("full_series", "low_series")
          arg("--dicom-out", required=True, help="the subject's DICOM folder (TCIA layout)"),
          arg("--phantom-out", required=True, help="folder for phantom, truth, labels and parameters"),
          arg("--fields", help="template fields cache from `ldct template-fields` (default: build them)"),
-         sections={"synthetic": None})
+         sections={"synthetic": None}, seed=True)
 def cmd_synthesize(a) -> None:
     from ldct.synthetic import make_subject
 
@@ -255,7 +262,7 @@ def cmd_manifest(a) -> None:
 @command("split", "write splits.json (subject-level train / val / test)",
          arg("--out", required=True, help="splits.json to write"),
          arg("subjects", nargs="+", help="every subject name"),
-         sections={"split": None})
+         sections={"split": None}, seed=True)
 def cmd_split(a) -> None:
     from ldct.io import write_json
     from ldct.splits import make_splits
@@ -273,7 +280,7 @@ TRAINING_IO = (arg("--nifti", required=True, help="results/{dataset}/nifti"),
 
 @command("pretrain-segmenter", "train (or load given weights of) the segmentation U-Net",
          *TRAINING_IO, arg("--checkpoints", help="folder for the resumable state (default: none)"),
-         sections={"segmenter": None}, threads=True)
+         sections={"segmenter": None}, seed=True)
 def cmd_pretrain_segmenter(a) -> None:
     from ldct.anatomy import pretrain_segmenter
 
@@ -290,7 +297,7 @@ def cmd_pretrain_segmenter(a) -> None:
          arg("--experiment", help="with --config: the experiment to train"),
          arg("--segmenter", help="segmenter.pt, for experiments that use the frozen U-Net"),
          arg("--stop-after-epochs", type=int, help="stop early (to test resuming)"),
-         sections={"train": None}, threads=True)
+         sections={"train": None}, seed=True)
 def cmd_train(a) -> None:
     import dataclasses
 
@@ -301,8 +308,9 @@ def cmd_train(a) -> None:
     if a.spec and (a.config or a.experiment):
         raise UsageError("give either --spec (as the workflow does) or --config with --experiment, not both")
     if a.spec:
-        text = Path(a.spec).read_text() if not a.spec.lstrip().startswith("{") else a.spec
-        spec = ExperimentSpec.from_json(text)
+        inline = a.spec.lstrip()[:1] in ("{", "[")
+        spec = ExperimentSpec.from_json(a.spec if inline else json.dumps(_read_json(a.spec)))
+        spec.check()
     elif a.config:
         cfg = load_config(a.config)
         if a.experiment not in cfg["experiments"]:
@@ -328,7 +336,7 @@ LOW_ARG = arg("--low", nargs="+", default=["low.nii.gz"],
          arg("--nifti", required=True, help="results/{dataset}/nifti"),
          arg("--splits", required=True, help="splits.json (its test subjects are denoised)"),
          arg("--outdir", nargs="+", required=True, help="output folder (one per --low)"),
-         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG, threads=True)
+         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG)
 def cmd_denoise(a) -> None:
     from ldct.evaluate import denoise_subjects
 
@@ -344,7 +352,7 @@ def cmd_denoise(a) -> None:
          arg("--dice", help="per-class Dice CSV (needs --segmenter)"),
          arg("--denoised", nargs="+", help="folder(s) of the experiment's outputs (one per --out)"),
          arg("--segmenter", help="segmenter.pt (for --dice)"),
-         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG, threads=True)
+         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG)
 def cmd_evaluate(a) -> None:
     from ldct.evaluate import evaluate_experiment
 
@@ -364,7 +372,7 @@ def cmd_evaluate(a) -> None:
          arg("--models", type=json.loads, required=True, help='JSON: {"row label": {"name": model, **kwargs}}'),
          arg("--out-prefix", required=True, help="table path without extension"),
          arg("--size", type=int, default=512, help="slice size (default 512)"),
-         arg("--repeats", type=int, default=3, help="timed passes per model (default 3)"), threads=True)
+         arg("--repeats", type=int, default=3, help="timed passes per model (default 3)"))
 def cmd_complexity(a) -> None:
     from ldct.complexity import model_complexity
     from ldct.tables import complexity_table
@@ -380,14 +388,15 @@ REPORT_ARGS = (arg("--root", required=True, help="results/{dataset} folder"),
 @command("tables", "Table 2, the Dice table and the statistics", *REPORT_ARGS,
          arg("--models", type=json.loads, default={},
              help='JSON: {"experiments": {name: model spec}, "segmenter": settings}; Table 2\'s caption names '
-                  "the settings that depart from the reference"))
+                  "the settings that depart from the reference"),
+         arg("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (default 0)"))
 def cmd_tables(a) -> None:
     from ldct.tables import write_tables
 
-    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed if a.seed is not None else 0)
+    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed)
 
 
-@command("figures", "every figure", *REPORT_ARGS, threads=True)
+@command("figures", "every figure", *REPORT_ARGS)
 def cmd_figures(a) -> None:
     from ldct.figures import draw_all
 
@@ -417,9 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(command_spec=c)
         for flags, kwargs in c["args"]:
             p.add_argument(*flags, **kwargs)
-        if c["threads"]:
-            p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-        p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+        if c["seed"]:
+            p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
         if c["sections"]:
             p.add_argument("--config", help="a config YAML file whose section(s) replace the defaults")
             for section, keys in c["sections"].items():
@@ -432,14 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     c = a.command_spec
     try:
-        if c["threads"] and a.threads:
+        if a.threads:
             import torch
 
             torch.set_num_threads(a.threads)
         if c["sections"]:
             a.settings = _settings(a, {k: v for k, v in c["sections"].items() if k != "train"})
         c["fn"](a)
-    except LdctError as err:
+    except (LdctError, FileNotFoundError) as err:  # a missing input file is the user's too
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -25,6 +25,7 @@ from ldct.data import stack_subjects
 from ldct.errors import TrainingError
 from ldct.hu import WINDOWS
 from ldct.inference import (
+    load_checkpoint,
     pick_device,
     predict_slices,
     segmenter_from_checkpoint,
@@ -158,7 +159,7 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
     if spec.needs_segmenter and not segmenter:
         raise TrainingError(f"experiment {spec.name} ({spec.model['name']} + {spec.loss['name']}) "
                             "needs the segmenter checkpoint (--segmenter)")
-    seg_ck = torch.load(segmenter, map_location="cpu", weights_only=True) if spec.needs_segmenter else None
+    seg_ck = load_checkpoint(segmenter) if spec.needs_segmenter else None
     net, criterion, model_spec = build_experiment(spec, seg_ck, device)
     gen = torch.Generator().manual_seed(spec.seed)
     sampler = PatchSampler(data["low"], data["full"], cfg["patch_size"], cfg["batch_size"], cfg["augment"],
