@@ -12,12 +12,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+import losses
 import models
 from ldct import engine
 from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.data import stack_subjects
 from ldct.errors import ConfigError, DataError
-from ldct.inference import pick_device, segment  # noqa: F401  (segment: re-exported)
+from ldct.inference import load_checkpoint, pick_device, segment  # noqa: F401  (segment: re-exported)
 from ldct.io import atomic_path, write_csv
 from ldct.provenance import versions
 
@@ -104,7 +105,7 @@ def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
     """The U-Net of a weights file: a segmenter.pt of this project (which says its width and
     norm; they must match the config) or a bare state dict such as the authors' converted
     model.pth (built as the config says)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_checkpoint(path)
     width, norm = cfg["base_width"], cfg["norm"]
     state = obj
     if isinstance(obj, dict) and "state_dict" in obj:
@@ -184,7 +185,7 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     return df
 
 
-class SegmentationLoss(torch.nn.Module):
+class SegmentationLoss(losses.TermsLoss):
     """Class-weighted cross-entropy plus soft Dice, as separate terms."""
 
     def __init__(self, weight: torch.Tensor):

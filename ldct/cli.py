@@ -32,11 +32,12 @@ def arg(*flags: str, **kwargs) -> tuple:
     return flags, kwargs
 
 
-def command(name: str, help: str, *args: tuple, sections: dict | None = None) -> Callable:
+def command(name: str, help: str, *args: tuple, sections: dict | None = None, seed: bool = False) -> Callable:
     """Register a handler with its options; `sections` maps a config section to the keys it
-    takes as options (None: every key); they arrive validated in `a.settings`."""
+    takes as options (None: every key); they arrive validated in `a.settings`, with the seed
+    (`--seed`, else --config's) where `seed`."""
     def deco(fn: Callable) -> Callable:
-        COMMANDS[name] = {"fn": fn, "help": help, "args": args, "sections": sections or {}}
+        COMMANDS[name] = {"fn": fn, "help": help, "args": args, "sections": sections or {}, "seed": seed}
         return fn
     return deco
 
@@ -58,7 +59,7 @@ def _caster(schema: dict) -> Callable[[str], object]:
     numbers = [t for t, name in ((int, "integer"), (float, "number")) if name in types]
 
     def cast(text: str):
-        if "null" in types and text.lower() in ("null", "none"):
+        if "null" in types and text in ("null", "~"):
             return None
         for number in numbers:
             try:
@@ -116,7 +117,7 @@ def _settings(a, sections: dict) -> dict:
 
     cfg = load_config(a.config) if a.config else {}
     out = {name: validate_section(name, _merge(cfg.get(name, {}), _given(a, name))) for name in sections}
-    out["seed"] = a.seed if a.seed is not None else cfg.get("seed", 42)
+    out["seed"] = a.seed if getattr(a, "seed", None) is not None else cfg.get("seed", 42)
     return out
 
 
@@ -125,7 +126,7 @@ def section_flags(section: str, values: dict, keys=None) -> str:
     from ldct.config import load_schema
 
     parts = []
-    for path, _ in _leaves(load_schema()["properties"][section]):
+    for path, sub in _leaves(load_schema()["properties"][section]):
         if keys is not None and ".".join(path) not in keys:
             continue
         value = values
@@ -135,7 +136,10 @@ def section_flags(section: str, values: dict, keys=None) -> str:
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
-            parts.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+            if value:
+                parts.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+        elif isinstance(value, float) and value.is_integer() and "integer" in str(sub.get("type")):
+            parts.append(f"{flag} {int(value)}")
         else:
             parts.append(f"{flag} {shlex.quote('null' if value is None else str(value))}")
     return " ".join(parts)
@@ -162,7 +166,10 @@ def _read_json(path: str) -> dict:
 
 
 def _test_subjects(path: str) -> list[str]:
-    return _read_json(path)["test"]
+    split = _read_json(path)
+    if "test" not in split:
+        raise DataError(f"{path}: no 'test' subjects")
+    return split["test"]
 
 
 SERIES_KEYS = ("full_series", "low_series")
@@ -175,7 +182,7 @@ SERIES_KEYS = ("full_series", "low_series")
          arg("--dicom-out", required=True, help="the subject's DICOM folder (TCIA layout)"),
          arg("--phantom-out", required=True, help="folder for phantom, truth, labels and parameters"),
          arg("--fields", help="template fields cache from `ldct template-fields` (default: build them)"),
-         sections={"synthetic": None})
+         sections={"synthetic": None}, seed=True)
 def cmd_synthesize(a) -> None:
     from ldct.synthetic import make_subject
 
@@ -264,7 +271,7 @@ def cmd_manifest(a) -> None:
 @command("split", "write splits.json (subject-level train / val / test)",
          arg("--out", required=True, help="splits.json to write"),
          arg("subjects", nargs="+", help="every subject name"),
-         sections={"split": None})
+         sections={"split": None}, seed=True)
 def cmd_split(a) -> None:
     from ldct.io import write_json
     from ldct.splits import make_splits
@@ -282,7 +289,7 @@ TRAINING_IO = (arg("--nifti", required=True, help="results/{dataset}/nifti"),
 
 @command("pretrain-segmenter", "train (or load given weights of) the segmentation U-Net",
          *TRAINING_IO, arg("--checkpoints", help="folder for the resumable state (default: none)"),
-         sections={"segmenter": None})
+         sections={"segmenter": None}, seed=True)
 def cmd_pretrain_segmenter(a) -> None:
     from ldct.anatomy import pretrain_segmenter
 
@@ -299,7 +306,7 @@ def cmd_pretrain_segmenter(a) -> None:
          arg("--experiment", help="with --config: the experiment to train"),
          arg("--segmenter", help="segmenter.pt, for experiments that use the frozen U-Net"),
          arg("--stop-after-epochs", type=int, help="stop early (to test resuming)"),
-         sections={"train": None})
+         sections={"train": None}, seed=True)
 def cmd_train(a) -> None:
     import dataclasses
 
@@ -310,8 +317,9 @@ def cmd_train(a) -> None:
     if a.spec and (a.config or a.experiment):
         raise UsageError("give either --spec (as the workflow does) or --config with --experiment, not both")
     if a.spec:
-        text = Path(a.spec).read_text() if not a.spec.lstrip().startswith("{") else a.spec
-        spec = ExperimentSpec.from_json(text)
+        inline = a.spec.lstrip()[:1] in ("{", "[")
+        spec = ExperimentSpec.from_json(a.spec if inline else json.dumps(_read_json(a.spec)))
+        spec.check()
     elif a.config:
         cfg = load_config(a.config)
         if a.experiment not in cfg["experiments"]:
@@ -393,11 +401,12 @@ REPORT_ARGS = (arg("--root", required=True, help="results/{dataset} folder"),
          arg("--models", type=json.loads, default={},
              help='JSON: {"experiments": {name: model spec}, "segmenter": settings}; Table 2\'s caption names '
                   "the settings that depart from the reference"),
+         arg("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (default 0)"),
          sections={"train": TABLE_TRAIN_KEYS})
 def cmd_tables(a) -> None:
     from ldct.tables import write_tables
 
-    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.settings["seed"], a.settings["train"])
+    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed, a.settings["train"])
 
 
 @command("figures", "every figure", *REPORT_ARGS, sections={"train": ("budget.min_gain_db",)})
@@ -454,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         for flags, kwargs in c["args"]:
             p.add_argument(*flags, **kwargs)
         p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-        p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
+        if c["seed"]:
+            p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
         if c["sections"]:
             p.add_argument("--config", help="a config YAML file whose section(s) replace the defaults")
             for section, keys in c["sections"].items():
@@ -474,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         if c["sections"]:
             a.settings = _settings(a, {k: v for k, v in c["sections"].items() if k != "train" or c["fn"] != cmd_train})
         c["fn"](a)
-    except LdctError as err:
+    except (LdctError, FileNotFoundError) as err:  # a missing input file is the user's too
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

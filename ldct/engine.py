@@ -18,8 +18,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from functools import reduce
-from operator import add
 from pathlib import Path
 from typing import Callable
 
@@ -125,9 +123,8 @@ def train_step(net: torch.nn.Module, criterion: Callable, opt: torch.optim.Optim
     """One optimiser step (mixed precision when `use_amp`): {'loss': total, term: value...};
     stops on a non-finite loss."""
     with torch.autocast(x.device.type, enabled=use_amp):
-        out = net(x)
-        terms = criterion.terms(out, y) if hasattr(criterion, "terms") else {}
-        loss = reduce(add, terms.values()) if terms else criterion(out, y)
+        loss = criterion(net(x), y)
+    terms = getattr(criterion, "last_terms", {})
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite loss ({loss.item()}); lower train.lr or check the input data for NaN")
     opt.zero_grad(set_to_none=True)

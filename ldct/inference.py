@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 import models
+from ldct.errors import MissingFileError
 from ldct.hu import from_unit, to_unit
 
 
@@ -27,13 +28,20 @@ def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module
     return net.to(device).eval()
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """A model file's dictionary, loaded on the CPU; a clear error when it is missing."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: model file not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
-    return segmenter_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True), device)
+    return segmenter_from_checkpoint(load_checkpoint(path), device)
 
 
 def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """A trained denoiser from model.pt and the file's dictionary (spec, hu_range, epoch...)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = load_checkpoint(path)
     spec = dict(ck["model"])
     net = models.build(spec.pop("name"), **spec)
     net.load_state_dict(ck["state_dict"])

@@ -56,7 +56,7 @@ class ExperimentSpec:
             obj = json.loads(text)
             obj["hu_range"] = tuple(obj.get("hu_range", (-1024.0, 3072.0)))
             return cls(**obj)
-        except (json.JSONDecodeError, TypeError) as err:
+        except (json.JSONDecodeError, TypeError, AttributeError, KeyError) as err:
             raise ConfigError(f"not an experiment spec ({', '.join(cls.__dataclass_fields__)}): {err}") from None
 
     @property

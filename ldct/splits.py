@@ -40,6 +40,8 @@ def make_splits(subjects: list[str], cfg: dict, seed: int) -> dict[str, list[str
     """Build the split from the `split` config section for the subjects found on disk."""
     subjects = sorted(subjects)
     if cfg["method"] == "preset":
+        if not cfg.get("preset"):
+            raise SplitError("split.preset is required when split.method is 'preset'")
         split = load_preset(cfg["preset"])
         missing = sorted({s for part in split.values() for s in part} - set(subjects))
         if missing:

@@ -24,13 +24,18 @@ register = REGISTRY.register
 
 
 class TermsLoss(nn.Module):
-    """A loss that is the sum of named (already weighted) terms."""
+    """A loss that is the sum of named (already weighted) terms; after each call,
+    `last_terms` holds their values (detached) for the training history."""
+
+    last_terms: dict[str, torch.Tensor] = {}
 
     def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return reduce(add, self.terms(pred, target).values())
+        terms = self.terms(pred, target)
+        self.last_terms = {k: v.detach() for k, v in terms.items()}
+        return reduce(add, terms.values())
 
 
 def build(name: str, **kwargs):

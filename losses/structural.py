@@ -43,7 +43,19 @@ class MSSSIML1(TermsLoss):
         self.register_buffer("masks", gaussian_masks(tuple(sigmas)), persistent=False)
         self.c1, self.c2 = 0.01**2, 0.03**2
 
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The reference's arithmetic (one mean of the mixed map); the terms are logged apart."""
+        ms_ssim, l1 = self._maps(pred, target)
+        self.last_terms = {"ms_ssim": (self.scale * self.alpha * (1 - ms_ssim).mean()).detach(),
+                           "l1": (self.scale * (1 - self.alpha) * l1.mean()).detach()}
+        return self.scale * (self.alpha * (1 - ms_ssim) + (1 - self.alpha) * l1).mean()
+
     def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        ms_ssim, l1 = self._maps(pred, target)
+        return {"ms_ssim": self.scale * self.alpha * (1 - ms_ssim).mean(), "l1": self.scale * (1 - self.alpha) * l1.mean()}
+
+    def _maps(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pixel MS-SSIM and Gaussian-weighted L1."""
         x, y = pred.float(), target.float()
         g = self.masks.to(x.device)
 
@@ -57,5 +69,4 @@ class MSSSIML1(TermsLoss):
         cs = (2 * sxy + self.c2) / (sx + sy + self.c2)
         ms_ssim = lum[:, -1] ** self.repeats * cs.prod(dim=1) ** self.repeats
         l1 = F.conv2d((x - y).abs(), g[-1:], padding=self.pad)[:, 0]
-        return {"ms_ssim": self.scale * self.alpha * (1 - ms_ssim).mean(),
-                "l1": self.scale * (1 - self.alpha) * l1.mean()}
+        return ms_ssim, l1

@@ -98,7 +98,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert len(manifest) == 4 and (manifest["dose_ratio"] == 0.25).all()
     # every rule wrote its log
     train_log = (out / "logs" / "train" / "edcnn_l1.log").read_text()
-    assert "threads: 2," in train_log  # Snakemake's {threads}, capped at --cores 2
+    assert "threads: 2)" in train_log  # Snakemake's {threads}, capped at --cores 2
     assert "epoch 2/2: 100%" in train_log  # tqdm progress of each epoch
     truth = pd.read_csv(out / "tables" / "table2_vs_truth.csv")
     # LDCT is NDCT plus inserted noise (variance 3 sigma_f^2 at 25 % dose), while LDCT minus the
