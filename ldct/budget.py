@@ -40,8 +40,8 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     """The training settings with `epochs` and `iters_per_epoch` set by the protocol, and a
     record of the budget: {'protocol', 'steps', 'macs_per_step', 'tera_macs'}."""
     b = train["budget"]
-    pixels = (train["patch_size"] or slice_size) ** 2
-    macs_step = 3.0 * macs_per_pixel(model, segmenter) * pixels * train["batch_size"]
+    size = train["patch_size"] or slice_size
+    macs_step = 3.0 * macs_per_pixel(model, segmenter, size) * size**2 * train["batch_size"]
     train = dict(train)
     if b["protocol"] == "converged":
         steps = train["epochs"] * train["iters_per_epoch"]

@@ -122,7 +122,7 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(f"config error at experiments.{name}.train.{fixed[0]}: set by the budget protocol "
                               f"({protocol}) for every experiment alike; remove it (or use train.budget.protocol: "
                               "converged)")
-        ExperimentSpec.from_config(config, name).check()
+        ExperimentSpec.from_config(config, name, resolve=False).check()
     ds = config["dataset"]
     if ds["source"] == "dicom" and not ds["dicom_root"]:
         raise ConfigError("config error at dataset.dicom_root: required when dataset.source is 'dicom'")

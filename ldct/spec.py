@@ -35,15 +35,17 @@ class ExperimentSpec:
     budget: dict = field(default_factory=dict)  # the protocol's steps and compute (ldct.budget.resolve)
 
     @classmethod
-    def from_config(cls, config: dict, name: str) -> ExperimentSpec:
-        """The experiment `name` of a validated config, its steps set by the budget protocol."""
+    def from_config(cls, config: dict, name: str, resolve: bool = True) -> ExperimentSpec:
+        """The experiment `name` of a validated config, its steps set by the budget protocol
+        (unless not `resolve`: the settings as written, e.g. to check them first)."""
         from ldct import budget
 
         exp = config["experiments"][name]
         norm = config["normalization"]
         slice_size = config["synthetic"]["matrix"] if config["dataset"]["source"] == "synthetic" else 512
-        train, spent = budget.resolve({**config["train"], **exp.get("train", {})}, exp["model"],
-                                      config["segmenter"], slice_size)
+        train, spent = {**config["train"], **exp.get("train", {})}, {}
+        if resolve:
+            train, spent = budget.resolve(train, exp["model"], config["segmenter"], slice_size)
         return cls(name=name, model=dict(exp["model"]), loss=dict(exp["loss"]), train=train, seed=config["seed"],
                    hu_range=(float(norm["hu_min"]), float(norm["hu_max"])), budget=spent)
 

@@ -25,6 +25,20 @@ def holm(pvalues: list[float]) -> list[float]:
     return adj.tolist()
 
 
+def paired_difference(diff: np.ndarray, seed: int = 0) -> dict:
+    """Mean of paired differences, its bootstrap 95 % CI and the Wilcoxon signed-rank p."""
+    n = len(diff)
+    p = float(stats.wilcoxon(diff).pvalue) if n >= 2 and np.any(diff != 0) else 1.0
+    if n >= 2 and np.ptp(diff) > 0:
+        ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000,
+                             random_state=np.random.default_rng(seed)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    else:
+        lo = hi = float(diff.mean()) if n else float("nan")
+    return {"n_subjects": n, "mean_diff": float(diff.mean()) if n else float("nan"), "ci_low": lo, "ci_high": hi,
+            "p_wilcoxon": p}
+
+
 def compare_to_best(per_subject: pd.DataFrame, metrics: list[str], seed: int = 0) -> pd.DataFrame:
     """per_subject: rows (experiment, subject) with metric columns (higher is better)."""
     rows = []
@@ -36,19 +50,7 @@ def compare_to_best(per_subject: pd.DataFrame, metrics: list[str], seed: int = 0
             if exp == best:
                 continue
             diff = (wide[exp] - wide[best]).dropna().to_numpy()
-            if len(diff) >= 2 and np.any(diff != 0):
-                p = float(stats.wilcoxon(diff).pvalue)
-            else:
-                p = 1.0
-            if len(diff) >= 2 and np.ptp(diff) > 0:
-                ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000,
-                                     random_state=np.random.default_rng(seed)).confidence_interval
-                lo, hi = float(ci.low), float(ci.high)
-            else:
-                lo = hi = float(diff.mean()) if len(diff) else float("nan")
-            comps.append({"metric": metric, "experiment": exp, "best": best, "n_subjects": len(diff),
-                          "mean_diff": float(diff.mean()) if len(diff) else float("nan"),
-                          "ci_low": lo, "ci_high": hi, "p_wilcoxon": p})
+            comps.append({"metric": metric, "experiment": exp, "best": best, **paired_difference(diff, seed)})
         for c, padj in zip(comps, holm([c["p_wilcoxon"] for c in comps])):
             c["p_holm"] = padj
             c["significant"] = padj < 0.05

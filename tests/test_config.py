@@ -74,10 +74,10 @@ def test_misspelt_model_argument_names_what_the_model_takes():
 
 
 def test_experiment_overrides_merge_with_training_defaults():
-    cfg = validate_config({"train": {"epochs": 3, "lr": 0.01},
+    cfg = validate_config({"train": {"epochs": 3, "lr": 0.01, "budget": {"protocol": "converged"}},
                            "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}, "train": {"lr": 0.1}}}})
     s = ExperimentSpec.from_config(cfg, "a")
-    assert s.train["lr"] == 0.1 and s.train["epochs"] == 3
+    assert s.train["lr"] == 0.1 and s.train["epochs"] == 3 and s.budget["steps"] == 3 * s.train["iters_per_epoch"]
     assert ExperimentSpec.from_json(s.to_json()) == s
 
 

@@ -308,3 +308,24 @@ def test_each_loss_term_is_logged(dataset, tmp_path):
     hist, _ = train(dataset, "terms", tmp_path, experiment=weighted)
     assert hist.loc[0, "train_loss"] == pytest.approx(hist.loc[0, "loss_l1"] + hist.loc[0, "loss_head_window"])
     assert hist.loc[0, "loss_head_window"] > 0
+
+
+@pytest.mark.slow
+def test_lr_auto_sweeps_and_keeps_the_best(dataset, tmp_path):
+    """`lr: auto` trains each candidate briefly from the same start, records the sweep beside
+    the model and trains the run at the winner; a diverging rate is out, not fatal."""
+    auto = json.loads(json.dumps(EXPERIMENT))
+    auto["train"].update(lr="auto", lr_sweep={"candidates": [1e-4, 1e-3, 1e30], "fraction": 0.34})
+    hist, out = train(dataset, "auto", tmp_path, experiment=auto)
+    sweep = pd.read_csv(out / "lr_sweep.csv")
+    assert list(sweep["lr"]) == [1e-4, 1e-3, 1e30] and sweep["chosen"].sum() == 1
+    assert sweep.loc[2, "source"].startswith("sweep: ") and "non-finite" in sweep.loc[2, "source"]
+    chosen = float(sweep.loc[sweep["chosen"], "lr"].iloc[0])
+    assert chosen == sweep.loc[sweep["val_mse_head"].idxmin(), "lr"] and sweep.loc[0, "steps"] == 2
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["lr"] == chosen and list(hist["epoch"]) == [1, 2, 3]
+    assert {"val_psnr_brain", "val_psnr_brain_ldct", "step", "tera_macs"} <= set(hist.columns)
+    fixed = json.loads(json.dumps(EXPERIMENT))
+    fixed["train"]["lr"] = chosen
+    again, _ = train(dataset, "fixed", tmp_path, experiment=fixed)  # the same run as with the rate given
+    pd.testing.assert_series_equal(again["val_mse_head"], hist["val_mse_head"])

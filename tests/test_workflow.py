@@ -87,8 +87,12 @@ def test_tiny_workflow_end_to_end(tmp_path):
     t2_md = (out / "tables" / "table2_quantitative.md").read_text()
     assert "**" in t2_md and "SSIM as the paper computes it" in t2_md
     assert "Departures from the reference implementation (project options): segmenter base_width=" in t2_md
+    assert "Training budget: equal steps, 4 per experiment" in t2_md and "no difference can reach significance" in t2_md
+    training = pd.read_csv(out / "tables" / "training.csv")
+    assert list(training["experiment"]) == ["featkpn_ana", "edcnn_l1"] and (training["steps"] == 4).all()
+    assert set(t2.columns) >= {"steps", "tera_macs", "lr", "not_converged", "worse_than_input"}
     assert "ssim_skimage_brain" in pd.read_csv(out / "eval" / "LDCT" / "metrics.csv", nrows=1)
-    for fig in ("fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves",
+    for fig in ("fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves", "fig_learning_curves",
                 "fig_metric_distributions", "fig_phantom"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
     for exp in ("featkpn_ana", "edcnn_l1"):

@@ -66,6 +66,8 @@ EXPERIMENTS = list(config["experiments"])
 # One ExperimentSpec per experiment: what `ldct train --spec` receives (ldct/spec.py).
 SPECS = {e: ExperimentSpec.from_config(config, e) for e in EXPERIMENTS}
 ROWS = [LDCT] + EXPERIMENTS
+# Models trained with and without the anatomical loss (<model>_ana and <model>_l1): the paper's claim.
+ANA_PAIRS = [e for e in EXPERIMENTS if e.endswith("_ana") and e[:-4] + "_l1" in EXPERIMENTS]
 # Dose sweep (synthetic data): the models are trained at the first dose fraction and every
 # experiment and the LDCT row are evaluated at each fraction; on only with more than one.
 DOSES = list(dict.fromkeys(config["synthetic"]["dose_fractions"])) if SYNTHETIC else []

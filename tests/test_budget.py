@@ -1,0 +1,109 @@
+"""The budget protocol, convergence flags, the power statement and seed stability."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from ldct import budget
+from ldct.config import ConfigError, validate_config
+from ldct.spec import ExperimentSpec
+
+
+def config(protocol="equal_macs", **extra):
+    exps = {"featkpn_l1": {"model": {"name": "featkpn", "nf": 8, "nk": 8}, "loss": {"name": "l1"}},
+            "redcnn_l1": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}},
+            "gaussian_l1": {"model": {"name": "gaussian"}, "loss": {"name": "l1"}}}
+    return validate_config({"train": {"budget": {"protocol": protocol, "tera_macs": 0.2, "steps": 1000,
+                                                 "evaluations": 5, **extra}, "patch_size": 32, "batch_size": 4},
+                            "experiments": exps})
+
+
+def test_equal_macs_gives_every_experiment_the_same_compute():
+    cfg = config()
+    specs = {e: ExperimentSpec.from_config(cfg, e) for e in cfg["experiments"]}
+    for e in ("featkpn_l1", "redcnn_l1"):
+        b = specs[e].budget
+        assert b["protocol"] == "equal_macs" and specs[e].train["epochs"] == 5
+        assert b["tera_macs"] == pytest.approx(0.2, rel=0.05)  # rounded to whole steps per round
+        assert b["steps"] == specs[e].train["epochs"] * specs[e].train["iters_per_epoch"]
+    assert specs["redcnn_l1"].budget["steps"] < specs["featkpn_l1"].budget["steps"]  # more MACs, fewer steps
+    assert specs["gaussian_l1"].budget["steps"] == 1000  # (almost) no MACs: the cap
+    counted = budget.macs_per_pixel({"name": "redcnn"}, cfg["segmenter"], 32) * 3 * 32 * 32 * 4
+    assert specs["redcnn_l1"].budget["macs_per_step"] == counted
+
+
+def test_equal_steps_and_converged():
+    cfg = config("equal_steps")
+    assert {ExperimentSpec.from_config(cfg, e).budget["steps"] for e in cfg["experiments"]} == {1000}
+    cfg = config("converged")
+    spec = ExperimentSpec.from_config(cfg, "redcnn_l1")
+    assert spec.budget["steps"] == cfg["train"]["epochs"] * cfg["train"]["iters_per_epoch"]
+    assert "not improved for 5 rounds" in budget.describe(cfg["train"])
+    assert "equal compute, 0.2 x 10^12" in budget.describe(config()["train"])
+
+
+def test_per_experiment_epochs_are_refused_under_a_fixed_budget():
+    cfg = {"experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}, "train": {"epochs": 3}}}}
+    with pytest.raises(ConfigError, match="experiments.a.train.epochs: set by the budget protocol"):
+        validate_config(cfg)
+    cfg["train"] = {"budget": {"protocol": "converged"}}
+    assert validate_config(cfg)
+
+
+def history(psnr, best=None):
+    n = len(psnr)
+    return pd.DataFrame({"epoch": range(1, n + 1), "step": [10 * (i + 1) for i in range(n)],
+                         "tera_macs": [0.1 * (i + 1) for i in range(n)], "val_psnr_brain": psnr,
+                         "val_psnr_brain_ldct": 27.0, "lr": 1e-3,
+                         "best": best if best is not None else [True] * n})
+
+
+def test_training_summary_flags_rows_still_rising_or_worse_than_their_input():
+    flat = history([27.5, 28.0, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.12])
+    rising = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 32.0])
+    worse = history([26.0, 26.2, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3])
+    sweep = pd.DataFrame({"lr": [1e-4, 1e-3], "chosen": [False, True], "source": "sweep"})
+    s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse}, {"rising": sweep}, 0.1).set_index(
+        "experiment")
+    assert s.loc["rising", "val_gain_last_tenth_db"] == pytest.approx(0.5)
+    assert list(s["not_converged"]) == [False, True, False]
+    assert list(s["worse_than_input"]) == [False, False, True]
+    assert s.loc["rising", "lr"] == 1e-3 and s.loc["flat", "steps"] == 100
+    assert math.isnan(budget.last_tenth_gain([10], [1.0]))
+
+
+def test_power_statement():
+    from ldct.tables import power_note
+
+    assert "no difference can reach significance" in power_note(2, 10)
+    assert "0.00195" in power_note(10, 10) and "differences can reach significance" in power_note(10, 10)
+
+
+def test_early_stopping_after_patience_rounds():
+    from ldct import engine
+
+    net = torch.nn.Linear(1, 1)
+    scores = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8, 1.0])
+    task = engine.Task(net, torch.nn.MSELoss(), lambda: (torch.zeros(2, 1), torch.zeros(2, 1)),
+                       lambda m: {"score": next(scores)}, score="score")
+    cfg = {"epochs": 7, "iters_per_epoch": 1, "batch_size": 2, "lr": 1e-3}
+    out = engine.fit(task, cfg, device=torch.device("cpu"), generator=torch.Generator(), key="k", patience=3)
+    assert [r["epoch"] for r in out.history] == [1, 2, 3, 4, 5] and out.complete
+    assert out.best_row["epoch"] == 2
+
+
+def test_stability_summary_and_tau():
+    from ldct.stability import summarize
+
+    rows = []
+    for seed, order in ((1, [30, 29, 28]), (2, [30.2, 28.9, 29.1]), (3, [30.1, 29.2, 28.0])):
+        rows += [{"seed": seed, "experiment": e, "psnr_brain": v, "ssim_brain": v / 100}
+                 for e, v in zip(["a", "b", "c"], order)]
+    table, ranks, taus = summarize(pd.DataFrame(rows))
+    assert table.set_index("experiment").loc["a", "psnr_brain_mean"] == pytest.approx(30.1)
+    assert table.set_index("experiment").loc["a", "psnr_brain_sd"] == pytest.approx(0.1)
+    t = taus[taus["metric"] == "psnr_brain"].set_index(["seed_a", "seed_b"])
+    assert t.loc[(1, 3), "tau"] == pytest.approx(1.0) and t.loc[(1, 2), "swapped_pairs"] == "b/c"
+    assert set(ranks.loc[ranks["seed"] == 2, "rank_psnr_brain"]) == {1, 2, 3}
