@@ -20,6 +20,10 @@ TABLE2_COLUMNS = [  # (column, header) in the paper's layout
 ]
 
 
+# Training columns shown in Table 2 when the training summary is given (ldct.budget.training_summary).
+TRAINING_COLUMNS = [("steps", "steps"), ("lr", "lr"), ("val_gain_last_tenth_db", "val. gain, last 10 % (dB)")]
+
+
 def _fmt(v, digits: int) -> str:
     if isinstance(v, str):
         return v
@@ -117,7 +121,9 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
     bold = {c: e + flags.get(e, "") for c, e in bold.items()}
     marks = {(e + flags.get(e, ""), c): m for (e, c), m in marks.items()}
-    md, tex = render(shown, "experiment", TABLE2_COLUMNS, digits, bold, marks,
+    shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
+    digits.update({"steps": 0, "lr": 4, "val_gain_last_tenth_db": 2})
+    md, tex = render(shown, "experiment", shown_cols, digits, bold, marks,
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
                      "zero padding). Best in bold; $\\dagger$: significantly worse than "
                      "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$). "
