@@ -13,8 +13,8 @@ import functools
 import json
 import math
 
-# Protocols that fix the steps up front; `converged` stops on the validation score instead.
-FIXED = ("equal_macs", "equal_steps")
+# Protocols under which an experiment may set its own epochs and steps per epoch.
+OWN_STEPS = ("converged", "fixed")
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +43,7 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     size = train["patch_size"] or slice_size
     macs_step = 3.0 * macs_per_pixel(model, segmenter, size) * size**2 * train["batch_size"]
     train = dict(train)
-    if b["protocol"] == "converged":
+    if b["protocol"] in OWN_STEPS:
         steps = train["epochs"] * train["iters_per_epoch"]
     else:
         steps = b["steps"]
@@ -67,6 +67,9 @@ def describe(train: dict) -> str:
                 f"validated {b['evaluations']} times.")
     if b["protocol"] == "equal_steps":
         return f"Training budget: equal steps, {b['steps']} per experiment, {common}, validated {b['evaluations']} times."
+    if b["protocol"] == "fixed":
+        return ("Training budget: set per experiment (epochs, patch size and learning rate chosen by hand; the budgets "
+                "differ, so the ranking reflects them too; steps and rates in the CSV).")
     return (f"Training budget: until converged, validation MSE [0, 80] HU not improved for {b['patience']} rounds "
             f"of {train['iters_per_epoch']} steps (at most {train['epochs']} rounds), {common}.")
 

@@ -106,6 +106,7 @@ def _check(schema: dict, inst, where: str = "") -> None:
 
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (defaults filled), plus checks a schema cannot express."""
+    from ldct.budget import OWN_STEPS
     from ldct.spec import ExperimentSpec
 
     schema = load_schema()
@@ -117,11 +118,11 @@ def validate_config(config: dict) -> dict:
     for name, exp in config["experiments"].items():
         _check(train_schema, {**config["train"], **exp.get("train", {})}, f"experiments.{name}.train")
         protocol = {**config["train"], **exp.get("train", {})}["budget"]["protocol"]
-        fixed = [k for k in ("epochs", "iters_per_epoch") if k in exp.get("train", {}) and protocol != "converged"]
+        fixed = [k for k in ("epochs", "iters_per_epoch") if k in exp.get("train", {}) and protocol not in OWN_STEPS]
         if fixed:
             raise ConfigError(f"config error at experiments.{name}.train.{fixed[0]}: set by the budget protocol "
                               f"({protocol}) for every experiment alike; remove it (or use train.budget.protocol: "
-                              "converged)")
+                              "converged or fixed)")
         ExperimentSpec.from_config(config, name, resolve=False).check()
     ds = config["dataset"]
     if ds["source"] == "dicom" and not ds["dicom_root"]:

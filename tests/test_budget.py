@@ -107,3 +107,12 @@ def test_stability_summary_and_tau():
     t = taus[taus["metric"] == "psnr_brain"].set_index(["seed_a", "seed_b"])
     assert t.loc[(1, 3), "tau"] == pytest.approx(1.0) and t.loc[(1, 2), "swapped_pairs"] == "b/c"
     assert set(ranks.loc[ranks["seed"] == 2, "rank_psnr_brain"]) == {1, 2, 3}
+
+
+def test_fixed_budget_keeps_each_experiments_own_steps_and_says_so():
+    cfg = validate_config({"train": {"budget": {"protocol": "fixed"}, "epochs": 2, "iters_per_epoch": 5},
+                           "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"},
+                                                 "train": {"epochs": 3, "lr": 0.01}}}})
+    spec = ExperimentSpec.from_config(cfg, "a")
+    assert spec.budget["steps"] == 15 and spec.train["epochs"] == 3 and spec.train["lr"] == 0.01
+    assert "the budgets differ" in budget.describe(cfg["train"])
