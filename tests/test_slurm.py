@@ -447,6 +447,7 @@ def test_cancelled_training_job_is_resubmitted_and_resumes(cluster, tiny_runs, t
     epochs = 6  # of about 2 s each here: the job is cancelled within 0.2 s of the first checkpoint
     cfg["experiments"] = {"edcnn_resume": {"model": {"name": "edcnn", "channels": 8, "stages": 3}, "loss": {"name": "l1"},
                                            "train": {"epochs": epochs, "iters_per_epoch": 20}}}
+    cfg["train"]["budget"] = {"protocol": "fixed"}  # this experiment's own epochs
     cfg_file = tmp_path / "resume.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     results = r["slurm"].parent  # reuse the converted data of the tiny run: only training runs
