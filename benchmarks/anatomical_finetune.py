@@ -42,13 +42,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ldct.anatomy import dice_per_class, segment  # noqa: E402
+from ldct.anatomy import dice_per_class  # noqa: E402
 from ldct.data import load_subject, stack_subjects  # noqa: E402
 from ldct.metrics import window_psnr  # noqa: E402
 from ldct.paths import ResultPaths  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 from ldct.engine import build_optimizer, prepare, train_step  # noqa: E402
-from ldct.inference import pick_device, predict_slices, to_input  # noqa: E402
+from ldct.inference import pick_device, predict_slices, segment, to_input  # noqa: E402
 from ldct.spec import ExperimentSpec  # noqa: E402
 from ldct.train import PatchSampler, build_experiment  # noqa: E402
 

@@ -18,7 +18,7 @@ from ldct import engine
 from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.data import stack_subjects
 from ldct.errors import ConfigError, DataError
-from ldct.inference import load_checkpoint, pick_device, segment  # noqa: F401  (segment: re-exported)
+from ldct.inference import load_checkpoint, pick_device, segment
 from ldct.io import atomic_path, write_csv
 from ldct.provenance import versions
 

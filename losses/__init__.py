@@ -11,6 +11,7 @@ A loss class with `needs_segmenter = True` receives the frozen segmentation U-Ne
 HU scaling as constructor arguments `segmenter=` and `hu_range=` from the training engine.
 """
 
+from abc import ABC, abstractmethod
 from functools import reduce
 from operator import add
 
@@ -23,14 +24,15 @@ REGISTRY = Registry("loss")
 register = REGISTRY.register
 
 
-class TermsLoss(nn.Module):
+class TermsLoss(nn.Module, ABC):
     """A loss that is the sum of named (already weighted) terms; after each call,
     `last_terms` holds their values (detached) for the training history."""
 
     last_terms: dict[str, torch.Tensor] = {}
 
+    @abstractmethod
     def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The named terms whose sum is the loss."""
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         terms = self.terms(pred, target)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldct.anatomy import dice_per_class, load_weights, segment
+from ldct.anatomy import dice_per_class, load_weights
+from ldct.inference import segment
 from ldct.config import load_config
 from ldct.lowdose import make_geometry, simulate_doses
 from ldct.phantom import draw_subject, synthesize_subject
