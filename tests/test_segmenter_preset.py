@@ -28,7 +28,7 @@ def test_shipped_segmenter_segments_an_unseen_synthetic_subject():
     ck = torch.load(ROOT / seg_cfg["weights"], map_location="cpu", weights_only=True)
     assert ck["val_mean_dice"] >= 0.75  # as trained: mean foreground Dice on its 4 validation subjects
     net = load_weights(ROOT / seg_cfg["weights"], seg_cfg)
-    # a subject outside the default run's 12 (S001-S012): new deformation, size, tilt, lesions
+    # a subject outside the default run's 20 (S001-S020): new deformation, size, tilt, lesions
     seed = subject_seed(cfg["seed"], "S100")
     ph = synthesize_subject(draw_subject("S100", seed, s["lesion_probability"]), s["matrix"],
                             s["fov_mm"] / s["matrix"], s["slice_mm"], tuple(s["z_range_mm"]))
