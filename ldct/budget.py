@@ -75,8 +75,8 @@ def describe(train: dict) -> str:
 
 
 def last_tenth_gain(steps: list[float], scores: list[float]) -> float:
-    """The rise of a validation score over the last tenth of training (interpolated), or NaN
-    with fewer than two validations."""
+    """The change of a validation score over the last tenth of training (interpolated; negative
+    when it fell), or NaN with fewer than two validations."""
     if len(steps) < 2:
         return math.nan
     import numpy as np
@@ -87,7 +87,8 @@ def last_tenth_gain(steps: list[float], scores: list[float]) -> float:
 def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
     """Per experiment: steps and compute spent, the learning rate used, the kept epoch's
     validation PSNR [-40, 120] and the input's, the gain over the last tenth of training, and
-    the two flags every table shows: `not_converged` (gain above `min_gain_db`) and
+    the two flags every table shows: `not_converged` (the score still moving: rising, or falling
+    as an unstable run does, by more than `min_gain_db` over the last tenth) and
     `worse_than_input` (the kept model below its input on validation)."""
     import pandas as pd
 
@@ -101,6 +102,6 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
                      "lr": lr, "lr_source": sweep.loc[sweep["chosen"], "source"].iloc[0] if sweep is not None else "",
                      "kept_epoch": int(kept["epoch"]), "val_psnr_brain": float(kept["val_psnr_brain"]),
                      "val_psnr_brain_ldct": float(h["val_psnr_brain_ldct"].iloc[0]),
-                     "val_gain_last_tenth_db": gain, "not_converged": bool(gain > min_gain_db),
+                     "val_gain_last_tenth_db": gain, "not_converged": bool(abs(gain) > min_gain_db),
                      "worse_than_input": bool(kept["val_psnr_brain"] < h["val_psnr_brain_ldct"].iloc[0])})
     return pd.DataFrame(rows)

@@ -409,11 +409,11 @@ def cmd_tables(a) -> None:
     write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed, a.settings["train"])
 
 
-@command("figures", "every figure", *REPORT_ARGS, sections={"train": ("budget.min_gain_db",)})
+@command("figures", "every figure", *REPORT_ARGS)
 def cmd_figures(a) -> None:
     from ldct.figures import draw_all
 
-    draw_all(ResultPaths.at(a.root), a.experiments, a.settings["train"]["budget"]["min_gain_db"])
+    draw_all(ResultPaths.at(a.root), a.experiments)
 
 
 @command("dose-sweep", "dose-sweep table and figure", *REPORT_ARGS,

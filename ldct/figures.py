@@ -288,13 +288,12 @@ def dose_sweep(table: pd.DataFrame, out: str) -> None:
     save(fig, out)
 
 
-def draw_all(rp, experiments: list[str], min_gain_db: float = 0.1) -> None:
+def draw_all(rp, experiments: list[str]) -> None:
     """Every figure of a results folder (`ldct figures`): the first test subject's middle
-    slice, noise against radius, segmentation maps, training and learning curves, metric
-    distributions and, for synthetic data, the phantom overview."""
+    slice, noise against radius, segmentation maps, training and learning curves (marked as
+    tables/training.csv says), metric distributions and, for synthetic data, the phantom overview."""
     import torch
 
-    from ldct.budget import training_summary
     from ldct.data import load_subject, to_slices
     from ldct.evaluate import LDCT
     from ldct.inference import load_segmenter, segment
@@ -321,7 +320,7 @@ def draw_all(rp, experiments: list[str], min_gain_db: float = 0.1) -> None:
     segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
     histories = {e: pd.read_csv(rp.history(e)) for e in trained}
     training_curves(histories, rp.figure("fig_training_curves"))
-    summary = training_summary(histories, {}, min_gain_db)
+    summary = pd.read_csv(rp.table("training"))
     learning_curves(histories, rp.figure("fig_learning_curves"), summary.query("not_converged")["experiment"].tolist())
     metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in experiments], ignore_index=True)
     metric_distributions(metrics, rp.figure("fig_metric_distributions"))

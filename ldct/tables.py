@@ -148,8 +148,8 @@ def power_note(n_subjects: int, comparisons: int) -> str:
             f"({holm_min:.3g} after Holm over {comparisons} comparisons): {verdict}.")
 
 
-FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] still rising over the last tenth of "
-                                "training by more than the configured threshold)"),
+FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] still moving, up or down, over the "
+                                "last tenth of training by more than the configured threshold)"),
          "worse_than_input": ("§", "worse than its own input on validation (the kept model below the LDCT level)")}
 
 

@@ -60,16 +60,19 @@ def history(psnr, best=None):
                          "best": best if best is not None else [True] * n})
 
 
-def test_training_summary_flags_rows_still_rising_or_worse_than_their_input():
+def test_training_summary_flags_rows_still_moving_or_worse_than_their_input():
     flat = history([27.5, 28.0, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.12])
     rising = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 32.0])
     worse = history([26.0, 26.2, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3])
+    falling = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 30.0], best=[True] * 9 + [False])
     sweep = pd.DataFrame({"lr": [1e-4, 1e-3], "chosen": [False, True], "source": "sweep"})
-    s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse}, {"rising": sweep}, 0.1).set_index(
-        "experiment")
+    s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse, "falling": falling},
+                                 {"rising": sweep}, 0.1).set_index("experiment")
     assert s.loc["rising", "val_gain_last_tenth_db"] == pytest.approx(0.5)
-    assert list(s["not_converged"]) == [False, True, False]
-    assert list(s["worse_than_input"]) == [False, False, True]
+    assert s.loc["falling", "val_gain_last_tenth_db"] == pytest.approx(-1.5)
+    assert list(s["not_converged"]) == [False, True, False, True]  # rising, or falling at the end: still moving
+    assert list(s["worse_than_input"]) == [False, False, True, False]
+    assert s.loc["falling", "val_psnr_brain"] == 31.5  # the kept (best) epoch
     assert s.loc["rising", "lr"] == 1e-3 and s.loc["flat", "steps"] == 100
     assert math.isnan(budget.last_tenth_gain([10], [1.0]))
 

@@ -55,6 +55,8 @@ rule figures:
     input:
         metrics=[str(RP.metrics(e)) for e in ROWS],
         histories=[str(RP.history(e)) for e in EXPERIMENTS],
+        training=str(RP.table("training")),
+        code=code_files("figures"),
         denoised=[str(RP.denoised(e, SPLITS["test"][0])) for e in EXPERIMENTS],
         segmenter=str(RP.segmenter),
         splits=str(RP.splits),
@@ -67,12 +69,11 @@ rule figures:
     params:
         root=results_root,
         rows=ROWS,
-        train=section_flags("train", config["train"], ["budget.min_gain_db"]),
     threads: MAX_THREADS
     conda:
         CONDA_ENV
     shell:
-        "python -m ldct figures --threads {threads} --root {params.root:q} {params.train} "
+        "python -m ldct figures --threads {threads} --root {params.root:q} "
         "--experiments {params.rows:q} > {log:q} 2>&1"
 
 
