@@ -1,0 +1,94 @@
+"""The clinical image-quality measures against cases with a known answer: the channelized
+Hotelling observer against the analytic d' of a known signal in white Gaussian noise, the
+noise power spectrum against white and blurred noise."""
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from ldct.errors import DataError
+from ldct.nps import nps_2d, nps_summary, radial_nps
+from ldct.observer import cho, laguerre_gauss_channels
+
+SIZE, WIDTH, SIGMA = 32, 8.0, 10.0
+
+
+def gaussian_signal(amplitude: float) -> np.ndarray:
+    c = np.arange(SIZE) - (SIZE - 1) / 2.0
+    r2 = c[None, :] ** 2 + c[:, None] ** 2
+    return amplitude * np.exp(-np.pi * r2 / WIDTH ** 2)
+
+
+def test_cho_reaches_the_analytic_dprime_of_a_known_signal_in_white_noise():
+    """A Gaussian lesion in the span of the first channel, white noise: the CHO is the ideal
+    observer, d' = ||s|| / sigma and AUC = Phi(d' / sqrt 2)."""
+    rng = np.random.default_rng(0)
+    signal = gaussian_signal(4.0)
+    expected = np.linalg.norm(signal) / SIGMA
+    n = 1500
+    present = signal + SIGMA * rng.standard_normal((n, SIZE, SIZE))
+    absent = SIGMA * rng.standard_normal((n, SIZE, SIZE))
+    out = cho(present, absent, laguerre_gauss_channels(SIZE, 6, WIDTH), n_resamples=300)
+    assert 1.5 < expected < 2.5  # a task neither trivial nor impossible
+    assert out["dprime"] == pytest.approx(expected, rel=0.1)
+    assert out["dprime_ci_low"] < expected < out["dprime_ci_high"]
+    assert out["auc"] == pytest.approx(stats.norm.cdf(expected / np.sqrt(2)), abs=0.03)
+    assert out["n_train"] == out["n_test"] == n
+
+
+def test_cho_without_a_signal_is_at_chance_and_loses_a_weaker_signal():
+    rng = np.random.default_rng(1)
+    chans = laguerre_gauss_channels(SIZE, 6, WIDTH)
+    noise = lambda: SIGMA * rng.standard_normal((600, SIZE, SIZE))  # noqa: E731
+    null = cho(noise(), noise(), chans, n_resamples=200)
+    assert abs(null["dprime"]) < 0.25 and null["dprime_ci_low"] < 0 < null["dprime_ci_high"]
+    assert null["auc"] == pytest.approx(0.5, abs=0.07)
+    strong = cho(gaussian_signal(4.0) + noise(), noise(), chans, n_resamples=200)
+    weak = cho(gaussian_signal(2.0) + noise(), noise(), chans, n_resamples=200)
+    assert weak["dprime"] < strong["dprime"] and weak["auc"] < strong["auc"]
+
+
+def test_laguerre_gauss_channels_are_unit_norm_and_symmetric():
+    chans = laguerre_gauss_channels(SIZE, 5, WIDTH)
+    assert chans.shape == (5, SIZE, SIZE)
+    np.testing.assert_allclose(np.linalg.norm(chans.reshape(5, -1), axis=1), 1.0)
+    np.testing.assert_allclose(chans, np.transpose(chans, (0, 2, 1)), atol=1e-12)
+
+
+def test_cho_refuses_bad_rois():
+    chans = laguerre_gauss_channels(SIZE)
+    ok = np.zeros((8, SIZE, SIZE))
+    with pytest.raises(DataError, match="lesion-present ROIs: expected"):
+        cho(np.zeros((8, 16, 16)), ok, chans)
+    with pytest.raises(DataError, match="at least 4"):
+        cho(ok, ok[:3], chans)
+    bad = ok.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        cho(bad, ok, chans)
+
+
+def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
+    rng = np.random.default_rng(2)
+    pixel = 0.5
+    rois = SIGMA * rng.standard_normal((400, 64, 64))
+    nps, freqs = nps_2d(rois, pixel)
+    assert nps.shape == (64, 64) and freqs[0] == pytest.approx(-1.0)  # -Nyquist at 0.5 mm pixels
+    f, curve = radial_nps(nps, pixel)
+    np.testing.assert_allclose(curve[2:], SIGMA ** 2 * pixel ** 2, rtol=0.1)  # flat, HU^2 mm^2
+    s = nps_summary(rois, pixel)
+    assert s["noise_sd"] == pytest.approx(SIGMA, rel=0.02)
+    assert s["mean_frequency"] == pytest.approx(2 / 3 * 1.0, rel=0.05)  # flat power over a disc
+
+
+def test_blurred_noise_moves_its_power_to_low_frequencies():
+    """Smoothing, as a denoiser does: lower noise SD and a lower mean frequency."""
+    rng = np.random.default_rng(3)
+    white = SIGMA * rng.standard_normal((200, 64, 64))
+    blurred = ndimage.gaussian_filter(white, sigma=(0, 1.5, 1.5), mode="wrap")
+    w, b = nps_summary(white, 0.5), nps_summary(blurred, 0.5)
+    assert b["noise_sd"] < 0.5 * w["noise_sd"]
+    assert b["mean_frequency"] < 0.6 * w["mean_frequency"]
+    assert b["peak_frequency"] < w["mean_frequency"]
+    with pytest.raises(DataError, match="NaN"):
+        nps_2d(np.full((2, 8, 8), np.nan), 0.5)
