@@ -92,3 +92,55 @@ def test_blurred_noise_moves_its_power_to_low_frequencies():
     assert b["peak_frequency"] < w["mean_frequency"]
     with pytest.raises(DataError, match="NaN"):
         nps_2d(np.full((2, 8, 8), np.nan), 0.5)
+
+
+def test_lesions_sit_on_grey_matter_with_their_rois_inside_the_brain():
+    from ldct.lesion_task import extract_rois, insert_lesions, place_lesions
+
+    labels = np.zeros((3, 96, 96), np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    labels[:, np.hypot(yy - 48, xx - 48) < 40] = 1  # parenchyma
+    labels[:, np.hypot(yy - 48, xx - 48) < 25] = 12  # frontal lobe (grey matter)
+    labels[2] = 0  # a slice without brain
+    sites = place_lesions(labels, roi_px=16, per_slice=4, rng=np.random.default_rng(0))
+    assert {s.z for s in sites} == {0, 1} and all(sum(s.z == z for s in sites) <= 4 for z in (0, 1))
+    for s in sites:
+        assert labels[s.z, s.y, s.x] == 12 and (labels[s.z, s.y - 8:s.y + 8, s.x - 8:s.x + 8] > 0).all()
+    for a in sites:  # ROIs of a slice do not overlap
+        assert not any(b != a and b.z == a.z and abs(b.y - a.y) < 16 and abs(b.x - a.x) < 16 for b in sites)
+    hu = np.full(labels.shape, 35.0, np.float32)
+    out = insert_lesions(hu, sites, contrast_hu=-6.0, diameter_mm=8.0, pixel_mm=1.0)
+    rois = extract_rois(out - hu, sites, 16)
+    assert rois.shape == (len(sites), 16, 16)
+    np.testing.assert_allclose(rois[:, 8, 8], -6.0)  # full contrast at the centre
+    assert rois[:, 0, 0].max() == 0 and np.all(rois <= 0)  # nothing outside the disc
+    assert rois[0].sum() == pytest.approx(-6.0 * np.pi * 4.0 ** 2, rel=0.05)  # the disc's area
+    with pytest.raises(DataError, match="no slice has room"):
+        place_lesions(labels[2:], 16, 4, np.random.default_rng(0))
+
+
+def test_ndct_shows_a_low_contrast_lesion_better_than_ldct():
+    """The whole chain on a uniform brain disc: lesions inserted before projection, the
+    scanner's noise at full and quarter dose, the observer on both."""
+    from ldct.lesion_task import extract_rois, insert_lesions, place_lesions
+    from ldct.lowdose import make_geometry, simulate_doses
+
+    cfg = {"geometry": "parallel", "matrix": 96, "fov_mm": 192.0, "n_views": 180, "filter": "hann",
+           "filter_cutoff": 1.0}
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 47.5, xx - 47.5)
+    labels = np.where(r < 38, 12, 0).astype(np.uint8)[None].repeat(4, 0)
+    head = np.where(r < 40, np.where(r < 38, 35.0, 800.0), -1000.0).astype(np.float32)[None].repeat(4, 0)
+    sites = place_lesions(labels, roi_px=16, per_slice=6, rng=np.random.default_rng(1))
+    present = insert_lesions(head, sites, contrast_hu=-8.0, diameter_mm=10.0, pixel_mm=2.0)
+    geom = make_geometry(cfg)
+    chans = laguerre_gauss_channels(16, 5, 6.0)
+    rois = {1.0: ([], []), 0.25: ([], [])}
+    for seed in range(6):  # independent scans of each version
+        for version, phantom in ((0, present), (1, head)):
+            scans = simulate_doses(phantom, geom, 1e5, [0.25], 5.0, seed=100 * seed + version)
+            for k in rois:
+                rois[k][version].append(extract_rois(scans[k], sites, 16))
+    d = {k: cho(np.concatenate(p), np.concatenate(a), chans, n_resamples=200) for k, (p, a) in rois.items()}
+    assert d[1.0]["dprime"] > d[0.25]["dprime"] > 0.5
+    assert 0.6 < d[0.25]["auc"] < d[1.0]["auc"]
