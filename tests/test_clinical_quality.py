@@ -144,3 +144,24 @@ def test_ndct_shows_a_low_contrast_lesion_better_than_ldct():
     d = {k: cho(np.concatenate(p), np.concatenate(a), chans, n_resamples=200) for k, (p, a) in rois.items()}
     assert d[1.0]["dprime"] > d[0.25]["dprime"] > 0.5
     assert 0.6 < d[0.25]["auc"] < d[1.0]["auc"]
+
+
+def test_ttf_of_a_gaussian_blur_gives_the_analytic_f50():
+    """An insert with partial-volume edges, blurred by a Gaussian of sigma 1.2 pixels: the TTF is
+    exp(-2 pi^2 sigma^2 f^2) times the pixel's sinc, whose 0.5 crossing is known."""
+    from scipy import optimize
+
+    from ldct.ttf import f50, insert_phantom, ttf
+
+    pixel, sigma_px = 1.0, 1.2
+    hu, centres = insert_phantom(128, pixel, [100.0, 40.0], insert_mm=20.0, body_mm=120.0)
+    assert hu[int(round(centres[0][0])), int(round(centres[0][1]))] == pytest.approx(100.0)
+    blurred = ndimage.gaussian_filter(hu, sigma_px)[None]
+    freqs, curve = ttf(blurred, centres[0], 10.0, pixel)
+    assert curve[0] == pytest.approx(1.0) and freqs.max() <= 0.5 / pixel
+    model = lambda f: np.exp(-2 * np.pi ** 2 * (sigma_px * pixel) ** 2 * f ** 2) * np.sinc(f * pixel) - 0.5  # noqa: E731
+    expected = optimize.brentq(model, 0.01, 0.5)
+    assert f50(freqs, curve) == pytest.approx(expected, rel=0.05)
+    sharper = ttf(ndimage.gaussian_filter(hu, 0.6)[None], centres[1], 10.0, pixel)
+    assert f50(*sharper) > f50(freqs, curve)  # less blur, higher f50, at another contrast too
+    assert np.isnan(f50(np.array([0.0, 0.1]), np.array([1.0, 0.9])))
