@@ -39,15 +39,17 @@ def place_lesions(labels: np.ndarray, roi_px: int, per_slice: int, rng: np.rando
         inside = ndimage.distance_transform_edt(lab > 0) > half * np.sqrt(2)
         ys, xs = np.nonzero(inside & np.isin(lab, classes))
         taken = np.zeros(lab.shape, bool)
+        placed = 0
         for i in rng.permutation(len(ys)):
+            if placed == per_slice:
+                break
             y, x = int(ys[i]), int(xs[i])
             box = (slice(y - half, y - half + roi_px), slice(x - half, x - half + roi_px))
             if taken[box].any():
                 continue
             taken[box] = True
             sites.append(LesionSite(z, y, x))
-            if sum(s.z == z for s in sites) == per_slice:
-                break
+            placed += 1
     if not sites:
         raise DataError(f"no slice has room for a {roi_px}x{roi_px} ROI inside the brain on grey matter")
     return sites

@@ -2,9 +2,10 @@
 AAPM TG-233 measures it for nonlinear (e.g. deep-learning) reconstructions and denoisers.
 
 The insert's edge spread function (ESF) is read from every pixel's distance to the known
-centre, binned finer than a pixel (a circular edge off the pixel grid's symmetries samples all sub-pixel phases), averaged
-over slices or repeated scans so noise averages out; its derivative is the line spread
-function, whose normalised Fourier magnitude is the TTF. f50 is where it falls to 0.5.
+centre, binned finer than a pixel (a circular edge off the pixel grid's symmetries samples all
+sub-pixel phases), averaged over slices or repeated scans so noise averages out; its
+derivative is the line spread function, whose normalised Fourier magnitude is the TTF. f50 is
+where it falls to 0.5.
 """
 
 from __future__ import annotations
