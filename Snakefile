@@ -22,6 +22,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+if CLINICAL:
+
+    include: "workflow/rules/clinical.smk"
+
+
 rule all:
     default_target: True
     input:

@@ -375,6 +375,49 @@ def cmd_evaluate(a) -> None:
                             a.device, low)
 
 
+# --- clinical image quality (synthetic data) ------------------------------------------------------
+
+@command("clinical-scans", "make the lesion-task and QA-phantom scans of the clinical-quality section",
+         arg("--phantom", required=True, help="results/{dataset}/phantom (the synthetic subjects' phantoms)"),
+         arg("--splits", required=True, help="splits.json (its first `subjects` test subjects are scanned)"),
+         arg("--out", required=True, help="scans .npz to write"),
+         arg("--sites", required=True, help="sites CSV to write (every lesion and noise ROI)"),
+         sections={"synthetic": None, "clinical": None}, seed=True)
+def cmd_clinical_scans(a) -> None:
+    from ldct.clinical import make_scans
+
+    cfg = a.settings["clinical"]
+    make_scans(a.phantom, _test_subjects(a.splits)[:cfg["subjects"] or None], a.settings["synthetic"], cfg,
+               a.settings["seed"], a.out, a.sites)
+
+
+@command("clinical-measure", "detectability, noise power spectrum and TTF of rows",
+         arg("--row", nargs="+", required=True, help="LDCT, NDCT, noiseless, or one experiment (with --model)"),
+         arg("--scans", required=True, help="scans .npz from `ldct clinical-scans`"),
+         arg("--sites", required=True, help="its sites CSV"),
+         arg("--model", help="the experiment's trained model.pt"),
+         arg("--out", nargs="+", required=True, help="JSON to write, one per --row"),
+         arg("--device", default="auto", help="auto, cpu or cuda"),
+         sections={"synthetic": None, "clinical": None}, seed=True)
+def cmd_clinical_measure(a) -> None:
+    import pandas as pd
+
+    from ldct import clinical
+    from ldct.io import write_json
+
+    pairs = _pairs(a.row, a.out, "--row", "--out") if len(a.row) > 1 else [(a.row[0], a.out[0])]
+    if a.model and len(a.row) > 1:
+        raise UsageError("--model goes with a single --row")
+    scans = clinical.load_scans(a.scans)
+    if not Path(a.sites).is_file():
+        raise MissingFileError(f"{a.sites}: sites CSV not found")
+    sites = pd.read_csv(a.sites)
+    for row, out in pairs:
+        images, qa = clinical.row_images(row, scans, a.model, a.device)
+        write_json(out, clinical.measure(row, images, qa, scans, sites, a.settings["synthetic"],
+                                         a.settings["clinical"], a.settings["seed"]))
+
+
 # --- tables and figures ---------------------------------------------------------------------------
 
 @command("complexity", "Table 1: parameters, MACs, latency, memory",
@@ -414,6 +457,16 @@ def cmd_figures(a) -> None:
     from ldct.figures import draw_all
 
     draw_all(ResultPaths.at(a.root), a.experiments)
+
+
+@command("clinical-report", "Table 5 (clinical image quality), its statistics and the NPS, TTF and "
+         "detectability figures", *REPORT_ARGS,
+         arg("--seed", type=int, default=0, help="seed of the bootstrap (default 0)"),
+         arg("--bootstrap", type=int, default=2000, help="bootstrap resamples of the paired tests"))
+def cmd_clinical_report(a) -> None:
+    from ldct.clinical import report
+
+    report(ResultPaths.at(a.root), a.experiments, a.seed, a.bootstrap)
 
 
 @command("dose-sweep", "dose-sweep table and figure", *REPORT_ARGS,

@@ -328,3 +328,99 @@ def draw_all(rp, experiments: list[str]) -> None:
         phantom = to_slices(read_nifti(rp.phantom(subject) / "phantom.nii.gz")[0])
         phantom_overview(phantom, sv.truth, sv.full, sv.low, sv.labels, pixel, rp.figure("fig_phantom"),
                          f"synthetic subject {subject}")
+
+
+REFERENCE_STYLES = {"LDCT": {"color": "black", "ls": "-", "lw": 2.0}, "NDCT": {"color": "0.45", "ls": "--", "lw": 1.6},
+                    "noiseless": {"color": "0.7", "ls": ":", "lw": 1.6}}
+
+
+def _row_styles(rows: list[str]) -> dict[str, dict]:
+    """The experiments' styles (experiment_styles) and fixed ones for the LDCT, NDCT and noiseless rows."""
+    styles = experiment_styles([r for r in rows if r not in REFERENCE_STYLES])
+    return {r: REFERENCE_STYLES.get(r) or styles[r] for r in rows}
+
+
+def nps_curves(results: dict[str, dict], out: str | Path) -> None:
+    """Radially averaged noise power spectrum of output minus noiseless truth per row: absolute
+    (log scale: how much noise) and normalised to unit area (where it sits: the texture)."""
+    rows = [r for r, res in results.items() if res["nps"]["noise_sd"] > 0]
+    styles = _row_styles(rows)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in rows:
+        f, curve = np.asarray(results[r]["nps"]["frequency"]), np.asarray(results[r]["nps"]["curve"])
+        ax[0].plot(f, curve, label=f"{r} (SD {results[r]['nps']['noise_sd']:.1f} HU)", **styles[r])
+        ax[1].plot(f, curve / np.trapezoid(curve, f), label=r, **styles[r])
+    ax[0].set_yscale("log")
+    ax[0].set_ylabel("NPS (HU$^2$ mm$^2$)")
+    ax[0].set_title("noise power: how much")
+    ax[1].set_ylabel("NPS / its area (mm)")
+    ax[1].set_title("normalised: where (lower = blotchier, 'plastic' texture)")
+    for a in ax:
+        a.set_xlabel("spatial frequency (1/mm)")
+        a.grid(alpha=0.3)
+    ax[0].legend(fontsize=6, ncol=2)
+    fig.suptitle("noise power spectrum of output minus noiseless truth in brain ROIs", fontsize=10)
+    save(fig, out)
+
+
+def ttf_curves(results: dict[str, dict], out: str | Path) -> None:
+    """Task-transfer function of each water-phantom insert (one panel per contrast) per row, f50 in the legend."""
+    rows = list(results)
+    styles = _row_styles(rows)
+    inserts = results[rows[0]]["ttf"]
+    fig, ax = plt.subplots(1, len(inserts), figsize=(4.2 * len(inserts), 4.2), squeeze=False)
+    for j, ins in enumerate(inserts):
+        a = ax[0, j]
+        for r in rows:
+            t = results[r]["ttf"][j]
+            a.plot(t["frequency"], t["curve"], label=f"{r} ({t['f50']:.3f})", **styles[r])
+        a.axhline(0.5, color="0.6", lw=0.8)
+        a.set_title(f"insert +{ins['contrast_hu']:g} HU")
+        a.set_xlabel("spatial frequency (1/mm)")
+        a.set_ylim(0, 1.1)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=5.5, title="row (f50, 1/mm)", title_fontsize=6)
+    ax[0, 0].set_ylabel("TTF")
+    fig.suptitle("resolution: task-transfer function of the QA phantom's inserts (AAPM TG-233)", fontsize=10)
+    save(fig, out)
+
+
+def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: str | Path) -> None:
+    """Left: the observer's d' (95 % CI) per lesion condition and row. Right, for the hardest
+    condition: d' change against the LDCT input vs PSNR gain over it; a point below zero on the
+    right of the y axis gains PSNR and loses detectability."""
+    rows = [r for r in results if np.isfinite(results[r]["conditions"][0]["dprime"])]
+    styles = _row_styles(rows)
+    conds = results[rows[0]]["conditions"]
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.4, 1]})
+    width = 0.8 / len(rows)
+    for k, r in enumerate(rows):
+        d = np.array([c["dprime"] for c in results[r]["conditions"]])
+        lo = np.array([c["dprime_ci_low"] for c in results[r]["conditions"]])
+        hi = np.array([c["dprime_ci_high"] for c in results[r]["conditions"]])
+        x = np.arange(len(conds)) - 0.4 + (k + 0.5) * width
+        st = styles[r]
+        ax[0].errorbar(x, d, yerr=np.maximum([d - lo, hi - d], 0), fmt=st.get("marker") or "o", color=st["color"], ms=4,
+                       capsize=1.5, lw=1, label=r)
+    ax[0].set_xticks(range(len(conds)), [f"{c['contrast_hu']:g} HU\n{c['diameter_mm']:g} mm" for c in conds])
+    ax[0].set_ylabel("d′ (channelized Hotelling observer)")
+    ax[0].set_title("lesion detectability (95 % CI)")
+    ax[0].grid(alpha=0.3, axis="y")
+    ax[0].legend(fontsize=6, ncol=2)
+    base = results["LDCT"]["conditions"][0]["dprime"] if "LDCT" in results else None
+    hard = f"{conds[0]['contrast_hu']:g} HU, {conds[0]['diameter_mm']:g} mm"
+    if base is not None:
+        for r in rows:
+            if r in psnr_gain:
+                dd = results[r]["conditions"][0]["dprime"] - base
+                ax[1].scatter(psnr_gain[r], dd, color=styles[r]["color"], marker=styles[r].get("marker") or "o", s=25)
+                ax[1].annotate(r, (psnr_gain[r], dd), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax[1].axhline(0, color="0.5", lw=0.8)
+        ax[1].axvline(0, color="0.5", lw=0.8)
+        ax[1].text(0.98, 0.02, "gains PSNR,\nloses detectability", transform=ax[1].transAxes, ha="right",
+                   va="bottom", fontsize=7, color="firebrick")
+    ax[1].set_xlabel("PSNR gain over LDCT, [-40,120] (dB)")
+    ax[1].set_ylabel(f"d′ change over LDCT ({hard})")
+    ax[1].set_title(f"hardest lesion ({hard}): detectability vs PSNR")
+    ax[1].grid(alpha=0.3)
+    save(fig, out)

@@ -18,6 +18,10 @@ from ldct.errors import DataError
 # Grey-matter classes of ldct.classes (caudate, lentiform nucleus, insular cortex, the four
 # lobes, thalamus): where an early infarct shows as a loss of grey-white contrast.
 GREY_MATTER = (6, 7, 8, 12, 13, 14, 15, 16)
+# Brain parenchyma: grey matter, the remaining parenchyma (mostly white matter) and the internal
+# capsule, where lacunar and deep infarcts lie too; it leaves several times more room for sites.
+PARENCHYMA = GREY_MATTER + (1, 9)
+TISSUES = {"grey_matter": GREY_MATTER, "parenchyma": PARENCHYMA}
 
 
 @dataclass(frozen=True)

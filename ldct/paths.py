@@ -104,6 +104,20 @@ class ResultPaths:
         """Per-slice metrics of `exp` at `fraction`: the main evaluation at the training dose."""
         return self.metrics(exp) if abs(fraction - primary) < 1e-9 else self.dose_metrics(dose_tag(fraction), exp)
 
+    # clinical image quality (synthetic data)
+    @property
+    def clinical_scans(self) -> Path:
+        """The lesion-task and QA-phantom scans (ldct.clinical.make_scans)."""
+        return self.root / "clinical" / "scans.npz"
+
+    @property
+    def clinical_sites(self) -> Path:
+        return self.root / "clinical" / "sites.csv"
+
+    def clinical(self, row: str) -> Path:
+        """One row's clinical measurements (ldct.clinical.measure)."""
+        return self.root / "clinical" / f"{row}.json"
+
     def table(self, name: str, ext: str = "csv") -> Path:
         return self.root / "tables" / f"{name}.{ext}"
 

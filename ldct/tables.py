@@ -1,5 +1,5 @@
 """The paper's tables as CSV, Markdown and LaTeX (booktabs): quantitative (Table 2),
-anatomical fidelity (Dice) and complexity (Table 1)."""
+anatomical fidelity (Dice), complexity (Table 1), the dose sweep and clinical image quality."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 from ldct.classes import CLASS_NAMES
 from ldct.io import write_csv, write_text
 from ldct.provenance import versions
-from ldct.stats import compare_to_best
+from ldct.stats import compare_to_best, holm
 
 TABLE2_COLUMNS = [  # (column, header) in the paper's layout
     ("psnr_full", "PSNR [-1024,3072]"), ("ssim_full", "SSIM [-1024,3072]"), ("vif_full", "VIF [-1024,3072]"),
@@ -27,6 +27,8 @@ TRAINING_COLUMNS = [("steps", "steps"), ("lr", "lr"), ("val_gain_last_tenth_db",
 def _fmt(v, digits: int) -> str:
     if isinstance(v, str):
         return v
+    if isinstance(v, float) and np.isinf(v):
+        return "∞" if v > 0 else "-∞"
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
@@ -45,7 +47,9 @@ def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: di
             s = _fmt(r[c], digits.get(c, 4)) + marks.get((r[first], c), "")
             is_best = bold.get(c) == r[first]
             cells_md.append(f"**{s}**" if is_best and s else s)
-            cells_tex.append(f"\\textbf{{{s}}}" if is_best and s else s.replace("†", "$^\\dagger$"))
+            s_tex = s.replace("†", "$^\\dagger$").replace("↓", "$^\\downarrow$").replace("↑", "$^\\uparrow$")
+            s_tex = s_tex.replace("∞", "$\\infty$")
+            cells_tex.append(f"\\textbf{{{s_tex}}}" if is_best and s else s_tex)
         md.append("| " + " | ".join(cells_md) + " |")
         tex.append(" & ".join(cells_tex) + " \\\\")
     tex += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
@@ -319,3 +323,106 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
                            seed=seed, reference="truth", fidelity=fidelity, training=training, protocol=protocol)
     dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"), training)
     anatomical_effect(metric_files, {e: rp.dice(e) for e in experiments}, rp.table_prefix("anatomical_effect"), seed)
+
+
+def _condition_name(c: dict) -> str:
+    return f"{c['contrast_hu']:g} HU {c['diameter_mm']:g} mm"
+
+
+def clinical_comparisons(results: dict[str, dict], compared: list[str], baseline: str, seed: int = 0,
+                         n_resamples: int = 2000) -> pd.DataFrame:
+    """Per lesion condition: every compared row's d' against the best compared row's
+    (significantly worse: †) and every row other than `baseline` against the baseline (the
+    LDCT input: significantly lower ↓ or higher ↑), by a paired bootstrap over the test lesion
+    sites (ldct.stats.paired_dprime), Holm-corrected within each condition and comparison kind."""
+    from ldct.stats import paired_dprime
+
+    rows = []
+    for i, cond in enumerate(results[compared[0]]["conditions"]):
+        scores = {r: (results[r]["conditions"][i]["t1"], results[r]["conditions"][i]["t0"]) for r in compared}
+        best = max(compared, key=lambda r: results[r]["conditions"][i]["dprime"])
+        for kind, ref, others in (("best", best, [r for r in compared if r != best]),
+                                  ("input", baseline, [r for r in compared if r != baseline])):
+            comps = [{"condition": _condition_name(cond), "contrast_hu": cond["contrast_hu"],
+                      "diameter_mm": cond["diameter_mm"], "against": kind, "experiment": r, "reference": ref,
+                      **paired_dprime(scores[r], scores[ref], seed, n_resamples)} for r in others]
+            for c, padj in zip(comps, holm([c["p"] for c in comps]) if comps else []):
+                c["p_holm"] = padj
+                c["significant"] = padj < 0.05
+            rows += comps
+    return pd.DataFrame(rows, columns=["condition", "contrast_hu", "diameter_mm", "against", "experiment",
+                                       "reference", "diff", "ci_low", "ci_high", "p", "p_holm", "significant"])
+
+
+def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
+    """One row per clinical result: d' (CIs), AUC, measured contrast and CNR per condition,
+    NPS summary and its shift against `base`, ROI noise and bias, f50 per insert."""
+    records = []
+    for row, res in results.items():
+        rec = {"experiment": row}
+        for i, c in enumerate(res["conditions"]):
+            rec[f"dprime_{i}"] = c["dprime"]
+            for k in ("dprime_ci_low", "dprime_ci_high", "auc", "auc_ci_low", "auc_ci_high"):
+                rec[f"{k}_{i}"] = c.get(k, float("nan"))
+            rec[f"measured_contrast_hu_{i}"] = c["measured_contrast_hu"]
+            rec[f"cnr_{i}"] = c["cnr"]
+        rec["auc_hardest"], rec["cnr_hardest"] = res["conditions"][0]["auc"], res["conditions"][0]["cnr"]
+        rec["noise_sd"] = res["nps"]["noise_sd"]
+        rec["nps_mean_frequency"] = res["nps"]["mean_frequency"]
+        rec["nps_shift_pct"] = 100 * (res["nps"]["mean_frequency"] / base["nps"]["mean_frequency"] - 1)
+        rec["roi_noise_sd"], rec["roi_bias"] = res["roi"]["noise_sd"], res["roi"]["bias"]
+        for t in res["ttf"]:
+            rec[f"f50_{t['contrast_hu']:g}"] = t["f50"]
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, baseline: str,
+                   references: list[str], seed: int = 0, n_resamples: int = 2000,
+                   training: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 5: clinical image quality per row (ldct.clinical.measure's results, in order):
+    CHO d' per lesion condition (best compared row in bold, † significantly worse than it,
+    ↓/↑ significantly lower/higher than the `baseline` LDCT input), the AUC and CNR of the
+    hardest condition, the NPS noise SD and mean frequency (and its shift against the input),
+    f50 per QA insert and the HU bias in the lesion ROIs. `references` (NDCT, the noiseless
+    reconstruction) are shown but not compared."""
+    compared = [r for r in results if r not in references]
+    base = results[baseline]
+    conds = base["conditions"]
+    table = _clinical_records(results, base)
+    stats_df = clinical_comparisons(results, compared, baseline, seed, n_resamples)
+    write_csv(out_stats, stats_df)
+    cols = [(f"dprime_{i}", f"d′ {_condition_name(c)}") for i, c in enumerate(conds)]
+    cols += [("auc_hardest", f"AUC {_condition_name(conds[0])}"), ("cnr_hardest", f"CNR {_condition_name(conds[0])}"),
+             ("noise_sd", "noise SD (HU)"), ("nps_mean_frequency", "NPS mean f (1/mm)"),
+             ("nps_shift_pct", "mean f vs LDCT (%)")]
+    cols += [(f"f50_{t['contrast_hu']:g}", f"f50 {t['contrast_hu']:g} HU (1/mm)") for t in base["ttf"]]
+    cols += [("roi_bias", "ROI bias (HU)")]
+    digits = {c: 2 for c, _ in cols}
+    digits.update({"auc_hardest": 3, "nps_mean_frequency": 3, "nps_shift_pct": 1, "roi_bias": 2})
+    digits.update({f"f50_{t['contrast_hu']:g}": 3 for t in base["ttf"]})
+    index = {_condition_name(c): i for i, c in enumerate(conds)}
+    marks: dict[tuple[str, str], str] = {}
+    for r in stats_df[stats_df["significant"]].itertuples():
+        col = f"dprime_{index[r.condition]}"
+        sym = "†" if r.against == "best" else ("↓" if r.diff < 0 else "↑")
+        marks[(r.experiment, col)] = marks.get((r.experiment, col), "") + sym
+    bold = {f"dprime_{i}": max(compared, key=lambda r: results[r]["conditions"][i]["dprime"]) for i in range(len(conds))}
+    flags, flag_note = row_flags(training)
+    shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
+    bold = {c: e + flags.get(e, "") for c, e in bold.items()}
+    marks = {(e + flags.get(e, ""), c): m for (e, c), m in marks.items()}
+    n_sites = base["conditions"][0]["n_test"] // 2
+    what = (f"Channelized Hotelling observer ({base.get('channels', '')} Laguerre-Gauss channels) on a "
+            "background-known-exactly task: d′ per lesion contrast and diameter on "
+            f"{n_sites} held-out lesion sites per condition (each read lesion-present and lesion-absent), its "
+            "template trained on the other sites. Best in bold; † significantly worse than the best; ↓ / ↑ "
+            "significantly lower / higher than the LDCT input (paired bootstrap over the test sites, Holm p < 0.05; "
+            "CIs in clinical_stats.csv). "
+            f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
+            "unbounded). Noise SD and mean frequency from the noise power spectrum of output minus noiseless truth in "
+            "brain ROIs; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233); ROI bias: "
+            "mean output minus truth in the lesion ROIs (HU). " + flag_note)
+    md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what.replace("_", "\\_"))
+    write_table(out_prefix, table, md, tex, what)
+    return table

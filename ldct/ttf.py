@@ -17,15 +17,18 @@ from ldct.errors import DataError
 
 
 def edge_spread(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
-                bin_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(radial distance from the edge in mm, mean HU) over an annulus of +-radius/2 around the
-    insert's edge of (n, h, w) images; bins of `bin_mm` (default a fifth of a pixel)."""
+                bin_mm: float | None = None, reach_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(radial distance from the edge in mm, mean HU) over an annulus of +-reach_mm (default
+    radius/2; it must cover the widest edge blur measured) around the insert's edge of (n, h, w)
+    images; bins of `bin_mm` (default a fifth of a pixel)."""
     if images.ndim != 3 or not np.isfinite(images).all():
         raise DataError(f"TTF images: expected finite (n, h, w), got shape {images.shape}")
     bin_mm = bin_mm or pixel_mm / 5
     yy, xx = np.mgrid[:images.shape[1], :images.shape[2]]
     dist = np.hypot(yy - centre[0], xx - centre[1]) * pixel_mm - radius_mm
-    reach = radius_mm / 2
+    reach = reach_mm or radius_mm / 2
+    if reach >= radius_mm:
+        raise DataError(f"TTF: the edge window (+-{reach:g} mm) reaches past the insert's centre (radius {radius_mm:g} mm)")
     sel = np.abs(dist) < reach
     n_bins = int(round(2 * reach / bin_mm))
     edges = np.linspace(-reach, reach, n_bins + 1)
@@ -40,9 +43,9 @@ def edge_spread(images: np.ndarray, centre: tuple[float, float], radius_mm: floa
 
 
 def ttf(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
-        bin_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        bin_mm: float | None = None, reach_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(frequencies in 1/mm up to the image's Nyquist, TTF normalised to 1 at zero frequency)."""
-    r, esf = edge_spread(images, centre, radius_mm, pixel_mm, bin_mm)
+    r, esf = edge_spread(images, centre, radius_mm, pixel_mm, bin_mm, reach_mm)
     step = r[1] - r[0]
     lsf = np.gradient(esf, step) * signal.windows.tukey(len(esf), 0.5)  # tames the noisy tails, keeps the core
     spectrum = np.abs(np.fft.rfft(lsf))

@@ -10,7 +10,8 @@ from ldct.config import load_config
 
 
 @pytest.mark.parametrize("section, command", [("synthetic", "synthesize"), ("split", "split"),
-                                              ("segmenter", "pretrain-segmenter"), ("train", "train")])
+                                              ("segmenter", "pretrain-segmenter"), ("train", "train"),
+                                              ("clinical", "clinical-measure")])
 def test_section_flags_give_the_config_back(section, command):
     """What the rules pass (section_flags) parses back to the same values: negative numbers in
     lists, booleans, nulls and nested keys included."""
@@ -20,7 +21,8 @@ def test_section_flags_give_the_config_back(section, command):
     required = {"synthesize": ["--subject", "S", "--dicom-out", "d", "--phantom-out", "p"],
                 "split": ["--out", "o", "S001"], "pretrain-segmenter": ["--nifti", "n", "--splits", "s", "--out", "o",
                                                                      "--history", "h"],
-                "train": ["--nifti", "n", "--splits", "s", "--out", "o", "--history", "h", "--checkpoints", "c"]}
+                "train": ["--nifti", "n", "--splits", "s", "--out", "o", "--history", "h", "--checkpoints", "c"],
+                "clinical-measure": ["--row", "LDCT", "--scans", "s", "--sites", "s", "--out", "o"]}
     a = build_parser().parse_args([command, *required[command], *shlex.split(section_flags(section, cfg[section]))])
     given = _given(a, section)
     assert given == {k: v for k, v in cfg[section].items() if k in given}
@@ -46,6 +48,11 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capfd):
     splits.write_text(json.dumps({"train": ["A"], "val": ["B"]}))
     assert main(["evaluate", "--experiment", "LDCT", *io, "--out", str(tmp_path / "m.csv")]) == 1
     assert "no 'test' subjects" in capfd.readouterr().err
+    clinical = ["clinical-measure", "--scans", str(tmp_path / "scans.npz"), "--sites", str(tmp_path / "sites.csv")]
+    assert main(clinical + ["--row", "LDCT", "--out", "o.json"]) == 1
+    assert "scans.npz: clinical scans not found" in capfd.readouterr().err
+    assert main(clinical + ["--row", "LDCT", "NDCT", "--out", "o.json"]) == 1
+    assert "--row gives 2 values and --out 1" in capfd.readouterr().err
     with pytest.raises(SystemExit):  # argparse: a wrong type names the option
         main(["split", "--out", "x", "--fractions-val", "lots", "A"])
     assert "--fractions-val" in capfd.readouterr().err

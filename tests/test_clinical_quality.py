@@ -4,6 +4,7 @@ noise power spectrum against white and blurred noise."""
 
 import numpy as np
 import pytest
+import pandas as pd
 from scipy import ndimage, stats
 
 from ldct.errors import DataError
@@ -14,7 +15,7 @@ SIZE, WIDTH, SIGMA = 32, 8.0, 10.0
 
 
 def gaussian_signal(amplitude: float) -> np.ndarray:
-    c = np.arange(SIZE) - (SIZE - 1) / 2.0
+    c = np.arange(SIZE) - SIZE // 2  # the channels' centre
     r2 = c[None, :] ** 2 + c[:, None] ** 2
     return amplitude * np.exp(-np.pi * r2 / WIDTH ** 2)
 
@@ -165,3 +166,133 @@ def test_ttf_of_a_gaussian_blur_gives_the_analytic_f50():
     sharper = ttf(ndimage.gaussian_filter(hu, 0.6)[None], centres[1], 10.0, pixel)
     assert f50(*sharper) > f50(freqs, curve)  # less blur, higher f50, at another contrast too
     assert np.isnan(f50(np.array([0.0, 0.1]), np.array([1.0, 0.9])))
+
+
+def test_paired_dprime_tells_a_better_observer_from_the_same_one():
+    from ldct.stats import paired_dprime
+
+    rng = np.random.default_rng(3)
+    t0 = rng.standard_normal(80)
+    t1 = 1.0 + rng.standard_normal(80)
+    same = paired_dprime((t1, t0), (t1, t0))
+    assert same["diff"] == 0 and same["p"] == 1.0
+    better = paired_dprime((2.5 + t1 - 1.0, t0), (t1, t0), n_resamples=1000)
+    assert better["diff"] > 1 and better["ci_low"] > 0 and better["p"] < 0.01
+    with pytest.raises(ValueError, match="same length"):
+        paired_dprime((t1, t0[:5]), (t1, t0))
+
+
+# --- the clinical-quality section on a small disc-shaped "brain" ---------------------------------
+
+MATRIX, FOV = 64, 192.0
+
+
+@pytest.fixture(scope="module")
+def clinical_run(tmp_path_factory):
+    """Two subjects' phantoms (a grey-matter disc in a skull), their clinical scans, and the
+    LDCT, NDCT and noiseless rows measured on them."""
+    from ldct import clinical
+    from ldct.config import validate_section
+    from ldct.io import write_nifti
+
+    root = tmp_path_factory.mktemp("clinical")
+    yy, xx = np.mgrid[:MATRIX, :MATRIX]
+    r = np.hypot(yy - 31.5, xx - 31.5)
+    for k, subject in enumerate(["S001", "S002"]):
+        hu = np.where(r < 27, np.where(r < 25, 35.0 + 3 * k, 800.0), -1000.0).astype(np.float32)[None].repeat(4, 0)
+        labels = np.where(r < 25, np.where(r < 15, 12, 1), 0).astype(np.uint8)[None].repeat(4, 0)
+        write_nifti(root / "phantom" / subject / "phantom.nii.gz", hu.transpose(2, 1, 0), np.eye(4), np.float32)
+        write_nifti(root / "phantom" / subject / "labels.nii.gz", labels.transpose(2, 1, 0), np.eye(4), np.uint8)
+    synth = validate_section("synthetic", {"matrix": MATRIX, "fov_mm": FOV, "n_views": 120, "i0": 1e5,
+                                           "dose_fractions": [0.25]})
+    cfg = validate_section("clinical", {"contrasts_hu": [-15.0, -40.0], "diameters_mm": [12.0], "roi_px": 9,
+                                        "lesions_per_slice": 6, "nps_roi_px": 12, "observer": {"bootstrap": 200},
+                                        "qa": {"slices": 3}})
+    clinical.make_scans(root / "phantom", ["S001", "S002"], synth, cfg, 5, root / "scans.npz", root / "sites.csv")
+    scans = clinical.load_scans(root / "scans.npz")
+    sites = pd.read_csv(root / "sites.csv")
+    rows = {row: clinical.measure(row, *clinical.row_images(row, scans), scans, sites, synth, cfg)
+            for row in ("LDCT", "NDCT", "noiseless")}
+    return {"root": root, "scans": scans, "sites": sites, "rows": rows, "synth": synth, "cfg": cfg}
+
+
+def test_every_lesion_site_is_present_in_one_scan_and_absent_in_the_other(clinical_run):
+    scans, sites = clinical_run["scans"], clinical_run["sites"]
+    lesions = sites[sites["kind"] == "lesion"]
+    n_slices = 4
+    assert len(scans["low"]) == len(scans["full"]) == len(scans["noiseless"]) == 2 * 2 * n_slices
+    assert set(lesions["half"]) == {"train", "test"} and set(lesions["subject"]) == {"S001", "S002"}
+    for r in lesions.itertuples():
+        assert r.present_image != r.absent_image
+        assert r.present_image // (2 * n_slices) == r.absent_image // (2 * n_slices)  # same subject
+        assert r.present_image % n_slices == r.absent_image % n_slices == r.slice  # same slice
+        diff = scans["noiseless"][r.present_image] - scans["noiseless"][int(r.absent_image)]
+        assert diff[r.row, r.col] < 0.5 * r.contrast_hu  # the lesion, at the site, in the noiseless scan
+    for (c, d), grp in lesions.groupby(["contrast_hu", "diameter_mm"]):  # balanced halves per condition
+        assert abs((grp["half"] == "train").sum() - (grp["half"] == "test").sum()) <= 1
+
+
+def test_ndct_shows_the_lesions_better_than_ldct_and_the_noiseless_row_perfectly(clinical_run):
+    rows = clinical_run["rows"]
+    ldct, ndct, clean = rows["LDCT"], rows["NDCT"], rows["noiseless"]
+    # quarter dose: twice the noise SD (both from the NPS and in the lesion ROIs)
+    assert ldct["nps"]["noise_sd"] / ndct["nps"]["noise_sd"] == pytest.approx(2.0, rel=0.15)
+    assert ldct["roi"]["noise_sd"] == pytest.approx(ldct["nps"]["noise_sd"], rel=0.2)
+    assert clean["nps"]["noise_sd"] == 0 and clean["roi"]["noise_sd"] == 0
+    hardest, easiest = 0, -1
+    assert ndct["conditions"][easiest]["dprime"] > ldct["conditions"][easiest]["dprime"] > 1
+    assert ldct["conditions"][hardest]["dprime"] < ldct["conditions"][easiest]["dprime"]
+    assert all(np.isinf(c["dprime"]) for c in clean["conditions"])
+    for c in ldct["conditions"]:
+        assert len(c["t1"]) == len(c["t0"]) == c["n_test"] // 2
+        assert c["dprime_ci_low"] < c["dprime"] < c["dprime_ci_high"] and 0.5 < c["auc"] <= 1
+    # the measured contrast is the inserted one, less the scanner's blur
+    for c in clean["conditions"]:
+        assert 0.5 * c["contrast_hu"] > c["measured_contrast_hu"] > 1.05 * c["contrast_hu"]
+    # the QA inserts: the same scanner resolution in every linear row
+    for t_low, t_clean in zip(ldct["ttf"], clean["ttf"]):
+        assert 0.02 < t_clean["f50"] < 0.5 / (FOV / MATRIX)
+        assert t_low["f50"] == pytest.approx(t_clean["f50"], rel=0.25)
+
+
+def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_path):
+    """A row made from LDCT with its lesion scores shuffled (an observer that lost the lesion)
+    is significantly worse than the best and lower than LDCT; the references are not compared."""
+    import copy
+    import json
+
+    from ldct import clinical
+    from ldct.paths import ResultPaths
+
+    rows = copy.deepcopy(clinical_run["rows"])
+    blind = copy.deepcopy(rows["LDCT"])
+    blind["row"] = "blind_l1"
+    for c in blind["conditions"]:
+        c["t1"], c["t0"] = c["t0"], c["t1"]
+        c["dprime"], c["dprime_ci_low"], c["dprime_ci_high"] = -c["dprime"], -c["dprime_ci_high"], -c["dprime_ci_low"]
+    rows = {"LDCT": rows["LDCT"], "blind_l1": blind, "NDCT": rows["NDCT"], "noiseless": rows["noiseless"]}
+    rp = ResultPaths(tmp_path, "d")
+    for name, res in rows.items():
+        rp.clinical(name).parent.mkdir(parents=True, exist_ok=True)
+        rp.clinical(name).write_text(json.dumps(res))
+    clinical.report(rp, list(rows), n_resamples=300)
+    md = rp.table("table5_clinical", "md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| blind_l1 "))
+    assert "†↓" in line
+    noiseless = next(x for x in md.splitlines() if x.startswith("| noiseless "))
+    assert "∞" in noiseless and "†" not in noiseless
+    stats_df = pd.read_csv(rp.table("clinical_stats"))
+    assert set(stats_df["experiment"]) == {"blind_l1"}  # LDCT is the best; references never compared
+    assert "$^\\dagger$$^\\downarrow$" in rp.table("table5_clinical", "tex").read_text()
+    for f in ("fig_nps", "fig_ttf", "fig_detectability"):
+        assert rp.figure(f).stat().st_size > 10_000 and rp.figure(f, "pdf").is_file()
+
+
+def test_too_few_lesion_sites_is_a_clear_error(clinical_run, tmp_path):
+    from ldct import clinical
+
+    cfg = {**clinical_run["cfg"], "lesions_per_slice": 1, "contrasts_hu": [-5.0, -10.0, -20.0]}
+    with pytest.raises(DataError, match="observer needs at least 4"):
+        clinical.make_scans(clinical_run["root"] / "phantom", ["S001"], clinical_run["synth"], cfg, 5,
+                            tmp_path / "s.npz", tmp_path / "s.csv")
+    assert not (tmp_path / "s.npz").exists()

@@ -108,6 +108,17 @@ def test_tiny_workflow_end_to_end(tmp_path):
     # LDCT is NDCT plus inserted noise (variance 3 sigma_f^2 at 25 % dose), while LDCT minus the
     # noiseless recon carries all of its noise (4 sigma_f^2): LDCT is closer to NDCT than to truth
     assert truth.loc[0, "psnr_brain"] < t2.loc[0, "psnr_brain"]
+    # clinical image quality: every row, the references last, and its three figures
+    t5 = pd.read_csv(out / "tables" / "table5_clinical.csv")
+    assert list(t5["experiment"]) == ["LDCT", "featkpn_ana", "edcnn_l1", "NDCT", "noiseless"]
+    assert t5.loc[3, "noise_sd"] < t5.loc[0, "noise_sd"] and t5.loc[4, "noise_sd"] == 0
+    assert np.isinf(t5.loc[4, "dprime_0"]) and t5[["f50_40", "f50_120", "f50_340"]].gt(0).all().all()
+    assert "background-known-exactly" in (out / "tables" / "table5_clinical.md").read_text()
+    for fig in ("fig_nps", "fig_ttf", "fig_detectability"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+    off = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--config", "clinical={enabled: false}",
+               "--cores", "2", "--forceall"], tmp_path)
+    assert off.returncode == 0 and "clinical_scans" not in off.stdout and "clinical_measure" not in off.stdout
     # nothing left to do on a second run, and the paper target only redraws from what exists
     for target in ([], ["paper"]):
         again = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--cores", "2", *target], tmp_path)
@@ -136,7 +147,8 @@ def test_tiny_workflow_end_to_end(tmp_path):
     rep = run(["--report", "report.html", "--configfile", str(ROOT / "tests/configs/tiny.yaml")], tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
     html = (tmp_path / "report.html").read_text(errors="ignore")
-    for name in ("fig_qualitative.png", "fig_segmentation.png", "table2_quantitative.md"):
+    for name in ("fig_qualitative.png", "fig_segmentation.png", "table2_quantitative.md", "fig_detectability.png",
+                 "table5_clinical.md"):
         assert name in html
 
 

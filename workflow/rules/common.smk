@@ -113,6 +113,13 @@ FIGURES = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_train
            "fig_metric_distributions"] + (["fig_phantom"] if SYNTHETIC else [])
 
 
+# Clinical image quality (workflow/rules/clinical.smk): needs the noiseless truth of synthetic data.
+CLINICAL = SYNTHETIC and config["clinical"]["enabled"]
+CLINICAL_ROWS = ROWS + ["NDCT", "noiseless"]
+CLINICAL_FIGURES = ["fig_nps", "fig_ttf", "fig_detectability"]
+CLINICAL_SUBJECTS = SPLITS["test"][:config["clinical"]["subjects"] or None]
+
+
 def report_figure(name):
     """A figure output, bundled by `snakemake --report` with its caption."""
     return report(str(RP.figure(name)), caption=f"../report/{name}.rst", category="Figures")
@@ -127,8 +134,14 @@ def report_table(name, ext):
 def paper_outputs():
     return ([str(RP.table(t, e)) for t in TABLES for e in ("csv", "md", "tex")] + [str(RP.table("stats"))]
             + ([str(RP.table("stats_vs_truth"))] if SYNTHETIC else [])
+            + (clinical_outputs() if CLINICAL else [])
             + [str(RP.figure(f)) for f in FIGURES] + [str(RP.manifest)]
             + (dose_sweep_outputs() if DOSE_SWEEP else []))
+
+
+def clinical_outputs():
+    return ([str(RP.table("table5_clinical", e)) for e in ("csv", "md", "tex")] + [str(RP.table("clinical_stats"))]
+            + [str(RP.figure(f, e)) for f in CLINICAL_FIGURES for e in ("png", "pdf")])
 
 
 def dose_sweep_outputs():

@@ -1,0 +1,276 @@
+"""Clinical image quality of every row on the synthetic data: low-contrast lesion
+detectability, noise texture and resolution (what a radiologist judges; PSNR does not).
+
+`make_scans` makes, once, the test scans this needs. For every test subject: two scans A and
+B of its noiseless phantom, each with hypodense lesions (ldct.lesion_task) at half of a set of
+known sites, so that every site is lesion-present in one scan and lesion-absent in the other;
+both projected and reconstructed like the test data (ldct.lowdose: full and low dose,
+independent noise, and the noiseless reconstruction). Plus a uniform water QA phantom with
+circular inserts (ldct.ttf), one slice per noise realisation, for the task-transfer function.
+
+`measure` reads one row's images (the low-dose scans for LDCT, the full-dose ones for NDCT,
+the noiseless reconstructions, or an experiment's model applied to the low-dose scans) and
+gives: the channelized Hotelling observer's d' and AUC per lesion contrast and size, with the
+test ROIs' scores for paired comparisons (ldct.observer), on a background-known-exactly task
+(each ROI less the site's noiseless lesion-absent anatomy: noise and the row's own errors limit
+it, not anatomical clutter; the noiseless row's d' is therefore unbounded); the noise power spectrum of output
+minus noiseless truth in brain ROIs (ldct.nps); the TTF and f50 of each insert (ldct.ttf);
+and, in the lesion ROIs, noise SD, HU bias, the measured lesion contrast and the CNR.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ldct.data import to_slices
+from ldct.errors import DataError
+from ldct.io import read_nifti
+from ldct.lesion_task import TISSUES, LesionSite, extract_rois, insert_lesions, lesion_profile, place_lesions
+from ldct.lowdose import make_geometry, simulate_doses
+from ldct.nps import nps_2d, nps_summary, radial_nps
+from ldct.observer import cho, laguerre_gauss_channels
+from ldct.synthetic import subject_seed
+from ldct.ttf import f50, insert_phantom, ttf
+
+NDCT, NOISELESS = "NDCT", "noiseless"  # reference rows beside LDCT and the experiments
+SOURCES = {"low": "low-dose", "full": "full-dose", "noiseless": "noiseless reconstruction"}
+
+
+def conditions(cfg: dict) -> list[tuple[float, float]]:
+    """(contrast HU, diameter mm) of every lesion condition of a `clinical` config section,
+    hardest (smallest |contrast|, then smallest size) first."""
+    pairs = itertools.product(cfg["contrasts_hu"], cfg["diameters_mm"])
+    return sorted(pairs, key=lambda cd: (abs(cd[0]), cd[1]))
+
+
+def qa_body_mm(synth: dict) -> float:
+    """The QA phantom's water cylinder: 180 mm (a head), or less where the field of view is smaller."""
+    return min(180.0, 0.75 * synth["fov_mm"])
+
+
+def _scan_pair(hu: np.ndarray, labels: np.ndarray, cfg: dict, pixel: float, rng: np.random.Generator):
+    """Scans A and B (noiseless HU) of one subject and its lesion and noise-ROI sites."""
+    sites = place_lesions(labels, cfg["roi_px"], cfg["lesions_per_slice"], rng, classes=TISSUES[cfg["tissue"]])
+    conds = conditions(cfg)
+    order = rng.permutation(len(sites))  # conditions and scans assigned in a random, balanced order
+    scans = [hu.copy(), hu.copy()]
+    rows = []
+    for k, site in zip(order, sites):
+        contrast, diameter = conds[k % len(conds)]
+        scan = (k // len(conds)) % 2
+        scans[scan] = insert_lesions(scans[scan], [site], contrast, diameter, pixel)
+        rows.append({"kind": "lesion", "slice": site.z, "row": site.y, "col": site.x, "contrast_hu": contrast,
+                     "diameter_mm": diameter, "present_scan": scan})
+    brain = tuple(int(c) for c in np.unique(labels) if c > 0)
+    for site in place_lesions(labels, cfg["nps_roi_px"], cfg["nps_rois_per_slice"], rng, classes=brain):
+        rows.append({"kind": "nps", "slice": site.z, "row": site.y, "col": site.x})
+    return np.stack(scans), rows
+
+
+def make_scans(phantom_root: str | Path, subjects: list[str], synth: dict, cfg: dict, seed: int,
+               out_npz: str | Path, out_sites: str | Path) -> None:
+    """Write the lesion-task scans of `subjects` (images stacked as subject, scan A/B, slice)
+    and the QA phantom's to `out_npz`, and every site (lesion and noise ROI) to `out_sites`.
+    `synth` is the `synthetic` config section, `cfg` the `clinical` one."""
+    from ldct.io import atomic_path, write_csv
+
+    pixel = synth["fov_mm"] / synth["matrix"]
+    geom = make_geometry(synth)
+    dose = synth["dose_fractions"][0]
+    stacks = {k: [] for k in SOURCES}
+    rows, base = [], 0
+    for subject in subjects:
+        folder = Path(phantom_root) / subject
+        hu = to_slices(read_nifti(folder / "phantom.nii.gz")[0]).astype(np.float32)
+        labels = to_slices(read_nifti(folder / "labels.nii.gz")[0]).astype(np.int64)
+        if hu.shape != labels.shape:
+            raise DataError(f"{folder}: phantom {hu.shape} and labels {labels.shape} differ in shape")
+        s_seed = subject_seed(seed, subject + ":clinical")
+        pair, sub_rows = _scan_pair(hu, labels, cfg, pixel, np.random.default_rng(s_seed))
+        n = len(hu)
+        for scan in (0, 1):  # independent noise in each scan
+            doses = simulate_doses(pair[scan], geom, synth["i0"], [dose], synth["electronic_noise"], s_seed + scan)
+            for key, k in (("noiseless", 0.0), ("full", 1.0), ("low", dose)):
+                stacks[key].append(doses[k].astype(np.float32))
+        for r in sub_rows:
+            r["subject"] = subject
+            if r["kind"] == "lesion":
+                r["present_image"] = base + r["present_scan"] * n + r["slice"]
+                r["absent_image"] = base + (1 - r["present_scan"]) * n + r["slice"]
+                rows.append(r)
+            else:  # a noise ROI is read in both scans
+                rows += [{**r, "present_image": base + scan * n + r["slice"]} for scan in (0, 1)]
+        base += 2 * n
+    sites = pd.DataFrame(rows)
+    lesions = sites["kind"] == "lesion"
+    counts = sites[lesions].groupby(["contrast_hu", "diameter_mm"]).size()
+    for contrast, diameter in conditions(cfg):
+        if counts.get((contrast, diameter), 0) < 4:
+            raise DataError(f"clinical: the {contrast:g} HU, {diameter:g} mm lesions got "
+                            f"{counts.get((contrast, diameter), 0)} sites on {len(subjects)} test subject(s); the "
+                            "observer needs at least 4 (2 to train, 2 to test): lower clinical.roi_px, raise "
+                            "clinical.lesions_per_slice, or configure fewer contrasts and diameters")
+    # Observer halves: within each condition, alternate sites (in subject, slice order) train the
+    # template and are scored, so both halves span every subject; a site's ROIs stay together.
+    sites["half"] = ""
+    for _, grp in sites[lesions].sort_values(["subject", "slice", "row", "col"]).groupby(
+            ["contrast_hu", "diameter_mm"], sort=False):
+        sites.loc[grp.index, "half"] = ["train" if i % 2 == 0 else "test" for i in range(len(grp))]
+    sites["absent_image"] = sites["absent_image"].astype("Int64")  # none for a noise ROI
+    qa = _qa_scans(synth, cfg, geom, dose, seed)
+    with atomic_path(out_npz, ".npz") as tmp:
+        np.savez(tmp, **{k: np.concatenate(v) for k, v in stacks.items()},
+                 **{f"qa_{k}": v for k, v in qa.items()})
+    write_csv(out_sites, sites[["subject", "kind", "slice", "row", "col", "contrast_hu", "diameter_mm",
+                                "present_image", "absent_image", "half"]])
+
+
+def _qa_scans(synth: dict, cfg: dict, geom, dose: float, seed: int) -> dict[str, np.ndarray]:
+    qa = cfg["qa"]
+    pixel = synth["fov_mm"] / synth["matrix"]
+    hu, centres = insert_phantom(synth["matrix"], pixel, qa["contrasts_hu"], qa["insert_mm"], qa_body_mm(synth))
+    stack = np.repeat(hu[None], qa["slices"], axis=0)
+    doses = simulate_doses(stack, geom, synth["i0"], [dose], synth["electronic_noise"], subject_seed(seed, "qa"))
+    return {"noiseless": doses[0.0], "full": doses[1.0], "low": doses[dose],
+            "centres": np.asarray(centres, dtype=np.float64)}
+
+
+def row_images(row: str, scans: dict[str, np.ndarray], model: str | Path | None = None,
+               device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(lesion-task images, QA images) of a row: LDCT, NDCT, noiseless, or a trained model
+    (model.pt) applied to the low-dose scans."""
+    from ldct.evaluate import LDCT
+
+    source = {LDCT: "low", NDCT: "full", NOISELESS: "noiseless"}.get(row)
+    if source:
+        return scans[source], scans[f"qa_{source}"]
+    if model is None:
+        raise DataError(f"clinical row {row!r}: an experiment needs its trained model")
+    from ldct.inference import load_denoiser, pick_device, predict_slices
+
+    dev = pick_device(device)
+    net, ck = load_denoiser(model, dev)
+    return (predict_slices(net, scans["low"], ck["hu_range"], dev),
+            predict_slices(net, scans["qa_low"], ck["hu_range"], dev))
+
+
+def _sites(frame: pd.DataFrame, column: str) -> list[LesionSite]:
+    return [LesionSite(int(i), int(y), int(x)) for i, y, x in frame[[column, "row", "col"]].to_numpy()]
+
+
+def lesion_contrast(present: np.ndarray, absent: np.ndarray, diameter_mm: float, pixel_mm: float) -> np.ndarray:
+    """Per site, the lesion's measured contrast (HU): disc minus surrounding background in the
+    lesion-present ROI, less the same in the lesion-absent ROI at the site (removes the anatomy)."""
+    size = present.shape[1]
+    c = size // 2  # the ROI's centre pixel is the lesion centre (ldct.lesion_task.extract_rois)
+    prof = lesion_profile((size, size), c, c, diameter_mm, pixel_mm)
+    r = np.hypot(*np.meshgrid(np.arange(size) - c, np.arange(size) - c, indexing="ij"))
+    disc = prof > 0.5
+    ring = (prof == 0) & (r < size / 2)
+    if not disc.any() or not ring.any():
+        raise DataError(f"a {diameter_mm:g} mm lesion does not fit a {size}-pixel ROI at {pixel_mm:g} mm pixels")
+
+    def contrast(rois):
+        return rois[:, disc].mean(1) - rois[:, ring].mean(1)
+
+    return contrast(present) - contrast(absent)
+
+
+def _noiseless_condition(contrast_hu: float, diameter: float, present: np.ndarray, absent: np.ndarray,
+                         pixel: float) -> dict:
+    measured = lesion_contrast(present, absent, diameter, pixel)
+    return {"contrast_hu": contrast_hu, "diameter_mm": diameter, "dprime": float("inf"), "auc": 1.0,
+            "n_train": 0, "n_test": len(present) + len(absent), "measured_contrast_hu": float(measured.mean()),
+            "cnr": float("inf")}
+
+
+def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str, np.ndarray],
+            sites: pd.DataFrame, synth: dict, cfg: dict, seed: int = 0) -> dict:
+    """Every clinical measurement of one row (a JSON-ready dict); see the module docstring."""
+    if images.shape != scans["noiseless"].shape or qa_images.shape != scans["qa_noiseless"].shape:
+        raise DataError(f"clinical row {row!r}: images {images.shape} / {qa_images.shape} do not match the scans")
+    if not (np.isfinite(images).all() and np.isfinite(qa_images).all()):
+        raise DataError(f"clinical row {row!r}: the images contain NaN or infinite values")
+    pixel = synth["fov_mm"] / synth["matrix"]
+    noise = images.astype(np.float64) - scans["noiseless"]
+    roi = cfg["roi_px"]
+    channels = laguerre_gauss_channels(roi, cfg["observer"]["channels"], cfg["observer"]["channel_width_mm"] / pixel)
+    lesions = sites[sites["kind"] == "lesion"]
+    absent_noise = extract_rois(noise, _sites(lesions, "absent_image"), roi)
+    noise_sd = float(np.sqrt(absent_noise.var(axis=(1, 2), ddof=1).mean()))
+    out = {"row": row, "pixel_mm": pixel, "roi_px": roi, "channels": cfg["observer"]["channels"],
+           "channel_width_mm": cfg["observer"]["channel_width_mm"],
+           "roi": {"noise_sd": noise_sd,
+                   "bias": float(np.concatenate([absent_noise, extract_rois(noise, _sites(lesions, "present_image"),
+                                                                            roi)]).mean())},
+           "conditions": []}
+    for contrast_hu, diameter in conditions(cfg):
+        grp = lesions[(lesions["contrast_hu"] == contrast_hu) & (lesions["diameter_mm"] == diameter)]
+        grp = pd.concat([grp[grp["half"] == "train"], grp[grp["half"] == "test"]])
+        # Background known exactly: the observer reads each ROI minus the site's noiseless
+        # lesion-absent anatomy, so what limits it is the noise and what the row did to the
+        # lesion and its surroundings, not the anatomical clutter of the site.
+        background = extract_rois(scans["noiseless"], _sites(grp, "absent_image"), roi)
+        present = extract_rois(images, _sites(grp, "present_image"), roi) - background
+        absent = extract_rois(images, _sites(grp, "absent_image"), roi) - background
+        if not absent.any():  # the noiseless row: nothing to hide the lesion, d' unbounded
+            out["conditions"].append(_noiseless_condition(contrast_hu, diameter, present, absent, pixel))
+            continue
+        res = cho(present, absent, channels, seed, cfg["observer"]["bootstrap"],
+                  n_train=int((grp["half"] == "train").sum()), scores=True)
+        measured = lesion_contrast(present, absent, diameter, pixel)
+        out["conditions"].append({"contrast_hu": contrast_hu, "diameter_mm": diameter, **res,
+                                  "measured_contrast_hu": float(measured.mean()),
+                                  "cnr": float(abs(measured.mean()) / noise_sd) if noise_sd > 0 else float("inf")})
+    nps_sites = sites[sites["kind"] == "nps"]
+    rois = extract_rois(noise, _sites(nps_sites, "present_image"), cfg["nps_roi_px"])
+    freqs, curve = radial_nps(nps_2d(rois, pixel)[0], pixel)
+    out["nps"] = {**nps_summary(rois, pixel), "n_rois": len(rois), "frequency": freqs.tolist(),
+                  "curve": curve.tolist()}
+    qa = cfg["qa"]
+    out["ttf"] = []
+    for contrast_hu, centre in zip(qa["contrasts_hu"], scans["qa_centres"]):
+        radius = qa["insert_mm"] / 2
+        f, curve = ttf(qa_images.astype(np.float64), tuple(centre), radius, pixel, reach_mm=0.8 * radius)
+        out["ttf"].append({"contrast_hu": contrast_hu, "f50": f50(f, curve), "frequency": f.tolist(),
+                           "curve": curve.tolist()})
+    return out
+
+
+def load_scans(path: str | Path) -> dict[str, np.ndarray]:
+    from ldct.errors import MissingFileError
+
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: clinical scans not found (made by `ldct clinical-scans`)")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
+    """table5_clinical, clinical_stats.csv and the NPS, TTF and detectability figures of a
+    results folder from its rows' clinical JSON files (`ldct clinical-report`); the PSNR gains
+    come from the rows' metrics.csv, the convergence marks from tables/training.csv."""
+    import json
+
+    from ldct import figures
+    from ldct.evaluate import LDCT
+    from ldct.tables import clinical_table
+
+    results = {}
+    for r in rows:
+        path = rp.clinical(r)
+        if not path.is_file():
+            raise DataError(f"{path}: clinical measurements of row {r!r} not found (`ldct clinical-measure`)")
+        results[r] = json.loads(path.read_text())
+    training = pd.read_csv(rp.table("training")) if rp.table("training").is_file() else None
+    clinical_table(results, rp.table_prefix("table5_clinical"), rp.table("clinical_stats"), LDCT,
+                   [r for r in (NDCT, NOISELESS) if r in results], seed, n_resamples, training)
+    psnr = {r: pd.read_csv(rp.metrics(r))["psnr_brain"].mean() for r in rows if rp.metrics(r).is_file()}
+    gain = {r: v - psnr[LDCT] for r, v in psnr.items()} if LDCT in psnr else {}
+    figures.nps_curves(results, rp.figure("fig_nps"))
+    figures.ttf_curves(results, rp.figure("fig_ttf"))
+    figures.detectability(results, gain, rp.figure("fig_detectability"))
