@@ -464,7 +464,7 @@ def cmd_figures(a) -> None:
          arg("--seed", type=int, default=0, help="seed of the bootstrap (default 0)"),
          arg("--bootstrap", type=int, default=2000, help="bootstrap resamples of the paired tests"))
 def cmd_clinical_report(a) -> None:
-    from ldct.clinical import report
+    from ldct.clinical_report import report
 
     report(ResultPaths.at(a.root), a.experiments, a.seed, a.bootstrap)
 

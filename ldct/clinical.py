@@ -248,29 +248,3 @@ def load_scans(path: str | Path) -> dict[str, np.ndarray]:
         raise MissingFileError(f"{path}: clinical scans not found (made by `ldct clinical-scans`)")
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
-
-
-def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
-    """table5_clinical, clinical_stats.csv and the NPS, TTF and detectability figures of a
-    results folder from its rows' clinical JSON files (`ldct clinical-report`); the PSNR gains
-    come from the rows' metrics.csv, the convergence marks from tables/training.csv."""
-    import json
-
-    from ldct import figures
-    from ldct.evaluate import LDCT
-    from ldct.tables import clinical_table
-
-    results = {}
-    for r in rows:
-        path = rp.clinical(r)
-        if not path.is_file():
-            raise DataError(f"{path}: clinical measurements of row {r!r} not found (`ldct clinical-measure`)")
-        results[r] = json.loads(path.read_text())
-    training = pd.read_csv(rp.table("training")) if rp.table("training").is_file() else None
-    clinical_table(results, rp.table_prefix("table5_clinical"), rp.table("clinical_stats"), LDCT,
-                   [r for r in (NDCT, NOISELESS) if r in results], seed, n_resamples, training)
-    psnr = {r: pd.read_csv(rp.metrics(r))["psnr_brain"].mean() for r in rows if rp.metrics(r).is_file()}
-    gain = {r: v - psnr[LDCT] for r, v in psnr.items()} if LDCT in psnr else {}
-    figures.nps_curves(results, rp.figure("fig_nps"))
-    figures.ttf_curves(results, rp.figure("fig_ttf"))
-    figures.detectability(results, gain, rp.figure("fig_detectability"))

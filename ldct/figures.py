@@ -347,7 +347,8 @@ def nps_curves(results: dict[str, dict], out: str | Path) -> None:
     styles = _row_styles(rows)
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
-        f, curve = np.asarray(results[r]["nps"]["frequency"]), np.asarray(results[r]["nps"]["curve"])
+        # the first bin holds only zero frequency, which removing each ROI's mean empties: left out
+        f, curve = np.asarray(results[r]["nps"]["frequency"])[1:], np.asarray(results[r]["nps"]["curve"])[1:]
         ax[0].plot(f, curve, label=f"{r} (SD {results[r]['nps']['noise_sd']:.1f} HU)", **styles[r])
         ax[1].plot(f, curve / np.trapezoid(curve, f), label=r, **styles[r])
     ax[0].set_yscale("log")
@@ -385,10 +386,12 @@ def ttf_curves(results: dict[str, dict], out: str | Path) -> None:
     save(fig, out)
 
 
-def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: str | Path) -> None:
+def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: str | Path,
+                  changes: dict[str, tuple[float, float, float]] | None = None) -> None:
     """Left: the observer's d' (95 % CI) per lesion condition and row. Right, for the hardest
-    condition: d' change against the LDCT input vs PSNR gain over it; a point below zero on the
-    right of the y axis gains PSNR and loses detectability."""
+    condition: each row's d' change against the LDCT input (`changes`: paired difference and
+    its 95 % CI, ldct.tables.clinical_comparisons; else the plain difference) against its PSNR
+    gain over the input; the shaded quadrant gains PSNR and loses detectability."""
     rows = [r for r in results if np.isfinite(results[r]["conditions"][0]["dprime"])]
     styles = _row_styles(rows)
     conds = results[rows[0]]["conditions"]
@@ -407,18 +410,26 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
     ax[0].set_title("lesion detectability (95 % CI)")
     ax[0].grid(alpha=0.3, axis="y")
     ax[0].legend(fontsize=6, ncol=2)
-    base = results["LDCT"]["conditions"][0]["dprime"] if "LDCT" in results else None
     hard = f"{conds[0]['contrast_hu']:g} HU, {conds[0]['diameter_mm']:g} mm"
-    if base is not None:
+    if "LDCT" in results:
+        base = results["LDCT"]["conditions"][0]["dprime"]
         for r in rows:
-            if r in psnr_gain:
-                dd = results[r]["conditions"][0]["dprime"] - base
-                ax[1].scatter(psnr_gain[r], dd, color=styles[r]["color"], marker=styles[r].get("marker") or "o", s=25)
-                ax[1].annotate(r, (psnr_gain[r], dd), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            if r not in psnr_gain or r == "LDCT":
+                continue
+            dd, lo, hi = (changes or {}).get(r) or (results[r]["conditions"][0]["dprime"] - base,) * 3
+            st = styles[r]
+            ax[1].errorbar(psnr_gain[r], dd, yerr=[[dd - lo], [hi - dd]], fmt=st.get("marker") or "o", color=st["color"],
+                           ms=5, capsize=2, lw=1)
+            ax[1].annotate(r, (psnr_gain[r], dd), fontsize=6, xytext=(4, 3), textcoords="offset points")
         ax[1].axhline(0, color="0.5", lw=0.8)
         ax[1].axvline(0, color="0.5", lw=0.8)
-        ax[1].text(0.98, 0.02, "gains PSNR,\nloses detectability", transform=ax[1].transAxes, ha="right",
-                   va="bottom", fontsize=7, color="firebrick")
+        x0, x1 = ax[1].get_xlim()
+        y0, y1 = ax[1].get_ylim()
+        ax[1].fill_between([0, max(x1, 0)], min(y0, 0), 0, color="firebrick", alpha=0.07, lw=0)
+        ax[1].set_xlim(x0, x1)
+        ax[1].set_ylim(y0, y1)
+        ax[1].text(0.02, 0.98, "shaded: gains PSNR, loses detectability\nbars: paired 95 % CI over the test sites",
+                   transform=ax[1].transAxes, ha="left", va="top", fontsize=7, color="firebrick")
     ax[1].set_xlabel("PSNR gain over LDCT, [-40,120] (dB)")
     ax[1].set_ylabel(f"d′ change over LDCT ({hard})")
     ax[1].set_title(f"hardest lesion ({hard}): detectability vs PSNR")

@@ -261,7 +261,7 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     import copy
     import json
 
-    from ldct import clinical
+    from ldct.clinical_report import report
     from ldct.paths import ResultPaths
 
     rows = copy.deepcopy(clinical_run["rows"])
@@ -275,7 +275,7 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     for name, res in rows.items():
         rp.clinical(name).parent.mkdir(parents=True, exist_ok=True)
         rp.clinical(name).write_text(json.dumps(res))
-    clinical.report(rp, list(rows), n_resamples=300)
+    report(rp, list(rows), n_resamples=300)
     md = rp.table("table5_clinical", "md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| blind_l1 "))
     assert "†↓" in line

@@ -33,7 +33,7 @@ rule clinical_measure:
         scans=str(RP.clinical_scans),
         sites=str(RP.clinical_sites),
         model=str(RP.model("{experiment}")),
-        code=code_files("clinical", "observer", "nps", "ttf"),
+        code=code_files("clinical", "lesion_task", "observer", "nps", "ttf"),
     output:
         str(RP.clinical("{experiment}")),
     log:
@@ -58,7 +58,7 @@ rule clinical_references:
     input:
         scans=str(RP.clinical_scans),
         sites=str(RP.clinical_sites),
-        code=code_files("clinical", "observer", "nps", "ttf"),
+        code=code_files("clinical", "lesion_task", "observer", "nps", "ttf"),
     output:
         [str(RP.clinical(r)) for r in CLINICAL_REFERENCES],
     log:
@@ -79,7 +79,7 @@ rule clinical_report:
         rows=[str(RP.clinical(r)) for r in CLINICAL_ROWS],
         metrics=[str(RP.metrics(e)) for e in ROWS],
         training=str(RP.table("training")),
-        code=code_files("clinical", "tables", "figures", "stats"),
+        code=code_files("clinical_report", "tables", "figures", "stats"),
     output:
         [report_table("table5_clinical", e) for e in ("csv", "md", "tex")],
         stats=str(RP.table("clinical_stats")),
