@@ -37,7 +37,6 @@ from ldct.synthetic import subject_seed
 from ldct.ttf import f50, insert_phantom, ttf
 
 NDCT, NOISELESS = "NDCT", "noiseless"  # reference rows beside LDCT and the experiments
-SOURCES = {"low": "low-dose", "full": "full-dose", "noiseless": "noiseless reconstruction"}
 
 
 def conditions(cfg: dict) -> list[tuple[float, float]]:
@@ -81,7 +80,7 @@ def make_scans(phantom_root: str | Path, subjects: list[str], synth: dict, cfg: 
     pixel = synth["fov_mm"] / synth["matrix"]
     geom = make_geometry(synth)
     dose = synth["dose_fractions"][0]
-    stacks = {k: [] for k in SOURCES}
+    stacks = {"noiseless": [], "full": [], "low": []}
     rows, base = [], 0
     for subject in subjects:
         folder = Path(phantom_root) / subject

@@ -112,7 +112,8 @@ def test_tiny_workflow_end_to_end(tmp_path):
     t5 = pd.read_csv(out / "tables" / "table5_clinical.csv")
     assert list(t5["experiment"]) == ["LDCT", "featkpn_ana", "edcnn_l1", "NDCT", "noiseless"]
     assert t5.loc[3, "noise_sd"] < t5.loc[0, "noise_sd"] and t5.loc[4, "noise_sd"] == 0
-    assert np.isinf(t5.loc[4, "dprime_0"]) and t5[["f50_40", "f50_120", "f50_340"]].gt(0).all().all()
+    refs = t5.set_index("experiment").loc[["LDCT", "NDCT", "noiseless"], ["f50_40", "f50_120", "f50_340"]]
+    assert np.isinf(t5.loc[4, "dprime_0"]) and refs.gt(0).all().all()  # (4-step models may have no f50)
     assert "background-known-exactly" in (out / "tables" / "table5_clinical.md").read_text()
     for fig in ("fig_nps", "fig_ttf", "fig_detectability"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000

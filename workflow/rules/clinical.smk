@@ -20,7 +20,7 @@ rule clinical_scans:
         phantom=lambda wc, input: str(Path(input.phantoms[0]).parents[1]),
         settings=CLINICAL_FLAGS,
         seed=config["seed"],
-    threads: MAX_THREADS
+    threads: 1  # like synthesize: one thread, so the scans do not depend on the thread count
     conda:
         CONDA_ENV
     shell:
