@@ -55,7 +55,8 @@ def place_lesions(labels: np.ndarray, roi_px: int, per_slice: int, rng: np.rando
             sites.append(LesionSite(z, y, x))
             placed += 1
     if not sites:
-        raise DataError(f"no slice has room for a {roi_px}x{roi_px} ROI inside the brain on grey matter")
+        raise DataError(f"no slice has room for a {roi_px}x{roi_px} ROI inside the brain centred on label(s) "
+                        f"{', '.join(map(str, classes))}: a smaller ROI (clinical.roi_px, nps_roi_px) may fit")
     return sites
 
 
