@@ -56,14 +56,16 @@ def _scan_pair(hu: np.ndarray, labels: np.ndarray, cfg: dict, pixel: float, rng:
     sites = place_lesions(labels, cfg["roi_px"], cfg["lesions_per_slice"], rng, classes=TISSUES[cfg["tissue"]])
     conds = conditions(cfg)
     order = rng.permutation(len(sites))  # conditions and scans assigned in a random, balanced order
-    scans = [hu.copy(), hu.copy()]
+    groups: dict[tuple[int, int], list] = {}  # (scan, condition) -> its sites: one insertion each
     rows = []
     for k, site in zip(order, sites):
-        contrast, diameter = conds[k % len(conds)]
-        scan = (k // len(conds)) % 2
-        scans[scan] = insert_lesions(scans[scan], [site], contrast, diameter, pixel)
-        rows.append({"kind": "lesion", "slice": site.z, "row": site.y, "col": site.x, "contrast_hu": contrast,
-                     "diameter_mm": diameter, "present_scan": scan})
+        cond, scan = k % len(conds), (k // len(conds)) % 2
+        groups.setdefault((scan, cond), []).append(site)
+        rows.append({"kind": "lesion", "slice": site.z, "row": site.y, "col": site.x, "contrast_hu": conds[cond][0],
+                     "diameter_mm": conds[cond][1], "present_scan": scan})
+    scans = [hu, hu]
+    for (scan, cond), group in sorted(groups.items()):
+        scans[scan] = insert_lesions(scans[scan], group, *conds[cond], pixel)
     brain = tuple(int(c) for c in np.unique(labels) if c > 0)
     for site in place_lesions(labels, cfg["nps_roi_px"], cfg["nps_rois_per_slice"], rng, classes=brain):
         rows.append({"kind": "nps", "slice": site.z, "row": site.y, "col": site.x})

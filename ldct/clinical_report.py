@@ -26,13 +26,12 @@ def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
             raise DataError(f"{path}: clinical measurements of row {r!r} not found (`ldct clinical-measure`)")
         results[r] = json.loads(path.read_text())
     training = pd.read_csv(rp.table("training")) if rp.table("training").is_file() else None
-    clinical_table(results, rp.table_prefix("table5_clinical"), rp.table("clinical_stats"), LDCT,
-                   [r for r in (NDCT, NOISELESS) if r in results], seed, n_resamples, training)
+    _, stats_df = clinical_table(results, rp.table_prefix("table5_clinical"), rp.table("clinical_stats"), LDCT,
+                                 [r for r in (NDCT, NOISELESS) if r in results], seed, n_resamples, training)
     psnr = {r: pd.read_csv(rp.metrics(r))["psnr_brain"].mean() for r in rows if rp.metrics(r).is_file()}
     gain = {r: v - psnr[LDCT] for r, v in psnr.items()} if LDCT in psnr else {}
     figures.nps_curves(results, rp.figure("fig_nps"))
     figures.ttf_curves(results, rp.figure("fig_ttf"))
-    stats_df = pd.read_csv(rp.table("clinical_stats"))
     first = results[LDCT]["conditions"][0]  # the hardest lesion
     hardest = stats_df[(stats_df["against"] == "input") & (stats_df["contrast_hu"] == first["contrast_hu"])
                        & (stats_df["diameter_mm"] == first["diameter_mm"])]

@@ -379,9 +379,9 @@ def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
 
 def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, baseline: str,
                    references: list[str], seed: int = 0, n_resamples: int = 2000,
-                   training: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Table 5: clinical image quality per row (ldct.clinical.measure's results, in order):
-    CHO d' per lesion condition (best compared row in bold, † significantly worse than it,
+                   training: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 5, clinical image quality per row (ldct.clinical.measure's results, in order), and
+    its comparisons (clinical_comparisons, also written to `out_stats`): CHO d' per lesion condition (best compared row in bold, † significantly worse than it,
     ↓/↑ significantly lower/higher than the `baseline` LDCT input), the AUC and CNR of the
     hardest condition, the NPS noise SD and mean frequency (and its shift against the input),
     f50 per QA insert and the HU bias in the lesion ROIs. `references` (NDCT, the noiseless
@@ -425,4 +425,4 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
             "mean output minus truth in the lesion ROIs (HU). " + flag_note)
     md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what.replace("_", "\\_"))
     write_table(out_prefix, table, md, tex, what)
-    return table
+    return table, stats_df
