@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from models.featkpn import kernel_filter  # noqa: E402
+from models._kernel_ops import kernel_filter  # noqa: E402
 
 
 def unfold_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ldct.inference import (
     segment,
 )
 from ldct.io import read_nifti, write_csv, write_nifti
-from ldct.metrics import slice_metrics
+from ldct.metrics import stack_metrics
 
 LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input row
 
@@ -85,12 +85,10 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
             out = to_slices(vol)
             if out.shape != sv.full.shape:
                 raise DataError(f"{path}: shape {out.shape} differs from the reference {sv.full.shape}")
-        for s in range(out.shape[0]):
-            row = {"experiment": experiment, "subject": subject, "slice": s}
-            row.update(slice_metrics(out[s], sv.full[s]))
-            if sv.truth is not None:
-                row.update(slice_metrics(out[s], sv.truth[s], prefix="truth_"))
-            rows.append(row)
+        vs_full = stack_metrics(out, sv.full)
+        vs_truth = stack_metrics(out, sv.truth, prefix="truth_") if sv.truth is not None else [{}] * len(out)
+        rows += [{"experiment": experiment, "subject": subject, "slice": s, **m, **t}
+                 for s, (m, t) in enumerate(zip(vs_full, vs_truth))]
         if seg is not None:
             dice_rows += dice_counts(experiment, subject, segment(seg, out, dev), segment(seg, sv.full, dev), sv.labels)
     df = pd.DataFrame(rows)

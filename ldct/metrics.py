@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from scipy.ndimage import correlate1d
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from torchmetrics.functional.image import visual_information_fidelity
 
 from ldct.hu import WINDOWS
 
@@ -61,21 +60,38 @@ def window_psnr(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> float:
     return _clipped(pred_hu, ref_hu, window)[4]
 
 
+def stack_window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> list[dict[str, float]]:
+    """Metrics of each 2-D slice of a (S, H, W) stack against its reference in one named
+    window; VIF runs on the whole stack in one batched call (per-slice values)."""
+    # imported here: torchmetrics takes ~1 s to import, which jobs that only need PSNR skip
+    from torchmetrics.functional.image import visual_information_fidelity
+
+    lo, _ = WINDOWS[window]
+    rows, ps, rs = [], [], []
+    for pred, ref in zip(pred_hu, ref_hu):
+        p, r, mse, width, psnr = _clipped(pred, ref, window)
+        rows.append({"psnr": psnr, "ssim": paper_ssim(p, r, width),
+                     "ssim_skimage": float(structural_similarity(r, p, data_range=width)), "vif": np.nan,
+                     "rmse": float(np.sqrt(mse))})
+        ps.append((p - lo) * (255.0 / width))
+        rs.append((r - lo) * (255.0 / width))
+    vif = visual_information_fidelity(torch.from_numpy(np.stack(ps))[:, None].float(),
+                                      torch.from_numpy(np.stack(rs))[:, None].float(), sigma_n_sq=2.0, reduction="none")
+    for row, v in zip(rows, vif.tolist()):
+        row["vif"] = float(v)
+    return rows
+
+
 def window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> dict[str, float]:
     """Metrics of one 2-D slice against its reference in one named window."""
-    lo, _ = WINDOWS[window]
-    p, r, mse, width, psnr = _clipped(pred_hu, ref_hu, window)
-    ssim = paper_ssim(p, r, width)
-    ssim_skimage = float(structural_similarity(r, p, data_range=width))
-    scale = 255.0 / width
-    vif = float(visual_information_fidelity(torch.from_numpy((p - lo) * scale)[None, None].float(),
-                                            torch.from_numpy((r - lo) * scale)[None, None].float(), sigma_n_sq=2.0))
-    return {"psnr": psnr, "ssim": ssim, "ssim_skimage": ssim_skimage, "vif": vif, "rmse": float(np.sqrt(mse))}
+    return stack_window_metrics(pred_hu[None], ref_hu[None], window)[0]
 
 
-def slice_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, windows=("full", "brain", "head"), prefix: str = "") -> dict[str, float]:
-    out = {}
+def stack_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, windows=("full", "brain", "head"),
+                  prefix: str = "") -> list[dict[str, float]]:
+    """Per slice of a (S, H, W) stack: every window's metrics, keyed '{prefix}{metric}_{window}'."""
+    out = [{} for _ in range(len(pred_hu))]
     for w in windows:
-        for k, v in window_metrics(pred_hu, ref_hu, w).items():
-            out[f"{prefix}{k}_{w}"] = v
+        for row, m in zip(out, stack_window_metrics(pred_hu, ref_hu, w)):
+            row.update({f"{prefix}{k}_{w}": v for k, v in m.items()})
     return out

@@ -31,4 +31,5 @@ class ResidualBlock(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.res_scale * self.conv2(self.act(self.conv1(x)))
+        y = self.conv2(self.act(self.conv1(x)))
+        return x + (y if self.res_scale == 1.0 else self.res_scale * y)  # skip the no-op scaling

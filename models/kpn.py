@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from models import register
 from models._blocks import ResidualBlock, pad_to_multiple
-from models.featkpn import kernel_filter
+from models._kernel_ops import kernel_filter
 
 
 @register("kpn")

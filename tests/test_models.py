@@ -1,12 +1,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import losses
 import models
+import models._kernel_ops as kernel_ops
 from ldct.complexity import count_macs, count_params
 from ldct.registry import Registry, RegistryError
-from models.featkpn import kernel_filter
+from models._kernel_ops import kernel_filter, predicted_kernel_filter
 
 DENOISERS = models.denoisers()
 SMALL = {"featkpn": dict(nf=4, nk=4, kernel_size=3), "redcnn": dict(channels=8), "dncnn": dict(depth=4, channels=8),
@@ -93,6 +95,28 @@ def test_kernel_filter_matches_unfold_oracle(k):
     gb = torch.autograd.grad(b, (feat, ker), g)
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 300, 1 << 22])  # one tap at a time, a few, all at once
+@pytest.mark.parametrize("n, c, cin, h, w, k", [(2, 3, 4, 9, 11, 3), (1, 2, 5, 7, 6, 5)])
+def test_fused_kernel_head_filter_equals_the_unfused_composition(monkeypatch, chunk, n, c, cin, h, w, k):
+    """Feat-KPN's fused op (kernels made per chunk of taps, never stored) against the
+    reference's order of operations: 1x1 conv, PReLU, then the filtering; outputs and the
+    gradients of the features, the head's input, the conv and the PReLU slope."""
+    monkeypatch.setattr(kernel_ops, "CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    conv, prelu = nn.Conv2d(cin, c * k * k, 1).double(), nn.PReLU(init=0.2).double()
+    feat = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(n, cin, h, w, dtype=torch.float64, requires_grad=True)
+    fused = predicted_kernel_filter(feat, hidden, conv, prelu, k)
+    plain = unfold_oracle(feat, prelu(conv(hidden)), k)
+    assert torch.allclose(fused, plain, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(plain)
+    params = (feat, hidden, conv.weight, conv.bias, prelu.weight)
+    for a, b in zip(torch.autograd.grad(fused, params, g), torch.autograd.grad(plain, params, g)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="1x1 conv"):
+        predicted_kernel_filter(feat, hidden, nn.Conv2d(cin, c * k * k, 3), prelu, k)
 
 
 def test_registry_errors_list_what_exists():

@@ -1,0 +1,194 @@
+"""Feat-KPN: this project's implementation against the reference implementation's arithmetic,
+side by side in one run, on the same weights and inputs.
+
+    python benchmarks/featkpn_speed.py [--threads 2] [--repeats 3] [--device cpu|cuda] [--amp]
+
+The reference (jiwoosong/FeatKPN-LDCT-enhancement, KPNfeat + kernel2d_conv) is re-stated here
+as a forward pass over this project's modules: the kernel branch first, each kernel head
+whole (its 1x1 conv and PReLU stored as full tensors), then the feature branch, and the
+filtering by unfolding every k x k neighbourhood, permuting it pixel-major and summing the
+products, as the reference does. The project's model (models/featkpn.py) fuses the kernel
+heads' tail into a filtering op that never stores the kernels.
+
+Three workloads, each variant in its own process (a fresh peak-memory mark):
+  step512   forward + backward of one 512x512 slice (what bounds training at full slices)
+  train64   one optimiser step on 8 patches of 64x64 (L1 loss, AdamW: the default training)
+  infer512  forward of one 512x512 slice without gradients (denoising the test set)
+Before timing, outputs and every parameter's gradient are compared between the two (float64,
+one 64x64 and one odd-sized input). Prints the median time, the peak memory (CPU: the
+process's peak resident set and the peak above the resident set before the first pass;
+CUDA: torch's peak allocation) and the ratios reference / project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import models  # noqa: E402
+from ldct.complexity import _peak_rss_mb, _reset_peak_rss_mb  # noqa: E402
+from ldct.provenance import versions  # noqa: E402
+
+WORKLOADS = ("step512", "train64", "infer512")
+
+
+def reference_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
+    """The reference's filtering: every k x k neighbourhood unfolded and laid out pixel-major,
+    the kernels likewise (column index first, as the reference transposes both), products
+    summed over the taps."""
+    n, c, h, w = feat.shape
+    r = (k - 1) // 2
+    patches = F.pad(feat, (r, r, r, r), mode="replicate").unfold(2, k, 1).unfold(3, k, 1)  # n c h w ki kj
+    patches = patches.permute(0, 2, 3, 1, 5, 4).contiguous().reshape(n, h, w, c, k * k)
+    ker = kernels.permute(0, 2, 3, 1).reshape(n, h, w, c, k, k).permute(0, 1, 2, 3, 5, 4).reshape(n, h, w, c, k * k)
+    return (patches * ker).sum(-1).permute(0, 3, 1, 2).contiguous()
+
+
+def reference_forward(net, x: torch.Tensor) -> torch.Tensor:
+    """KPNfeat.forward re-stated over this project's FeatKPN modules (same parameters)."""
+    h, w = x.shape[-2:]
+    xp = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate")
+    g, kernels = xp, []
+    for s in range(3):  # the kernel branch first, each head whole
+        g = net.kern_enc[s](g)
+        kernels.append(net.kern_head[s](g))
+    f, feats = xp, []
+    for s in range(3):
+        f = net.feat_enc[s](f)
+        feats.append(net.feat_proj[s](f))
+    out = reference_filter(feats[2], kernels[2], net.k)
+    for s in (1, 0):
+        out = net.dec[s](net.up[s](out) + reference_filter(feats[s], kernels[s], net.k))
+    return (xp + net.tail(out))[..., :h, :w]
+
+
+def forward_fn(variant: str, net):
+    return (lambda x: reference_forward(net, x)) if variant == "reference" else net
+
+
+def check_identical(device: str = "cpu", dtype: torch.dtype = torch.float64, amp: bool = False) -> dict:
+    """Max |difference| of outputs and parameter gradients (relative to the largest), reference
+    vs project, on `device` in `dtype` (float64 on the CPU: identical up to rounding)."""
+    worst = {"output": 0.0, "gradient": 0.0}
+    for shape in ((2, 1, 64, 64), (1, 1, 37, 50)):
+        torch.manual_seed(0)
+        net = models.build("featkpn").to(device, dtype)
+        x = torch.rand(*shape, dtype=dtype, device=device)
+        outs, grads = [], []
+        for variant in ("reference", "project"):
+            net.zero_grad(set_to_none=True)
+            with torch.autocast(device, enabled=amp):
+                y = forward_fn(variant, net)(x).float()
+            y.square().mean().backward()
+            outs.append(y.detach())
+            grads.append([p.grad.clone() for p in net.parameters()])
+        worst["output"] = max(worst["output"], (outs[0] - outs[1]).abs().max().item())
+        scale = max(g.abs().max().item() for g in grads[0])
+        worst["gradient"] = max(worst["gradient"], max((a - b).abs().max().item() for a, b in zip(*grads)) / scale)
+    return worst
+
+
+def child(variant: str, workload: str, repeats: int, device: str, amp: bool) -> dict:
+    """In this process: build, warm up once, time `repeats` runs, read the peak memory."""
+    torch.manual_seed(0)
+    net = models.build("featkpn").to(device)
+    fwd = forward_fn(variant, net)
+    size, batch = (64, 8) if workload == "train64" else (512, 1)
+    x = torch.rand(batch, 1, size, size, device=device) * 0.3 + 0.2
+    y = x + 0.01 * torch.randn_like(x)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device, enabled=amp)
+
+    def run():
+        with torch.autocast(device, enabled=amp):
+            if workload == "infer512":
+                with torch.no_grad():
+                    return fwd(x)
+            loss = F.l1_loss(fwd(x).float(), y)
+        scaler.scale(loss).backward()
+        if workload == "train64":
+            scaler.step(opt)
+            scaler.update()
+        net.zero_grad(set_to_none=True)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    base = _reset_peak_rss_mb()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        if i:  # the first run warms up
+            times.append(time.perf_counter() - t0)
+    out = {"seconds": statistics.median(times)}
+    if device == "cuda":
+        out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_mb"], out["above_start_mb"] = _peak_rss_mb(), _peak_rss_mb() - base
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    amp = a.amp and a.device == "cuda"
+    if a.child:
+        print(json.dumps(child(*a.child, a.repeats, a.device, amp)))
+        return
+    where = (torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {a.threads} threads")
+    print(f"Feat-KPN nf = nk = 16, k = 5; {where}; mixed precision {'on' if amp else 'off'}; torch {versions()['torch']}")
+    diff = check_identical()
+    print(f"reference vs project (CPU, float64): max |output difference| {diff['output']:.1e}, "
+          f"max gradient difference {diff['gradient']:.1e} of the largest gradient")
+    if a.device == "cuda":
+        for label, kw in (("float32", {"dtype": torch.float32}), ("mixed precision", {"dtype": torch.float32, "amp": True})):
+            diff = check_identical("cuda", **kw)
+            print(f"reference vs project (CUDA, {label}): max |output difference| {diff['output']:.1e}, "
+                  f"max gradient difference {diff['gradient']:.1e} of the largest gradient")
+    mem = "peak GPU MB" if a.device == "cuda" else "peak RSS MB (above start)"
+    print(f"\n{'workload':10s} {'variant':10s} {'seconds':>9s} {mem:>26s}")
+    rows = {}
+    for w in a.workloads:
+        for v in ("reference", "project"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", v, w, "--threads", str(a.threads),
+                   "--repeats", str(a.repeats), "--device", a.device] + (["--amp"] if amp else [])
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if res.returncode:
+                sys.exit(f"{v} {w} failed:\n{res.stderr[-3000:]}")
+            r = rows[w, v] = json.loads(res.stdout.strip().splitlines()[-1])
+            extra = f" ({r['above_start_mb']:.0f})" if "above_start_mb" in r else ""
+            print(f"{w:10s} {v:10s} {r['seconds']:9.3f} {r['peak_mb']:19.0f}{extra:>7s}", flush=True)
+    print("\nratios reference / project (higher is better for the project):")
+    for w in a.workloads:
+        ref, own = rows[w, "reference"], rows[w, "project"]
+        line = f"  {w:10s} time {ref['seconds'] / own['seconds']:5.2f}x   peak memory {ref['peak_mb'] / own['peak_mb']:5.2f}x"
+        if "above_start_mb" in own:
+            line += f"   above start {ref['above_start_mb'] / max(own['above_start_mb'], 1.0):5.2f}x"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
