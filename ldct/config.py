@@ -14,7 +14,6 @@ import copy
 import functools
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from ldct.errors import ConfigError
@@ -106,6 +105,8 @@ def _coerce_experiments(config: dict, train_schema: dict) -> None:
 
 
 def _check(schema: dict, inst, where: str = "") -> None:
+    import jsonschema  # here: commands that validate no section start without it
+
     err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(inst))
     if err is not None:
         path = ".".join(str(p) for p in err.absolute_path)

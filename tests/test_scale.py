@@ -185,3 +185,22 @@ def test_paper_epoch_benchmark_runs_the_paper_training_step(tmp_path):
         assert r["step_ms"] > 0 and r["steps_timed"] == 1 and not r["measured_epoch"]
         assert r["epoch_s"] == pytest.approx(r["step_ms"] / 1000 * 1400) and r["epochs"] == 400
     assert "featkpn_ana costs" in res.stdout
+
+
+def test_featkpn_benchmark_times_equal_computations():
+    """benchmarks/featkpn_speed.py compares like with like: its re-statement of the reference's
+    arithmetic (whole kernel heads, unfold filtering) and the project's fused model give the
+    same outputs and parameter gradients in float64."""
+    from benchmarks.featkpn_speed import check_identical
+
+    diff = check_identical()
+    assert diff["output"] < 1e-12 and diff["gradient"] < 1e-12
+
+
+@pytest.mark.slow
+def test_featkpn_benchmark_prints_the_ratios():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "featkpn_speed.py"), "--workloads", "train64",
+                          "--repeats", "1", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "train64    reference" in res.stdout and "train64    project" in res.stdout
+    assert "train64    time" in res.stdout and "peak memory" in res.stdout
