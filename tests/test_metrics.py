@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from scipy.ndimage import uniform_filter
 
-from ldct.metrics import window_metrics
+from ldct.metrics import stack_metrics, window_metrics
 from ldct.stats import compare_to_best, holm
 
 
@@ -42,6 +42,21 @@ def test_known_shift_lowers_ssim_and_more_noise_lowers_vif():
     a = window_metrics(img + rng.normal(0, 2, img.shape), img, "brain")
     b = window_metrics(img + rng.normal(0, 10, img.shape), img, "brain")
     assert 1 > a["ssim"] > b["ssim"] and 1 > a["vif"] > b["vif"] > 0
+
+
+def test_stack_metrics_equal_the_slice_by_slice_metrics():
+    """Evaluation scores a whole volume at once (VIF in one batched call): each slice's values
+    are those of the slice alone, keyed metric_window with the prefix."""
+    rng = np.random.default_rng(3)
+    ref = np.stack([brain_image(seed=s) for s in range(3)])
+    out = ref + rng.normal(0, 6, ref.shape)
+    rows = stack_metrics(out, ref, windows=("brain", "full"), prefix="truth_")
+    for s, row in enumerate(rows):
+        for w in ("brain", "full"):
+            single = window_metrics(out[s], ref[s], w)
+            assert list(single) == ["psnr", "ssim", "ssim_skimage", "vif", "rmse"]
+            for k, v in single.items():
+                assert row[f"truth_{k}_{w}"] == pytest.approx(v, rel=1e-5)
 
 
 def vif_single_scale(ref, dist, sigma_nsq=2.0):
