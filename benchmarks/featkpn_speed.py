@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import models  # noqa: E402
-from ldct.complexity import _peak_rss_mb, _reset_peak_rss_mb  # noqa: E402
+from ldct.complexity import _peak_rss_mb, _reset_peak_rss_mb, median_seconds  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 
 WORKLOADS = ("step512", "train64", "infer512")
@@ -121,22 +119,10 @@ def child(variant: str, workload: str, repeats: int, device: str, amp: bool) -> 
             scaler.update()
         net.zero_grad(set_to_none=True)
 
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     base = _reset_peak_rss_mb()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(repeats + 1):
-        sync()
-        t0 = time.perf_counter()
-        run()
-        sync()
-        if i:  # the first run warms up
-            times.append(time.perf_counter() - t0)
-    out = {"seconds": statistics.median(times)}
+    out = {"seconds": median_seconds(run, repeats, device)}
     if device == "cuda":
         out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:

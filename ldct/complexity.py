@@ -58,6 +58,21 @@ def _peak_rss_mb() -> float:
     return _status_mb("VmHWM")
 
 
+def median_seconds(fn, repeats: int, device: str) -> float:
+    """Median wall time of `repeats` calls of fn() after one warm-up call (CUDA synchronised)."""
+    times = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _probe(spec: dict, size: int, repeats: int, device: str) -> dict:
     """Run inside the child process: latency and peak memory of forward passes."""
     torch.manual_seed(0)
@@ -65,18 +80,8 @@ def _probe(spec: dict, size: int, repeats: int, device: str) -> dict:
     net = models.build(spec.pop("name"), **spec).eval().to(device)
     x = torch.rand(1, 1, size, size, device=device)
     base = _reset_peak_rss_mb()
-    times = []
     with torch.no_grad():
-        for i in range(repeats + 1):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            net(x)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first pass warms up
-                times.append(time.perf_counter() - t0)
-    out = {"latency_s": statistics.median(times)}
+        out = {"latency_s": median_seconds(lambda: net(x), repeats, device)}
     if device == "cuda":
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
