@@ -3,8 +3,10 @@ training compute is counted, the same rule for every experiment (config `train.b
 
 Compute is counted from the model's own multiply-accumulates (torch's FLOP counter on the
 meta device, so no machine enters the count): one step costs 3 x the forward MACs per pixel
-x the pixels of a patch x the batch size (forward and backward); the loss's own cost (the
-frozen U-Net of the anatomical loss) is not counted.
+x the pixels of a patch x the batch size (forward and backward). A model whose inference runs
+several network passes (`inference_passes`, a diffusion sampler) trains on one pass per step,
+so its step counts one pass. The loss's own cost (the frozen U-Net of the anatomical loss, an
+adversarial loss's discriminator) is not counted.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> float:
     if models.needs_segmenter(name):
         seg = json.loads(seg_json)
         kwargs.update(seg_width=seg["base_width"], seg_norm=seg["norm"])
-    return count_macs(models.build(name, **kwargs), size) / size**2
+    net = models.build(name, **kwargs)
+    if not getattr(net, "countable", True):  # calibrated, not trained (BM3D): no training compute
+        return 0.0
+    return count_macs(net, size) / size**2 / getattr(net, "inference_passes", 1)
 
 
 def macs_per_pixel(model: dict, segmenter: dict, size: int = 64) -> float:
-    """Forward MACs per pixel of a model spec ({'name', **kwargs}), counted at size x size."""
+    """Forward MACs per pixel of one training pass of a model spec ({'name', **kwargs}),
+    counted at size x size."""
     seg = {k: segmenter.get(k) for k in ("base_width", "norm")}
     return _macs_per_pixel(json.dumps(model, sort_keys=True), json.dumps(seg, sort_keys=True), size)
 

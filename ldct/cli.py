@@ -203,7 +203,7 @@ def cmd_template_fields(a) -> None:
          arg("--low", help="low-dose series folder (generic layout; with --full)"),
          arg("--subject", help="subject name (default: the output folder's name)"),
          arg("--out", required=True, help="the subject's NIfTI folder"),
-         arg("--phantom", help="synthetic truth folder whose labels and truth are copied along"),
+         arg("--phantom", help="synthetic truth folder whose labels, truth and repeat scan are copied along"),
          sections={"dataset": SERIES_KEYS})
 def cmd_convert(a) -> None:
     import shutil
@@ -222,7 +222,7 @@ def cmd_convert(a) -> None:
         raise UsageError("give --subject-dir (TCIA layout) or --full and --low series folders")
     row = convert_subject(a.subject_dir, a.out, series=series)
     if a.phantom:
-        for name in ("labels.nii.gz", "truth.nii.gz"):
+        for name in ("labels.nii.gz", "truth.nii.gz", "repeat.nii.gz"):
             with atomic_path(Path(a.out) / name) as tmp:
                 shutil.copyfile(Path(a.phantom) / name, tmp)
     write_json(Path(a.out) / "manifest.json", row)

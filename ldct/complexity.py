@@ -106,8 +106,9 @@ def model_complexity(name: str, spec: dict, size: int, repeats: int) -> dict:
     spec = dict(spec)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     net = models.build(spec["name"], **kwargs)
-    row = {"model": name, "size": size, "params": count_params(net), "gmacs": count_macs(net, size) / 1e9,
-           "device": "cpu"}
+    countable = getattr(net, "countable", True)  # a numpy model (BM3D) has no MAC count: NaN, "n/a" in Table 1
+    row = {"model": name, "size": size, "params": count_params(net),
+           "gmacs": count_macs(net, size) / 1e9 if countable else float("nan"), "device": "cpu"}
     cpu = measure(spec, size, repeats, "cpu", threads=torch.get_num_threads())
     row.update(cpu_latency_s=cpu["latency_s"], peak_memory_mb=cpu["peak_memory_mb"])
     if torch.cuda.is_available():

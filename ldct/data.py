@@ -18,6 +18,7 @@ class SubjectVolumes:
     full: np.ndarray
     labels: np.ndarray | None = None  # (S, H, W) class ids, where labels exist
     truth: np.ndarray | None = None   # noiseless phantom HU (synthetic data)
+    repeat: np.ndarray | None = None  # a second, independent low-dose scan (synthetic data: Noise2Noise)
     affine: np.ndarray | None = None
 
 
@@ -31,6 +32,7 @@ def from_slices(arr: np.ndarray) -> np.ndarray:
 
 
 LOW_NAME = "low.nii.gz"
+REPEAT_NAME = "repeat.nii.gz"
 
 
 def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, low_name: str = LOW_NAME) -> SubjectVolumes:
@@ -50,15 +52,20 @@ def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, 
         sv.labels = to_slices(read_nifti(d / "labels.nii.gz")[0]).astype(np.int64)
     if (d / "truth.nii.gz").exists():
         sv.truth = to_slices(read_nifti(d / "truth.nii.gz")[0])
+    if (d / REPEAT_NAME).exists():
+        sv.repeat = to_slices(read_nifti(d / REPEAT_NAME)[0])
     return sv
 
 
 def stack_subjects(nifti_dir: str | Path, subjects: list[str], with_labels: bool = True) -> dict[str, np.ndarray]:
-    """All slices of the given subjects stacked: {'low', 'full', 'labels'?} each (N, H, W)."""
+    """All slices of the given subjects stacked: {'low', 'full', 'labels'?, 'repeat'?} each
+    (N, H, W); labels and the repeat scan where every subject has them."""
     if not subjects:
         raise DataError("no subjects given")
     vols = [load_subject(nifti_dir, s, with_labels) for s in subjects]
     out = {"low": np.concatenate([v.low for v in vols]), "full": np.concatenate([v.full for v in vols])}
     if with_labels and all(v.labels is not None for v in vols):
         out["labels"] = np.concatenate([v.labels for v in vols])
+    if all(v.repeat is not None for v in vols):
+        out["repeat"] = np.concatenate([v.repeat for v in vols])
     return out

@@ -118,12 +118,59 @@ class Schedule:
             self.torch.load_state_dict(state)
 
 
+def forward_for_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The output the loss compares with `y`: `net(x)`, or `net.training_forward(x, y)` for a
+    model trained on something other than its inference pass (a diffusion model: one random
+    step of its chain)."""
+    own = getattr(net, "training_forward", None)
+    return own(x, y) if own is not None else net(x)
+
+
+class Adversary:
+    """The discriminator of an adversarial loss (a loss with a `discriminator` module and a
+    `discriminator_loss(fake, real, source)` method: output, target, input) and its own
+    optimiser: one discriminator step on each generator output, before the generator's step. Its learning rate is
+    the loss's `d_lr`, or the generator's; the optimiser is the config's."""
+
+    def __init__(self, criterion, cfg: dict, use_amp: bool):
+        self.criterion = criterion
+        lr = getattr(criterion, "d_lr", None) or cfg["lr"]
+        self.opt = build_optimizer(criterion.discriminator.parameters(), {**cfg, "lr": lr})
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        self.use_amp = use_amp
+
+    @staticmethod
+    def of(criterion, cfg: dict, use_amp: bool) -> Adversary | None:
+        return Adversary(criterion, cfg, use_amp) if hasattr(criterion, "discriminator_loss") else None
+
+    def step(self, fake: torch.Tensor, real: torch.Tensor, source: torch.Tensor) -> dict[str, float]:
+        with torch.autocast(fake.device.type, enabled=self.use_amp):
+            loss = self.criterion.discriminator_loss(fake.detach(), real, source)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite discriminator loss ({loss.item()}); lower the loss's d_lr or train.lr")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"discriminator": loss.item()}
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.criterion.discriminator.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.criterion.discriminator.load_state_dict(state["discriminator"])
+        self.opt.load_state_dict(state["opt"])
+
+
 def train_step(net: torch.nn.Module, criterion: Callable, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, use_amp: bool) -> dict[str, float]:
-    """One optimiser step (mixed precision when `use_amp`): {'loss': total, term: value...};
-    stops on a non-finite loss."""
+               x: torch.Tensor, y: torch.Tensor, use_amp: bool, adversary: Adversary | None = None) -> dict[str, float]:
+    """One optimiser step (mixed precision when `use_amp`), after the adversary's step where
+    the loss has one: {'loss': total, term: value...}; stops on a non-finite loss."""
     with torch.autocast(x.device.type, enabled=use_amp):
-        loss = criterion(net(x), y)
+        out = forward_for_training(net, x, y)
+    extra = adversary.step(out, y, x) if adversary is not None else {}
+    with torch.autocast(x.device.type, enabled=use_amp):
+        loss = criterion(out, y)
     terms = getattr(criterion, "last_terms", {})
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite loss ({loss.item()}); lower train.lr or check the input data for NaN")
@@ -131,7 +178,7 @@ def train_step(net: torch.nn.Module, criterion: Callable, opt: torch.optim.Optim
     scaler.scale(loss).backward()
     scaler.step(opt)
     scaler.update()
-    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, **extra}
 
 
 @dataclass
@@ -166,9 +213,10 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
     schedule = Schedule(opt, cfg, iters, epochs * iters)
     use_amp = bool(cfg.get("amp", False)) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    adversary = Adversary.of(task.criterion, cfg, use_amp)
     print(f"{task.label}{cfg.get('optimizer', 'adamw')} at lr {cfg['lr']:g}, {schedule.name} schedule, {epochs} x {iters} "
           f"steps on {device} (mixed precision: {'on' if use_amp else 'off'})", file=sys.stderr)
-    state = _Checkpoint(checkpoint_dir, key).resume(task.net, opt, schedule, generator)
+    state = _Checkpoint(checkpoint_dir, key).resume(task.net, opt, schedule, generator, adversary)
     history, best_state = state["history"], state["best_state"]
     better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
     best = state["best"] if state["best"] is not None else (-math.inf if task.maximize else math.inf)
@@ -189,7 +237,8 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
             schedule.before_step(epoch * iters + it)
             x, y = task.sample()
             try:
-                losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp)
+                losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp,
+                                    adversary)
             except TrainingError as err:
                 raise TrainingError(f"{task.label}epoch {epoch + 1}, step {it + 1}: {err}") from None
             schedule.after_step()
@@ -207,7 +256,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
               f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
         _Checkpoint(checkpoint_dir, key).save(task.net, opt, schedule, generator, history, epoch + 1, best,
-                                             best_state)
+                                             best_state, adversary)
     best_row = (max if task.maximize else min)(history, key=lambda r: r[task.score]) if history else {}
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
     return Result(history, best_state, best_row, done)
@@ -231,7 +280,7 @@ class _Checkpoint:
         self.path = Path(folder) / "last.pt" if folder else None
         self.key = key
 
-    def resume(self, net, opt, schedule: Schedule, gen: torch.Generator) -> dict:
+    def resume(self, net, opt, schedule: Schedule, gen: torch.Generator, adversary: Adversary | None = None) -> dict:
         fresh = {"history": [], "epoch": 0, "best": None, "best_state": None}
         if self.path is None or not self.path.exists():
             return fresh
@@ -244,15 +293,18 @@ class _Checkpoint:
         schedule.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        if adversary is not None:
+            adversary.load_state_dict(state["adversary"])
         print(f"resuming from {self.path} after epoch {state['epoch']}", file=sys.stderr)
         return state
 
     def save(self, net, opt, schedule: Schedule, gen: torch.Generator, history: list, epoch: int, best: float,
-             best_state: dict) -> None:
+             best_state: dict, adversary: Adversary | None = None) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path) as tmp:
             torch.save({"key": self.key, "model": net.state_dict(), "opt": opt.state_dict(),
                         "sched": schedule.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "history": history, "epoch": epoch, "best": best, "best_state": best_state}, tmp)
+                        "history": history, "epoch": epoch, "best": best, "best_state": best_state,
+                        "adversary": adversary.state_dict() if adversary is not None else None}, tmp)

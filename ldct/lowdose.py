@@ -139,6 +139,18 @@ def simulate_doses(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fract
     return out
 
 
+def repeat_scan(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fraction: float, sigma_e: float,
+                seed: int) -> np.ndarray:
+    """A second, independent acquisition of the same noiseless slices (B, n, n) at one dose
+    fraction: Poisson counts of `dose_fraction * i0` photons plus electronic noise, as
+    `simulate_doses` makes that dose but sharing none of its noise (Noise2Noise training pairs)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    sino = geometry.project(hu_to_mu(torch.as_tensor(hu, dtype=torch.float32))).double()
+    counts = torch.poisson(dose_fraction * i0 * torch.exp(-sino), generator=gen)
+    counts = torch.clamp(counts + sigma_e * torch.randn(counts.shape, generator=gen, dtype=counts.dtype), min=1.0)
+    return mu_to_hu(geometry.fbp((-torch.log(counts / (dose_fraction * i0))).float())).numpy()
+
+
 def insert_noise(full_dose_hu: np.ndarray, pixel_mm: float, dose_fraction: float, i0: float = 6e4,
                  sigma_e: float = 5.0, n_views: int = 360, seed: int = 0) -> np.ndarray:
     """Make a lower-dose version of real full-dose slices (B, n, n) in HU.

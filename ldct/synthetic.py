@@ -4,7 +4,9 @@ One call makes one subject: its DICOM series in the TCIA layout (full dose and o
 low-dose series per dose fraction) under the DICOM root, and its ground truth under the
 phantom folder: phantom.nii.gz (the phantom HU), truth.nii.gz (the noiseless reconstruction,
 the phantom at the scanner's resolution: the reference of the "vs truth" metrics),
-labels.nii.gz and params.json. The same conversion step then runs as on the real data.
+repeat.nii.gz (a second, independent scan at the primary low dose, rounded to whole HU as
+the DICOM series are: the target of self-supervised Noise2Noise training), labels.nii.gz and
+params.json. The same conversion step then runs as on the real data.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from ldct import dicom
 from ldct.io import write_json, write_nifti
-from ldct.lowdose import make_geometry, simulate_doses
+from ldct.lowdose import make_geometry, repeat_scan, simulate_doses
 from ldct.phantom import draw_subject, synthesize_subject
 
 
@@ -54,6 +56,7 @@ def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phan
     primary = cfg["dose_fractions"][0]
     ctdi_per_mas = 0.2  # mGy per mAs for a 16 cm head phantom at 120 kV (order of magnitude)
     noiseless = doses.pop(0.0)
+    repeat = repeat_scan(ph["hu"], geom, cfg["i0"], primary, cfg["electronic_noise"], subject_seed(seed + 1, subject))
     for k, hu in doses.items():
         desc = dicom.FULL_DESCRIPTION if k == 1.0 else dicom.low_description(k, primary)
         mas = cfg["full_dose_mas"] * k
@@ -68,6 +71,7 @@ def make_subject(subject: str, cfg: dict, seed: int, dicom_dir: str | Path, phan
     aff = volume_affine(cfg["matrix"], pixel, cfg["slice_mm"], float(ph["z_mm"][0]))
     write_nifti(phantom_dir / "phantom.nii.gz", ph["hu"].transpose(2, 1, 0), aff, dtype=np.float32)
     write_nifti(phantom_dir / "truth.nii.gz", noiseless.transpose(2, 1, 0), aff, dtype=np.float32)
+    write_nifti(phantom_dir / "repeat.nii.gz", np.round(repeat).transpose(2, 1, 0), aff, dtype=np.float32)
     write_nifti(phantom_dir / "labels.nii.gz", ph["labels"].transpose(2, 1, 0), aff, dtype=np.uint8)
     write_json(phantom_dir / "params.json", {**json.loads(params.to_json()),
                                      "dose_fractions": cfg["dose_fractions"], "i0": cfg["i0"]})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 import losses
 import models
 from ldct import engine
-from ldct.data import stack_subjects
-from ldct.errors import TrainingError
+from ldct.data import REPEAT_NAME, stack_subjects
+from ldct.errors import DataError, TrainingError
 from ldct.hu import WINDOWS
 from ldct.inference import (
     load_checkpoint,
@@ -141,10 +142,22 @@ def build_experiment(spec: ExperimentSpec, seg_ck: dict | None,
     return net, spec.build_loss(seg).to(device), saved
 
 
-def load_training_data(nifti_dir: str, splits: dict, val_max_slices: int | None) -> tuple[dict, dict]:
-    """Training slices, and validation slices (at most `val_max_slices`, evenly spaced)."""
+def load_training_data(nifti_dir: str, splits: dict, val_max_slices: int | None,
+                       target: str = "ndct") -> tuple[dict, dict]:
+    """Training slices, and validation slices (at most `val_max_slices`, evenly spaced), as
+    {'low': input, 'full': target}. With `target: repeat` (self-supervised, Noise2Noise) the
+    target is a second, independent low-dose scan of the same anatomy, for training and
+    validation alike: no NDCT is used."""
     data = stack_subjects(nifti_dir, splits["train"], with_labels=False)
     val = stack_subjects(nifti_dir, splits["val"], with_labels=False)
+    if target == "repeat":
+        for part, subjects in ((data, splits["train"]), (val, splits["val"])):
+            if "repeat" not in part:
+                missing = [s for s in subjects if not (Path(nifti_dir) / s / REPEAT_NAME).exists()]
+                raise DataError(f"train.target: repeat needs a second, independent low-dose scan of every training "
+                                f"and validation subject ({REPEAT_NAME}); missing for {', '.join(missing)} under "
+                                f"{nifti_dir}. The synthetic dataset draws one; the Mayo data has none.")
+            part["full"] = part.pop("repeat")
     if val_max_slices:
         pick = np.linspace(0, len(val["low"]) - 1, min(val_max_slices, len(val["low"]))).round().astype(int)
         val = {k: v[pick] for k, v in val.items()}
@@ -157,7 +170,7 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
     """Train one experiment; write model.pt (best validation epoch), history.csv and, beside
     them, lr_sweep.csv (the learning-rate sweep of `lr: auto`, or the one rate given)."""
     device = pick_device(spec.train.get("device", "auto"))
-    data, val = load_training_data(nifti_dir, splits, spec.train.get("val_max_slices"))
+    data, val = load_training_data(nifti_dir, splits, spec.train.get("val_max_slices"), spec.train.get("target", "ndct"))
     if spec.needs_segmenter and not segmenter:
         raise TrainingError(f"experiment {spec.name} ({spec.model['name']} + {spec.loss['name']}) "
                             "needs the segmenter checkpoint (--segmenter)")
@@ -167,6 +180,8 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
           f"validation slices; {spec.budget.get('protocol', 'given')} budget: {spec.budget.get('steps', '?')} steps, "
           f"{spec.budget.get('tera_macs', float('nan')):.3g} x 10^12 MACs", file=sys.stderr)
     run = _Run(spec, data, val, seg_ck, device, [segmenter] if seg_ck else [], splits)
+    if getattr(models.REGISTRY.get(spec.model["name"]), "calibrated", False):
+        return _calibrate(spec, run, out_model, out_history)
     sweep = run.sweep(checkpoint_dir) if spec.train["lr"] == "auto" else pd.DataFrame(
         [{"lr": spec.train["lr"], "steps": spec.budget.get("steps"), "chosen": True, "source": "given"}])
     write_csv(Path(out_model).with_name("lr_sweep.csv"), sweep)
@@ -176,12 +191,45 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
     df = pd.DataFrame(result.history)
     if not result.complete:
         return df
-    best = result.best_row
+    _save_model(out_model, result.best_state, model_spec, spec, result.best_row, run)
+    write_csv(out_history, df)
+    return df
+
+
+def _save_model(out_model: str, state: dict, model_spec: dict, spec: ExperimentSpec, best: dict, run: _Run) -> None:
     with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": result.best_state, "model": model_spec, "hu_range": list(spec.hu_range),
-                    "epoch": best["epoch"], "val_mse_head": best["val_mse_head"],
-                    "val_psnr_brain": best["val_psnr_brain"], "val_psnr_brain_ldct": run.ldct_psnr,
-                    "lr": spec.train["lr"], "budget": spec.budget, "spec": spec.to_json(), "versions": versions()}, tmp)
+        torch.save({"state_dict": state, "model": model_spec, "hu_range": list(spec.hu_range), "epoch": best["epoch"],
+                    "val_mse_head": best["val_mse_head"], "val_psnr_brain": best["val_psnr_brain"],
+                    "val_psnr_brain_ldct": run.ldct_psnr, "lr": spec.train["lr"], "budget": spec.budget,
+                    "target": spec.train.get("target", "ndct"), "spec": spec.to_json(), "versions": versions()}, tmp)
+
+
+def _calibrate(spec: ExperimentSpec, run: _Run, out_model: str, out_history: str) -> pd.DataFrame:
+    """A classical denoiser (a model class with `calibrated = True`, e.g. BM3D): its noise
+    model estimated from the training pairs inside the head (`calibrate`), then the noise scale
+    among its `noise_scales` with the lowest validation MSE [0, 80] HU, as the learning rate is
+    chosen for the trained rows. lr_sweep.csv holds the scales tried; history.csv one row."""
+    t0 = time.perf_counter()
+    net, model_spec = spec.build_model(None)
+    low, target = (to_input(run.data[k], spec.hu_range)[:, 0].numpy() for k in ("low", "full"))
+    net.calibrate(low, target, run.data["full"] > -500.0)
+    rows = []
+    for scale in net.noise_scales:
+        net.set_scale(scale)
+        rows.append({"noise_scale": scale, **run.validate(net)})
+        print(f"calibrating {spec.name}: noise scale {scale:g}: validation MSE [0, 80] HU "
+              f"{rows[-1]['val_mse_head']:.4f}", file=sys.stderr)
+    sweep = pd.DataFrame(rows)
+    best = int(sweep["val_mse_head"].idxmin())
+    sweep = sweep.assign(lr=math.nan, steps=0, chosen=sweep.index == best, source="noise scale chosen on validation")
+    write_csv(Path(out_model).with_name("lr_sweep.csv"), sweep)
+    net.set_scale(float(sweep.loc[best, "noise_scale"]))
+    row = {"epoch": 1, "train_loss": math.nan, **{k: v for k, v in rows[best].items() if k != "noise_scale"},
+           "lr": math.nan, "seconds": round(time.perf_counter() - t0, 3), "best": True, "samples_per_s": math.nan,
+           "step": 0, "tera_macs": 0.0}
+    _save_model(out_model, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, model_spec,
+                replace(spec, train={**spec.train, "lr": math.nan}), row, run)
+    df = pd.DataFrame([row])
     write_csv(out_history, df)
     return df
 

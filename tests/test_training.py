@@ -1,14 +1,17 @@
 """Training engine: determinism, resume after a kill, fresh start on changed settings."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import torch
 
-from ldct.errors import TrainingError
+from ldct.data import REPEAT_NAME, load_subject, to_slices
+from ldct.errors import DataError, TrainingError
+from ldct.io import read_nifti
 from ldct.spec import ExperimentSpec
-from ldct.train import train_denoiser
+from ldct.train import load_training_data, train_denoiser
 
 EXPERIMENT = {"model": {"name": "edcnn", "channels": 4, "stages": 2}, "loss": {"name": "l1"},
               "train": {"epochs": 3, "iters_per_epoch": 2, "batch_size": 2, "patch_size": 16, "lr": 1e-3,
@@ -26,6 +29,7 @@ def dataset(tmp_path_factory):
     for s in ("S001", "S002"):
         make_subject(s, SMALL_SYNTH, 11, base / "dicom" / s, base / "phantom" / s)
         convert_subject(base / "dicom" / s, base / "nifti" / s)
+        shutil.copyfile(base / "phantom" / s / REPEAT_NAME, base / "nifti" / s / REPEAT_NAME)  # as `ldct convert` does
     return base, {"train": ["S001"], "val": ["S002"], "test": ["S002"]}
 
 
@@ -329,3 +333,66 @@ def test_lr_auto_sweeps_and_keeps_the_best(dataset, tmp_path):
     fixed["train"]["lr"] = chosen
     again, _ = train(dataset, "fixed", tmp_path, experiment=fixed)  # the same run as with the rate given
     pd.testing.assert_series_equal(again["val_mse_head"], hist["val_mse_head"])
+
+
+@pytest.mark.slow
+def test_gan_trains_its_discriminators_and_resumes_them(dataset, tmp_path):
+    """DU-GAN: the discriminators step before each generator step with their own optimiser, their
+    loss is logged beside the generator's terms, and a killed run resumes them exactly."""
+    gan = json.loads(json.dumps(EXPERIMENT))
+    gan["model"] = {"name": "redcnn", "channels": 4}
+    gan["loss"] = {"name": "dugan", "d_width": 4, "d_depth": 2, "cutmix_warmup": 2}
+    hist, full = train(dataset, "gan", tmp_path, experiment=gan)
+    assert {"loss_pixel", "loss_gradient", "loss_adv_image", "loss_adv_gradient", "loss_discriminator"} <= set(hist.columns)
+    assert (hist["loss_discriminator"] > 0).all()
+    ck = tmp_path / "gan_ck"
+    train(dataset, "gan_resume", tmp_path, experiment=gan, ck=ck, stop_after_epochs=1)
+    saved = torch.load(ck / "last.pt", map_location="cpu", weights_only=True)["adversary"]
+    assert int(saved["discriminator"]["steps"]) == 2 and saved["opt"]["state"]  # two D steps, Adam moments kept
+    again, out = train(dataset, "gan_resume", tmp_path, experiment=gan, ck=ck)
+    pd.testing.assert_series_equal(again["loss_discriminator"], hist["loss_discriminator"])
+    w1, w2 = weights(full / "model.pt"), weights(out / "model.pt")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_noise2noise_targets_are_the_repeat_scan_and_never_ndct(dataset, tmp_path):
+    base, splits = dataset
+    data, _ = load_training_data(str(base / "nifti"), splits, None, target="repeat")
+    s1 = load_subject(base / "nifti", "S001")
+    assert s1.repeat is not None and torch.equal(torch.from_numpy(data["full"]), torch.from_numpy(s1.repeat))
+    assert torch.equal(torch.from_numpy(data["low"]), torch.from_numpy(s1.low))
+    truth = to_slices(read_nifti(base / "phantom" / "S001" / "truth.nii.gz")[0])
+    head = truth > 0
+    # an independent scan at the input's dose: the same noise level, uncorrelated with the input's noise
+    n_low, n_rep = (s1.low - truth)[head], (s1.repeat - truth)[head]
+    assert abs(n_rep.std() / n_low.std() - 1) < 0.1
+    assert abs(float(((n_low - n_low.mean()) * (n_rep - n_rep.mean())).mean()) / (n_low.std() * n_rep.std())) < 0.1
+    lonely = tmp_path / "nifti"
+    shutil.copytree(base / "nifti", lonely)
+    (lonely / "S002" / REPEAT_NAME).unlink()
+    with pytest.raises(DataError, match=r"repeat.nii.gz.*missing for S002"):
+        load_training_data(str(lonely), splits, None, target="repeat")
+
+
+@pytest.mark.slow
+def test_noise2noise_trains_without_ndct(dataset, tmp_path):
+    n2n = json.loads(json.dumps(EXPERIMENT))
+    n2n["train"].update(target="repeat", epochs=1)
+    hist, out = train(dataset, "n2n", tmp_path, experiment=n2n)
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["target"] == "repeat" and len(hist) == 1
+
+
+def test_bm3d_is_calibrated_on_the_training_pairs_and_its_scale_chosen_on_validation(dataset, tmp_path):
+    exp = {"model": {"name": "bm3d", "noise_scales": [0.25, 1.0, 4.0], "stages": "hard"}, "loss": {"name": "l1"},
+           "train": {**EXPERIMENT["train"], "val_max_slices": 1}}
+    hist, out = train(dataset, "bm3d", tmp_path, experiment=exp)
+    sweep = pd.read_csv(out / "lr_sweep.csv")
+    assert list(sweep["noise_scale"]) == [0.25, 1.0, 4.0] and sweep["chosen"].sum() == 1
+    assert sweep.loc[sweep["chosen"], "val_mse_head"].iloc[0] == sweep["val_mse_head"].min()
+    assert len(hist) == 1 and hist.loc[0, "step"] == 0 and hist.loc[0, "tera_macs"] == 0
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert float(saved["state_dict"]["noise_scale"]) == sweep.loc[sweep["chosen"], "noise_scale"].iloc[0]
+    cov = saved["state_dict"]["autocovariance"]
+    r = cov.shape[0] // 2
+    assert cov[r, r] == cov.max() and cov[r, r + 1] > 0.1 * cov[r, r]  # FBP noise: correlated with its neighbours

@@ -22,6 +22,7 @@ rule synthesize:
         dicom=directory(str(RP.dicom("{subject}"))),
         phantom=str(RP.phantom("{subject}") / "phantom.nii.gz"),
         truth=str(RP.phantom("{subject}") / "truth.nii.gz"),
+        repeat=str(RP.phantom("{subject}") / "repeat.nii.gz"),
         labels=str(RP.phantom("{subject}") / "labels.nii.gz"),
         params=str(RP.phantom("{subject}") / "params.json"),
     log:
@@ -47,6 +48,7 @@ rule convert:
         low=str(RP.nifti("{subject}") / "low.nii.gz"),
         labels=str(RP.nifti("{subject}") / "labels.nii.gz") if SYNTHETIC else [],
         truth=str(RP.nifti("{subject}") / "truth.nii.gz") if SYNTHETIC else [],
+        repeat=str(RP.nifti("{subject}") / "repeat.nii.gz") if SYNTHETIC else [],
         manifest=str(RP.manifest_row("{subject}")),
     log:
         str(RP.log("convert/{subject}")),

@@ -1,0 +1,143 @@
+"""DU-GAN's adversarial loss (`dugan`; Huang et al., "DU-GAN: Generative adversarial networks
+with dual-domain U-Net-based discriminators for low-dose CT denoising", IEEE TIM 71, 2022).
+
+Two U-Net discriminators (Schonfeld et al., CVPR 2020: an encoder that scores the whole image
+and a decoder that scores every pixel), one on the image and one on its Sobel gradient
+magnitude, trained with least-squares GAN targets: NDCT real (1), the generator's output and
+the LDCT input fake (0). With a probability warmed up over the first `cutmix_warmup` steps, a
+CutMix of real and generated images teaches the decoder where each is, with a consistency
+term. The generator's loss: MSE + L1 of the Sobel gradients + the two discriminators'
+adversarial terms. The defaults are the weights of the authors' published training run
+(pix 5.03, grad 35.3, image adversarial 0.142, gradient adversarial 0.120, d_lr 7.12e-5,
+cutmix 0.76, consistency 5.09).
+
+The engine (ldct.engine.Adversary) steps the discriminators with their own optimiser before
+each generator step, and checkpoints them. Not reproduced: the authors' exponential moving
+average of the generator weights, and their 10-layer 32-channel 3x3 variant of RED-CNN (the
+generator here is whatever model the experiment names, RED-CNN in the configs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from losses import TermsLoss, register
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|Gx| + |Gy| of 3x3 Sobel filters (replicate border), (N, 1, H, W) -> same."""
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
+    w = torch.stack([k, k.t()])[:, None]
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w)
+    return g.abs().sum(1, keepdim=True)
+
+
+def _ls(pred: torch.Tensor, target) -> torch.Tensor:
+    """Least-squares GAN term: mean (pred - target)^2."""
+    target = target if torch.is_tensor(target) else torch.full_like(pred, float(target))
+    return F.mse_loss(pred, target)
+
+
+class UNetDiscriminator(nn.Module):
+    """U-Net discriminator: `depth` stride-2 conv stages from `width` channels (doubling, at
+    most 8x) to a global score per image (sum-pooled bottleneck -> linear) and a decoder with
+    skip connections back to a score per pixel. Spectral norm on every conv and the linear.
+    Any H, W: the input is padded to a multiple of 2**depth and the pixel scores cropped back."""
+
+    def __init__(self, width: int = 64, depth: int = 6, use_spectral_norm: bool = True):
+        super().__init__()
+        sn = spectral_norm if use_spectral_norm else (lambda m: m)
+        chans = [1] + [width * min(2**i, 8) for i in range(depth)]
+        self.depth = depth
+        self.down = nn.ModuleList([sn(nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1)) for i in range(depth)])
+        self.score = sn(nn.Linear(chans[-1], 1))
+        self.up = nn.ModuleList([sn(nn.Conv2d(chans[i + 1] * (1 if i == depth - 1 else 2), chans[i] if i else width,
+                                              3, 1, 1)) for i in reversed(range(depth))])
+        self.out_conv = sn(nn.Conv2d(width, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, H, W) -> (per-image score (N, 1), per-pixel score (N, 1, H, W))."""
+        h, w = x.shape[-2:]
+        m = 2**self.depth
+        x = F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+        skips = []
+        for conv in self.down:
+            x = F.leaky_relu(conv(x), 0.2)
+            skips.append(x)
+        enc = self.score(x.sum(dim=(2, 3)))
+        for i, conv in enumerate(self.up):
+            if i:
+                x = torch.cat([x, skips[-1 - i]], 1)
+            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
+        return enc, self.out_conv(x)[..., :h, :w]
+
+
+class DualDiscriminator(nn.Module):
+    """The image-domain and gradient-domain discriminators, and the count of their steps (the
+    CutMix warm-up clock), saved together in checkpoints."""
+
+    def __init__(self, width: int, depth: int, use_spectral_norm: bool):
+        super().__init__()
+        self.image = UNetDiscriminator(width, depth, use_spectral_norm)
+        self.gradient = UNetDiscriminator(width, depth, use_spectral_norm)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+
+def _cutmix_mask(like: torch.Tensor) -> torch.Tensor:
+    """1 outside, 0 inside one random box covering a Uniform(0, 1) fraction of the image
+    (torch's global RNG, which the engine seeds and checkpoints)."""
+    n, _, h, w = like.shape
+    side = torch.sqrt(torch.rand(())).item()
+    cy, cx = (torch.rand(2) * torch.tensor([h, w])).tolist()
+    y0, y1 = round(max(cy - h * side / 2, 0)), round(min(cy + h * side / 2, h))
+    x0, x1 = round(max(cx - w * side / 2, 0)), round(min(cx + w * side / 2, w))
+    mask = torch.ones(n, 1, h, w, dtype=like.dtype, device=like.device)
+    mask[..., y0:y1, x0:x1] = 0
+    return mask
+
+
+@register("dugan")
+class DUGANLoss(TermsLoss):
+    def __init__(self, pixel_weight: float = 5.034, grad_weight: float = 35.31, image_adv_weight: float = 0.1418,
+                 grad_adv_weight: float = 0.1196, d_lr: float = 7.123e-5, d_width: int = 64, d_depth: int = 6,
+                 spectral: bool = True, cutmix_prob: float = 0.7616, cutmix_warmup: int = 1000,
+                 consistency_weight: float = 5.087):
+        super().__init__()
+        self.pixel_weight, self.grad_weight = pixel_weight, grad_weight
+        self.image_adv_weight, self.grad_adv_weight = image_adv_weight, grad_adv_weight
+        self.d_lr = d_lr
+        self.cutmix_prob, self.cutmix_warmup, self.consistency_weight = cutmix_prob, cutmix_warmup, consistency_weight
+        self.discriminator = DualDiscriminator(d_width, d_depth, spectral)
+
+    def _domains(self, x: torch.Tensor):
+        return ((self.discriminator.image, x), (self.discriminator.gradient, sobel_magnitude(x)))
+
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        (d_img, p_img), (d_grad, p_grad) = self._domains(pred)
+        enc_i, dec_i = d_img(p_img)
+        enc_g, dec_g = d_grad(p_grad)
+        return {"pixel": self.pixel_weight * F.mse_loss(pred, target),
+                "gradient": self.grad_weight * F.l1_loss(p_grad, sobel_magnitude(target)),
+                "adv_image": self.image_adv_weight * (_ls(enc_i, 1) + _ls(dec_i, 1)),
+                "adv_gradient": self.grad_adv_weight * (_ls(enc_g, 1) + _ls(dec_g, 1))}
+
+    def discriminator_loss(self, fake: torch.Tensor, real: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Both discriminators' loss on one batch: NDCT real, output and LDCT fake, and the
+        CutMix terms when this step draws them."""
+        self.discriminator.steps += 1
+        step = int(self.discriminator.steps)
+        p_cutmix = min(step * self.cutmix_prob / max(self.cutmix_warmup, 1), self.cutmix_prob)
+        cutmix = bool(torch.rand(()) < p_cutmix)
+        total = fake.new_zeros(())
+        for (disc, f), (_, r), (_, s) in zip(self._domains(fake), self._domains(real), self._domains(source)):
+            (r_enc, r_dec), (f_enc, f_dec), (s_enc, s_dec) = disc(r), disc(f), disc(s)
+            total = total + _ls(r_enc, 1) + _ls(r_dec, 1) + _ls(f_enc, 0) + _ls(f_dec, 0) + _ls(s_enc, 0) + _ls(s_dec, 0)
+            if cutmix:
+                mask = _cutmix_mask(r_dec)
+                m_enc, m_dec = disc(r * mask + f * (1 - mask))
+                total = total + _ls(m_enc, 0) + _ls(m_dec, mask)
+                total = total + self.consistency_weight * F.mse_loss(m_dec, r_dec * mask + f_dec * (1 - mask))
+        return total
