@@ -134,6 +134,10 @@ def validate_config(config: dict) -> dict:
                               f"({protocol}) for every experiment alike; remove it (or use train.budget.protocol: "
                               "converged or fixed)")
         ExperimentSpec.from_config(config, name, resolve=False).check()
+        if {**config["train"], **exp.get("train", {})}.get("target") == "repeat" and config["dataset"]["source"] != "synthetic":
+            raise ConfigError(f"config error at experiments.{name}.train.target: repeat (Noise2Noise) needs a second, "
+                              "independent low-dose scan of every subject, which the synthetic data draws and real "
+                              "DICOM data (the Mayo cases) does not have; remove the experiment or use source: synthetic")
     ds = config["dataset"]
     if ds["source"] == "dicom" and not ds["dicom_root"]:
         raise ConfigError("config error at dataset.dicom_root: required when dataset.source is 'dicom'")

@@ -60,6 +60,9 @@ def test_every_schema_key_has_default_and_description():
      "experiments.x.loss"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_1", "segmenter": "x"}}}},
      "experiments.x.loss"),
+    ({"dataset": {"source": "dicom", "dicom_root": "/data"}, "segmenter": {"weights": "w.pth"},
+      "experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"target": "repeat"}}}},
+     "experiments.x.train.target"),
 ])
 def test_invalid_config_names_the_key(patch, key):
     with pytest.raises(ConfigError) as err:
