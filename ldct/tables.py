@@ -219,12 +219,12 @@ def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
             shown[c] = shown[c].map(lambda v, d=d: _fmt(v, d))
     uncounted = df["gmacs"].isna() if "gmacs" in df else pd.Series(False, index=df.index)
     shown.loc[uncounted, "gmacs"] = "n/a"
-    caption = "Trainable parameters, multiply-accumulates and latency per slice."
-    if uncounted.any():
-        caption += " n/a: not a torch model (runs in numpy), no MAC count."
-    md, tex = render(shown.astype({c: str for c, _ in cols}), "model", cols, {}, {}, {}, caption)
+    na = " GMACs n/a: not a torch model (runs in numpy), no MAC count." if uncounted.any() else ""
+    md, tex = render(shown.astype({c: str for c, _ in cols}), "model", cols, {}, {}, {},
+                     "Trainable parameters, multiply-accumulates and latency per slice." + na)
     size = int(df["size"].iloc[0]) if "size" in df else 512
-    write_table(out_prefix, df, md, tex, f"Measured at {size}x{size} on {df['device'].iloc[0] if 'device' in df else 'cpu'}.")
+    write_table(out_prefix, df, md, tex,
+                f"Measured at {size}x{size} on {df['device'].iloc[0] if 'device' in df else 'cpu'}.{na}")
     return df
 
 
