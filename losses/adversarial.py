@@ -1,5 +1,7 @@
-"""DU-GAN's adversarial loss (`dugan`; Huang et al., "DU-GAN: Generative adversarial networks
-with dual-domain U-Net-based discriminators for low-dose CT denoising", IEEE TIM 71, 2022).
+"""Adversarial losses: DU-GAN's (`dugan`) and WGAN-VGG's (`wgan_vgg`).
+
+DU-GAN (Huang et al., "DU-GAN: Generative adversarial networks with dual-domain U-Net-based
+discriminators for low-dose CT denoising", IEEE TIM 71, 2022).
 
 Two U-Net discriminators (Schonfeld et al., CVPR 2020: an encoder that scores the whole image
 and a decoder that scores every pixel), one on the image and one on its Sobel gradient
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from losses import TermsLoss, register
+from losses.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGG19Features, check_weights_file, load_frozen
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -141,3 +144,73 @@ class DUGANLoss(TermsLoss):
                 total = total + _ls(m_enc, 0) + _ls(m_dec, mask)
                 total = total + self.consistency_weight * F.mse_loss(m_dec, r_dec * mask + f_dec * (1 - mask))
         return total
+
+
+class WGANCritic(nn.Module):
+    """WGAN-VGG's critic: six 3x3 convs (64, 64, 128, 128, 256, 256 channels, strides 1, 2, 1,
+    2, 1, 2, leaky ReLU 0.2), then fully connected 1024 -> 1. The paper's first FC layer sees
+    the whole 64x64 patch's feature map; here the map is average-pooled to 4x4 first, so any
+    patch size works."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        chans = [1, width, width, 2 * width, 2 * width, 4 * width, 4 * width]
+        self.convs = nn.ModuleList([nn.Conv2d(chans[i], chans[i + 1], 3, 1 + i % 2, 1) for i in range(6)])
+        self.fc1, self.fc2 = nn.Linear(4 * width * 16, 1024), nn.Linear(1024, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+        x = F.adaptive_avg_pool2d(x, 4).flatten(1)
+        return self.fc2(F.leaky_relu(self.fc1(x), 0.2))
+
+
+@register("wgan_vgg")
+class WGANVGGLoss(TermsLoss):
+    """WGAN-VGG (Yang et al., "Low-dose CT image denoising using a generative adversarial network
+    with Wasserstein distance and perceptual loss", IEEE TMI 37(6), 2018): the generator
+    minimises -critic(output) + `perceptual_weight` x the MSE of ImageNet VGG-19 conv5_4
+    features (the paper's lambda_1 = 0.1); the critic minimises critic(output) - critic(NDCT) +
+    `gp_weight` x the gradient penalty (WGAN-GP, lambda = 10). The VGG-19 weights are a local
+    file (`vgg_weights`: torchvision's vgg19-dcbb9e9d.pth), refused at config validation when
+    missing. Not reproduced: the paper's Adam betas (0.5, 0.9) and several critic steps per
+    generator step (the engine takes one, with the config's optimiser at `d_lr`)."""
+
+    def __init__(self, vgg_weights: str | None = None, perceptual_weight: float = 0.1, gp_weight: float = 10.0,
+                 d_lr: float = 1e-5, d_width: int = 64):
+        super().__init__()
+        self.check_config({"vgg_weights": vgg_weights})
+        self.vgg = load_frozen(VGG19Features(), vgg_weights, lambda k: k.startswith("features.")
+                               and int(k.split(".")[1]) < 35, "VGG-19")
+        self.perceptual_weight, self.gp_weight, self.d_lr = perceptual_weight, gp_weight, d_lr
+        self.discriminator = WGANCritic(d_width)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    @staticmethod
+    def check_config(kwargs: dict) -> None:
+        check_weights_file(kwargs.get("vgg_weights"), "vgg_weights",
+                           "WGAN-VGG needs torchvision's ImageNet VGG-19 weights (vgg19-*.pth)")
+
+    def train(self, mode: bool = True):  # the VGG network stays frozen in eval mode
+        super().train(mode)
+        self.vgg.eval()
+        return self
+
+    def _vgg(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vgg((x.expand(-1, 3, -1, -1) - self.mean) / self.std)
+
+    def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            t_feat = self._vgg(target)
+        return {"adversarial": -self.discriminator(pred).mean(),
+                "vgg": self.perceptual_weight * F.mse_loss(self._vgg(pred), t_feat)}
+
+    def discriminator_loss(self, fake: torch.Tensor, real: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Critic loss with the gradient penalty at random points between real and fake
+        (torch's global RNG, which the engine seeds and checkpoints). `source` is not used."""
+        eps = torch.rand(real.shape[0], 1, 1, 1, dtype=real.dtype, device=real.device)
+        mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        grad, = torch.autograd.grad(self.discriminator(mix).sum(), mix, create_graph=True)
+        penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        return self.discriminator(fake).mean() - self.discriminator(real).mean() + self.gp_weight * penalty

@@ -1,10 +1,12 @@
-"""Compound perceptual loss (`compound`, EDCNN's loss): MSE + w * mean MSE of ImageNet
-ResNet-50 features (layer1 ... layer4) between prediction and target.
+"""ImageNet feature networks for perceptual losses, and the compound perceptual loss
+(`compound`, EDCNN's loss): MSE + w * mean MSE of ImageNet ResNet-50 features (layer1 ...
+layer4) between prediction and target.
 
-The ResNet-50 trunk is defined here with torchvision's parameter names, so a torchvision
-`resnet50` ImageNet state dict (e.g. resnet50-0676ba61.pth, downloaded once by the user)
-loads with strict key matching; no torchvision install and no download at run time. Without
-a weights file the config is rejected at validation (`resnet_weights` names the file).
+The ResNet-50 and VGG-19 trunks are defined here with torchvision's parameter names, so a
+torchvision ImageNet state dict (e.g. resnet50-0676ba61.pth, vgg19-dcbb9e9d.pth, downloaded
+once by the user) loads with strict key matching; no torchvision install and no download at
+run time. Without a weights file the config is rejected at validation (the loss's
+`resnet_weights` / `vgg_weights` names the file).
 """
 
 from __future__ import annotations
@@ -62,13 +64,50 @@ class ResNet50Features(nn.Module):
         return feats
 
 
-def check_weights_file(path) -> None:
-    """Raise ValueError unless `path` names an existing file (used by config validation)."""
+VGG19_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
+
+
+class VGG19Features(nn.Module):
+    """torchvision's vgg19 `features` (no batch norm) up to conv5_4, before its ReLU (the first
+    35 modules: the feature map WGAN-VGG compares); parameter names `features.<index>.*`."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c_in = [], 3
+        for v in VGG19_LAYERS:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=True)]
+                c_in = v
+        self.features = nn.Sequential(*layers[:35])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def check_weights_file(path, key: str = "resnet_weights", what: str = "the compound loss needs torchvision's "
+                       "ImageNet ResNet-50 weights (resnet50-*.pth)") -> None:
+    """Raise ConfigError (a ValueError) unless `path` names an existing file (config validation)."""
     if not path:
-        raise ConfigError("the compound loss needs `resnet_weights`: the path of torchvision's ImageNet ResNet-50 "
-                         "weights (resnet50-*.pth), which cannot be downloaded at run time")
+        raise ConfigError(f"{what}, which cannot be downloaded at run time: give their path as `{key}`")
     if not Path(path).is_file():
-        raise ConfigError(f"resnet_weights {path}: file not found")
+        raise ConfigError(f"{key} {path}: file not found")
+
+
+def load_frozen(net: nn.Module, path: str, keep, name: str) -> nn.Module:
+    """`net` with the state dict in `path` (the entries `keep(key)` selects) loaded strictly,
+    in eval mode and frozen; a file that does not fit raises ConfigError naming it."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.get("state_dict", state).items() if keep(k)}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: not a torchvision {name} state dict: {err}") from err
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
 
 
 @register("compound")
@@ -76,16 +115,7 @@ class CompoundPerceptual(TermsLoss):
     def __init__(self, resnet_weights: str | None = None, feature_weight: float = 0.01):
         super().__init__()
         check_weights_file(resnet_weights)
-        self.net = ResNet50Features()
-        state = torch.load(resnet_weights, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
-        try:
-            self.net.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ConfigError(f"{resnet_weights}: not a torchvision ResNet-50 state dict: {err}") from err
-        self.net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net = load_frozen(ResNet50Features(), resnet_weights, lambda k: not k.startswith("fc."), "ResNet-50")
         self.w = feature_weight
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))

@@ -267,3 +267,35 @@ def test_table2_caption_names_departures_from_the_reference():
     assert "segmenter base_width=12, norm=instance (published U-Net: base_width=64, norm=channel)" in note
     assert departure_note({"experiments": {"r": {"name": "redcnn"}},
                            "segmenter": {"base_width": 64, "norm": "channel"}}).startswith("Models, losses and metrics as")
+
+
+def test_wgan_vgg_needs_vgg19_weights_and_its_critic_has_a_gradient_penalty(tmp_path):
+    """WGAN-VGG: no weights file -> a config error naming `vgg_weights`; torchvision's VGG-19
+    names load strictly; the critic loss includes WGAN-GP's penalty, which trains the critic."""
+    from ldct.config import ConfigError, validate_config
+    from losses.perceptual import VGG19Features
+
+    cfg = {"experiments": {"gan": {"model": {"name": "redcnn"}, "loss": {"name": "wgan_vgg"}}}}
+    with pytest.raises(ConfigError, match=r"experiments\.gan\.loss: WGAN-VGG needs .*VGG-19.*`vgg_weights`"):
+        validate_config(cfg)
+    vgg = VGG19Features()
+    assert sum(p.numel() for p in vgg.parameters()) == 20_024_384  # torchvision vgg19's 16 convs
+    state = {**vgg.state_dict(), "classifier.0.weight": torch.zeros(4096, 25088)}
+    torch.save(state, tmp_path / "vgg19.pth")
+    cfg["experiments"]["gan"]["loss"]["vgg_weights"] = str(tmp_path / "vgg19.pth")
+    validate_config(cfg)
+    torch.manual_seed(0)
+    loss = losses.build("wgan_vgg", vgg_weights=str(tmp_path / "vgg19.pth"), d_width=4)
+    real, fake = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    d_loss = loss.discriminator_loss(fake, real, fake)
+    plain = loss.discriminator(fake).mean() - loss.discriminator(real).mean()
+    assert d_loss.item() > plain.item()  # + 10 x the penalty, positive
+    d_loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in loss.discriminator.parameters())
+    pred = fake.clone().requires_grad_(True)
+    loss(pred, real).backward()
+    assert set(loss.last_terms) == {"adversarial", "vgg"} and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss.vgg.parameters())
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match="not a torchvision VGG-19"):
+        losses.build("wgan_vgg", vgg_weights=str(tmp_path / "bad.pth"))

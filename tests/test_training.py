@@ -396,3 +396,17 @@ def test_bm3d_is_calibrated_on_the_training_pairs_and_its_scale_chosen_on_valida
     cov = saved["state_dict"]["autocovariance"]
     r = cov.shape[0] // 2
     assert cov[r, r] == cov.max() and cov[r, r + 1] > 0.1 * cov[r, r]  # FBP noise: correlated with its neighbours
+
+
+@pytest.mark.slow
+def test_wgan_vgg_trains_with_its_critic(dataset, tmp_path):
+    from losses.perceptual import VGG19Features
+
+    torch.save(VGG19Features().state_dict(), tmp_path / "vgg19.pth")
+    gan = json.loads(json.dumps(EXPERIMENT))
+    gan["model"] = {"name": "redcnn", "channels": 4}
+    gan["loss"] = {"name": "wgan_vgg", "vgg_weights": str(tmp_path / "vgg19.pth"), "d_width": 4}
+    gan["train"]["epochs"] = 1
+    hist, _ = train(dataset, "wgan", tmp_path, experiment=gan)
+    assert {"loss_adversarial", "loss_vgg", "loss_discriminator"} <= set(hist.columns)
+    assert hist[["loss_adversarial", "loss_vgg", "loss_discriminator"]].notna().all().all()
