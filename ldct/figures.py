@@ -149,13 +149,25 @@ def experiment_styles(names: list[str]) -> dict[str, dict]:
 
 
 def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    """Training loss and the checkpoint score per epoch; with an adversarial experiment (a
+    `loss_discriminator` column) a third panel shows its discriminator's loss and the
+    generator's adversarial terms, where a GAN's balance (or collapse) shows."""
+    gans = {n: h for n, h in histories.items() if "loss_discriminator" in h}
+    fig, ax = plt.subplots(1, 3 if gans else 2, figsize=(15 if gans else 10, 3.8))
     styles = experiment_styles(list(histories))
     for n, h in histories.items():
         ax[0].plot(h["epoch"], h["train_loss"], label=n, **styles[n])
-        ax[1].plot(h["epoch"], h["val_mse_head"], label=n, **styles[n])
+        score = "" if h.get("target", pd.Series(["ndct"])).iloc[0] == "ndct" else " (vs its repeat scan)"
+        ax[1].plot(h["epoch"], h["val_mse_head"], label=n + score, **styles[n])
     ax[0].set_title("training loss")
     ax[1].set_title("validation MSE in [0, 80] HU (selects the checkpoint)")
+    for n, h in gans.items():
+        for term, ls in (("loss_discriminator", "-"), *((c, "--") for c in h if c.startswith("loss_adv"))):
+            ax[2].plot(h["epoch"], h[term].abs(), ls=ls, color=styles[n].get("color"),
+                       label=f"{n}: {term.removeprefix('loss_')}")
+    if gans:
+        ax[2].set_title("adversarial: discriminator loss (-), generator's terms (--), |value|", fontsize=9)
+        ax[2].legend(fontsize=7)
     for a in ax:
         a.set_xlabel("epoch")
         a.set_yscale("log")  # losses and MSEs span decades between models and epochs

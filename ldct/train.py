@@ -146,8 +146,9 @@ def load_training_data(nifti_dir: str, splits: dict, val_max_slices: int | None,
                        target: str = "ndct") -> tuple[dict, dict]:
     """Training slices, and validation slices (at most `val_max_slices`, evenly spaced), as
     {'low': input, 'full': target}. With `target: repeat` (self-supervised, Noise2Noise) the
-    target is a second, independent low-dose scan of the same anatomy, for training and
-    validation alike: no NDCT is used."""
+    target is a second, independent low-dose scan of the same anatomy, for training and for
+    choosing the checkpoint alike; the validation NDCT is kept aside as 'ndct', only to report
+    validation PSNR on the same scale as the other rows (history, learning curves)."""
     data = stack_subjects(nifti_dir, splits["train"], with_labels=False)
     val = stack_subjects(nifti_dir, splits["val"], with_labels=False)
     if target == "repeat":
@@ -157,7 +158,8 @@ def load_training_data(nifti_dir: str, splits: dict, val_max_slices: int | None,
                 raise DataError(f"train.target: repeat needs a second, independent low-dose scan of every training "
                                 f"and validation subject ({REPEAT_NAME}); missing for {', '.join(missing)} under "
                                 f"{nifti_dir}. The synthetic dataset draws one; the Mayo data has none.")
-            part["full"] = part.pop("repeat")
+            part["ndct"], part["full"] = part["full"], part.pop("repeat")
+        del data["ndct"]
     if val_max_slices:
         pick = np.linspace(0, len(val["low"]) - 1, min(val_max_slices, len(val["low"]))).round().astype(int)
         val = {k: v[pick] for k, v in val.items()}
@@ -188,7 +190,7 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
     spec = replace(spec, train={**spec.train, "lr": float(sweep.loc[sweep["chosen"], "lr"].iloc[0])})
     result, model_spec = run.fit(spec, checkpoint_dir, stop_after_epochs,
                                  patience=spec.train["budget"]["patience"] if _converged(spec) else None)
-    df = pd.DataFrame(result.history)
+    df = pd.DataFrame(result.history).assign(target=spec.train.get("target", "ndct"))
     if not result.complete:
         return df
     _save_model(out_model, result.best_state, model_spec, spec, result.best_row, run)
@@ -246,12 +248,15 @@ class _Run:
         self.spec, self.data, self.val, self.seg_ck, self.device = spec, data, val, seg_ck, device
         self.inputs = engine.fingerprint([data, val], files, (models, losses))
         self.splits = {k: splits[k] for k in ("train", "val")}
-        self.ldct_psnr = float(np.mean([window_psnr(lo, fu, "brain") for lo, fu in zip(val["low"], val["full"])]))
+        self.reported = val.get("ndct", val["full"])  # validation PSNR's reference: NDCT for every row
+        self.ldct_psnr = float(np.mean([window_psnr(lo, fu, "brain") for lo, fu in zip(val["low"], self.reported)]))
 
     def validate(self, model: torch.nn.Module) -> dict:
+        """The score that picks the checkpoint (MSE [0, 80] HU against the training target) and
+        the validation PSNR [-40, 120] HU against NDCT that the history and figures report."""
         pred = predict_slices(model, self.val["low"], tuple(self.spec.hu_range), self.device)
         return {"val_mse_head": head_window_mse(pred, self.val["full"]),
-                "val_psnr_brain": float(np.mean([window_psnr(p, f, "brain") for p, f in zip(pred, self.val["full"])])),
+                "val_psnr_brain": float(np.mean([window_psnr(p, f, "brain") for p, f in zip(pred, self.reported)])),
                 "val_psnr_brain_ldct": self.ldct_psnr}
 
     def fit(self, spec: ExperimentSpec, checkpoint_dir: str | None, stop_after_epochs: int | None = None,

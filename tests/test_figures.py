@@ -28,3 +28,27 @@ def test_dose_sweep_figure_draws_every_experiment(tmp_path):
     out = tmp_path / "sweep.png"
     dose_sweep(pd.DataFrame(rows), str(out))
     assert out.stat().st_size > 5000
+
+
+def test_training_curves_show_a_gans_adversarial_terms(tmp_path):
+    """A third panel appears only with an adversarial run; a self-supervised row is labelled."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ldct import figures
+
+    base = {"epoch": [1, 2], "train_loss": [0.1, 0.05], "val_mse_head": [30.0, 20.0]}
+    gan = pd.DataFrame({**base, "loss_adv_image": [0.2, 0.3], "loss_discriminator": [1.0, 0.8]})
+    n2n = pd.DataFrame({**base, "target": ["repeat", "repeat"]})
+    panels = []
+    real_save = figures.save
+    figures.save = lambda fig, out: panels.append(fig.axes)
+    try:
+        figures.training_curves({"cnn": pd.DataFrame(base)}, tmp_path / "a")
+        figures.training_curves({"cnn": pd.DataFrame(base), "gan": gan, "n2n": n2n}, tmp_path / "b")
+    finally:
+        figures.save = real_save
+        plt.close("all")
+    assert len(panels[0]) == 2 and len(panels[1]) == 3
+    assert {t.get_text() for t in panels[1][2].get_legend().get_texts()} == {"gan: discriminator", "gan: adv_image"}
+    assert "n2n (vs its repeat scan)" in {t.get_text() for t in panels[1][1].get_legend().get_texts()}

@@ -357,10 +357,12 @@ def test_gan_trains_its_discriminators_and_resumes_them(dataset, tmp_path):
 
 def test_noise2noise_targets_are_the_repeat_scan_and_never_ndct(dataset, tmp_path):
     base, splits = dataset
-    data, _ = load_training_data(str(base / "nifti"), splits, None, target="repeat")
-    s1 = load_subject(base / "nifti", "S001")
+    data, val = load_training_data(str(base / "nifti"), splits, None, target="repeat")
+    s1, s2 = load_subject(base / "nifti", "S001"), load_subject(base / "nifti", "S002")
     assert s1.repeat is not None and torch.equal(torch.from_numpy(data["full"]), torch.from_numpy(s1.repeat))
-    assert torch.equal(torch.from_numpy(data["low"]), torch.from_numpy(s1.low))
+    assert torch.equal(torch.from_numpy(data["low"]), torch.from_numpy(s1.low)) and set(data) == {"low", "full"}
+    assert torch.equal(torch.from_numpy(val["full"]), torch.from_numpy(s2.repeat))  # picks the checkpoint
+    assert torch.equal(torch.from_numpy(val["ndct"]), torch.from_numpy(s2.full))  # reported only
     truth = to_slices(read_nifti(base / "phantom" / "S001" / "truth.nii.gz")[0])
     head = truth > 0
     # an independent scan at the input's dose: the same noise level, uncorrelated with the input's noise
@@ -381,6 +383,10 @@ def test_noise2noise_trains_without_ndct(dataset, tmp_path):
     hist, out = train(dataset, "n2n", tmp_path, experiment=n2n)
     saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert saved["target"] == "repeat" and len(hist) == 1
+    supervised, _ = train(dataset, "n2n_twin", tmp_path, experiment={**n2n, "train": {**n2n["train"], "target": "ndct"}})
+    # validation PSNR is reported against NDCT for both (same LDCT level); the checkpoint score is not
+    assert hist.loc[0, "val_psnr_brain_ldct"] == supervised.loc[0, "val_psnr_brain_ldct"]
+    assert hist.loc[0, "val_mse_head"] != supervised.loc[0, "val_mse_head"]
 
 
 def test_bm3d_is_calibrated_on_the_training_pairs_and_its_scale_chosen_on_validation(dataset, tmp_path):
