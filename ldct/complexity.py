@@ -111,7 +111,7 @@ def model_complexity(name: str, spec: dict, size: int, repeats: int) -> dict:
            "gmacs": count_macs(net, size) / 1e9 if countable else float("nan"), "device": "cpu"}
     cpu = measure(spec, size, repeats, "cpu", threads=torch.get_num_threads())
     row.update(cpu_latency_s=cpu["latency_s"], peak_memory_mb=cpu["peak_memory_mb"])
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and countable:  # a numpy model has no GPU path: n/a
         gpu = measure(spec, size, max(repeats, 10), "cuda")
         row.update(gpu_latency_s=gpu["latency_s"], gpu_peak_memory_mb=gpu["peak_memory_mb"])
     return row

@@ -35,7 +35,8 @@ LOW_NAME = "low.nii.gz"
 REPEAT_NAME = "repeat.nii.gz"
 
 
-def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, low_name: str = LOW_NAME) -> SubjectVolumes:
+def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, low_name: str = LOW_NAME,
+                 with_repeat: bool = False) -> SubjectVolumes:
     """A subject's volumes; the low-dose input is read from `low_name` (another dose of the
     same scan, e.g. low_10pct.nii.gz of the dose sweep, instead of low.nii.gz) and must share
     the full-dose geometry, as conversion pairs them."""
@@ -52,17 +53,18 @@ def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, 
         sv.labels = to_slices(read_nifti(d / "labels.nii.gz")[0]).astype(np.int64)
     if (d / "truth.nii.gz").exists():
         sv.truth = to_slices(read_nifti(d / "truth.nii.gz")[0])
-    if (d / REPEAT_NAME).exists():
+    if with_repeat and (d / REPEAT_NAME).exists():
         sv.repeat = to_slices(read_nifti(d / REPEAT_NAME)[0])
     return sv
 
 
-def stack_subjects(nifti_dir: str | Path, subjects: list[str], with_labels: bool = True) -> dict[str, np.ndarray]:
+def stack_subjects(nifti_dir: str | Path, subjects: list[str], with_labels: bool = True,
+                   with_repeat: bool = False) -> dict[str, np.ndarray]:
     """All slices of the given subjects stacked: {'low', 'full', 'labels'?, 'repeat'?} each
-    (N, H, W); labels and the repeat scan where every subject has them."""
+    (N, H, W); labels (and the repeat scan, when asked for) where every subject has them."""
     if not subjects:
         raise DataError("no subjects given")
-    vols = [load_subject(nifti_dir, s, with_labels) for s in subjects]
+    vols = [load_subject(nifti_dir, s, with_labels, with_repeat=with_repeat) for s in subjects]
     out = {"low": np.concatenate([v.low for v in vols]), "full": np.concatenate([v.full for v in vols])}
     if with_labels and all(v.labels is not None for v in vols):
         out["labels"] = np.concatenate([v.labels for v in vols])

@@ -129,13 +129,14 @@ def forward_for_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
 class Adversary:
     """The discriminator of an adversarial loss (a loss with a `discriminator` module and a
     `discriminator_loss(fake, real, source)` method: output, target, input) and its own
-    optimiser: one discriminator step on each generator output, before the generator's step. Its learning rate is
-    the loss's `d_lr`, or the generator's; the optimiser is the config's."""
+    optimiser: one discriminator step on each generator output, before the generator's step.
+    Its learning rate is the loss's `d_lr`, or the generator's; the optimiser is the config's,
+    without weight decay."""
 
     def __init__(self, criterion, cfg: dict, use_amp: bool):
         self.criterion = criterion
         lr = getattr(criterion, "d_lr", None) or cfg["lr"]
-        self.opt = build_optimizer(criterion.discriminator.parameters(), {**cfg, "lr": lr})
+        self.opt = build_optimizer(criterion.discriminator.parameters(), {**cfg, "lr": lr, "weight_decay": 0.0})
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         self.use_amp = use_amp
 
@@ -155,11 +156,13 @@ class Adversary:
         return {"discriminator": loss.item()}
 
     def state_dict(self) -> dict:
-        return {"discriminator": self.criterion.discriminator.state_dict(), "opt": self.opt.state_dict()}
+        return {"discriminator": self.criterion.discriminator.state_dict(), "opt": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.criterion.discriminator.load_state_dict(state["discriminator"])
         self.opt.load_state_dict(state["opt"])
+        self.scaler.load_state_dict(state["scaler"])
 
 
 def train_step(net: torch.nn.Module, criterion: Callable, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -216,7 +219,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
     adversary = Adversary.of(task.criterion, cfg, use_amp)
     print(f"{task.label}{cfg.get('optimizer', 'adamw')} at lr {cfg['lr']:g}, {schedule.name} schedule, {epochs} x {iters} "
           f"steps on {device} (mixed precision: {'on' if use_amp else 'off'})", file=sys.stderr)
-    state = _Checkpoint(checkpoint_dir, key).resume(task.net, opt, schedule, generator, adversary)
+    state = _Checkpoint(checkpoint_dir, key).resume(task.net, opt, schedule, generator, scaler, adversary)
     history, best_state = state["history"], state["best_state"]
     better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
     best = state["best"] if state["best"] is not None else (-math.inf if task.maximize else math.inf)
@@ -255,7 +258,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
         history[-1].update(step=(epoch + 1) * iters, tera_macs=(epoch + 1) * iters * macs_per_step / 1e12)
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
               f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
-        _Checkpoint(checkpoint_dir, key).save(task.net, opt, schedule, generator, history, epoch + 1, best,
+        _Checkpoint(checkpoint_dir, key).save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best,
                                              best_state, adversary)
     best_row = (max if task.maximize else min)(history, key=lambda r: r[task.score]) if history else {}
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
@@ -280,7 +283,8 @@ class _Checkpoint:
         self.path = Path(folder) / "last.pt" if folder else None
         self.key = key
 
-    def resume(self, net, opt, schedule: Schedule, gen: torch.Generator, adversary: Adversary | None = None) -> dict:
+    def resume(self, net, opt, schedule: Schedule, gen: torch.Generator, scaler: torch.amp.GradScaler,
+               adversary: Adversary | None = None) -> dict:
         fresh = {"history": [], "epoch": 0, "best": None, "best_state": None}
         if self.path is None or not self.path.exists():
             return fresh
@@ -293,18 +297,23 @@ class _Checkpoint:
         schedule.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():  # diffusion steps, GAN penalties on CUDA
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state.get("scaler"):  # checkpoints written before the scaler was saved lack it
+            scaler.load_state_dict(state["scaler"])
         if adversary is not None:
             adversary.load_state_dict(state["adversary"])
         print(f"resuming from {self.path} after epoch {state['epoch']}", file=sys.stderr)
         return state
 
-    def save(self, net, opt, schedule: Schedule, gen: torch.Generator, history: list, epoch: int, best: float,
-             best_state: dict, adversary: Adversary | None = None) -> None:
+    def save(self, net, opt, schedule: Schedule, gen: torch.Generator, scaler: torch.amp.GradScaler, history: list,
+             epoch: int, best: float, best_state: dict, adversary: Adversary | None = None) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path) as tmp:
             torch.save({"key": self.key, "model": net.state_dict(), "opt": opt.state_dict(),
                         "sched": schedule.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "history": history, "epoch": epoch, "best": best, "best_state": best_state,
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                        "scaler": scaler.state_dict(), "history": history, "epoch": epoch, "best": best, "best_state": best_state,
                         "adversary": adversary.state_dict() if adversary is not None else None}, tmp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-PACKAGES = ("torch", "numpy", "scipy", "scikit-image", "torchmetrics", "pydicom", "nibabel", "snakemake", "nilearn")
+PACKAGES = ("torch", "numpy", "scipy", "scikit-image", "torchmetrics", "pydicom", "nibabel", "snakemake", "nilearn", "bm3d")
 
 
 def versions() -> dict[str, str]:

@@ -149,8 +149,8 @@ def load_training_data(nifti_dir: str, splits: dict, val_max_slices: int | None,
     target is a second, independent low-dose scan of the same anatomy, for training and for
     choosing the checkpoint alike; the validation NDCT is kept aside as 'ndct', only to report
     validation PSNR on the same scale as the other rows (history, learning curves)."""
-    data = stack_subjects(nifti_dir, splits["train"], with_labels=False)
-    val = stack_subjects(nifti_dir, splits["val"], with_labels=False)
+    data = stack_subjects(nifti_dir, splits["train"], with_labels=False, with_repeat=target == "repeat")
+    val = stack_subjects(nifti_dir, splits["val"], with_labels=False, with_repeat=target == "repeat")
     if target == "repeat":
         for part, subjects in ((data, splits["train"]), (val, splits["val"])):
             if "repeat" not in part:

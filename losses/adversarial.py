@@ -15,8 +15,9 @@ cutmix 0.76, consistency 5.09).
 
 The engine (ldct.engine.Adversary) steps the discriminators with their own optimiser before
 each generator step, and checkpoints them. Not reproduced: the authors' exponential moving
-average of the generator weights, and their 10-layer 32-channel 3x3 variant of RED-CNN (the
-generator here is whatever model the experiment names, RED-CNN in the configs).
+average of the generator weights, their residual discriminator blocks, their Adam (the config's
+optimiser is used, without weight decay), and their 10-layer 32-channel 3x3 variant of RED-CNN
+(the generator here is whatever model the experiment names, RED-CNN in the configs).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from losses.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGG19Features, check_
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
-    """|Gx| + |Gy| of 3x3 Sobel filters (replicate border), (N, 1, H, W) -> same."""
-    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
-    w = torch.stack([k, k.t()])[:, None]
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w)
-    return g.abs().sum(1, keepdim=True)
+    """The gradient image DU-GAN's losses see: sqrt(Gx^2 + Gy^2 + 1e-4) of 3x3 Sobel filters
+    divided by 4, zero padding (as the authors' operator), (N, 1, H, W) -> same."""
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device) / 4
+    g = F.conv2d(x, torch.stack([k, k.t()])[:, None], padding=1)
+    return torch.sqrt((g**2).sum(1, keepdim=True) + 1e-4)
 
 
 def _ls(pred: torch.Tensor, target) -> torch.Tensor:
@@ -46,9 +47,11 @@ def _ls(pred: torch.Tensor, target) -> torch.Tensor:
 
 class UNetDiscriminator(nn.Module):
     """U-Net discriminator: `depth` stride-2 conv stages from `width` channels (doubling, at
-    most 8x) to a global score per image (sum-pooled bottleneck -> linear) and a decoder with
-    skip connections back to a score per pixel. Spectral norm on every conv and the linear.
-    Any H, W: the input is padded to a multiple of 2**depth and the pixel scores cropped back."""
+    most 8x) to a global score per image (average-pooled bottleneck -> linear) and a decoder
+    with skip connections back to a score per pixel. Spectral norm on every conv and the
+    linear. Any H, W: the input is padded to a multiple of 2**depth and the pixel scores
+    cropped back. Simpler than the authors' (one conv per level, not residual double-conv
+    blocks; PyTorch's default initialisation)."""
 
     def __init__(self, width: int = 64, depth: int = 6, use_spectral_norm: bool = True):
         super().__init__()
@@ -70,7 +73,7 @@ class UNetDiscriminator(nn.Module):
         for conv in self.down:
             x = F.leaky_relu(conv(x), 0.2)
             skips.append(x)
-        enc = self.score(x.sum(dim=(2, 3)))
+        enc = self.score(x.mean(dim=(2, 3)))
         for i, conv in enumerate(self.up):
             if i:
                 x = torch.cat([x, skips[-1 - i]], 1)
@@ -209,8 +212,9 @@ class WGANVGGLoss(TermsLoss):
     def discriminator_loss(self, fake: torch.Tensor, real: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Critic loss with the gradient penalty at random points between real and fake
         (torch's global RNG, which the engine seeds and checkpoints). `source` is not used."""
-        eps = torch.rand(real.shape[0], 1, 1, 1, dtype=real.dtype, device=real.device)
-        mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        grad, = torch.autograd.grad(self.discriminator(mix).sum(), mix, create_graph=True)
-        penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+        with torch.autocast(real.device.type, enabled=False):  # the penalty's input gradients in fp32 (AMP underflow)
+            mix = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
+            grad, = torch.autograd.grad(self.discriminator(mix).sum(), mix, create_graph=True)
+            penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
         return self.discriminator(fake).mean() - self.discriminator(real).mean() + self.gp_weight * penalty

@@ -35,7 +35,8 @@ def noise_autocovariance(noise: np.ndarray, mask: np.ndarray, radius: int) -> np
     shape = (h + radius, w + radius)  # zero padding: no wrap-around within the kept lags
     num = np.zeros(shape)
     den = np.zeros(shape)
-    for n, m in zip(noise, mask.astype(float)):
+    for n, m in zip(noise, mask):
+        m = m.astype(float)  # one slice at a time: the whole mask as float64 would be GBs on real data
         x = (n - n[m > 0].mean()) * m if m.any() else n * 0
         fx, fm = np.fft.rfft2(x, shape), np.fft.rfft2(m, shape)
         num += np.fft.irfft2(np.abs(fx) ** 2, shape)
@@ -64,6 +65,9 @@ def _resample(psd: np.ndarray, h: int, w: int) -> np.ndarray:
     fy = np.round(np.fft.fftfreq(h) * psd.shape[0]).astype(int) % psd.shape[0]
     fx = np.round(np.fft.fftfreq(w) * psd.shape[1]).astype(int) % psd.shape[1]
     return psd[np.ix_(fy, fx)]
+
+
+MIN_SIZE = 8  # the bm3d package's block size: smaller slices are padded (edge values) and cropped back
 
 
 @register("bm3d")
@@ -101,6 +105,9 @@ class BM3D(nn.Module):
         stage = bm3d.BM3DStages.ALL_STAGES if self.stages == "all" else bm3d.BM3DStages.HARD_THRESHOLDING
         cov = self.autocovariance.cpu().numpy() * float(self.noise_scale) ** 2
         arr = x.detach().cpu().double().numpy()
-        psd = psd_for_shape(cov, arr.shape[-2:])
-        out = np.stack([bm3d.bm3d(s[0], psd, profile=self.profile, stage_arg=stage)[None] for s in arr])
+        h, w = arr.shape[-2:]
+        pad = ((0, max(0, MIN_SIZE - h)), (0, max(0, MIN_SIZE - w)))  # bm3d's blocks need 8 x 8 pixels
+        psd = psd_for_shape(cov, (h + pad[0][1], w + pad[1][1]))
+        out = np.stack([bm3d.bm3d(np.pad(s[0], pad, mode="edge"), psd, profile=self.profile, stage_arg=stage)[:h, :w]
+                        for s in arr])
         return torch.from_numpy(out.reshape(arr.shape)).to(x.dtype).to(x.device)

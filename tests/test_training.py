@@ -358,7 +358,8 @@ def test_gan_trains_its_discriminators_and_resumes_them(dataset, tmp_path):
 def test_noise2noise_targets_are_the_repeat_scan_and_never_ndct(dataset, tmp_path):
     base, splits = dataset
     data, val = load_training_data(str(base / "nifti"), splits, None, target="repeat")
-    s1, s2 = load_subject(base / "nifti", "S001"), load_subject(base / "nifti", "S002")
+    s1, s2 = (load_subject(base / "nifti", s, with_repeat=True) for s in ("S001", "S002"))
+    assert load_subject(base / "nifti", "S001").repeat is None  # read only when asked for
     assert s1.repeat is not None and torch.equal(torch.from_numpy(data["full"]), torch.from_numpy(s1.repeat))
     assert torch.equal(torch.from_numpy(data["low"]), torch.from_numpy(s1.low)) and set(data) == {"low", "full"}
     assert torch.equal(torch.from_numpy(val["full"]), torch.from_numpy(s2.repeat))  # picks the checkpoint
