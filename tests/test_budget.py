@@ -121,13 +121,12 @@ def test_fixed_budget_keeps_each_experiments_own_steps_and_says_so():
     assert "the budgets differ" in budget.describe(cfg["train"])
 
 
-def test_a_multi_pass_sampler_is_charged_one_pass_per_training_step_and_bm3d_nothing():
+def test_a_multi_pass_sampler_is_charged_one_pass_per_training_step_and_bm3d_nothing(tmp_path):
     """CoreDiff trains on one step of its chain (one network pass) but samples with `steps`
     passes: the budget counts one pass; BM3D is calibrated, not trained: no training compute."""
+    import models
     from ldct.complexity import count_macs, model_complexity
     from ldct.tables import complexity_table
-
-    import models
 
     one = budget.macs_per_pixel({"name": "corediff", "width": 8, "steps": 1}, {}, 32)
     four = budget.macs_per_pixel({"name": "corediff", "width": 8, "steps": 4}, {}, 32)
@@ -136,9 +135,6 @@ def test_a_multi_pass_sampler_is_charged_one_pass_per_training_step_and_bm3d_not
     assert budget.macs_per_pixel({"name": "bm3d"}, {}, 32) == 0.0
     row = model_complexity("bm3d", {"name": "bm3d"}, 24, 1)
     assert math.isnan(row["gmacs"]) and row["params"] == 0 and row["cpu_latency_s"] > 0
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        complexity_table([row, model_complexity("gaussian", {"name": "gaussian"}, 24, 1)], f"{tmp}/t1")
-        md = open(f"{tmp}/t1.md").read()
+    complexity_table([row, model_complexity("gaussian", {"name": "gaussian"}, 24, 1)], str(tmp_path / "t1"))
+    md = (tmp_path / "t1.md").read_text()
     assert "| bm3d | 0 | n/a |" in md.replace("  ", " ") and "no MAC count" in md
