@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 import models  # noqa: E402
 from ldct.classes import NUM_CLASSES  # noqa: E402
 from ldct.config import load_config  # noqa: E402
-from ldct.engine import build_optimizer, train_step  # noqa: E402
+from ldct.engine import Adversary, build_optimizer, train_step  # noqa: E402
 from ldct.inference import pick_device, predict_slices  # noqa: E402
 from ldct.lowdose import ParallelBeam, simulate_doses  # noqa: E402
 from ldct.phantom import draw_subject, synthesize_subject  # noqa: E402
@@ -67,6 +67,7 @@ def measure(spec: ExperimentSpec, seg_ck: dict, low, full, device, amp: bool, st
     opt = build_optimizer([p for p in net.parameters() if p.requires_grad], cfg)
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    adversary = Adversary.of(criterion, cfg, use_amp)  # a GAN's discriminator steps are part of its step
     sampler = PatchSampler(low, full, cfg["patch_size"], cfg["batch_size"], cfg["augment"], cfg["hu_offset"],
                            tuple(hu_range), torch.Generator().manual_seed(spec.seed), rotation_deg=cfg["rotation_deg"],
                            crop_prob=cfg["crop_prob"], crop_scale=cfg["crop_scale"])
@@ -76,12 +77,12 @@ def measure(spec: ExperimentSpec, seg_ck: dict, low, full, device, amp: bool, st
     net.train()
     for _ in range(2):  # warm-up: kernels chosen, memory pools filled
         x, y = sampler.sample()
-        train_step(net, criterion, opt, scaler, x.to(device), y.to(device), use_amp)
+        train_step(net, criterion, opt, scaler, x.to(device), y.to(device), use_amp, adversary)
     sync(device)
     t = time.perf_counter()
     for _ in range(n):
         x, y = sampler.sample()
-        train_step(net, criterion, opt, scaler, x.to(device), y.to(device), use_amp)
+        train_step(net, criterion, opt, scaler, x.to(device), y.to(device), use_amp, adversary)
     sync(device)
     step_s = (time.perf_counter() - t) / n
     net.eval()
@@ -123,6 +124,11 @@ def main() -> None:
           f"made in {time.perf_counter() - t:.0f} s", flush=True)
     precisions = [True] if a.no_fp32 or device.type != "cuda" else [True, False]
     rows = []
+    calibrated = [e for e in a.experiments
+                  if getattr(models.REGISTRY.get(config["experiments"][e]["model"]["name"]), "calibrated", False)]
+    if calibrated:
+        print(f"  {', '.join(calibrated)}: calibrated, not trained (no training step to time)", flush=True)
+    a.experiments = [e for e in a.experiments if e not in calibrated]
     for exp in a.experiments:
         spec = ExperimentSpec.from_config(config, exp)
         cfg = spec.train
