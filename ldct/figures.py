@@ -160,13 +160,14 @@ def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
         score = "" if h.get("target", pd.Series(["ndct"])).iloc[0] == "ndct" else " (vs its repeat scan)"
         ax[1].plot(h["epoch"], h["val_mse_head"], label=n + score, **styles[n])
     ax[0].set_title("training loss")
-    ax[1].set_title("validation MSE in [0, 80] HU (selects the checkpoint)")
+    ax[1].set_title("validation MSE in [0, 80] HU (picks the checkpoint)", fontsize=9)
     for n, h in gans.items():
-        for term, ls in (("loss_discriminator", "-"), *((c, "--") for c in h if c.startswith("loss_adv"))):
+        terms = ["loss_discriminator"] + [c for c in h if c.startswith("loss_adv")]
+        for term, ls in zip(terms, ("-", "--", ":", "-.")):
             ax[2].plot(h["epoch"], h[term].abs(), ls=ls, color=styles[n].get("color"),
                        label=f"{n}: {term.removeprefix('loss_')}")
     if gans:
-        ax[2].set_title("adversarial: discriminator loss (-), generator's terms (--), |value|", fontsize=9)
+        ax[2].set_title("GAN: discriminator loss, generator's adversarial terms (|value|)", fontsize=9)
         ax[2].legend(fontsize=7)
     for a in ax:
         a.set_xlabel("epoch")
