@@ -299,3 +299,24 @@ def test_wgan_vgg_needs_vgg19_weights_and_its_critic_has_a_gradient_penalty(tmp_
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "bad.pth")
     with pytest.raises(ConfigError, match="not a torchvision VGG-19"):
         losses.build("wgan_vgg", vgg_weights=str(tmp_path / "bad.pth"))
+
+
+@pytest.mark.parametrize("nf, nk", [(8, 8), (8, 12)])
+def test_featkpn_paired_branches_equal_the_modules_one_by_one(nf, nk):
+    """Feat-KPN runs its two branches' convolutions as grouped pairs (and the projection with
+    the kernel head's first conv when nf == nk); the output and every gradient equal the
+    modules applied one at a time, as the reference composes them (float64)."""
+    from benchmarks.featkpn_speed import reference_forward
+    torch.manual_seed(0)
+    net = models.build("featkpn", nf=nf, nk=nk, kernel_size=3).double()
+    x = torch.randn(2, 1, 21, 26, dtype=torch.float64)
+    grads = []
+    for fn in (net, lambda t: reference_forward(net, t)):
+        net.zero_grad()
+        y = fn(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
+    (y0, g0), (y1, g1) = grads
+    assert torch.allclose(y0, y1, rtol=0, atol=1e-12)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -120,6 +120,11 @@ def test_tiny_workflow_end_to_end(tmp_path):
     off = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--config", "clinical={enabled: false}",
                "--cores", "2", "--forceall"], tmp_path)
     assert off.returncode == 0 and "clinical_scans" not in off.stdout and "clinical_measure" not in off.stdout
+    # where the run's minutes went, per rule, from its Snakemake log
+    from benchmarks.run_times import parse
+    per_rule, wall = parse(sorted((tmp_path / ".snakemake" / "log").glob("*.snakemake.log"))[0].read_text().splitlines())
+    assert len(per_rule["train"]) == 2 and len(per_rule["synthesize"]) == 4 and len(per_rule["evaluate"]) == 3
+    assert 0 < sum(per_rule["train"]) <= 2 * wall
     # nothing left to do on a second run, and the paper target only redraws from what exists
     for target in ([], ["paper"]):
         again = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--cores", "2", *target], tmp_path)
