@@ -50,9 +50,9 @@ def _paired_conv(x: torch.Tensor, a: nn.Conv2d, b: nn.Conv2d, grouped: bool) -> 
 def _paired_stage(x: torch.Tensor, fe: nn.Sequential, ke: nn.Sequential, grouped: bool) -> torch.Tensor:
     """Two `_encoder_stage`s (feature, kernel) side by side; x holds both inputs (grouped) or
     the one input they share."""
-    x = F.leaky_relu(_paired_conv(x, fe[0], ke[0], grouped), 0.2, inplace=True)
+    x = fe[1](_paired_conv(x, fe[0], ke[0], grouped))  # the stages' activation (the same in both)
     for rf, rk in zip(fe[2:], ke[2:]):
-        y = F.leaky_relu(_paired_conv(x, rf.conv1, rk.conv1, True), 0.2, inplace=True)
+        y = rf.act(_paired_conv(x, rf.conv1, rk.conv1, True))
         x = x + _paired_conv(y, rf.conv2, rk.conv2, True)
     return x
 
@@ -105,7 +105,7 @@ class FeatKPN(nn.Module):
             c = fg.shape[1] // 2
             if self.feat_proj[s][0].out_channels == c:  # nk == nf: projection and head conv paired
                 pg = _paired_conv(fg, self.feat_proj[s][0], head[0], grouped=True)
-                feats, g = F.leaky_relu(pg[:, :c], 0.2), head[1](pg[:, c:])
+                feats, g = F.leaky_relu(pg[:, :c], self.feat_proj[s][1].negative_slope), head[1](pg[:, c:])
             else:
                 feats, g = self.feat_proj[s](fg[:, :c]), head[1](head[0](fg[:, c:]))
             filtered.append(predicted_kernel_filter(feats, head[3](head[2](g)), head[4], head[5], self.k))
