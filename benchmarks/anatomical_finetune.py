@@ -46,6 +46,7 @@ from ldct.anatomy import dice_per_class  # noqa: E402
 from ldct.data import load_subject, stack_subjects  # noqa: E402
 from ldct.metrics import window_psnr  # noqa: E402
 from ldct.paths import ResultPaths  # noqa: E402
+from ldct.allocator import keep_large_allocations  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 from ldct.engine import build_optimizer, prepare, train_step  # noqa: E402
 from ldct.inference import pick_device, predict_slices, segment, to_input  # noqa: E402
@@ -207,6 +208,7 @@ def print_summary(df: pd.DataFrame, first: dict, steps: int) -> None:
 def main() -> None:
     """Fine-tune the start model with each variant and print (and optionally write) the scores."""
     a = parse_args()
+    keep_large_allocations()  # as the workflow's jobs run (ldct.allocator)
     if a.threads:
         torch.set_num_threads(a.threads)
     setup = load_setup(a)

@@ -18,6 +18,11 @@ Before timing, outputs and every parameter's gradient are compared between the t
 one 64x64 and one odd-sized input). Prints the median time, the peak memory (CPU: the
 process's peak resident set and the peak above the resident set before the first pass;
 CUDA: torch's peak allocation) and the ratios reference / project.
+
+On the CPU each is run twice: with glibc's default allocator settings (how the reference
+runs) and with large allocations kept in the heap (ldct.allocator, how this project's jobs
+run). The headline ratio is the reference as it runs against the project as it runs; the
+like-for-like ratios show how much of it is the allocator setting and how much the model code.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import models  # noqa: E402
+from ldct.allocator import keep_large_allocations  # noqa: E402
 from ldct.complexity import _peak_rss_mb, _reset_peak_rss_mb, median_seconds  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 
@@ -142,6 +148,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     amp = a.amp and a.device == "cuda"
     if a.child:
+        keep_large_allocations()  # unless LDCT_KEEP_HEAP=0 (set by the parent)
         print(json.dumps(child(*a.child, a.repeats, a.device, amp)))
         return
     where = (torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {a.threads} threads")
@@ -155,25 +162,36 @@ def main() -> None:
             print(f"reference vs project (CUDA, {label}): max |output difference| {diff['output']:.1e}, "
                   f"max gradient difference {diff['gradient']:.1e} of the largest gradient")
     mem = "peak GPU MB" if a.device == "cuda" else "peak RSS MB (above start)"
-    print(f"\n{'workload':10s} {'variant':10s} {'seconds':>9s} {mem:>26s}")
+    heaps = (True,) if a.device == "cuda" else (False, True)  # the allocator setting is the CPU's
+    print(f"\n{'workload':10s} {'variant':10s} {'heap kept':>9s} {'seconds':>9s} {mem:>26s}")
     rows = {}
     for w in a.workloads:
         for v in ("reference", "project"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", v, w, "--threads", str(a.threads),
-                   "--repeats", str(a.repeats), "--device", a.device] + (["--amp"] if amp else [])
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if res.returncode:
-                sys.exit(f"{v} {w} failed:\n{res.stderr[-3000:]}")
-            r = rows[w, v] = json.loads(res.stdout.strip().splitlines()[-1])
-            extra = f" ({r['above_start_mb']:.0f})" if "above_start_mb" in r else ""
-            print(f"{w:10s} {v:10s} {r['seconds']:9.3f} {r['peak_mb']:19.0f}{extra:>7s}", flush=True)
-    print("\nratios reference / project (higher is better for the project):")
-    for w in a.workloads:
-        ref, own = rows[w, "reference"], rows[w, "project"]
-        line = f"  {w:10s} time {ref['seconds'] / own['seconds']:5.2f}x   peak memory {ref['peak_mb'] / own['peak_mb']:5.2f}x"
+            for heap in heaps:
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", v, w, "--threads", str(a.threads),
+                       "--repeats", str(a.repeats), "--device", a.device] + (["--amp"] if amp else [])
+                env = {**os.environ, "LDCT_KEEP_HEAP": "1" if heap else "0"}
+                res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+                if res.returncode:
+                    sys.exit(f"{v} {w} failed:\n{res.stderr[-3000:]}")
+                r = rows[w, v, heap] = json.loads(res.stdout.strip().splitlines()[-1])
+                extra = f" ({r['above_start_mb']:.0f})" if "above_start_mb" in r else ""
+                print(f"{w:10s} {v:10s} {'yes' if heap else 'no':>9s} {r['seconds']:9.3f} {r['peak_mb']:19.0f}{extra:>7s}",
+                      flush=True)
+
+    def ratio(ref: dict, own: dict) -> str:
+        line = f"time {ref['seconds'] / own['seconds']:5.2f}x   peak memory {ref['peak_mb'] / own['peak_mb']:5.2f}x"
         if "above_start_mb" in own:
             line += f"   above start {ref['above_start_mb'] / max(own['above_start_mb'], 1.0):5.2f}x"
-        print(line)
+        return line
+
+    print("\nratios reference / project (higher is better for the project):")
+    for w in a.workloads:
+        print(f"  {w:10s} {ratio(rows[w, 'reference', heaps[0]], rows[w, 'project', True])}"
+              + ("   (reference as it runs, project as it runs)" if len(heaps) > 1 else ""))
+        for h in heaps if len(heaps) > 1 else ():
+            print(f"  {'':10s} {ratio(rows[w, 'reference', h], rows[w, 'project', h])}"
+                  f"   (both {'with the heap kept' if h else 'with glibc defaults'})")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from ldct.engine import Adversary, build_optimizer, train_step  # noqa: E402
 from ldct.inference import pick_device, predict_slices  # noqa: E402
 from ldct.lowdose import ParallelBeam, simulate_doses  # noqa: E402
 from ldct.phantom import draw_subject, synthesize_subject  # noqa: E402
+from ldct.allocator import keep_large_allocations  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 from ldct.spec import ExperimentSpec  # noqa: E402
 from ldct.train import PatchSampler, build_experiment  # noqa: E402
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
+    keep_large_allocations()  # as the workflow's jobs run (ldct.allocator)
     config = load_config(a.config)
     device = pick_device(a.device)
     seg = config["segmenter"]

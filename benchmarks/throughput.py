@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import losses  # noqa: E402
 import models  # noqa: E402
 from ldct.engine import build_optimizer  # noqa: E402
+from ldct.allocator import keep_large_allocations  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 
 CASES = [  # (label, model kwargs, loss name)
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--seg-norm", default="instance", choices=["channel", "instance"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
+    keep_large_allocations()  # as the workflow's jobs run (ldct.allocator)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     print(f"CPU, {a.threads} threads; training {a.batch} x {a.patch}^2 patches per step; inference {a.slice}^2 slices; "

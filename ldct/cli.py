@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ldct.allocator import keep_large_allocations
 from ldct.errors import DataError, LdctError, MissingFileError, UsageError
 from ldct.paths import ResultPaths
 
@@ -527,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    keep_large_allocations()
     a = build_parser().parse_args(argv)
     c = a.command_spec
     try:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
+from ldct.allocator import keep_large_allocations
 
 
 def count_params(net: torch.nn.Module) -> int:
@@ -118,5 +119,6 @@ def model_complexity(name: str, spec: dict, size: int, repeats: int) -> dict:
 
 
 if __name__ == "__main__":
+    keep_large_allocations()  # as in the workflow's jobs (ldct.cli)
     spec_arg, size_arg, rep_arg, dev_arg = sys.argv[1:5]
     print(json.dumps(_probe(json.loads(spec_arg), int(size_arg), int(rep_arg), dev_arg)))
