@@ -33,3 +33,61 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(self.act(self.conv1(x)))
         return x + (y if self.res_scale == 1.0 else self.res_scale * y)  # skip the no-op scaling
+
+
+class _LeakyReLUMask(torch.autograd.Function):
+    """LeakyReLU that keeps a one-byte sign mask for backward instead of a float tensor."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
+        mask = x > 0
+        ctx.save_for_backward(mask)
+        ctx.slope = slope
+        return torch.where(mask, x, x * slope)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad, grad * ctx.slope), None
+
+
+def leaky_relu_mask(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """F.leaky_relu(x, slope), same values and gradients, saving a bool mask (a quarter of an
+    fp32 tensor) for backward: for an activation whose output nothing else saves."""
+    return _LeakyReLUMask.apply(x, slope)
+
+
+class _PReLUSavingOutput(torch.autograd.Function):
+    """One-slope PReLU that saves its output for backward (positive slope) or its input (other)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        if x.is_meta:  # complexity counting: the shape only
+            return torch.empty_like(x)
+        slope = alpha.item()
+        out = F.leaky_relu(x, slope)  # PReLU with one slope, the same values
+        ctx.slope, ctx.from_output = slope, slope > 0
+        ctx.save_for_backward(out if ctx.from_output else x, alpha)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        saved, alpha = ctx.saved_tensors
+        slope = ctx.slope
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, saved, slope, ctx.from_output)
+        grad_a = None
+        if ctx.needs_input_grad[1]:
+            neg = saved.clamp(max=0)  # min(x, 0), or min(out, 0) = slope * min(x, 0)
+            grad_a = torch.dot(grad.reshape(-1), neg.reshape(-1).to(grad.dtype)) if grad.dtype == neg.dtype \
+                else (grad.float() * neg.float()).sum()
+            if ctx.from_output:
+                grad_a = grad_a / slope
+            grad_a = grad_a.reshape(alpha.shape).to(alpha.dtype)
+        return grad_x, grad_a
+
+
+def prelu_saving_output(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """F.prelu(x, alpha) with one slope, same values and gradients; while the slope is positive
+    backward reads the output (sign, and min(out, 0) / slope for the slope's gradient), so where
+    the next layer saves that output anyway the input need not be kept."""
+    return _PReLUSavingOutput.apply(x, alpha)

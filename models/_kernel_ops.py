@@ -76,93 +76,131 @@ def _tap_chunks(n: int, c: int, h: int, w: int, taps: int, cuda: bool) -> list[t
     return [(t, min(t + per, taps)) for t in range(0, taps, per)]
 
 
-def _chunk_preactivation(hflat, weight, bias, c: int, t0: int, t1: int):
-    """The 1x1 conv's output for taps t0..t1 as one batched matrix product, (N, C*(t1-t0), H*W)
-    from hflat (N, Cin, H*W), and the chunk's rows of the conv's weight (C*(t1-t0), Cin). (A
-    matrix product, not a 1x1 convolution: on the CPU oneDNN reorders such skinny convolutions'
-    inputs and outputs at every call, 2-3x slower.)"""
-    cin = hflat.shape[1]
+def _scratch(buf: torch.Tensor, *shape: int) -> torch.Tensor:
+    """A contiguous view of the front of a flat buffer: one allocation reused by every chunk (a
+    fresh 16 MB CPU tensor is paid again in page faults, which doubles the pass that fills it)."""
+    size = 1
+    for d in shape:
+        size *= d
+    return buf[:size].view(shape)
+
+
+def _chunk_preactivation(hflat, weight, c: int, t0: int, t1: int, out: torch.Tensor):
+    """The 1x1 conv's output for taps t0..t1 as one batched matrix product, (N, C*(t1-t0), H*W),
+    from hflat (N, Cin+1, H*W): the head's input with a row of ones, so the bias is the weight's
+    last column (C*k*k, Cin+1) and costs no pass of its own. (A matrix product, not a 1x1
+    convolution: on the CPU oneDNN reorders such skinny convolutions' inputs and outputs at
+    every call, 2-3x slower.)"""
     kk = weight.shape[0] // c
-    wt = weight.view(c, kk, cin)[:, t0:t1].reshape(-1, cin)
-    bt = bias.view(c, kk)[:, t0:t1].reshape(1, -1, 1)
-    return torch.baddbmm(bt.to(hflat.dtype), wt.to(hflat.dtype).expand(hflat.shape[0], -1, -1), hflat), wt
+    wt = weight.view(c, kk, -1)[:, t0:t1].reshape(c * (t1 - t0), -1).to(hflat.dtype)
+    n, m, hw = hflat.shape[0], wt.shape[0], hflat.shape[2]
+    return torch.bmm(wt.expand(n, -1, -1), hflat, out=_scratch(out, n, m, hw)), wt
 
 
 def _prelu_backward(g_ker, z, alpha, acc):
-    """The PReLU's backward for one chunk: dL/dz, and dL/d(slope) summed (in `acc`). Written as a
-    leaky-ReLU backward and a dot product: aten's PReLU backward, which also writes the slope's
-    elementwise gradient, runs 4x slower on the CPU. Clobbers z."""
-    g_z = torch.ops.aten.leaky_relu_backward(g_ker, z, alpha.item(), False)
+    """The PReLU's backward for one chunk, general slope: dL/dz, and dL/d(slope) summed. Written
+    as a leaky-ReLU backward and a dot product: aten's PReLU backward, which also writes the
+    slope's elementwise gradient, runs 4x slower on the CPU. Clobbers z."""
+    g_z = torch.ops.aten.leaky_relu_backward(g_ker, z, alpha, False)
     z.clamp_(max=0)
-    if z.dtype == acc:
-        g_a = torch.dot(g_ker.reshape(-1), z.reshape(-1))
-    else:
-        g_a = (g_ker.to(acc) * z.to(acc)).sum()
-    return g_z, g_a
+    return g_z, _dot(g_ker, z, acc)
+
+
+def _dot(a, b, acc):
+    if a.dtype == acc:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    return (a.to(acc) * b.to(acc)).sum()
 
 
 class _PredictedKernelFilter(torch.autograd.Function):
     """Forward: out = sum_t PReLU(W_t hidden + b_t) * shift_t(pad), chunks of taps at a time.
-    Saves only pad, hidden and the parameters; backward makes each chunk's kernels again."""
+    Saves only pad, the head's input (with a row of ones) and the parameters; backward makes
+    each chunk's kernels again.
+
+    With a positive slope (the PReLU's initial 0.2, and where it stays in training) backward
+    works in place: the kernels overwrite their pre-activation, dL/dz overwrites dL/dkernels
+    (leaky-ReLU backward from the kernels' signs), and dL/dslope = sum(dL/dz * min(kernels, 0))
+    / slope^2 (on the negative side both carry one factor of the slope). Any other slope takes
+    the general path, which keeps the pre-activation."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, pad, hidden, weight, bias, alpha, c: int, k: int):
-        n, _, hp, wp = pad.shape
+        n, cin, hp, wp = pad.shape[0], hidden.shape[1], pad.shape[2], pad.shape[3]
         h, w = hp - k + 1, wp - k + 1
+        if pad.is_meta:  # complexity counting (ldct.complexity): the shape, and the 1x1 conv's MACs
+            torch.bmm(weight.reshape(1, -1, cin).expand(n, -1, -1), hidden.reshape(n, cin, h * w))
+            return pad.new_empty(n, c, h, w)
+        slope = alpha.item()
+        hflat = torch.cat([hidden.reshape(n, cin, h * w), hidden.new_ones(n, 1, h * w)], 1)
+        if torch.is_autocast_enabled(pad.device.type):  # the matrix products' dtype, for their out= buffer
+            hflat = hflat.to(torch.get_autocast_dtype(pad.device.type))
+        waug = torch.cat([weight.reshape(-1, cin), bias.reshape(-1, 1)], 1)
         out = None
-        hflat = hidden.view(n, -1, h * w)
-        for t0, t1 in _tap_chunks(n, c, h, w, k * k, pad.is_cuda):
-            z, _ = _chunk_preactivation(hflat, weight, bias, c, t0, t1)
-            ker = F.prelu(z, alpha).view(n, c, t1 - t0, h, w)
+        chunks = _tap_chunks(n, c, h, w, k * k, pad.is_cuda)
+        zbuf = hflat.new_empty(n * c * (chunks[0][1] - chunks[0][0]) * h * w)
+        for t0, t1 in chunks:
+            z, _ = _chunk_preactivation(hflat, waug, c, t0, t1, zbuf)
+            ker = F.leaky_relu_(z, slope).view(n, c, t1 - t0, h, w)  # = PReLU with the one slope
             if out is None:
                 out = torch.zeros(n, c, h, w, dtype=torch.result_type(pad, ker), device=pad.device)
             for t in range(t0, t1):
                 i, j = divmod(t, k)
                 out.addcmul_(ker[:, :, t - t0], pad[:, :, i:i + h, j:j + w])
-        ctx.save_for_backward(pad, hidden, weight, bias, alpha)
+        ctx.save_for_backward(pad, hflat, weight, bias, alpha)
         ctx.c, ctx.k = c, k
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad):
-        pad, hidden, weight, bias, alpha = ctx.saved_tensors
+        pad, hflat, weight, bias, alpha = ctx.saved_tensors
         c, k = ctx.c, ctx.k
-        n, cin, h, w = hidden.shape
+        n, cin1, hw = hflat.shape
+        cin, h, w = cin1 - 1, grad.shape[2], grad.shape[3]
         kk = k * k
         need_pad, need_hidden, need_w, need_b, need_a = ctx.needs_input_grad[:5]
         acc = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype
+        slope = alpha.item()
+        in_place = slope > 0
         grad_pad = torch.zeros(pad.shape, dtype=acc, device=pad.device) if need_pad else None
-        grad_hidden = torch.zeros(n, cin, h * w, dtype=acc, device=pad.device) if need_hidden else None
-        grad_w = torch.zeros(c, kk, cin, dtype=acc, device=pad.device)
-        grad_b = torch.zeros(c, kk, dtype=acc, device=pad.device)
+        grad_hidden = torch.zeros(n, cin, hw, dtype=acc, device=pad.device) if need_hidden else None
+        grad_wb = torch.zeros(c, kk, cin1, dtype=acc, device=pad.device)  # weight's, then bias's column
         grad_a = torch.zeros((), dtype=acc, device=pad.device)
-        hflat = hidden.view(n, cin, h * w)
-        for t0, t1 in _tap_chunks(n, c, h, w, kk, pad.is_cuda):
-            z, wt = _chunk_preactivation(hflat, weight, bias, c, t0, t1)
-            g_ker = torch.empty(n, c, t1 - t0, h, w, dtype=z.dtype, device=z.device)  # dL/d kernels of the chunk
-            ker = F.prelu(z, alpha).view_as(g_ker) if need_pad else None
+        waug = torch.cat([weight.reshape(-1, cin), bias.reshape(-1, 1)], 1)
+        chunks = _tap_chunks(n, c, h, w, kk, pad.is_cuda)
+        zbuf, gbuf = (hflat.new_empty(n * c * (chunks[0][1] - chunks[0][0]) * h * w) for _ in range(2))
+        for t0, t1 in chunks:
+            z, wt = _chunk_preactivation(hflat, waug, c, t0, t1, zbuf)
+            g_ker = _scratch(gbuf, n, c, t1 - t0, h, w)  # dL/d kernels of the chunk
+            if in_place:
+                ker = F.leaky_relu_(z, slope).view_as(g_ker)
+            else:
+                ker = F.leaky_relu(z, slope).view_as(g_ker) if need_pad else None
             for t in range(t0, t1):
                 i, j = divmod(t, k)
                 torch.mul(grad, pad[:, :, i:i + h, j:j + w], out=g_ker[:, :, t - t0])
                 if need_pad:
                     grad_pad[:, :, i:i + h, j:j + w].addcmul_(grad, ker[:, :, t - t0])
-            del ker
-            g_z, g_a = _prelu_backward(g_ker.view_as(z), z, alpha, acc)
-            del z, g_ker
-            if need_a:
-                grad_a += g_a
-            if need_w:
-                grad_w[:, t0:t1] += torch.bmm(g_z, hflat.transpose(1, 2).to(g_z.dtype)).sum(0).view(c, t1 - t0, cin)
-            if need_b:
-                grad_b[:, t0:t1] += g_z.sum((0, 2), dtype=acc).view(c, t1 - t0)
+            g_ker = g_ker.view_as(z)
+            if in_place:  # z holds the kernels
+                g_z = torch.ops.aten.leaky_relu_backward.grad_input(g_ker, z, slope, True, grad_input=g_ker)
+                if need_a:
+                    grad_a += _dot(g_z, z.clamp_(max=0), acc) / (slope * slope)
+            else:
+                del ker
+                g_z, g_a = _prelu_backward(g_ker, z, slope, acc)
+                if need_a:
+                    grad_a += g_a
+            del z
+            if need_w or need_b:
+                grad_wb[:, t0:t1] += torch.bmm(g_z, hflat.transpose(1, 2).to(g_z.dtype)).sum(0).view(c, t1 - t0, cin1)
             if need_hidden:
-                grad_hidden.baddbmm_(wt.t().to(acc).expand(n, -1, -1), g_z.to(acc))
+                grad_hidden.baddbmm_(wt[:, :cin].t().to(acc).expand(n, -1, -1), g_z.to(acc))
         return ((grad_pad.to(pad.dtype) if need_pad else None),
-                (grad_hidden.view(n, cin, h, w).to(hidden.dtype) if need_hidden else None),
-                (grad_w.view_as(weight).to(weight.dtype) if need_w else None),
-                (grad_b.view_as(bias).to(bias.dtype) if need_b else None),
+                (grad_hidden.view(n, cin, h, w).to(hflat.dtype) if need_hidden else None),
+                (grad_wb[..., :cin].reshape(weight.shape).to(weight.dtype) if need_w else None),
+                (grad_wb[..., cin].reshape(bias.shape).to(bias.dtype) if need_b else None),
                 (grad_a.view_as(alpha).to(alpha.dtype) if need_a else None), None, None)
 
 

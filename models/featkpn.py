@@ -11,7 +11,10 @@ The kernels are never stored (models._kernel_ops.predicted_kernel_filter): same 
 gradients as the reference's composition, a fraction of its memory. The two branches have the
 same shapes, so each pair of their convolutions runs as one grouped convolution (the weights
 concatenated at each call; parameters, names and arithmetic unchanged): on a CPU the 16-64-channel
-convolutions cost less per pair than one at a time.
+convolutions cost less per pair than one at a time. Activations save no more than backward
+needs: the feature projection's and the upsamplings' LeakyReLU a one-byte sign mask, the kernel
+heads' first PReLU its output (which the next conv keeps anyway), so the paired projection's
+output is freed as soon as it is split (models._blocks; same values and gradients).
 1,001,511 parameters at nf = nk = 16, k = 5.
 """
 
@@ -22,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import register
-from models._blocks import ResidualBlock, pad_to_multiple
+from models._blocks import ResidualBlock, leaky_relu_mask, pad_to_multiple, prelu_saving_output
 from models._kernel_ops import predicted_kernel_filter
 
 
@@ -104,14 +107,16 @@ class FeatKPN(nn.Module):
             head = self.kern_head[s]  # its last 1x1 conv + PReLU run fused with the filtering
             c = fg.shape[1] // 2
             if self.feat_proj[s][0].out_channels == c:  # nk == nf: projection and head conv paired
-                pg = _paired_conv(fg, self.feat_proj[s][0], head[0], grouped=True)
-                feats, g = F.leaky_relu(pg[:, :c], self.feat_proj[s][1].negative_slope), head[1](pg[:, c:])
+                pg = _paired_conv(fg, self.feat_proj[s][0], head[0], grouped=True)  # freed once split:
+                feats = leaky_relu_mask(pg[:, :c], self.feat_proj[s][1].negative_slope)
+                g = prelu_saving_output(pg[:, c:], head[1].weight)  # its output is saved by head[2] anyway
             else:
                 feats, g = self.feat_proj[s](fg[:, :c]), head[1](head[0](fg[:, c:]))
             filtered.append(predicted_kernel_filter(feats, head[3](head[2](g)), head[4], head[5], self.k))
         out = filtered[2]
         for s in (1, 0):
-            out = self.dec[s](self.up[s](out) + filtered[s])
+            conv, shuffle, act = self.up[s]
+            out = self.dec[s](leaky_relu_mask(shuffle(conv(out)), act.negative_slope) + filtered[s])
         return (xp + self.tail(out))[..., :h, :w]
 
     @staticmethod

@@ -6,6 +6,7 @@ from torch import nn
 import losses
 import models
 import models._kernel_ops as kernel_ops
+from models._blocks import leaky_relu_mask, prelu_saving_output
 from ldct.complexity import count_macs, count_params
 from ldct.registry import Registry, RegistryError
 from models._kernel_ops import kernel_filter, predicted_kernel_filter
@@ -105,13 +106,14 @@ def test_kernel_filter_matches_unfold_oracle(k):
 
 @pytest.mark.parametrize("chunk", [1, 300, 1 << 22])  # one tap at a time, a few, all at once
 @pytest.mark.parametrize("n, c, cin, h, w, k", [(2, 3, 4, 9, 11, 3), (1, 2, 5, 7, 6, 5)])
-def test_fused_kernel_head_filter_equals_the_unfused_composition(monkeypatch, chunk, n, c, cin, h, w, k):
+@pytest.mark.parametrize("slope", [0.2, -0.3])  # in-place backward; the general path
+def test_fused_kernel_head_filter_equals_the_unfused_composition(monkeypatch, chunk, n, c, cin, h, w, k, slope):
     """Feat-KPN's fused op (kernels made per chunk of taps, never stored) against the
     reference's order of operations: 1x1 conv, PReLU, then the filtering; outputs and the
     gradients of the features, the head's input, the conv and the PReLU slope."""
     monkeypatch.setattr(kernel_ops, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
-    conv, prelu = nn.Conv2d(cin, c * k * k, 1).double(), nn.PReLU(init=0.2).double()
+    conv, prelu = nn.Conv2d(cin, c * k * k, 1).double(), nn.PReLU(init=slope).double()
     feat = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
     hidden = torch.randn(n, cin, h, w, dtype=torch.float64, requires_grad=True)
     fused = predicted_kernel_filter(feat, hidden, conv, prelu, k)
@@ -320,3 +322,18 @@ def test_featkpn_paired_branches_equal_the_modules_one_by_one(nf, nk):
     assert torch.allclose(y0, y1, rtol=0, atol=1e-12)
     for a, b in zip(g0, g1):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("slope", [0.2, -0.3])  # the output-saving path; the general path
+def test_memory_saving_activations_equal_torch(slope):
+    """models._blocks' LeakyReLU (bool mask saved) and one-slope PReLU (output saved): the same
+    values and gradients as torch's, input and slope included."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+    alpha = torch.full((1,), slope, dtype=torch.float64, requires_grad=True)
+    g = torch.randn_like(x)
+    for ours, theirs, params in ((leaky_relu_mask(x, slope), F.leaky_relu(x, slope), (x,)),
+                                 (prelu_saving_output(x, alpha), F.prelu(x, alpha), (x, alpha))):
+        assert torch.equal(ours, theirs)
+        for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(theirs, params, g)):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
