@@ -17,7 +17,10 @@ Three workloads, each variant in its own process (a fresh peak-memory mark):
 Before timing, outputs and every parameter's gradient are compared between the two (float64,
 one 64x64 and one odd-sized input). Prints the median time, the peak memory (CPU: the
 process's peak resident set and the peak above the resident set before the first pass;
-CUDA: torch's peak allocation) and the ratios reference / project.
+CUDA: torch's peak allocation) and the ratios reference / project. On the CPU also the time
+inside convolutions (the reference's include its kernel heads' 1x1 convs; the project's are the
+3x3 ones only, which both run alike: same layers, same oneDNN calls, near the CPU's peak rate):
+the reference's time over the project's is the ceiling on the time ratio.
 
 On the CPU each is run twice: with glibc's default allocator settings (how the reference
 runs) and with large allocations kept in the heap (ldct.allocator, how this project's jobs
@@ -133,7 +136,18 @@ def child(variant: str, workload: str, repeats: int, device: str, amp: bool) -> 
         out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         out["peak_mb"], out["above_start_mb"] = _peak_rss_mb(), _peak_rss_mb() - base
+        out["conv_seconds"] = convolution_seconds(run)
     return out
+
+
+def convolution_seconds(run) -> float:
+    """CPU time inside convolutions (forward and backward) of one more call of run(), profiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    conv_ops = ("aten::mkldnn_convolution", "aten::convolution_backward")
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in conv_ops) / 1e6
 
 
 def main() -> None:
@@ -163,7 +177,8 @@ def main() -> None:
                   f"max gradient difference {diff['gradient']:.1e} of the largest gradient")
     mem = "peak GPU MB" if a.device == "cuda" else "peak RSS MB (above start)"
     heaps = (True,) if a.device == "cuda" else (False, True)  # the allocator setting is the CPU's
-    print(f"\n{'workload':10s} {'variant':10s} {'heap kept':>9s} {'seconds':>9s} {mem:>26s}")
+    conv = "" if a.device == "cuda" else f" {'s in convs':>13s}"
+    print(f"\n{'workload':10s} {'variant':10s} {'heap kept':>9s} {'seconds':>9s} {mem:>26s}{conv}")
     rows = {}
     for w in a.workloads:
         for v in ("reference", "project"):
@@ -176,7 +191,8 @@ def main() -> None:
                     sys.exit(f"{v} {w} failed:\n{res.stderr[-3000:]}")
                 r = rows[w, v, heap] = json.loads(res.stdout.strip().splitlines()[-1])
                 extra = f" ({r['above_start_mb']:.0f})" if "above_start_mb" in r else ""
-                print(f"{w:10s} {v:10s} {'yes' if heap else 'no':>9s} {r['seconds']:9.3f} {r['peak_mb']:19.0f}{extra:>7s}",
+                extra += f" {r['conv_seconds']:13.3f}" if "conv_seconds" in r else ""
+                print(f"{w:10s} {v:10s} {'yes' if heap else 'no':>9s} {r['seconds']:9.3f} {r['peak_mb']:19.0f}{extra}",
                       flush=True)
 
     def ratio(ref: dict, own: dict) -> str:
@@ -192,6 +208,13 @@ def main() -> None:
         for h in heaps if len(heaps) > 1 else ():
             print(f"  {'':10s} {ratio(rows[w, 'reference', h], rows[w, 'project', h])}"
                   f"   (both {'with the heap kept' if h else 'with glibc defaults'})")
+    if a.device == "cpu":
+        print("\nceiling on the time ratio: the reference's time over the project's time in 3x3 convolutions,"
+              "\nwhich both run alike (what the ratio would be if everything else in the project took no time):")
+        for w in a.workloads:
+            ref, own = rows[w, "reference", False], rows[w, "project", True]
+            print(f"  {w:10s} {ref['seconds'] / own['conv_seconds']:5.2f}x   (convolutions: {own['conv_seconds']:.3f} s "
+                  f"of the project's {own['seconds']:.3f} s)")
 
 
 if __name__ == "__main__":
