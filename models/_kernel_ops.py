@@ -4,7 +4,7 @@
 is Feat-KPN's kernel-head tail (1x1 conv -> PReLU) fused with the filtering: the predicted
 kernels, nk*2^s*k*k channels at every pixel (about 0.73 GB per 512x512 slice in fp32, and as
 much again for the PReLU's saved input), are never stored. Forward and backward make them a
-few taps at a time from the head's 1x1-conv input and drop them after use; backward makes
+block of output rows at a time from the head's 1x1-conv input and drop them after use; backward makes
 them again (one more 1x1 conv, the cheapest layer of the head) instead of keeping them. The
 1x1 conv is done as a batched matrix product on the flattened head input, and the PReLU's
 backward as leaky-ReLU backward plus one dot product for the slope (aten's PReLU backward was
@@ -70,31 +70,31 @@ def kernel_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Te
     return _KernelFilter.apply(pad, kernels.contiguous(), k)
 
 
-def _tap_chunks(n: int, c: int, h: int, w: int, taps: int, cuda: bool) -> list[tuple[int, int]]:
+def _row_tiles(n: int, c: int, h: int, w: int, taps: int, cuda: bool) -> list[tuple[int, int]]:
+    """Row blocks of the output whose kernels (all taps) fit the chunk budget, at least one row."""
     budget = CHUNK_ELEMENTS * (CUDA_CHUNK_FACTOR if cuda else 1)
-    per = max(1, min(taps, budget // max(1, n * c * h * w)))
-    return [(t, min(t + per, taps)) for t in range(0, taps, per)]
+    rows = max(1, min(h, budget // max(1, n * c * taps * w)))
+    return [(r, min(r + rows, h)) for r in range(0, h, rows)]
 
 
 def _scratch(buf: torch.Tensor, *shape: int) -> torch.Tensor:
-    """A contiguous view of the front of a flat buffer: one allocation reused by every chunk (a
-    fresh 16 MB CPU tensor is paid again in page faults, which doubles the pass that fills it)."""
+    """A contiguous view of the front of a flat buffer: one allocation reused by every tile (a
+    fresh CPU tensor is paid again in page faults, and a reused one stays in cache)."""
     size = 1
     for d in shape:
         size *= d
     return buf[:size].view(shape)
 
 
-def _chunk_preactivation(hflat, weight, c: int, t0: int, t1: int, out: torch.Tensor):
-    """The 1x1 conv's output for taps t0..t1 as one batched matrix product, (N, C*(t1-t0), H*W),
-    from hflat (N, Cin+1, H*W): the head's input with a row of ones, so the bias is the weight's
-    last column (C*k*k, Cin+1) and costs no pass of its own. (A matrix product, not a 1x1
-    convolution: on the CPU oneDNN reorders such skinny convolutions' inputs and outputs at
-    every call, 2-3x slower.)"""
-    kk = weight.shape[0] // c
-    wt = weight.view(c, kk, -1)[:, t0:t1].reshape(c * (t1 - t0), -1).to(hflat.dtype)
-    n, m, hw = hflat.shape[0], wt.shape[0], hflat.shape[2]
-    return torch.bmm(wt.expand(n, -1, -1), hflat, out=_scratch(out, n, m, hw)), wt
+def _tile_preactivation(hflat, waug, r0: int, r1: int, w: int, out: torch.Tensor) -> torch.Tensor:
+    """The 1x1 conv's output for output rows r0..r1, all taps, as one batched matrix product,
+    (N, C*k*k, (r1-r0)*W), from hflat (N, Cin+1, H*W): the head's input with a row of ones, so
+    the bias is waug's last column (C*k*k, Cin+1) and costs no pass of its own. (A matrix
+    product, not a 1x1 convolution: on the CPU oneDNN reorders such skinny convolutions' inputs
+    and outputs at every call, 2-3x slower.)"""
+    cols = hflat[:, :, r0 * w:r1 * w]
+    n, m = hflat.shape[0], waug.shape[0]
+    return torch.bmm(waug.expand(n, -1, -1), cols, out=_scratch(out, n, m, cols.shape[2]))
 
 
 def _prelu_backward(g_ker, z, alpha, acc):
@@ -113,9 +113,10 @@ def _dot(a, b, acc):
 
 
 class _PredictedKernelFilter(torch.autograd.Function):
-    """Forward: out = sum_t PReLU(W_t hidden + b_t) * shift_t(pad), chunks of taps at a time.
-    Saves only pad, the head's input (with a row of ones) and the parameters; backward makes
-    each chunk's kernels again.
+    """Forward: out = sum_t PReLU(W_t hidden + b_t) * shift_t(pad), a block of output rows at a
+    time with all k*k taps: the block's kernels, its outputs and the rows of pad under it stay
+    in cache through the passes over them. Saves only pad, the head's input (with a row of
+    ones) and the parameters; backward makes each block's kernels again.
 
     With a positive slope (the PReLU's initial 0.2, and where it stays in training) backward
     works in place: the kernels overwrite their pre-activation, dL/dz overwrites dL/dkernels
@@ -127,7 +128,7 @@ class _PredictedKernelFilter(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, pad, hidden, weight, bias, alpha, c: int, k: int):
         n, cin, hp, wp = pad.shape[0], hidden.shape[1], pad.shape[2], pad.shape[3]
-        h, w = hp - k + 1, wp - k + 1
+        h, w, kk = hp - k + 1, wp - k + 1, k * k
         if pad.is_meta:  # complexity counting (ldct.complexity): the shape, and the 1x1 conv's MACs
             torch.bmm(weight.reshape(1, -1, cin).expand(n, -1, -1), hidden.reshape(n, cin, h * w))
             return pad.new_empty(n, c, h, w)
@@ -135,18 +136,18 @@ class _PredictedKernelFilter(torch.autograd.Function):
         hflat = torch.cat([hidden.reshape(n, cin, h * w), hidden.new_ones(n, 1, h * w)], 1)
         if torch.is_autocast_enabled(pad.device.type):  # the matrix products' dtype, for their out= buffer
             hflat = hflat.to(torch.get_autocast_dtype(pad.device.type))
-        waug = torch.cat([weight.reshape(-1, cin), bias.reshape(-1, 1)], 1)
-        out = None
-        chunks = _tap_chunks(n, c, h, w, k * k, pad.is_cuda)
-        zbuf = hflat.new_empty(n * c * (chunks[0][1] - chunks[0][0]) * h * w)
-        for t0, t1 in chunks:
-            z, _ = _chunk_preactivation(hflat, waug, c, t0, t1, zbuf)
-            ker = F.leaky_relu_(z, slope).view(n, c, t1 - t0, h, w)  # = PReLU with the one slope
-            if out is None:
-                out = torch.zeros(n, c, h, w, dtype=torch.result_type(pad, ker), device=pad.device)
-            for t in range(t0, t1):
+        waug = torch.cat([weight.reshape(-1, cin), bias.reshape(-1, 1)], 1).to(hflat.dtype)
+        tiles = _row_tiles(n, c, h, w, kk, pad.is_cuda)
+        zbuf = hflat.new_empty(n * c * kk * (tiles[0][1] - tiles[0][0]) * w)
+        out = torch.empty(n, c, h, w, dtype=torch.result_type(pad, zbuf), device=pad.device)
+        for r0, r1 in tiles:
+            z = _tile_preactivation(hflat, waug, r0, r1, w, zbuf)
+            ker = F.leaky_relu_(z, slope).view(n, c, kk, r1 - r0, w)  # = PReLU with the one slope
+            o = out[:, :, r0:r1]
+            torch.mul(ker[:, :, 0], pad[:, :, r0:r1, :w], out=o)
+            for t in range(1, kk):
                 i, j = divmod(t, k)
-                out.addcmul_(ker[:, :, t - t0], pad[:, :, i:i + h, j:j + w])
+                o.addcmul_(ker[:, :, t], pad[:, :, r0 + i:r1 + i, j:j + w])
         ctx.save_for_backward(pad, hflat, weight, bias, alpha)
         ctx.c, ctx.k = c, k
         return out
@@ -164,24 +165,27 @@ class _PredictedKernelFilter(torch.autograd.Function):
         slope = alpha.item()
         in_place = slope > 0
         grad_pad = torch.zeros(pad.shape, dtype=acc, device=pad.device) if need_pad else None
-        grad_hidden = torch.zeros(n, cin, hw, dtype=acc, device=pad.device) if need_hidden else None
-        grad_wb = torch.zeros(c, kk, cin1, dtype=acc, device=pad.device)  # weight's, then bias's column
+        grad_hidden = torch.empty(n, cin, hw, dtype=acc, device=pad.device) if need_hidden else None
+        grad_wb = torch.zeros(c * kk, cin1, dtype=acc, device=pad.device)  # weight's, then bias's column
         grad_a = torch.zeros((), dtype=acc, device=pad.device)
-        waug = torch.cat([weight.reshape(-1, cin), bias.reshape(-1, 1)], 1)
-        chunks = _tap_chunks(n, c, h, w, kk, pad.is_cuda)
-        zbuf, gbuf = (hflat.new_empty(n * c * (chunks[0][1] - chunks[0][0]) * h * w) for _ in range(2))
-        for t0, t1 in chunks:
-            z, wt = _chunk_preactivation(hflat, waug, c, t0, t1, zbuf)
-            g_ker = _scratch(gbuf, n, c, t1 - t0, h, w)  # dL/d kernels of the chunk
+        waug = torch.cat([weight.reshape(-1, cin), bias.reshape(-1, 1)], 1).to(hflat.dtype)
+        w_t = waug[:, :cin].t().to(acc).expand(n, -1, -1)
+        tiles = _row_tiles(n, c, h, w, kk, pad.is_cuda)
+        zbuf, gbuf = (hflat.new_empty(n * c * kk * (tiles[0][1] - tiles[0][0]) * w) for _ in range(2))
+        for r0, r1 in tiles:
+            rows = r1 - r0
+            z = _tile_preactivation(hflat, waug, r0, r1, w, zbuf)
+            g_ker = _scratch(gbuf, n, c, kk, rows, w)  # dL/d kernels of the block
             if in_place:
                 ker = F.leaky_relu_(z, slope).view_as(g_ker)
             else:
                 ker = F.leaky_relu(z, slope).view_as(g_ker) if need_pad else None
-            for t in range(t0, t1):
+            g = grad[:, :, r0:r1]
+            for t in range(kk):
                 i, j = divmod(t, k)
-                torch.mul(grad, pad[:, :, i:i + h, j:j + w], out=g_ker[:, :, t - t0])
+                torch.mul(g, pad[:, :, r0 + i:r1 + i, j:j + w], out=g_ker[:, :, t])
                 if need_pad:
-                    grad_pad[:, :, i:i + h, j:j + w].addcmul_(grad, ker[:, :, t - t0])
+                    grad_pad[:, :, r0 + i:r1 + i, j:j + w].addcmul_(g, ker[:, :, t])
             g_ker = g_ker.view_as(z)
             if in_place:  # z holds the kernels
                 g_z = torch.ops.aten.leaky_relu_backward.grad_input(g_ker, z, slope, True, grad_input=g_ker)
@@ -193,14 +197,15 @@ class _PredictedKernelFilter(torch.autograd.Function):
                 if need_a:
                     grad_a += g_a
             del z
+            cols = hflat[:, :, r0 * w:r1 * w]
             if need_w or need_b:
-                grad_wb[:, t0:t1] += torch.bmm(g_z, hflat.transpose(1, 2).to(g_z.dtype)).sum(0).view(c, t1 - t0, cin1)
+                grad_wb += torch.bmm(g_z, cols.transpose(1, 2).to(g_z.dtype)).sum(0)
             if need_hidden:
-                grad_hidden.baddbmm_(wt[:, :cin].t().to(acc).expand(n, -1, -1), g_z.to(acc))
+                grad_hidden[:, :, r0 * w:r1 * w] = torch.bmm(w_t, g_z.to(acc))
         return ((grad_pad.to(pad.dtype) if need_pad else None),
                 (grad_hidden.view(n, cin, h, w).to(hflat.dtype) if need_hidden else None),
-                (grad_wb[..., :cin].reshape(weight.shape).to(weight.dtype) if need_w else None),
-                (grad_wb[..., cin].reshape(bias.shape).to(bias.dtype) if need_b else None),
+                (grad_wb[:, :cin].reshape(weight.shape).to(weight.dtype) if need_w else None),
+                (grad_wb[:, cin].reshape(bias.shape).to(bias.dtype) if need_b else None),
                 (grad_a.view_as(alpha).to(alpha.dtype) if need_a else None), None, None)
 
 

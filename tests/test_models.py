@@ -104,11 +104,11 @@ def test_kernel_filter_matches_unfold_oracle(k):
         assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("chunk", [1, 300, 1 << 22])  # one tap at a time, a few, all at once
+@pytest.mark.parametrize("chunk", [1, 2000, 1 << 22])  # one output row at a time, a few, all at once
 @pytest.mark.parametrize("n, c, cin, h, w, k", [(2, 3, 4, 9, 11, 3), (1, 2, 5, 7, 6, 5)])
 @pytest.mark.parametrize("slope", [0.2, -0.3])  # in-place backward; the general path
 def test_fused_kernel_head_filter_equals_the_unfused_composition(monkeypatch, chunk, n, c, cin, h, w, k, slope):
-    """Feat-KPN's fused op (kernels made per chunk of taps, never stored) against the
+    """Feat-KPN's fused op (kernels made per block of output rows, never stored) against the
     reference's order of operations: 1x1 conv, PReLU, then the filtering; outputs and the
     gradients of the features, the head's input, the conv and the PReLU slope."""
     monkeypatch.setattr(kernel_ops, "CHUNK_ELEMENTS", chunk)
