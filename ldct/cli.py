@@ -362,6 +362,7 @@ def cmd_denoise(a) -> None:
          arg("--dice", help="per-class Dice CSV (needs --segmenter)"),
          arg("--denoised", nargs="+", help="folder(s) of the experiment's outputs (one per --out)"),
          arg("--segmenter", help="segmenter.pt (for --dice)"),
+         arg("--ndct-seg", help="folder of the NDCT segmentations from `segment-ndct` (else made here)"),
          arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG)
 def cmd_evaluate(a) -> None:
     from ldct.evaluate import evaluate_experiment
@@ -373,7 +374,19 @@ def cmd_evaluate(a) -> None:
         raise UsageError("--dice goes with a single --out")
     for (low, out), den in zip(_pairs(a.low, a.out, "--low", "--out"), denoised):
         evaluate_experiment(a.experiment, a.nifti, _test_subjects(a.splits), den, a.segmenter, out, a.dice,
-                            a.device, low)
+                            a.device, low, a.ndct_seg)
+
+
+@command("segment-ndct", "segment the test subjects' NDCT with the frozen segmenter (the Dice reference)",
+         arg("--nifti", required=True, help="results/{dataset}/nifti"),
+         arg("--splits", required=True, help="splits.json (its test subjects are segmented)"),
+         arg("--segmenter", required=True, help="segmenter.pt"),
+         arg("--outdir", required=True, help="folder for one label NIfTI per subject"),
+         arg("--device", default="auto", help="auto, cpu or cuda"))
+def cmd_segment_ndct(a) -> None:
+    from ldct.evaluate import segment_ndct
+
+    segment_ndct(a.nifti, _test_subjects(a.splits), a.segmenter, a.outdir, a.device)
 
 
 # --- clinical image quality (synthetic data) ------------------------------------------------------

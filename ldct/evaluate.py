@@ -37,6 +37,31 @@ def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_d
         write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(pred), sv.affine)
 
 
+def segment_ndct(nifti_dir: str, subjects: list[str], segmenter: str, out_dir: str, device: str = "auto") -> None:
+    """The frozen segmenter's labels of each subject's NDCT, one uint8 NIfTI per subject (the
+    NDCT's affine): the reference every experiment's Dice is taken against, made once instead
+    of in each evaluation job."""
+    dev = pick_device(device)
+    seg = load_segmenter(segmenter, dev)
+    for subject in tqdm(subjects, desc="segment NDCT", file=sys.stderr, disable=False):
+        sv = load_subject(nifti_dir, subject, with_labels=False)
+        write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(segment(seg, sv.full, dev)), sv.affine,
+                    dtype=np.uint8)
+
+
+def _ndct_labels(seg, sv, subject: str, ndct_seg_dir: str | None, dev) -> np.ndarray:
+    """The NDCT segmentation of a subject: read from `segment_ndct`'s folder, or made here."""
+    if ndct_seg_dir is None:
+        return segment(seg, sv.full, dev)
+    path = Path(ndct_seg_dir) / f"{subject}.nii.gz"
+    vol, _ = read_nifti(path)
+    labels = to_slices(vol).astype(np.uint8)
+    if labels.shape != sv.full.shape:
+        raise DataError(f"{path}: shape {labels.shape} differs from the NDCT's {sv.full.shape}; "
+                        "segment the NDCT again (ldct segment-ndct)")
+    return labels
+
+
 DICE_COLUMNS = ["experiment", "subject", "slice", "class", "out_px", "ndct_px", "truth_px", "inter_ndct",
                 "inter_truth", "dice_vs_ndct", "dice_vs_truth"]
 
@@ -67,11 +92,12 @@ def dice_counts(experiment: str, subject: str, seg_out: np.ndarray, seg_ndct: np
 
 def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], denoised_dir: str | None,
                         segmenter: str | None, out_metrics: str, out_dice: str | None, device: str = "auto",
-                        low_name: str = LOW_NAME) -> pd.DataFrame:
+                        low_name: str = LOW_NAME, ndct_seg_dir: str | None = None) -> pd.DataFrame:
     """Per-slice metrics against NDCT (and the phantom truth where present), and per-slice,
     per-class Dice of the frozen segmenter on the output against its NDCT segmentation and
     against the true labels (when `segmenter` and `out_dice` are given). `low_name` picks
-    the low-dose input of the LDCT row (another dose of the dose sweep)."""
+    the low-dose input of the LDCT row (another dose of the dose sweep); `ndct_seg_dir` holds
+    the NDCT segmentations from `segment_ndct` (without it they are made here)."""
     dev = pick_device(device)
     seg = load_segmenter(segmenter, dev) if segmenter and out_dice else None
     rows, dice_rows = [], []
@@ -90,7 +116,8 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
         rows += [{"experiment": experiment, "subject": subject, "slice": s, **m, **t}
                  for s, (m, t) in enumerate(zip(vs_full, vs_truth))]
         if seg is not None:
-            dice_rows += dice_counts(experiment, subject, segment(seg, out, dev), segment(seg, sv.full, dev), sv.labels)
+            dice_rows += dice_counts(experiment, subject, segment(seg, out, dev),
+                                     _ndct_labels(seg, sv, subject, ndct_seg_dir, dev), sv.labels)
     df = pd.DataFrame(rows)
     write_csv(out_metrics, df)
     if out_dice:

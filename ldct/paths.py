@@ -56,12 +56,16 @@ class ResultPaths:
     def segmenter_history(self) -> Path:
         return self.root / "anatomy" / "history.csv"
 
-    # training
     @property
     def segmenter_checkpoints(self) -> Path:
         """The segmenter pre-training's resumable state (not a Snakemake output)."""
         return self.root / "anatomy" / "checkpoints"
 
+    def ndct_segmentation(self, subject: str = "") -> Path:
+        """The frozen segmenter's labels of a test subject's NDCT: made once, read by every evaluation."""
+        return self.root / "anatomy" / "ndct_segmentation" / (f"{subject}.nii.gz" if subject else "")
+
+    # training
     def model(self, exp: str) -> Path:
         return self.root / "train" / exp / "model.pt"
 

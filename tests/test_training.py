@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -417,3 +418,33 @@ def test_wgan_vgg_trains_with_its_critic(dataset, tmp_path):
     hist, _ = train(dataset, "wgan", tmp_path, experiment=gan)
     assert {"loss_adversarial", "loss_vgg", "loss_discriminator"} <= set(hist.columns)
     assert hist[["loss_adversarial", "loss_vgg", "loss_discriminator"]].notna().all().all()
+
+
+def test_evaluation_reads_the_ndct_segmentation_made_once(dataset, tmp_path):
+    """`segment_ndct` writes the segmenter's NDCT labels once; an evaluation that reads them
+    gives the same Dice rows as one that segments NDCT itself, and refuses labels of another
+    shape, naming the file."""
+    import models
+    from ldct.anatomy import save_segmenter
+    from ldct.errors import DataError
+    from ldct.evaluate import evaluate_experiment, segment_ndct
+    from ldct.io import write_nifti
+
+    base, splits = dataset
+    torch.manual_seed(0)
+    seg = str(tmp_path / "seg.pt")
+    save_segmenter(seg, models.build("unet", base_width=4), source="test")
+    nifti, test = str(base / "nifti"), splits["test"]
+    segment_ndct(nifti, test, seg, str(tmp_path / "ndct_seg"), "cpu")
+    dice = {}
+    for way, seg_dir in (("made", None), ("read", str(tmp_path / "ndct_seg"))):
+        evaluate_experiment("LDCT", nifti, test, None, seg, str(tmp_path / f"{way}.csv"),
+                            str(tmp_path / f"{way}_dice.csv"), "cpu", ndct_seg_dir=seg_dir)
+        dice[way] = pd.read_csv(tmp_path / f"{way}_dice.csv")
+    assert (dice["made"]["ndct_px"] > 0).any() and (dice["made"]["out_px"] > 0).any()
+    pd.testing.assert_frame_equal(dice["made"], dice["read"])
+    write_nifti(tmp_path / "bad" / f"{test[0]}.nii.gz", np.zeros((4, 4, 2)), np.eye(4), dtype=np.uint8)
+    with pytest.raises(DataError, match=f"{test[0]}.nii.gz: shape .* differs from the NDCT"):
+        evaluate_experiment("LDCT", nifti, test, None, seg, str(tmp_path / "bad.csv"), str(tmp_path / "bad_dice.csv"),
+                            "cpu", ndct_seg_dir=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad.csv").exists()

@@ -182,6 +182,7 @@ def series_args(wc, input):
 
 def evaluate_inputs(wc):
     inp = {"splits": str(RP.splits), "segmenter": str(RP.segmenter),
+           "ndct_seg": [str(RP.ndct_segmentation(s)) for s in SPLITS["test"]],
            "data": nifti_files(SPLITS["test"], labels=SYNTHETIC), "code": code_files("metrics")}
     if wc.experiment != LDCT:
         inp["denoised"] = [str(RP.denoised(wc.experiment, s)) for s in SPLITS["test"]]

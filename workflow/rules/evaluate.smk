@@ -26,6 +26,29 @@ rule denoise:
 
 
 
+# The segmenter's labels of the NDCT test volumes, the reference of every row's Dice: made once.
+rule segment_ndct:
+    input:
+        segmenter=str(RP.segmenter),
+        splits=str(RP.splits),
+        data=nifti_files(SPLITS["test"]),
+    output:
+        [str(RP.ndct_segmentation(s)) for s in SPLITS["test"]],
+    log:
+        str(RP.log("segment_ndct")),
+    params:
+        nifti=nifti_root,
+        outdir=lambda wc, output: str(Path(output[0]).parent),
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m ldct segment-ndct --threads {threads} --nifti {params.nifti:q} --splits {input.splits:q} "
+        "--segmenter {input.segmenter:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+
+
 rule evaluate:
     input:
         unpack(evaluate_inputs),
@@ -37,6 +60,7 @@ rule evaluate:
     params:
         nifti=nifti_root,
         denoised=lambda wc, input: f"--denoised {shlex.quote(str(Path(input.denoised[0]).parent))}" if wc.experiment != LDCT else "",
+        ndct_seg=lambda wc, input: str(Path(input.ndct_seg[0]).parent),
     wildcard_constraints:
         experiment="|".join(ROWS),
     threads: 1
@@ -44,7 +68,7 @@ rule evaluate:
         CONDA_ENV
     shell:
         "python -m ldct evaluate --threads {threads} --experiment {wildcards.experiment:q} --nifti {params.nifti:q} "
-        "--splits {input.splits:q} {params.denoised} --segmenter {input.segmenter:q} "
+        "--splits {input.splits:q} {params.denoised} --segmenter {input.segmenter:q} --ndct-seg {params.ndct_seg:q} "
         "--out {output.metrics:q} --dice {output.dice:q} > {log:q} 2>&1"
 
 
