@@ -337,3 +337,18 @@ def test_memory_saving_activations_equal_torch(slope):
         assert torch.equal(ours, theirs)
         for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(theirs, params, g)):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_featkpn_runs_under_autocast():
+    """Mixed precision through the fused op (CPU bfloat16 autocast: the same dtype handling as
+    CUDA AMP, matrix products into reduced-precision buffers, gradients accumulated in fp32):
+    the output stays near the float32 one and every parameter gets a finite gradient."""
+    torch.manual_seed(0)
+    net = models.build("featkpn")
+    x = torch.rand(2, 1, 40, 44)
+    ref = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out.shape == ref.shape and (out.float() - ref).abs().max() < 1e-2
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
