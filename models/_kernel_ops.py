@@ -98,6 +98,16 @@ def _tile_preactivation(hflat, waug, r0: int, r1: int, w: int, out: torch.Tensor
     return torch.bmm(waug.expand(n, -1, -1), cols, out=_scratch(out, n, m, cols.shape[2]))
 
 
+def _tap_view(pad: torch.Tensor, r0: int, r1: int, k: int, w: int) -> torch.Tensor:
+    """Every tap's shifted window of pad under output rows r0..r1 as one (N, C, k, k, rows, W)
+    view of pad's memory (no copy; read-only: the windows overlap), for one broadcast product
+    instead of k*k small ones."""
+    n, c = pad.shape[:2]
+    s_n, s_c, s_h, s_w = pad.stride()
+    return pad.as_strided((n, c, k, k, r1 - r0, w), (s_n, s_c, s_h, s_w, s_h, s_w),
+                          pad.storage_offset() + r0 * s_h)
+
+
 def _prelu_backward(g_ker, z, alpha, acc):
     """The PReLU's backward for one chunk, general slope: dL/dz, and dL/d(slope) summed. Written
     as a leaky-ReLU backward and a dot product: aten's PReLU backward, which also writes the
@@ -182,10 +192,10 @@ class _PredictedKernelFilter(torch.autograd.Function):
             else:
                 ker = F.leaky_relu(z, slope).view_as(g_ker) if need_pad else None
             g = grad[:, :, r0:r1]
-            for t in range(kk):
-                i, j = divmod(t, k)
-                torch.mul(g, pad[:, :, r0 + i:r1 + i, j:j + w], out=g_ker[:, :, t])
-                if need_pad:
+            torch.mul(g[:, :, None, None], _tap_view(pad, r0, r1, k, w), out=g_ker.view(n, c, k, k, rows, w))
+            if need_pad:
+                for t in range(kk):
+                    i, j = divmod(t, k)
                     grad_pad[:, :, r0 + i:r1 + i, j:j + w].addcmul_(g, ker[:, :, t])
             g_ker = g_ker.view_as(z)
             if in_place:  # z holds the kernels
