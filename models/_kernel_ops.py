@@ -53,13 +53,12 @@ class _KernelFilter(torch.autograd.Function):
         ker = kernels.view(n, c, k * k, h, w)
         grad_pad = torch.zeros_like(pad) if ctx.needs_input_grad[0] else None
         grad_ker = torch.empty_like(ker) if ctx.needs_input_grad[1] else None
-        for i in range(k):
-            for j in range(k):
-                t = i * k + j
-                if grad_ker is not None:
-                    torch.mul(grad, pad[:, :, i:i + h, j:j + w], out=grad_ker[:, :, t])
-                if grad_pad is not None:
-                    grad_pad[:, :, i:i + h, j:j + w].addcmul_(grad, ker[:, :, t])
+        if grad_ker is not None:
+            torch.mul(grad[:, :, None, None], _tap_view(pad, 0, h, k, w), out=grad_ker.view(n, c, k, k, h, w))
+        if grad_pad is not None:
+            for i in range(k):
+                for j in range(k):
+                    grad_pad[:, :, i:i + h, j:j + w].addcmul_(grad, ker[:, :, i * k + j])
         return grad_pad, (grad_ker.view_as(kernels) if grad_ker is not None else None), None
 
 
