@@ -36,11 +36,8 @@ class _KernelFilter(torch.autograd.Function):
     def forward(ctx, pad: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
         n, c, hp, wp = pad.shape
         h, w = hp - k + 1, wp - k + 1
-        ker = kernels.view(n, c, k * k, h, w)
-        out = torch.zeros(n, c, h, w, dtype=torch.result_type(pad, kernels), device=pad.device)
-        for i in range(k):
-            for j in range(k):
-                out.addcmul_(ker[:, :, i * k + j], pad[:, :, i:i + h, j:j + w])
+        out = torch.empty(n, c, h, w, dtype=torch.result_type(pad, kernels), device=pad.device)
+        _filter_rows(out, kernels.view(n, c, k * k, h, w), pad, 0, h, k)
         ctx.save_for_backward(pad, kernels)
         ctx.k = k
         return out
@@ -54,11 +51,9 @@ class _KernelFilter(torch.autograd.Function):
         grad_pad = torch.zeros_like(pad) if ctx.needs_input_grad[0] else None
         grad_ker = torch.empty_like(ker) if ctx.needs_input_grad[1] else None
         if grad_ker is not None:
-            torch.mul(grad[:, :, None, None], _tap_view(pad, 0, h, k, w), out=grad_ker.view(n, c, k, k, h, w))
+            _tap_grads(grad_ker, grad, pad, 0, h, k)
         if grad_pad is not None:
-            for i in range(k):
-                for j in range(k):
-                    grad_pad[:, :, i:i + h, j:j + w].addcmul_(grad, ker[:, :, i * k + j])
+            _scatter_taps(grad_pad, grad, ker, 0, h, k)
         return grad_pad, (grad_ker.view_as(kernels) if grad_ker is not None else None), None
 
 
@@ -107,6 +102,29 @@ def _tap_view(pad: torch.Tensor, r0: int, r1: int, k: int, w: int) -> torch.Tens
                           pad.storage_offset() + r0 * s_h)
 
 
+def _filter_rows(out: torch.Tensor, ker: torch.Tensor, pad: torch.Tensor, r0: int, r1: int, k: int) -> None:
+    """out (N, C, r1-r0, W) = sum_t ker[:, :, t] * tap t's window of pad, taps summed in order."""
+    w = out.shape[-1]
+    torch.mul(ker[:, :, 0], pad[:, :, r0:r1, :w], out=out)
+    for t in range(1, k * k):
+        i, j = divmod(t, k)
+        out.addcmul_(ker[:, :, t], pad[:, :, r0 + i:r1 + i, j:j + w])
+
+
+def _tap_grads(out: torch.Tensor, grad: torch.Tensor, pad: torch.Tensor, r0: int, r1: int, k: int) -> None:
+    """out (N, C, k*k, r1-r0, W) = dL/dkernels: grad (N, C, r1-r0, W) times every tap's window."""
+    n, c, rows, w = grad.shape
+    torch.mul(grad[:, :, None, None], _tap_view(pad, r0, r1, k, w), out=out.view(n, c, k, k, rows, w))
+
+
+def _scatter_taps(grad_pad: torch.Tensor, grad: torch.Tensor, ker: torch.Tensor, r0: int, r1: int, k: int) -> None:
+    """grad_pad += grad * ker[:, :, t] at every tap t's window (dL/dpad of output rows r0..r1)."""
+    w = grad.shape[-1]
+    for t in range(k * k):
+        i, j = divmod(t, k)
+        grad_pad[:, :, r0 + i:r1 + i, j:j + w].addcmul_(grad, ker[:, :, t])
+
+
 def _prelu_backward(g_ker, z, alpha, acc):
     """The PReLU's backward for one chunk, general slope: dL/dz, and dL/d(slope) summed. Written
     as a leaky-ReLU backward and a dot product: aten's PReLU backward, which also writes the
@@ -153,11 +171,7 @@ class _PredictedKernelFilter(torch.autograd.Function):
         for r0, r1 in tiles:
             z = _tile_preactivation(hflat, waug, r0, r1, w, zbuf)
             ker = F.leaky_relu_(z, slope).view(n, c, kk, r1 - r0, w)  # = PReLU with the one slope
-            o = out[:, :, r0:r1]
-            torch.mul(ker[:, :, 0], pad[:, :, r0:r1, :w], out=o)
-            for t in range(1, kk):
-                i, j = divmod(t, k)
-                o.addcmul_(ker[:, :, t], pad[:, :, r0 + i:r1 + i, j:j + w])
+            _filter_rows(out[:, :, r0:r1], ker, pad, r0, r1, k)
         ctx.save_for_backward(pad, hflat, weight, bias, alpha)
         ctx.c, ctx.k = c, k
         return out
@@ -191,11 +205,9 @@ class _PredictedKernelFilter(torch.autograd.Function):
             else:
                 ker = F.leaky_relu(z, slope).view_as(g_ker) if need_pad else None
             g = grad[:, :, r0:r1]
-            torch.mul(g[:, :, None, None], _tap_view(pad, r0, r1, k, w), out=g_ker.view(n, c, k, k, rows, w))
+            _tap_grads(g_ker, g, pad, r0, r1, k)
             if need_pad:
-                for t in range(kk):
-                    i, j = divmod(t, k)
-                    grad_pad[:, :, r0 + i:r1 + i, j:j + w].addcmul_(g, ker[:, :, t])
+                _scatter_taps(grad_pad, g, ker, r0, r1, k)
             g_ker = g_ker.view_as(z)
             if in_place:  # z holds the kernels
                 g_z = torch.ops.aten.leaky_relu_backward.grad_input(g_ker, z, slope, True, grad_input=g_ker)
