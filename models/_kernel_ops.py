@@ -10,7 +10,9 @@ them again (one more 1x1 conv, the cheapest layer of the head) instead of keepin
 backward as leaky-ReLU backward plus one dot product for the slope (aten's PReLU backward was
 4x slower on CPU).
 
-Both pad by replication (k // 2) and order a pixel's kernel channels channel-major, then kernel
+Both pad by replication (k // 2) inside the op, so that the padding's autograd node does not
+keep the unpadded features alive for backward (the op keeps the padded copy, which it needs),
+and order a pixel's kernel channels channel-major, then kernel
 row, then column: out[n, c, y, x] = sum_ij K[n, c*k*k + i*k + j, y, x] * pad[n, c, y + i, x + j].
 """
 
@@ -27,15 +29,28 @@ CHUNK_ELEMENTS = 1 << 22
 CUDA_CHUNK_FACTOR = 16
 
 
+def _replicate_pad(feat: torch.Tensor, k: int) -> torch.Tensor:
+    r = k // 2
+    return F.pad(feat, (r, r, r, r), mode="replicate")
+
+
+def _unpad_grad(grad_pad: torch.Tensor, pad: torch.Tensor, k: int) -> torch.Tensor:
+    """dL/dfeat from dL/dpad: aten's own replication-pad backward (the border rows and columns
+    summed onto the edge pixels); pad's interior view stands in for feat, whose values it never reads."""
+    r = k // 2
+    h, w = pad.shape[2] - 2 * r, pad.shape[3] - 2 * r
+    return torch.ops.aten.replication_pad2d_backward(grad_pad, pad[:, :, r:r + h, r:r + w], [r, r, r, r])
+
+
 class _KernelFilter(torch.autograd.Function):
-    """Filtering of an already padded feature map by given kernels; forward and backward loop
-    over the k*k taps and touch only views, so nothing of unfolded size is ever allocated
-    (the gradient of the kernels, the size of the kernels themselves, excepted)."""
+    """Filtering of a feature map by given kernels; forward and backward loop over the k*k
+    taps and touch only views, so nothing of unfolded size is ever allocated (the gradient of
+    the kernels, the size of the kernels themselves, excepted)."""
 
     @staticmethod
-    def forward(ctx, pad: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
-        n, c, hp, wp = pad.shape
-        h, w = hp - k + 1, wp - k + 1
+    def forward(ctx, feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
+        pad = _replicate_pad(feat, k)
+        n, c, h, w = feat.shape
         out = torch.empty(n, c, h, w, dtype=torch.result_type(pad, kernels), device=pad.device)
         _filter_rows(out, kernels.view(n, c, k * k, h, w), pad, 0, h, k)
         ctx.save_for_backward(pad, kernels)
@@ -54,15 +69,13 @@ class _KernelFilter(torch.autograd.Function):
             _tap_grads(grad_ker, grad, pad, 0, h, k)
         if grad_pad is not None:
             _scatter_taps(grad_pad, grad, ker, 0, h, k)
-        return grad_pad, (grad_ker.view_as(kernels) if grad_ker is not None else None), None
+        return (_unpad_grad(grad_pad, pad, k) if grad_pad is not None else None), (grad_ker.view_as(kernels) if grad_ker is not None else None), None
 
 
 def kernel_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """Per-pixel, per-channel k x k filtering of feat (N, C, H, W) by kernels (N, C*k*k, H, W),
     without materialising unfolded patches."""
-    r = k // 2
-    pad = F.pad(feat, (r, r, r, r), mode="replicate")
-    return _KernelFilter.apply(pad, kernels.contiguous(), k)
+    return _KernelFilter.apply(feat, kernels.contiguous(), k)
 
 
 def _row_tiles(n: int, c: int, h: int, w: int, taps: int, cuda: bool) -> list[tuple[int, int]]:
@@ -154,9 +167,10 @@ class _PredictedKernelFilter(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, pad, hidden, weight, bias, alpha, c: int, k: int):
-        n, cin, hp, wp = pad.shape[0], hidden.shape[1], pad.shape[2], pad.shape[3]
-        h, w, kk = hp - k + 1, wp - k + 1, k * k
+    def forward(ctx, feat, hidden, weight, bias, alpha, c: int, k: int):
+        pad = _replicate_pad(feat, k)
+        n, cin, h, w = feat.shape[0], hidden.shape[1], feat.shape[2], feat.shape[3]
+        kk = k * k
         if pad.is_meta:  # complexity counting (ldct.complexity): the shape, and the 1x1 conv's MACs
             torch.bmm(weight.reshape(1, -1, cin).expand(n, -1, -1), hidden.reshape(n, cin, h * w))
             return pad.new_empty(n, c, h, w)
@@ -224,7 +238,7 @@ class _PredictedKernelFilter(torch.autograd.Function):
                 grad_wb += torch.bmm(g_z, cols.transpose(1, 2).to(g_z.dtype)).sum(0)
             if need_hidden:
                 grad_hidden[:, :, r0 * w:r1 * w] = torch.bmm(w_t, g_z.to(acc))
-        return ((grad_pad.to(pad.dtype) if need_pad else None),
+        return ((_unpad_grad(grad_pad.to(pad.dtype), pad, k) if need_pad else None),
                 (grad_hidden.view(n, cin, h, w).to(hflat.dtype) if need_hidden else None),
                 (grad_wb[:, :cin].reshape(weight.shape).to(weight.dtype) if need_w else None),
                 (grad_wb[:, cin].reshape(bias.shape).to(bias.dtype) if need_b else None),
@@ -239,6 +253,4 @@ def predicted_kernel_filter(feat: torch.Tensor, hidden: torch.Tensor, conv: torc
     c = feat.shape[1]
     if conv.kernel_size != (1, 1) or conv.out_channels != c * k * k or prelu.weight.numel() != 1:
         raise ValueError(f"predicted_kernel_filter needs a 1x1 conv with {c * k * k} outputs and a one-slope PReLU")
-    r = k // 2
-    pad = F.pad(feat, (r, r, r, r), mode="replicate")
-    return _PredictedKernelFilter.apply(pad, hidden.contiguous(), conv.weight, conv.bias, prelu.weight, c, k)
+    return _PredictedKernelFilter.apply(feat, hidden.contiguous(), conv.weight, conv.bias, prelu.weight, c, k)
