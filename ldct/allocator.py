@@ -9,7 +9,9 @@ benchmarks/featkpn_speed.py, which runs the reference both ways). Raising the th
 memory is what the largest step needs, as before.
 
 Called at start-up by the CLI (`ldct ...`) and the benchmarks; a no-op outside glibc, or when
-LDCT_KEEP_HEAP=0.
+LDCT_KEEP_HEAP=0. The memory kept is not all reusable: freed blocks of one size are split for
+others, so a 512x512 Feat-KPN step peaks ~390 MB (56 %) above what the computation itself
+holds (benchmarks/featkpn_speed.py measures both, the latter with `map_every_allocation`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,29 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD_BYTES = 1 << 30
 
 
+def _mallopt():
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter is linked against
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return mallopt
+
+
 def keep_large_allocations() -> bool:
     """Set glibc's mmap threshold to 1 GiB and turn off heap trimming; True if it took effect."""
     if os.environ.get("LDCT_KEEP_HEAP", "1") == "0":
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter is linked against
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) \
+        and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def map_every_allocation() -> bool:
+    """For measurement: every allocation above 128 KB its own mmap, returned to the kernel on
+    free (glibc's threshold fixed there, not adapted), so the resident set follows the memory
+    the computation holds at each moment, with no allocator's reserve on top. Slow (every new
+    tensor is paid in page faults). True if it took effect."""
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, 128 << 10)) \
+        and bool(mallopt(_M_TRIM_THRESHOLD, 128 << 10))
