@@ -61,15 +61,23 @@ def fingerprint(arrays: list[dict], files: list[str | Path] = (), packages: tupl
     return h.hexdigest()
 
 
+_FUSED_DEVICES = ("cpu", "cuda")  # devices with torch's fused Adam, AdamW and SGD
+
+
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    """`cfg['optimizer']` (adamw, the default; adam; sgd with momentum 0.9) at `cfg['lr']`."""
+    """`cfg['optimizer']` (adamw, the default; adam; sgd with momentum 0.9) at `cfg['lr']`.
+    torch's fused implementation where every parameter's device has one (CPU and CUDA): the
+    same update in one kernel over all parameters instead of a dozen ops per tensor (Feat-KPN's
+    AdamW step on 2 CPU threads 4.0 -> 0.9 ms; the values differ from the loop's by rounding)."""
     name, lr, wd = cfg.get("optimizer", "adamw"), cfg["lr"], cfg.get("weight_decay", 0.0)
+    params = list(params)
+    fused = {"fused": True} if params and all(p.device.type in _FUSED_DEVICES for p in params) else {}
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, **fused)
     raise TrainingError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 

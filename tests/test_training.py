@@ -286,6 +286,34 @@ def test_mixed_precision_training_on_cuda(dataset, tmp_path, capfd):
     assert not all(torch.equal(saved[k], init[k]) for k in init)  # the scaled steps did update the weights
 
 
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_optimizers_are_torchs_fused_ones_with_the_same_updates(name):
+    """build_optimizer takes torch's fused kernel on the CPU; its steps (with weight decay and a
+    changing learning rate) match the plain per-tensor implementation's to rounding."""
+    from ldct.engine import build_optimizer
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 1, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    init = [p.detach().clone() for p in nets[0].parameters()]
+    cfg = {"lr": 1e-2, "weight_decay": 0.05, "optimizer": name}
+    fused = build_optimizer(nets[0].parameters(), cfg)
+    plain = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    plain = plain(nets[1].parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                  **({"momentum": 0.9} if name == "sgd" else {}), foreach=False)
+    assert fused.defaults["fused"] and not plain.defaults.get("fused")
+    x = torch.randn(2, 1, 8, 8)
+    for step in range(5):
+        for opt, net in ((fused, nets[0]), (plain, nets[1])):
+            opt.param_groups[0]["lr"] = cfg["lr"] / (step + 1)
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b, a0 in zip(nets[0].parameters(), nets[1].parameters(), init):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a, a0)  # five steps did move every parameter
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_exponential_schedule_is_torchs_with_the_linear_warm_up():
     """The engine's one writer of the learning rate gives, float for float, what torch's
