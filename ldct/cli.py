@@ -210,7 +210,7 @@ def cmd_convert(a) -> None:
     import shutil
 
     from ldct.dicom import SubjectSeries, convert_subject, find_series
-    from ldct.io import atomic_path, write_json
+    from ldct.io import atomic_paths, write_json
 
     cfg = a.settings["dataset"]
     if a.full or a.low:
@@ -221,11 +221,14 @@ def cmd_convert(a) -> None:
         series = find_series(Path(a.subject_dir), cfg["full_series"], cfg["low_series"])
     else:
         raise UsageError("give --subject-dir (TCIA layout) or --full and --low series folders")
+    phantom = [Path(a.phantom) / name for name in ("labels.nii.gz", "truth.nii.gz", "repeat.nii.gz")] if a.phantom else []
+    for path in phantom:  # before anything is written
+        if not path.is_file():
+            raise MissingFileError(f"{path}: synthetic truth file not found (--phantom)")
     row = convert_subject(a.subject_dir, a.out, series=series)
-    if a.phantom:
-        for name in ("labels.nii.gz", "truth.nii.gz", "repeat.nii.gz"):
-            with atomic_path(Path(a.out) / name) as tmp:
-                shutil.copyfile(Path(a.phantom) / name, tmp)
+    with atomic_paths(*(Path(a.out) / path.name for path in phantom)) as tmps:
+        for path, tmp in zip(phantom, tmps):
+            shutil.copyfile(path, tmp)
     write_json(Path(a.out) / "manifest.json", row)
 
 
@@ -244,18 +247,19 @@ def cmd_convert_doses(a) -> None:
         pair_volumes,
         read_series,
     )
-    from ldct.io import write_nifti
+    from ldct.io import write_niftis
     from ldct.paths import low_dose_name
 
-    subject_dir, full = Path(a.subject_dir), None
-    for fraction in a.fractions:
+    subject_dir, full, volumes = Path(a.subject_dir), None, {}
+    for fraction in a.fractions:  # every series read and paired before any is written
         series = find_series(subject_dir, a.settings["dataset"]["full_series"], low_description(fraction, a.primary))
         if full is None:
             full = read_series(series.full)
         _, low, dropped = pair_volumes(full, read_series(series.low), str(subject_dir))
         if dropped:
             raise DicomError(f"{series.low}: slice positions differ from the full-dose series: {dropped}")
-        write_nifti(Path(a.out) / low_dose_name(fraction), low.data, low.affine)
+        volumes[Path(a.out) / low_dose_name(fraction)] = (low.data, low.affine)
+    write_niftis(volumes)
 
 
 @command("manifest", "gather per-subject manifest rows into one CSV",

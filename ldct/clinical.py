@@ -243,9 +243,13 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
 
 
 def load_scans(path: str | Path) -> dict[str, np.ndarray]:
-    from ldct.errors import MissingFileError
+    from ldct.errors import DataError, MissingFileError
 
     if not Path(path).is_file():
         raise MissingFileError(f"{path}: clinical scans not found (made by `ldct clinical-scans`)")
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as err:  # numpy raises several types for truncated or foreign files
+        raise DataError(f"{path}: cannot read clinical scans ({type(err).__name__}: {err}); "
+                        "remake them with `ldct clinical-scans`") from err

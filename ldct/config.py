@@ -167,6 +167,9 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (dataset:, train:, ...), "
+                          f"not a {type(cfg).__name__}")
     return validate_config(cfg)
 
 

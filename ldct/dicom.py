@@ -23,7 +23,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ldct.errors import DataError
-from ldct.io import write_nifti
+from ldct.io import write_niftis
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,9 @@ def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             ds = pydicom.dcmread(f)
         except Exception as err:
             raise DicomError(f"{f}: not a readable DICOM file ({err})") from err
+        missing = [tag for tag in ("Modality", "PixelData") if tag not in ds]
+        if missing:  # pydicom reads what a cut-off file holds without complaint
+            raise DicomError(f"{f}: missing {' and '.join(missing)}: a truncated file, or not an image")
         modality = ds.get("Modality", None)
         if modality != "CT":
             raise DicomError(f"{f}: modality is {modality!r}, expected 'CT'")
@@ -348,8 +351,7 @@ def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_ke
     if dropped:
         log.warning("%s: dropped slice positions present in only one series: %s", where, dropped)
     out_dir = Path(out_dir)
-    write_nifti(out_dir / "full.nii.gz", full.data, full.affine)
-    write_nifti(out_dir / "low.nii.gz", low.data, low.affine)
+    write_niftis({out_dir / "full.nii.gz": (full.data, full.affine), out_dir / "low.nii.gz": (low.data, low.affine)})
     ratio = None
     if full.meta["exposure_mas"] and low.meta["exposure_mas"]:
         ratio = low.meta["exposure_mas"] / full.meta["exposure_mas"]

@@ -37,6 +37,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """`atomic_path` for outputs that belong together: all are renamed onto their paths only
+    once the block has written every one; on an error none is."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1) + "\n")
@@ -54,16 +62,27 @@ def write_csv(path: str | os.PathLike, df) -> None:
 
 def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, dtype=np.int16) -> None:
     """Write a (X, Y, Z) volume; HU is rounded when stored as int16."""
-    arr = np.asarray(data)
-    if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
-        if not np.isfinite(arr).all():
-            raise DataError(f"{path}: refusing to write non-finite values")
-        info = np.iinfo(dtype)
-        arr = np.clip(np.rint(arr), info.min, info.max)
-    img = nib.Nifti1Image(arr.astype(dtype), affine)
-    img.header.set_xyzt_units("mm", "sec")
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+    write_niftis({path: (data, affine)}, dtype)
+
+
+def write_niftis(volumes: dict, dtype=np.int16) -> None:
+    """Write volumes that belong together ({path: (data, affine)}): every one is checked and
+    written under a temporary name first, and all are renamed into place only then, so a bad
+    volume leaves every file as it was."""
+    images = {}
+    for path, (data, affine) in volumes.items():
+        arr = np.asarray(data)
+        if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
+            if not np.isfinite(arr).all():
+                raise DataError(f"{path}: refusing to write non-finite values")
+            info = np.iinfo(dtype)
+            arr = np.clip(np.rint(arr), info.min, info.max)
+        img = nib.Nifti1Image(arr.astype(dtype), affine)
+        img.header.set_xyzt_units("mm", "sec")
+        images[path] = img
+    with atomic_paths(*images) as tmps:
+        for img, tmp in zip(images.values(), tmps):
+            nib.save(img, str(tmp))
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,12 @@ def load_preset(name: str) -> dict[str, list[str]]:
         if not path.is_file():
             raise SplitError(f"split preset {name!r} is neither one of {sorted(PRESETS)} nor a JSON file")
         text, where = path.read_text(), str(path)
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SplitError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise SplitError(f"{where}: expected an object with 'train', 'val' and 'test' subject lists")
     out = {k: list(data.get(k, [])) for k in ("train", "val", "test")}
     if not out["train"]:
         raise SplitError(f"{where}: no 'train' subjects")

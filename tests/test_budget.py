@@ -49,7 +49,7 @@ def test_per_experiment_epochs_are_refused_under_a_fixed_budget():
     with pytest.raises(ConfigError, match="experiments.a.train.epochs: set by the budget protocol"):
         validate_config(cfg)
     cfg["train"] = {"budget": {"protocol": "converged"}}
-    assert validate_config(cfg)
+    assert validate_config(cfg)["experiments"]["a"]["train"]["epochs"] == 3  # the converged protocol takes them
 
 
 def history(psnr, best=None):

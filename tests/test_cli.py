@@ -3,6 +3,7 @@
 import json
 import shlex
 
+import numpy as np
 import pytest
 
 from ldct.cli import build_parser, main, section_flags
@@ -56,6 +57,49 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capfd):
     with pytest.raises(SystemExit):  # argparse: a wrong type names the option
         main(["split", "--out", "x", "--fractions-val", "lots", "A"])
     assert "--fractions-val" in capfd.readouterr().err
+    assert main(["convert", "--out", str(tmp_path / "c")]) == 1
+    assert "give --subject-dir (TCIA layout) or --full and --low series folders" in capfd.readouterr().err
+    assert main(train) == 1
+    assert "give --spec JSON, or --config FILE with --experiment NAME" in capfd.readouterr().err
+    assert main(clinical + ["--row", "a", "b", "--out", "a.json", "b.json", "--model", "m.pt"]) == 1
+    assert "--model goes with a single --row" in capfd.readouterr().err
+    (tmp_path / "scans.npz").write_bytes(b"")
+    assert main(clinical + ["--row", "LDCT", "--out", "o.json"]) == 1
+    assert "scans.npz: cannot read clinical scans (EOFError" in capfd.readouterr().err
+    np.savez(tmp_path / "scans.npz", truth=np.zeros((1, 4, 4)))
+    assert main(clinical + ["--row", "LDCT", "--out", "o.json"]) == 1
+    assert "sites.csv: sites CSV not found" in capfd.readouterr().err
+    evaluate = ["evaluate", "--experiment", "x", "--nifti", str(tmp_path), "--splits", str(splits)]
+    assert main(evaluate + ["--denoised", "d1", "d2", "--out", "m.csv"]) == 1
+    assert "--denoised gives 2 folders and --out 1 files; give one each" in capfd.readouterr().err
+    splits.write_text("{not json")
+    assert main(evaluate + ["--out", "m.csv"]) == 1
+    assert "splits.json: not valid JSON" in capfd.readouterr().err
+    assert not list(tmp_path.glob("*.csv")) and [p.name for p in tmp_path.glob("*.json")] == ["splits.json"]
+
+
+def test_bad_nifti_input_is_named(tmp_path):
+    """A subject's volumes: missing, unreadable, NaN, or low and full of different geometry."""
+    from ldct.data import load_subject, stack_subjects
+    from ldct.errors import DataError, MissingFileError
+    from ldct.io import write_nifti
+
+    d = tmp_path / "S1"
+    vol = np.zeros((8, 8, 2))
+    write_nifti(d / "full.nii.gz", vol, np.eye(4))
+    with pytest.raises(MissingFileError, match="S1/low.nii.gz: NIfTI file not found"):
+        load_subject(tmp_path, "S1")
+    (d / "low.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="S1/low.nii.gz: cannot read NIfTI"):
+        load_subject(tmp_path, "S1")
+    write_nifti(d / "low.nii.gz", np.zeros((8, 6, 2)), np.eye(4))
+    with pytest.raises(DataError, match=r"S1/low.nii.gz: geometry \(6, 8, 2\)|S1/low.nii.gz: geometry"):
+        load_subject(tmp_path, "S1")
+    write_nifti(d / "low.nii.gz", np.where(np.eye(8)[..., None] > 0, np.nan, vol), np.eye(4), dtype=np.float32)
+    with pytest.raises(DataError, match="S1/low.nii.gz: contains NaN or inf"):
+        load_subject(tmp_path, "S1")
+    with pytest.raises(DataError, match="no subjects given"):
+        stack_subjects(tmp_path, [])
 
 
 def test_ssim_l1_trains_on_the_reference_arithmetic():

@@ -14,7 +14,9 @@ SHIPPED = [ROOT / "config.yaml", *sorted((ROOT / "tests" / "configs").glob("*.ya
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
-    assert cfg["experiments"]
+    named = (yaml.safe_load(path.read_text()) or {}).get("experiments") or {}
+    assert cfg["experiments"] and set(named) <= set(cfg["experiments"])  # every experiment the file names
+    assert all(spec["model"]["name"] and spec["loss"]["name"] for spec in cfg["experiments"].values())
     assert cfg["normalization"] == {"hu_min": -1024.0, "hu_max": 3072.0}
 
 
@@ -52,6 +54,8 @@ def test_every_schema_key_has_default_and_description():
     ({"dataset": {"source": "dicom"}}, "dataset.dicom_root"),
     ({"dataset": {"source": "dicom", "dicom_root": "/data"}}, "segmenter.weights"),
     ({"split": {"method": "preset"}}, "split.preset"),
+    ({"dataset": {"source": "dicom", "dicom_root": "/data", "layout": "generic"}, "segmenter": {"weights": "w.pth"}},
+     "dataset.series"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_2", "classes": [10, 17]}}}},
      "experiments.x.loss"),
     ({"experiments": {"x": {"model": {"name": "redcnn", "channnels": 32}, "loss": {"name": "l1"}}}},
@@ -91,6 +95,10 @@ def test_missing_or_broken_config_file(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- dataset: {name: x}\n")
+    with pytest.raises(ConfigError, match="listed.yaml: the top level must be a mapping of sections .*not a list"):
+        load_config(listed)
 
 
 def test_strings_from_the_command_line_are_read_as_the_schema_types():

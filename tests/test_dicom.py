@@ -84,7 +84,7 @@ def test_truncated_file_is_named(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     victim = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))[1]
     victim.write_bytes(victim.read_bytes()[:300])
-    _expect_error(subj, tmp_path / "out", victim.name)
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: (not a readable DICOM file|missing .*: a truncated file)")
 
 
 def test_non_ct_modality_is_named(synthetic_subject, tmp_path):
@@ -183,7 +183,7 @@ def test_undecodable_compressed_pixel_data_fails_clearly(synthetic_subject, tmp_
     _expect_error(subj, tmp_path / "out", f"{victim.name}: cannot decode pixel data .*JPEG 2000")
 
 
-def test_generic_layout_from_the_command_line(synthetic_subject, tmp_path):
+def test_generic_layout_from_the_command_line(synthetic_subject, tmp_path, capfd):
     """Series folders anywhere, named explicitly (the config's generic layout)."""
     from ldct.cli import main
 
@@ -201,6 +201,7 @@ def test_generic_layout_from_the_command_line(synthetic_subject, tmp_path):
     rc = main(["convert", "--full", str(scans / "nope"), "--low", str(scans / "patient7" / "qd"),
                "--out", str(tmp_path / "x")])
     assert rc == 1 and not (tmp_path / "x").exists()
+    assert f"{scans / 'nope'}: full-dose series folder of x not found" in capfd.readouterr().err
 
 
 def test_convert_by_hand_with_defaults(synthetic_subject, tmp_path, capfd):
@@ -218,12 +219,98 @@ def test_convert_by_hand_with_defaults(synthetic_subject, tmp_path, capfd):
     assert "error: give both --full and --low" in capfd.readouterr().err
 
 
-def test_nan_pixels_are_rejected(tmp_path):
+def test_non_finite_volume_is_not_written(tmp_path):
     from ldct.io import write_nifti
 
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="x.nii.gz: refusing to write non-finite values"):
         write_nifti(tmp_path / "x.nii.gz", np.full((2, 2, 2), np.nan), np.eye(4))
     assert not list(tmp_path.iterdir())
+
+
+def test_volumes_that_belong_together_are_written_all_or_none(tmp_path):
+    """A bad second volume leaves the first file as it was (the full/low pair of a subject,
+    a subject's dose series), and no temporary file behind."""
+    from ldct.io import write_niftis
+
+    for name in ("full.nii.gz", "low.nii.gz"):
+        (tmp_path / name).write_bytes(b"old " + name.encode())
+    good, bad = np.zeros((2, 2, 2)), np.full((2, 2, 2), np.inf)
+    with pytest.raises(ValueError, match="low.nii.gz: refusing to write non-finite values"):
+        write_niftis({tmp_path / "full.nii.gz": (good, np.eye(4)), tmp_path / "low.nii.gz": (bad, np.eye(4))})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {
+        "full.nii.gz": b"old full.nii.gz", "low.nii.gz": b"old low.nii.gz"}
+    write_niftis({tmp_path / "full.nii.gz": (good, np.eye(4)), tmp_path / "low.nii.gz": (good + 1, np.eye(4))})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.nii.gz", "low.nii.gz"]
+    assert np.asarray(nib.load(str(tmp_path / "low.nii.gz")).dataobj).max() == 1
+
+
+def test_incomplete_phantom_folder_is_refused_before_anything_is_written(synthetic_subject, tmp_path, capfd):
+    """`ldct convert --phantom` checks the synthetic truth files first: a subject folder that
+    already holds a conversion keeps it untouched."""
+    from ldct.cli import main
+
+    out = tmp_path / "S001"
+    shutil.copytree(synthetic_subject["nifti"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    phantom = shutil.copytree(synthetic_subject["phantom"], tmp_path / "phantom")
+    (phantom / "repeat.nii.gz").unlink()
+    assert main(["convert", "--subject-dir", str(synthetic_subject["dicom"]), "--out", str(out),
+                 "--phantom", str(phantom)]) == 1
+    assert "repeat.nii.gz: synthetic truth file not found (--phantom)" in capfd.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _edit_series(subj: Path, kind: str, which: int, **tags):
+    """Set DICOM tags of the `which`-th file (by name) of a series; a tag set to None is deleted."""
+    f = sorted(series_dir(subj, kind).glob("*.dcm"))[which]
+    ds = pydicom.dcmread(f)
+    for tag, value in tags.items():
+        if value is None:
+            delattr(ds, tag)
+        else:
+            setattr(ds, tag, value)
+    ds.save_as(f)
+    return f
+
+
+@pytest.mark.parametrize("tags, message", [
+    ({"PixelSpacing": None}, "{name}: missing PixelSpacing"),
+    ({"ImageOrientationPatient": [0, 1, 0, 1, 0, 0]}, "{name}: ImageOrientationPatient differs from"),
+    ({"PixelSpacing": [0.5, 0.5]}, "{name}: PixelSpacing differs from"),
+    ({"Rows": 32}, "{name}: 32x64 pixels, .* has 64x64"),
+])
+def test_a_slice_unlike_the_rest_of_its_series_is_named(synthetic_subject, tmp_path, tags, message):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = _edit_series(subj, "Low Dose", 2, **tags)
+    _expect_error(subj, tmp_path / "out", message.format(name=victim.name))
+
+
+def test_empty_series_folder_is_named(synthetic_subject, tmp_path):
+    """Found by name in the TCIA layout it is no series; named explicitly (generic layout), an
+    empty folder."""
+    from ldct.dicom import SubjectSeries
+
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    low = series_dir(subj, "Low Dose")
+    for f in low.glob("*.dcm"):
+        f.unlink()
+    _expect_error(subj, tmp_path / "out", "no series described as 'Low Dose Images'")
+    with pytest.raises(DicomError, match=f"{low.name}: no DICOM files found"):
+        convert_subject(None, tmp_path / "out", series=SubjectSeries("S001", series_dir(subj, "Full Dose"), low))
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_and_low_with_different_matrices_or_no_shared_slice(synthetic_subject, tmp_path):
+    from ldct.dicom import pair_volumes
+
+    full = read_series(series_dir(synthetic_subject["dicom"], "Full Dose"))
+    low = read_series(series_dir(synthetic_subject["dicom"], "Low Dose"))
+    half = type(low)(low.data[:32], low.affine, low.positions, low.meta)
+    with pytest.raises(DicomError, match=r"S001: full dose is \(64, 64\) pixels, low dose \(32, 64\)"):
+        pair_volumes(full, half, "S001")
+    moved = type(low)(low.data, low.affine, low.positions + 100.0, low.meta)
+    with pytest.raises(DicomError, match="S001: full- and low-dose series share no slice position"):
+        pair_volumes(full, moved, "S001")
 
 
 def test_ambiguous_series_is_an_error(synthetic_subject, tmp_path):

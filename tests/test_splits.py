@@ -39,3 +39,23 @@ def test_subject_in_two_splits_is_an_error(tmp_path):
     path.write_text('{"train": ["A", "B"], "val": ["B"], "test": ["C"]}')
     with pytest.raises(SplitError, match="B appears in both train and val"):
         make_splits(["A", "B", "C"], {**RANDOM, "method": "preset", "preset": str(path)}, 0)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"train": ["A"], "val": ["B"]', "s.json: not valid JSON"),
+    ('["A", "B"]', "s.json: expected an object with 'train', 'val' and 'test' subject lists"),
+    ('{"val": ["A"], "test": ["B"]}', "s.json: no 'train' subjects"),
+    ('{"train": ["A", "C"], "val": ["B"], "test": ["C"]}', "subjects in both train and test: C"),
+])
+def test_bad_preset_file_is_named(tmp_path, content, message):
+    path = tmp_path / "s.json"
+    path.write_text(content)
+    with pytest.raises(SplitError, match=message):
+        make_splits(["A", "B", "C"], {**RANDOM, "method": "preset", "preset": str(path)}, 0)
+
+
+def test_misspelt_preset_and_too_few_subjects():
+    with pytest.raises(SplitError, match="split preset 'featkpm' is neither one of .*'featkpn'.* nor a JSON file"):
+        make_splits(["A"], {**RANDOM, "method": "preset", "preset": "featkpm"}, 0)
+    with pytest.raises(SplitError, match="2 subjects are too few for split fractions"):
+        make_splits(["A", "B"], RANDOM, 0)
