@@ -1,5 +1,7 @@
 """LDCT brain-CT denoising benchmark: DICOM -> NIfTI -> splits -> segmenter -> training ->
-denoising -> evaluation -> tables, figures and report. See README.md (its Layout section maps the folders)."""
+denoising -> evaluation -> tables, figures and report. See README.md (its Architecture section maps the folders)."""
+
+import os
 
 from snakemake.utils import min_version
 
@@ -7,7 +9,7 @@ min_version("9.0")
 
 
 if not workflow.overwrite_configfiles:  # `--configfile X` replaces the default entirely
-    configfile: "config.yaml"
+    configfile: os.path.join(workflow.basedir, "config.yaml")  # next to this file, wherever snakemake runs
 
 
 report: "workflow/report/workflow.rst"

@@ -315,25 +315,41 @@ def cmd_pretrain_segmenter(a) -> None:
 def cmd_train(a) -> None:
     import dataclasses
 
+    from ldct.budget import OWN_STEPS
     from ldct.config import load_config, validate_section
     from ldct.spec import ExperimentSpec
     from ldct.train import train_denoiser
 
     if a.spec and (a.config or a.experiment):
         raise UsageError("give either --spec (as the workflow does) or --config with --experiment, not both")
+    given = _given(a, "train")
     if a.spec:
         inline = a.spec.lstrip()[:1] in ("{", "[")
         spec = ExperimentSpec.from_json(a.spec if inline else json.dumps(_read_json(a.spec)))
         spec.check()
+        shaping = sorted(set(given) & {"epochs", "iters_per_epoch", "batch_size", "patch_size", "budget"})
+        if spec.budget and shaping:  # the spec's budget record would no longer describe the run
+            raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in shaping)}: this spec's steps were set by "
+                             f"its budget ({spec.budget.get('protocol')}, {spec.budget.get('steps')} steps); to "
+                             "change them, train from --config FILE --experiment NAME")
+        spec = dataclasses.replace(spec, train=validate_section("train", _merge(spec.train, given)))
     elif a.config:
         cfg = load_config(a.config)
         if a.experiment not in cfg["experiments"]:
             raise UsageError(f"{a.config}: give --experiment, one of: {', '.join(cfg['experiments'])}")
+        exp = cfg["experiments"][a.experiment]
+        exp["train"] = validate_section("train", _merge(_merge(cfg["train"], exp.get("train", {})), given))  # before the budget
+        protocol = exp["train"]["budget"]["protocol"]
+        own = [f"--{k.replace('_', '-')}" for k in ("epochs", "iters_per_epoch") if k in given]
+        if own and protocol not in OWN_STEPS:  # the budget would overwrite them
+            raise UsageError(f"{' and '.join(own)}: set by the budget protocol {protocol!r}; give "
+                             "--budget-protocol fixed (or converged) with them, or size the run with "
+                             "--budget-tera-macs / --budget-steps")
         spec = ExperimentSpec.from_config(cfg, a.experiment)
     else:
         raise UsageError("give --spec JSON, or --config FILE with --experiment NAME")
-    spec = dataclasses.replace(spec, train=validate_section("train", _merge(spec.train, _given(a, "train"))),
-                               seed=spec.seed if a.seed is None else a.seed)
+    if a.seed is not None:
+        spec = dataclasses.replace(spec, seed=a.seed)
     train_denoiser(spec, nifti_dir=a.nifti, splits=_read_json(a.splits), out_model=a.out,
                    out_history=a.history, checkpoint_dir=a.checkpoints, segmenter=a.segmenter,
                    stop_after_epochs=a.stop_after_epochs)

@@ -1,4 +1,4 @@
-"""Result paths (DESIGN.md contract), used by the Snakefile and the library alike."""
+"""Result paths (the layout README.md "Architecture" describes), used by the Snakefile and the library alike."""
 
 from __future__ import annotations
 

@@ -252,8 +252,8 @@ def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, c
     assert saved["model"]["name"] == "edcnn" and saved["model"]["channels"] == 8
     assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2]
     # typed overrides of the experiment's training settings, and a spec given as a file
-    assert main(args + ["--experiment", "edcnn_l1", "--epochs", "1", "--lr", "2e-3", "--checkpoints",
-                        str(tmp_path / "ck1")]) == 0
+    assert main(args + ["--experiment", "edcnn_l1", "--epochs", "1", "--lr", "2e-3", "--budget-protocol", "fixed",
+                        "--checkpoints", str(tmp_path / "ck1")]) == 0
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist["epoch"]) == [1] and "at lr 0.002," in capfd.readouterr().err
     spec = tmp_path / "spec.json"
@@ -261,6 +261,17 @@ def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, c
     assert main(args[:1] + args[3:] + ["--spec", str(spec), "--epochs", "1", "--checkpoints", str(tmp_path / "ck2")]) == 0
     assert main(args + ["--experiment", "edcnn_l1", "--epochs", "0"]) == 1
     assert "config error at train.epochs: 0 is less than the minimum of 1" in capfd.readouterr().err
+    # epochs that a budget protocol would overwrite are refused, not ignored; a budget option
+    # given alone keeps the config's other budget settings
+    assert main(args + ["--experiment", "edcnn_l1", "--epochs", "2"]) == 1
+    assert "--epochs: set by the budget protocol 'equal_steps'; give --budget-protocol fixed" in capfd.readouterr().err
+    assert main(args + ["--experiment", "edcnn_l1", "--budget-steps", "2", "--checkpoints", str(tmp_path / "ck3")]) == 0
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 2  # equal_steps, 2 evaluations of the config: 1 step each
+    from ldct.config import load_config
+
+    resolved = ExperimentSpec.from_config(load_config(tiny), "edcnn_l1").to_json()  # as the workflow passes it
+    assert main(args[:1] + args[3:] + ["--spec", resolved, "--batch-size", "2"]) == 1
+    assert "--batch-size: this spec's steps were set by its budget (equal_steps, 4 steps)" in capfd.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision runs only there)")

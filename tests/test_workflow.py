@@ -37,6 +37,15 @@ def test_default_dry_run_from_repository_root():
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "train" in res.stdout and "synthesize" in res.stdout
+    assert "Using workflow specific profile profiles/default" in res.stdout + res.stderr
+
+
+def test_default_config_is_found_from_another_directory(tmp_path):
+    """`snakemake -s /path/to/Snakefile` elsewhere reads the config.yaml next to the Snakefile
+    (results go to the working directory)."""
+    res = run(["-n", "--cores", "2"], tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "synthesize" in res.stdout and "pretrain_segmenter" in res.stdout
 
 
 def test_lint_is_clean(tmp_path):
