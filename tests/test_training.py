@@ -487,3 +487,37 @@ def test_evaluation_reads_the_ndct_segmentation_made_once(dataset, tmp_path):
         evaluate_experiment("LDCT", nifti, test, None, seg, str(tmp_path / "bad.csv"), str(tmp_path / "bad_dice.csv"),
                             "cpu", ndct_seg_dir=str(tmp_path / "bad"))
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, tmp_path):
+    """A loss that needs the segmenter without it, a learning-rate sweep where every rate
+    diverges, a model that outputs NaN, a denoised volume of the wrong shape: one clear error
+    each, and no model, NIfTI or metrics file left behind."""
+    from ldct.evaluate import denoise_subjects, evaluate_experiment
+    from ldct.io import write_nifti
+
+    base, splits = dataset
+    ana = {**EXPERIMENT, "loss": {"name": "l1_l1ana_1"}}
+    with pytest.raises(TrainingError, match="needs the segmenter checkpoint"):
+        train(dataset, "ana", tmp_path, experiment=ana)
+    wild = {**EXPERIMENT, "train": {**EXPERIMENT["train"], "lr": "auto",
+                                    "lr_sweep": {"candidates": [1e30, 1e31], "fraction": 0.34}}}
+    with pytest.raises(TrainingError, match=r"every learning rate of the sweep diverged: \[1e\+30, 1e\+31\]"):
+        train(dataset, "wild", tmp_path, experiment=wild)
+    assert not (tmp_path / "ana" / "model.pt").exists() and not (tmp_path / "wild" / "model.pt").exists()
+
+    _, out = train(dataset, "ok", tmp_path)
+    ck = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    first = next(iter(ck["state_dict"]))
+    ck["state_dict"][first] = torch.full_like(ck["state_dict"][first], float("nan"))
+    torch.save(ck, tmp_path / "nan.pt")
+    with pytest.raises(DataError, match="nan.pt: produced non-finite values on S002"):
+        denoise_subjects(str(tmp_path / "nan.pt"), str(base / "nifti"), ["S002"], str(tmp_path / "den"), device="cpu")
+    assert not (tmp_path / "den" / "S002.nii.gz").exists()
+
+    full, affine = read_nifti(base / "nifti" / "S002" / "full.nii.gz")
+    write_nifti(tmp_path / "den" / "S002.nii.gz", full[:-2], affine)
+    with pytest.raises(DataError, match=r"den/S002.nii.gz: shape .* differs from the reference"):
+        evaluate_experiment("x", str(base / "nifti"), ["S002"], str(tmp_path / "den"), segmenter=None,
+                            out_metrics=str(tmp_path / "m.csv"), out_dice=None, device="cpu")
+    assert not (tmp_path / "m.csv").exists()
