@@ -25,9 +25,27 @@ def test_dose_sweep_figure_draws_every_experiment(tmp_path):
 
     rows = [{"experiment": e, "dose_fraction": d, "psnr_brain": 25 + 10 * d + i, "ssim_brain": 0.9, "training_dose": d == 0.25}
             for i, e in enumerate(["LDCT", "featkpn_l1", "featkpn_ana", "edcnn_l1"]) for d in (0.1, 0.25, 0.5)]
-    out = tmp_path / "sweep.png"
-    dose_sweep(pd.DataFrame(rows), str(out))
-    assert out.stat().st_size > 5000
+    import matplotlib.pyplot as plt
+
+    from ldct import figures
+
+    drawn = []
+    real_save = figures.save
+    figures.save = lambda fig, out: drawn.append(fig.axes)
+    try:
+        dose_sweep(pd.DataFrame(rows), str(tmp_path / "sweep.png"))
+    finally:
+        figures.save = real_save
+        plt.close("all")
+    psnr, ssim = drawn[0]
+    for ax, column in ((psnr, "psnr_brain"), (ssim, "ssim_brain")):
+        lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+        assert set(lines) == {"LDCT", "featkpn_l1", "featkpn_ana", "edcnn_l1"}  # one line per row, each labelled
+        for name, line in lines.items():
+            want = sorted((r["dose_fraction"], r[column]) for r in rows if r["experiment"] == name)
+            assert list(zip(line.get_xdata(), line.get_ydata())) == want  # its values, in dose order
+        assert [v.get_xdata()[0] for v in ax.get_lines() if v.get_linestyle() == ":"] == [0.25]  # the training dose
+    assert {t.get_text() for t in ssim.get_legend().get_texts()} == {"LDCT", "featkpn_l1", "featkpn_ana", "edcnn_l1"}
 
 
 def test_training_curves_show_a_gans_adversarial_terms(tmp_path):
