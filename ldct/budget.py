@@ -108,6 +108,9 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
                      "lr": lr, "lr_source": sweep.loc[sweep["chosen"], "source"].iloc[0] if sweep is not None else "",
                      "kept_epoch": int(kept["epoch"]), "val_psnr_brain": float(kept["val_psnr_brain"]),
                      "val_psnr_brain_ldct": float(h["val_psnr_brain_ldct"].iloc[0]),
-                     "val_gain_last_tenth_db": gain, "not_converged": bool(abs(gain) > min_gain_db),
-                     "worse_than_input": bool(kept["val_psnr_brain"] < h["val_psnr_brain_ldct"].iloc[0])})
+                     "val_gain_last_tenth_db": gain,
+                     # trained but validated too rarely to tell counts as not converged; a calibrated
+                     # (untrained, step 0) row has nothing to converge
+                     "not_converged": bool(not abs(gain) <= min_gain_db if h["step"].iloc[-1] > 0 else False),
+                     "worse_than_input": bool(not kept["val_psnr_brain"] >= h["val_psnr_brain_ldct"].iloc[0])})
     return pd.DataFrame(rows)

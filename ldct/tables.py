@@ -114,9 +114,9 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     if training is not None:
         table = table.merge(training, on="experiment", how="left")
     per_subject = allm.groupby(["experiment", "subject"])[cols].mean().reset_index()
-    st = compare_to_best(per_subject, cols, seed)
-    write_csv(out_stats, st)
     bold = {c: table.loc[table[c].idxmax(), "experiment"] for c in cols}
+    st = compare_to_best(per_subject, cols, seed, best=bold)  # the tests compare with the row shown in bold
+    write_csv(out_stats, st)
     marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significant}
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
@@ -130,11 +130,12 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     md, tex = render(shown, "experiment", shown_cols, digits, bold, marks,
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
                      "zero padding). Best in bold; $\\dagger$: significantly worse than "
-                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$). "
+                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$, Hodges-Lehmann shift below 0). "
                      + " ".join(x for x in (power, protocol, flag_note, fidelity) if x).replace("_", "\\_"))
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
             "Best in bold; † significantly "
-            "worse than the best (subject-level Wilcoxon signed-rank, Holm p < 0.05); CIs in stats.csv. "
+            "worse than the best (subject-level Wilcoxon signed-rank, two-sided, Holm p < 0.05 over this metric's "
+            "comparisons, Hodges-Lehmann shift below 0); CIs in stats.csv. "
             + " ".join(x for x in (power, protocol, flag_note) if x) + " "
             "SSIM as the paper computes it (11x11 Gaussian window, sigma 1.5, zero padding; "
             "scikit-image's default SSIM is `ssim_skimage_*` in metrics.csv). " + fidelity)
@@ -145,7 +146,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
 def power_note(n_subjects: int, comparisons: int) -> str:
     """What the subject-level test can reach: the exact two-sided Wilcoxon signed-rank p-value
     cannot fall below 2 / 2^n, and Holm multiplies the smallest by the number of comparisons."""
-    p_min = 2.0 / 2**n_subjects
+    p_min = min(1.0, 2.0 / 2**n_subjects)
     holm_min = min(1.0, comparisons * p_min)
     verdict = "no difference can reach significance" if holm_min >= 0.05 else "differences can reach significance"
     return (f"With {n_subjects} test subjects the smallest attainable p is {p_min:.3g} "
@@ -153,7 +154,8 @@ def power_note(n_subjects: int, comparisons: int) -> str:
 
 
 FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] still moving, up or down, over the "
-                                "last tenth of training by more than the configured threshold)"),
+                                "last tenth of training by more than the configured threshold, or validated too "
+                                "rarely to tell)"),
          "worse_than_input": ("§", "worse than its own input on validation (the kept model below the LDCT level)")}
 
 

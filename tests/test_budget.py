@@ -75,12 +75,20 @@ def test_training_summary_flags_rows_still_moving_or_worse_than_their_input():
     assert s.loc["falling", "val_psnr_brain"] == 31.5  # the kept (best) epoch
     assert s.loc["rising", "lr"] == 1e-3 and s.loc["flat", "steps"] == 100
     assert math.isnan(budget.last_tenth_gain([10], [1.0]))
+    # one validation of a trained row: convergence cannot be told, so it is not claimed; a
+    # calibrated row (step 0, nothing trained) has nothing to converge
+    once, calibrated = history([28.0]), history([28.0]).assign(step=0)
+    s = budget.training_summary({"once": once, "calibrated": calibrated}, {}, 0.1).set_index("experiment")
+    assert bool(s.loc["once", "not_converged"]) and not bool(s.loc["calibrated", "not_converged"])
+    nan_row = history([float("nan")])
+    assert bool(budget.training_summary({"nan": nan_row}, {}, 0.1)["worse_than_input"].iloc[0])
 
 
 def test_power_statement():
     from ldct.tables import power_note
 
     assert "no difference can reach significance" in power_note(2, 10)
+    assert "the smallest attainable p is 1 (1 after Holm" in power_note(0, 3)
     assert "0.00195" in power_note(10, 10) and "differences can reach significance" in power_note(10, 10)
 
 

@@ -93,6 +93,44 @@ def test_vif_agrees_with_its_definition_on_a_gain_distortion():
 def test_holm_correction():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5]
+    adj = holm([0.01, float("nan"), 0.02])  # a comparison without a p-value: not counted, never significant
+    assert adj[0] == pytest.approx(0.02) and adj[2] == pytest.approx(0.02) and np.isnan(adj[1])
+
+
+def test_a_row_better_in_most_subjects_is_not_marked_worse():
+    """Best by mean, but the other row wins 11 of 12 subjects and loses one badly: the two-sided
+    test is significant, its Hodges-Lehmann shift points the other way, so no mark."""
+    rows = []
+    for s in range(12):
+        rows += [{"experiment": "steady", "subject": f"s{s}", "psnr": 30.0 + (0.1 if s < 11 else -50.0)},
+                 {"experiment": "mean_best", "subject": f"s{s}", "psnr": 30.0}]
+    row = compare_to_best(pd.DataFrame(rows), ["psnr"]).iloc[0]
+    assert row["best"] == "mean_best" and row["mean_diff"] < 0 and row["p_holm"] < 0.05
+    assert row["hl_diff"] == pytest.approx(0.1) and not row["significant"]
+
+
+def test_the_tested_best_is_the_row_shown_in_bold(tmp_path):
+    """With unequal slice counts the mean over slices (the table's number, bold) and the mean
+    over subjects can disagree; Table 2's tests compare with the row it shows in bold, so no
+    cell is both bold and marked worse."""
+    from ldct.tables import TABLE2_COLUMNS, quantitative_table
+
+    files = {}
+    for exp in ("A", "B"):
+        rows = []
+        for s in range(10):
+            a = 2.0 if s == 0 else -0.5 + 0.01 * s  # A: far ahead on the big subject only
+            rows += [{"experiment": exp, "subject": f"s{s}", "slice": k,
+                      **{c: 30.0 + (a if exp == "A" else 0.0) for c, _ in TABLE2_COLUMNS}}
+                     for k in range(100 if s == 0 else 5)]
+        files[exp] = tmp_path / f"{exp}.csv"
+        pd.DataFrame(rows).to_csv(files[exp], index=False)
+    quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "stats.csv"))
+    st = pd.read_csv(tmp_path / "stats.csv")
+    assert set(st["best"]) == {"A"} and set(st["experiment"]) == {"B"}  # bold A (slice mean), though B wins per subject
+    assert st["hl_diff"].gt(0).all() and not st["significant"].any()  # B is not worse than A: no mark
+    rows = [line for line in (tmp_path / "t2.md").read_text().splitlines() if line.startswith(("| A |", "| B |"))]
+    assert rows[0].startswith("| A | **") and "†" not in "".join(rows)  # A bold everywhere, nothing marked
 
 
 def test_compare_to_best_finds_a_real_difference():
