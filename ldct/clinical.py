@@ -13,9 +13,11 @@ the noiseless reconstructions, or an experiment's model applied to the low-dose 
 gives: the channelized Hotelling observer's d' and AUC per lesion contrast and size, with the
 test ROIs' scores for paired comparisons (ldct.observer), on a background-known-exactly task
 (each ROI less the site's noiseless lesion-absent anatomy: noise and the row's own errors limit
-it, not anatomical clutter; the noiseless row's d' is therefore unbounded); the noise power spectrum of output
-minus noiseless truth in brain ROIs (ldct.nps); the TTF and f50 of each insert (ldct.ttf);
-and, in the lesion ROIs, noise SD, HU bias, the measured lesion contrast and the CNR.
+it, not anatomical clutter; the noiseless row's d' is therefore unbounded); the noise power spectrum in
+brain ROIs by the difference method (`noise_rois`: scan A's error less scan B's, so the row's
+deterministic error on the anatomy cancels) and the noise SD from it (ldct.nps); the TTF and
+f50 of each insert (ldct.ttf); and, in the lesion ROIs, the HU bias, the measured lesion
+contrast and the CNR (against that noise SD).
 """
 
 from __future__ import annotations
@@ -163,6 +165,21 @@ def _sites(frame: pd.DataFrame, column: str) -> list[LesionSite]:
     return [LesionSite(int(i), int(y), int(x)) for i, y, x in frame[[column, "row", "col"]].to_numpy()]
 
 
+def noise_rois(errors: np.ndarray, nps_sites: pd.DataFrame, roi_px: int) -> np.ndarray:
+    """Noise-only ROIs by the difference method (AAPM TG-233): at every noise site, the row's
+    error (output minus noiseless) in scan A less its error in scan B, over sqrt(2). What the
+    row does to the anatomy (blur, bias: the same in both scans) cancels; the noise, independent
+    in A and B, stays at one scan's variance. (Output minus truth alone would count a denoiser's
+    smoothing of the anatomy as noise.)"""
+    ordered = nps_sites.sort_values(["subject", "slice", "row", "col", "present_image"])
+    counts = ordered.groupby(["subject", "slice", "row", "col"]).size()
+    if len(counts) == 0 or (counts != 2).any():
+        raise DataError("clinical sites: every noise ROI needs exactly its two scans (A and B)")
+    a, b = ordered.iloc[0::2], ordered.iloc[1::2]
+    return (extract_rois(errors, _sites(a, "present_image"), roi_px)
+            - extract_rois(errors, _sites(b, "present_image"), roi_px)) / np.sqrt(2.0)
+
+
 def lesion_contrast(present: np.ndarray, absent: np.ndarray, diameter_mm: float, pixel_mm: float) -> np.ndarray:
     """Per site, the lesion's measured contrast (HU): disc minus surrounding background in the
     lesion-present ROI, less the same in the lesion-absent ROI at the site (removes the anatomy)."""
@@ -197,17 +214,17 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
     if not (np.isfinite(images).all() and np.isfinite(qa_images).all()):
         raise DataError(f"clinical row {row!r}: the images contain NaN or infinite values")
     pixel = synth["fov_mm"] / synth["matrix"]
-    noise = images.astype(np.float64) - scans["noiseless"]
+    errors = images.astype(np.float64) - scans["noiseless"]
     roi = cfg["roi_px"]
     channels = laguerre_gauss_channels(roi, cfg["observer"]["channels"], cfg["observer"]["channel_width_mm"] / pixel)
     lesions = sites[sites["kind"] == "lesion"]
-    absent_noise = extract_rois(noise, _sites(lesions, "absent_image"), roi)
-    noise_sd = float(np.sqrt(absent_noise.var(axis=(1, 2), ddof=1).mean()))
+    nps_rois = noise_rois(errors, sites[sites["kind"] == "nps"], cfg["nps_roi_px"])
+    noise_sd = float(np.sqrt(nps_rois.var(axis=(1, 2), ddof=1).mean()))  # the CNR's noise
+    lesion_errors = np.concatenate([extract_rois(errors, _sites(lesions, column), roi)
+                                    for column in ("absent_image", "present_image")])
     out = {"row": row, "pixel_mm": pixel, "roi_px": roi, "channels": cfg["observer"]["channels"],
            "channel_width_mm": cfg["observer"]["channel_width_mm"],
-           "roi": {"noise_sd": noise_sd,
-                   "bias": float(np.concatenate([absent_noise, extract_rois(noise, _sites(lesions, "present_image"),
-                                                                            roi)]).mean())},
+           "roi": {"noise_sd": noise_sd, "bias": float(lesion_errors.mean())},
            "conditions": []}
     for contrast_hu, diameter in conditions(cfg):
         grp = lesions[(lesions["contrast_hu"] == contrast_hu) & (lesions["diameter_mm"] == diameter)]
@@ -227,10 +244,8 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
         out["conditions"].append({"contrast_hu": contrast_hu, "diameter_mm": diameter, **res,
                                   "measured_contrast_hu": float(measured.mean()),
                                   "cnr": float(abs(measured.mean()) / noise_sd) if noise_sd > 0 else float("inf")})
-    nps_sites = sites[sites["kind"] == "nps"]
-    rois = extract_rois(noise, _sites(nps_sites, "present_image"), cfg["nps_roi_px"])
-    freqs, curve = radial_nps(nps_2d(rois, pixel)[0], pixel)
-    out["nps"] = {**nps_summary(rois, pixel), "n_rois": len(rois), "frequency": freqs.tolist(),
+    freqs, curve = radial_nps(nps_2d(nps_rois, pixel)[0], pixel)
+    out["nps"] = {**nps_summary(nps_rois, pixel), "n_rois": len(nps_rois), "frequency": freqs.tolist(),
                   "curve": curve.tolist()}
     qa = cfg["qa"]
     out["ttf"] = []

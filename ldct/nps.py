@@ -2,8 +2,9 @@
 
 NPS(fx, fy) = dx dy / (Nx Ny) * < |DFT(n - mean(n))|^2 > over the ROIs (HU^2 mm^2), the
 definition of ICRU Report 87 / AAPM TG-233. Its integral over frequency is the noise variance,
-so the noise magnitude and the texture (where the power sits: mean frequency) are read from
-one curve. Denoisers that blur move the power to low frequencies (the "plastic" look) and
+so the noise magnitude and the texture (where the power sits: TG-233's mean frequency f_av)
+are read from one curve. Noise-only ROIs come from the difference of two scans
+(ldct.clinical.noise_rois), so a denoiser's error on the anatomy does not count as noise. Denoisers that blur move the power to low frequencies (the "plastic" look) and
 lower the mean frequency against the LDCT input.
 """
 
@@ -30,28 +31,31 @@ def nps_2d(noise_rois: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndar
 
 
 def radial_nps(nps: np.ndarray, pixel_mm: float, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(bin centres in 1/mm, radially averaged NPS) up to the Nyquist frequency 1 / (2 pixel)."""
+    """(frequencies in 1/mm, radially averaged NPS): annuli of the DFT's frequency step df
+    centred on k df, k = 1 .. up to the Nyquist frequency 1 / (2 pixel) (the zero-frequency
+    point, empty once each ROI's mean is removed, is left out); `n_bins` annuli instead, if given."""
     h, w = nps.shape
     fy = np.fft.fftshift(np.fft.fftfreq(h, d=pixel_mm))
     fx = np.fft.fftshift(np.fft.fftfreq(w, d=pixel_mm))
     fr = np.hypot(*np.meshgrid(fx, fy))
     nyquist = 0.5 / pixel_mm
     n_bins = n_bins or min(h, w) // 2
-    edges = np.linspace(0.0, nyquist, n_bins + 1)
-    idx = np.digitize(fr.ravel(), edges) - 1
+    step = nyquist / n_bins
+    centres = step * np.arange(1, n_bins + 1)
+    idx = np.rint(fr.ravel() / step).astype(int) - 1  # annulus k covers [(k - 1/2) step, (k + 1/2) step)
     keep = (idx >= 0) & (idx < n_bins)
     sums = np.bincount(idx[keep], weights=nps.ravel()[keep], minlength=n_bins)
     counts = np.bincount(idx[keep], minlength=n_bins)
-    return 0.5 * (edges[1:] + edges[:-1]), sums / np.maximum(counts, 1)
+    return centres, sums / np.maximum(counts, 1)
 
 
 def nps_summary(noise_rois: np.ndarray, pixel_mm: float) -> dict[str, float]:
-    """Noise SD (HU, from the NPS integral) and the NPS-weighted mean and peak frequencies (1/mm)."""
+    """Noise SD (HU, from the NPS integral), the mean frequency f_av = sum f NPS(f) / sum NPS(f)
+    over the radial NPS (AAPM TG-233, Solomon et al. 2012) and the peak frequency (1/mm)."""
     nps, _ = nps_2d(noise_rois, pixel_mm)
     h, w = nps.shape
     variance = float(nps.sum() / (h * w * pixel_mm ** 2))
     f, curve = radial_nps(nps, pixel_mm)
-    weights = curve * f  # the annulus at f has circumference 2 pi f: power per radial bin
     return {"noise_sd": float(np.sqrt(variance)),
-            "mean_frequency": float((f * weights).sum() / weights.sum()) if weights.sum() > 0 else float("nan"),
+            "mean_frequency": float((f * curve).sum() / curve.sum()) if curve.sum() > 0 else float("nan"),
             "peak_frequency": float(f[np.argmax(curve)])}

@@ -76,10 +76,35 @@ def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
     nps, freqs = nps_2d(rois, pixel)
     assert nps.shape == (64, 64) and freqs[0] == pytest.approx(-1.0)  # -Nyquist at 0.5 mm pixels
     f, curve = radial_nps(nps, pixel)
-    np.testing.assert_allclose(curve[2:], SIGMA ** 2 * pixel ** 2, rtol=0.1)  # flat, HU^2 mm^2
+    assert len(f) == 32 and f[0] == pytest.approx(1 / 32) and f[-1] == pytest.approx(1.0)  # k df, k = 1 .. Nyquist
+    np.testing.assert_allclose(curve, SIGMA ** 2 * pixel ** 2, rtol=0.1)  # flat, HU^2 mm^2, first annulus too
     s = nps_summary(rois, pixel)
     assert s["noise_sd"] == pytest.approx(SIGMA, rel=0.02)
-    assert s["mean_frequency"] == pytest.approx(2 / 3 * 1.0, rel=0.05)  # flat power over a disc
+    # TG-233's f_av over the radial NPS: for a flat curve the mean of the annuli's frequencies
+    assert s["mean_frequency"] == pytest.approx(33 / 64, rel=0.02)
+
+
+def test_noise_of_a_smoothing_row_excludes_its_error_on_the_anatomy():
+    """A blur applied to anatomy + noise: output minus truth mixes the blurred anatomy's error
+    into the noise; the difference of the two scans' errors (noise_rois) keeps the noise only."""
+    from ldct.clinical import noise_rois
+
+    rng = np.random.default_rng(5)
+    anatomy = ndimage.gaussian_filter(rng.standard_normal((1, 96, 96)), 2.0) * 400  # structured background
+    scans = np.concatenate([anatomy + SIGMA * rng.standard_normal((1, 96, 96)) for _ in range(2)])
+    blur = (0, 1.5, 1.5)
+    errors = ndimage.gaussian_filter(scans, blur) - np.concatenate([anatomy, anatomy])
+    sites = pd.DataFrame([{"subject": "S", "kind": "nps", "slice": 0, "row": r, "col": c, "present_image": i}
+                          for r in (24, 48, 72) for c in (24, 48, 72) for i in (0, 1)])
+    rois = noise_rois(errors, sites, 16)
+    true_noise = ndimage.gaussian_filter(scans - np.concatenate([anatomy, anatomy]), blur)
+    expected = np.sqrt(np.mean([true_noise[0][r - 8:r + 8, c - 8:c + 8].var(ddof=1)
+                                for r in (24, 48, 72) for c in (24, 48, 72)]))
+    naive = np.sqrt(np.mean([errors[0][r - 8:r + 8, c - 8:c + 8].var(ddof=1) for r in (24, 48, 72) for c in (24, 48, 72)]))
+    measured = np.sqrt(rois.var(axis=(1, 2), ddof=1).mean())
+    assert measured == pytest.approx(expected, rel=0.25) and naive > 1.5 * measured
+    with pytest.raises(DataError, match="every noise ROI needs exactly its two scans"):
+        noise_rois(errors, sites.iloc[1:], 16)
 
 
 def test_blurred_noise_moves_its_power_to_low_frequencies():
@@ -166,6 +191,23 @@ def test_ttf_of_a_gaussian_blur_gives_the_analytic_f50():
     sharper = ttf(ndimage.gaussian_filter(hu, 0.6)[None], centres[1], 10.0, pixel)
     assert f50(*sharper) > f50(freqs, curve)  # less blur, higher f50, at another contrast too
     assert np.isnan(f50(np.array([0.0, 0.1]), np.array([1.0, 0.9])))
+
+
+@pytest.mark.parametrize("sigma_mm", [2.0, 3.0, 4.0])
+def test_ttf_of_a_wide_blur_is_not_biased_high(sigma_mm):
+    """The clinical geometry (2 mm pixels, a 30 mm insert, the edge window measure() uses): a
+    blur as wide as a strong denoiser's still gives the analytic f50 within 3 % (the LSF's tails
+    are not cut, the frequency grid is fine)."""
+    from scipy import optimize
+
+    from ldct.ttf import f50, insert_phantom, ttf
+
+    pixel, radius = 2.0, 15.0
+    hu, centres = insert_phantom(128, pixel, [100.0], insert_mm=2 * radius, body_mm=200.0, supersample=8)
+    blurred = ndimage.gaussian_filter(hu.astype(np.float64), sigma_mm / pixel)[None]
+    model = lambda f: np.exp(-2 * np.pi ** 2 * sigma_mm ** 2 * f ** 2) * np.sinc(f * pixel) - 0.5  # noqa: E731
+    measured = f50(*ttf(blurred, centres[0], radius, pixel, reach_mm=0.8 * radius))
+    assert measured == pytest.approx(optimize.brentq(model, 0.001, 0.25), rel=0.03)
 
 
 def test_paired_dprime_tells_a_better_observer_from_the_same_one():
