@@ -354,7 +354,8 @@ def _row_styles(rows: list[str]) -> dict[str, dict]:
 
 
 def nps_curves(results: dict[str, dict], out: str | Path) -> None:
-    """Radially averaged noise power spectrum of output minus noiseless truth per row: absolute
+    """Radially averaged noise power spectrum of each row's noise-only images (the difference
+    method of ldct.clinical.noise_rois): absolute
     (log scale: how much noise) and normalised to unit area (where it sits: the texture)."""
     rows = [r for r, res in results.items() if res["nps"]["noise_sd"] > 0]
     styles = _row_styles(rows)
@@ -373,7 +374,7 @@ def nps_curves(results: dict[str, dict], out: str | Path) -> None:
         a.set_xlabel("spatial frequency (1/mm)")
         a.grid(alpha=0.3)
     ax[0].legend(fontsize=6, ncol=2)
-    fig.suptitle("noise power spectrum of output minus noiseless truth in brain ROIs", fontsize=10)
+    fig.suptitle("noise power spectrum in brain ROIs (difference of two scans' errors / sqrt 2: noise only)", fontsize=10)
     save(fig, out)
 
 

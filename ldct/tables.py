@@ -426,8 +426,9 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
             "significantly lower / higher than the LDCT input (paired bootstrap over the test sites, Holm p < 0.05; "
             "CIs in clinical_stats.csv). "
             f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
-            "unbounded). Noise SD and mean frequency from the noise power spectrum of output minus noiseless truth in "
-            "brain ROIs; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233); ROI bias: "
+            "unbounded). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
+            "noise-only images (difference method: the row's error in scan A less its error in scan B, over sqrt 2, "
+            "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast over that noise SD; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233); ROI bias: "
             "mean output minus truth in the lesion ROIs (HU). " + flag_note)
     md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what.replace("_", "\\_"))
     write_table(out_prefix, table, md, tex, what)
