@@ -36,7 +36,7 @@ from ldct.lowdose import make_geometry, simulate_doses
 from ldct.nps import nps_2d, nps_summary, radial_nps
 from ldct.observer import cho, laguerre_gauss_channels
 from ldct.synthetic import subject_seed
-from ldct.ttf import f50, insert_phantom, ttf
+from ldct.ttf import f50, f50_interval, insert_phantom, ttf
 
 NDCT, NOISELESS = "NDCT", "noiseless"  # reference rows beside LDCT and the experiments
 
@@ -252,8 +252,10 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
     for contrast_hu, centre in zip(qa["contrasts_hu"], scans["qa_centres"]):
         radius = qa["insert_mm"] / 2
         f, curve = ttf(qa_images.astype(np.float64), tuple(centre), radius, pixel, reach_mm=0.8 * radius)
-        out["ttf"].append({"contrast_hu": contrast_hu, "f50": f50(f, curve), "frequency": f.tolist(),
-                           "curve": curve.tolist()})
+        lo, hi = f50_interval(qa_images.astype(np.float64), tuple(centre), radius, pixel, reach_mm=0.8 * radius,
+                              seed=seed)
+        out["ttf"].append({"contrast_hu": contrast_hu, "f50": f50(f, curve), "f50_ci_low": lo, "f50_ci_high": hi,
+                           "frequency": f.tolist(), "curve": curve.tolist()})
     return out
 
 

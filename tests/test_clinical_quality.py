@@ -193,6 +193,26 @@ def test_ttf_of_a_gaussian_blur_gives_the_analytic_f50():
     assert np.isnan(f50(np.array([0.0, 0.1]), np.array([1.0, 0.9])))
 
 
+def test_f50_interval_covers_the_noise_of_the_qa_realisations():
+    """The bootstrap interval over noise realisations: a point for identical (noiseless)
+    images, an interval around f50 for noisy ones that narrows with more realisations."""
+    from ldct.ttf import f50, f50_interval, insert_phantom, ttf
+
+    pixel, radius = 2.0, 15.0
+    hu, centres = insert_phantom(128, pixel, [40.0], insert_mm=2 * radius, body_mm=200.0)
+    clean = np.repeat(ndimage.gaussian_filter(hu.astype(np.float64), 1.0)[None], 4, axis=0)
+    exact = f50(*ttf(clean, centres[0], radius, pixel, reach_mm=12.0))
+    assert f50_interval(clean, centres[0], radius, pixel, reach_mm=12.0) == pytest.approx((exact, exact))
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (4, 32):
+        noisy = clean[:1] + 15.0 * rng.standard_normal((n, 128, 128))
+        lo, hi = f50_interval(noisy, centres[0], radius, pixel, reach_mm=12.0, n_resamples=300)
+        assert lo < f50(*ttf(noisy, centres[0], radius, pixel, reach_mm=12.0)) < hi
+        widths.append(hi - lo)
+    assert widths[1] < 0.6 * widths[0]
+
+
 @pytest.mark.parametrize("sigma_mm", [2.0, 3.0, 4.0])
 def test_ttf_of_a_wide_blur_is_not_biased_high(sigma_mm):
     """The clinical geometry (2 mm pixels, a 30 mm insert, the edge window measure() uses): a
