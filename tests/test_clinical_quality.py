@@ -358,3 +358,30 @@ def test_too_few_lesion_sites_is_a_clear_error(clinical_run, tmp_path):
         clinical.make_scans(clinical_run["root"] / "phantom", ["S001"], clinical_run["synth"], cfg, 5,
                             tmp_path / "s.npz", tmp_path / "s.csv")
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_bad_clinical_inputs_are_named(clinical_run, tmp_path):
+    """Images that do not match the scans or hold NaN, an experiment row without its model, a
+    phantom whose labels differ in shape, a missing row's measurements: one clear error each."""
+    from ldct import clinical
+    from ldct.clinical_report import report
+    from ldct.io import write_nifti
+    from ldct.paths import ResultPaths
+
+    scans, sites, synth, cfg = (clinical_run[k] for k in ("scans", "sites", "synth", "cfg"))
+    low, qa = clinical.row_images("LDCT", scans)
+    with pytest.raises(DataError, match=r"clinical row 'x': images .* do not match the scans"):
+        clinical.measure("x", low[:-1], qa, scans, sites, synth, cfg)
+    with pytest.raises(DataError, match="clinical row 'x': the images contain NaN or infinite values"):
+        clinical.measure("x", np.where(low > 0, np.nan, low), qa, scans, sites, synth, cfg)
+    with pytest.raises(DataError, match="clinical row 'edcnn_l1': an experiment needs its trained model"):
+        clinical.row_images("edcnn_l1", scans)
+    bad = tmp_path / "phantom" / "S009"
+    write_nifti(bad / "phantom.nii.gz", np.zeros((8, 8, 2)), np.eye(4), np.float32)
+    write_nifti(bad / "labels.nii.gz", np.zeros((8, 8, 3)), np.eye(4), np.uint8)
+    with pytest.raises(DataError, match=r"S009: phantom .* and labels .* differ in shape"):
+        clinical.make_scans(tmp_path / "phantom", ["S009"], synth, cfg, 5, tmp_path / "s.npz", tmp_path / "s.csv")
+    assert not (tmp_path / "s.npz").exists()
+    rp = ResultPaths(tmp_path / "results", "d")
+    with pytest.raises(DataError, match=r"LDCT.json: clinical measurements of row 'LDCT' not found"):
+        report(rp, ["LDCT"])
