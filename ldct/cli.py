@@ -327,9 +327,10 @@ def cmd_train(a) -> None:
         inline = a.spec.lstrip()[:1] in ("{", "[")
         spec = ExperimentSpec.from_json(a.spec if inline else json.dumps(_read_json(a.spec)))
         spec.check()
-        shaping = sorted(set(given) & {"epochs", "iters_per_epoch", "batch_size", "patch_size", "budget"})
+        shaping = [f"--{k.replace('_', '-')}" for k in ("epochs", "iters_per_epoch", "batch_size", "patch_size")
+                   if k in given] + [f"--budget-{k.replace('_', '-')}" for k in given.get("budget", {})]
         if spec.budget and shaping:  # the spec's budget record would no longer describe the run
-            raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in shaping)}: this spec's steps were set by "
+            raise UsageError(f"{', '.join(shaping)}: this spec's steps were set by "
                              f"its budget ({spec.budget.get('protocol')}, {spec.budget.get('steps')} steps); to "
                              "change them, train from --config FILE --experiment NAME")
         spec = dataclasses.replace(spec, train=validate_section("train", _merge(spec.train, given)))

@@ -168,9 +168,11 @@ def _sites(frame: pd.DataFrame, column: str) -> list[LesionSite]:
 def noise_rois(errors: np.ndarray, nps_sites: pd.DataFrame, roi_px: int) -> np.ndarray:
     """Noise-only ROIs by the difference method (AAPM TG-233): at every noise site, the row's
     error (output minus noiseless) in scan A less its error in scan B, over sqrt(2). What the
-    row does to the anatomy (blur, bias: the same in both scans) cancels; the noise, independent
-    in A and B, stays at one scan's variance. (Output minus truth alone would count a denoiser's
-    smoothing of the anatomy as noise.)"""
+    row does to the anatomy the two scans share (blur, bias) cancels; the noise, independent in
+    A and B, stays at one scan's variance. (Output minus truth alone would count a denoiser's
+    smoothing of the anatomy as noise.) The lesions, in one scan only, do not cancel where a noise
+    ROI overlaps one: a noise-free 1.5-pixel blur of the default scans leaves 0.4 HU there, against
+    ~7 HU of noise (0.2 % of the SD in quadrature); it grows with the lesions' contrast."""
     ordered = nps_sites.sort_values(["subject", "slice", "row", "col", "present_image"])
     counts = ordered.groupby(["subject", "slice", "row", "col"]).size()
     if len(counts) == 0 or (counts != 2).any():
@@ -219,12 +221,12 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
     channels = laguerre_gauss_channels(roi, cfg["observer"]["channels"], cfg["observer"]["channel_width_mm"] / pixel)
     lesions = sites[sites["kind"] == "lesion"]
     nps_rois = noise_rois(errors, sites[sites["kind"] == "nps"], cfg["nps_roi_px"])
-    noise_sd = float(np.sqrt(nps_rois.var(axis=(1, 2), ddof=1).mean()))  # the CNR's noise
+    noise_sd = float(np.sqrt(nps_rois.var(axis=(1, 2), ddof=1).mean()))  # the CNR's noise (the NPS's SD up to ddof)
     lesion_errors = np.concatenate([extract_rois(errors, _sites(lesions, column), roi)
                                     for column in ("absent_image", "present_image")])
     out = {"row": row, "pixel_mm": pixel, "roi_px": roi, "channels": cfg["observer"]["channels"],
            "channel_width_mm": cfg["observer"]["channel_width_mm"],
-           "roi": {"noise_sd": noise_sd, "bias": float(lesion_errors.mean())},
+           "roi": {"bias": float(lesion_errors.mean())},
            "conditions": []}
     for contrast_hu, diameter in conditions(cfg):
         grp = lesions[(lesions["contrast_hu"] == contrast_hu) & (lesions["diameter_mm"] == diameter)]

@@ -71,7 +71,8 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     AdamW step on 2 CPU threads 4.0 -> 0.9 ms; the values differ from the loop's by rounding)."""
     name, lr, wd = cfg.get("optimizer", "adamw"), cfg["lr"], cfg.get("weight_decay", 0.0)
     params = list(params)
-    fused = {"fused": True} if params and all(p.device.type in _FUSED_DEVICES for p in params) else {}
+    tensors = [t for g in params for t in (g["params"] if isinstance(g, dict) else [g])]  # groups or tensors
+    fused = {"fused": True} if tensors and all(t.device.type in _FUSED_DEVICES for t in tensors) else {}
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
     if name == "adam":

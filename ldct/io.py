@@ -40,7 +40,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     """`atomic_path` for outputs that belong together: all are renamed onto their paths only
-    once the block has written every one; on an error none is."""
+    once the block has written every one; on an error in the block none is. (The renames then
+    follow one another: only a failing rename itself, e.g. a full disk's metadata, could leave
+    some renamed and not others.)"""
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(atomic_path(p)) for p in paths]
 

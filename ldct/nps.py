@@ -31,9 +31,10 @@ def nps_2d(noise_rois: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndar
 
 
 def radial_nps(nps: np.ndarray, pixel_mm: float, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(frequencies in 1/mm, radially averaged NPS): annuli of the DFT's frequency step df
-    centred on k df, k = 1 .. up to the Nyquist frequency 1 / (2 pixel) (the zero-frequency
-    point, empty once each ROI's mean is removed, is left out); `n_bins` annuli instead, if given."""
+    """(frequencies in 1/mm, radially averaged NPS): `n_bins` (default ROI size // 2) annuli of
+    width step = Nyquist / n_bins centred on k step, k = 1 .. n_bins, up to the Nyquist frequency
+    1 / (2 pixel); for an even ROI size the step is the DFT's frequency spacing. The zero-frequency
+    point, empty once each ROI's mean is removed, is left out."""
     h, w = nps.shape
     fy = np.fft.fftshift(np.fft.fftfreq(h, d=pixel_mm))
     fx = np.fft.fftshift(np.fft.fftfreq(w, d=pixel_mm))

@@ -44,14 +44,17 @@ def paired_difference(diff: np.ndarray, seed: int = 0) -> dict:
     its coverage is below 95 %), the Hodges-Lehmann shift and the two-sided Wilcoxon
     signed-rank p."""
     n = len(diff)
+    if n == 0:  # no subject with both values: no comparison (NaN p: Holm leaves it out, never marked)
+        return {"n_subjects": 0, "mean_diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                "hl_diff": float("nan"), "p_wilcoxon": float("nan")}
     p = float(stats.wilcoxon(diff).pvalue) if n >= 2 and np.any(diff != 0) else 1.0
     if n >= 2 and np.ptp(diff) > 0:
         ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000,
                              random_state=np.random.default_rng(seed)).confidence_interval
         lo, hi = float(ci.low), float(ci.high)
     else:
-        lo = hi = float(diff.mean()) if n else float("nan")
-    return {"n_subjects": n, "mean_diff": float(diff.mean()) if n else float("nan"), "ci_low": lo, "ci_high": hi,
+        lo = hi = float(diff.mean())
+    return {"n_subjects": n, "mean_diff": float(diff.mean()), "ci_low": lo, "ci_high": hi,
             "hl_diff": hodges_lehmann(diff), "p_wilcoxon": p}
 
 

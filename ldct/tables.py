@@ -362,7 +362,7 @@ def clinical_comparisons(results: dict[str, dict], compared: list[str], baseline
 
 def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
     """One row per clinical result: d' (CIs), AUC, measured contrast and CNR per condition,
-    NPS summary and its shift against `base`, ROI noise and bias, f50 per insert."""
+    NPS summary and its shift against `base`, the lesion ROIs' bias, f50 per insert and its interval."""
     records = []
     for row, res in results.items():
         rec = {"experiment": row}
@@ -376,7 +376,7 @@ def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
         rec["noise_sd"] = res["nps"]["noise_sd"]
         rec["nps_mean_frequency"] = res["nps"]["mean_frequency"]
         rec["nps_shift_pct"] = 100 * (res["nps"]["mean_frequency"] / base["nps"]["mean_frequency"] - 1)
-        rec["roi_noise_sd"], rec["roi_bias"] = res["roi"]["noise_sd"], res["roi"]["bias"]
+        rec["roi_bias"] = res["roi"]["bias"]
         for t in res["ttf"]:
             rec[f"f50_{t['contrast_hu']:g}"] = t["f50"]
             for k in ("f50_ci_low", "f50_ci_high"):

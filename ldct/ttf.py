@@ -17,6 +17,7 @@ from ldct.errors import DataError
 
 TAPER = 0.2  # Tukey window share tapered (half at each end of the LSF window)
 ZERO_PAD = 8  # FFT length / LSF samples
+MIN_REALISATIONS = 4  # noise realisations f50_interval needs
 
 
 def edge_spread(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
@@ -56,7 +57,10 @@ def f50_interval(images: np.ndarray, centre: tuple[float, float], radius_mm: flo
                  reach_mm: float | None = None, n_resamples: int = 500, seed: int = 0) -> tuple[float, float]:
     """95 % bootstrap interval of f50 over the (n, h, w) images' noise realisations: the
     realisations resampled with replacement, the TTF of each resample's mean edge. (The ESF is
-    linear in the images, so each realisation's ESF is made once and resamples average them.)"""
+    linear in the images, so each realisation's ESF is made once and resamples average them.)
+    NaN below MIN_REALISATIONS: a bootstrap over fewer says nothing about the noise."""
+    if len(images) < MIN_REALISATIONS:
+        return float("nan"), float("nan")
     per_image = [edge_spread(images[i:i + 1], centre, radius_mm, pixel_mm, reach_mm=reach_mm) for i in range(len(images))]
     r, esfs = per_image[0][0], np.stack([e for _, e in per_image])
     picks = np.random.default_rng(seed).integers(0, len(esfs), size=(n_resamples, len(esfs)))

@@ -211,6 +211,7 @@ def test_f50_interval_covers_the_noise_of_the_qa_realisations():
         assert lo < f50(*ttf(noisy, centres[0], radius, pixel, reach_mm=12.0)) < hi
         widths.append(hi - lo)
     assert widths[1] < 0.6 * widths[0]
+    assert all(np.isnan(f50_interval(clean[:3], centres[0], radius, pixel, reach_mm=12.0)))  # too few to say
 
 
 @pytest.mark.parametrize("sigma_mm", [2.0, 3.0, 4.0])
@@ -297,10 +298,9 @@ def test_every_lesion_site_is_present_in_one_scan_and_absent_in_the_other(clinic
 def test_ndct_shows_the_lesions_better_than_ldct_and_the_noiseless_row_perfectly(clinical_run):
     rows = clinical_run["rows"]
     ldct, ndct, clean = rows["LDCT"], rows["NDCT"], rows["noiseless"]
-    # quarter dose: twice the noise SD (both from the NPS and in the lesion ROIs)
+    # quarter dose: twice the noise SD
     assert ldct["nps"]["noise_sd"] / ndct["nps"]["noise_sd"] == pytest.approx(2.0, rel=0.15)
-    assert ldct["roi"]["noise_sd"] == pytest.approx(ldct["nps"]["noise_sd"], rel=0.2)
-    assert clean["nps"]["noise_sd"] == 0 and clean["roi"]["noise_sd"] == 0
+    assert clean["nps"]["noise_sd"] == 0 and clean["roi"]["bias"] == 0
     hardest, easiest = 0, -1
     assert ndct["conditions"][easiest]["dprime"] > ldct["conditions"][easiest]["dprime"] > 1
     assert ldct["conditions"][hardest]["dprime"] < ldct["conditions"][easiest]["dprime"]

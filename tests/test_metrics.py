@@ -95,6 +95,12 @@ def test_holm_correction():
     assert holm([0.5]) == [0.5]
     adj = holm([0.01, float("nan"), 0.02])  # a comparison without a p-value: not counted, never significant
     assert adj[0] == pytest.approx(0.02) and adj[2] == pytest.approx(0.02) and np.isnan(adj[1])
+    # an experiment without a single finite subject value is no comparison: it does not dilute the others
+    rows = [{"experiment": e, "subject": f"s{k}", "psnr": v}
+            for k in range(8) for e, v in (("best", 30.0 + k), ("worse", 29.0 + k), ("broken", float("nan")))]
+    st = compare_to_best(pd.DataFrame(rows), ["psnr"]).set_index("experiment")
+    assert np.isnan(st.loc["broken", "p_wilcoxon"]) and not st.loc["broken", "significant"]
+    assert st.loc["worse", "p_holm"] == pytest.approx(st.loc["worse", "p_wilcoxon"])  # one real comparison
 
 
 def test_a_row_better_in_most_subjects_is_not_marked_worse():

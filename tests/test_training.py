@@ -272,6 +272,8 @@ def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, c
     resolved = ExperimentSpec.from_config(load_config(tiny), "edcnn_l1").to_json()  # as the workflow passes it
     assert main(args[:1] + args[3:] + ["--spec", resolved, "--batch-size", "2"]) == 1
     assert "--batch-size: this spec's steps were set by its budget (equal_steps, 4 steps)" in capfd.readouterr().err
+    assert main(args[:1] + args[3:] + ["--spec", resolved, "--budget-steps", "3"]) == 1
+    assert "--budget-steps: this spec's steps were set by its budget" in capfd.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision runs only there)")
@@ -313,6 +315,8 @@ def test_optimizers_are_torchs_fused_ones_with_the_same_updates(name):
     plain = plain(nets[1].parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                   **({"momentum": 0.9} if name == "sgd" else {}), foreach=False)
     assert fused.defaults["fused"] and not plain.defaults.get("fused")
+    groups = [{"params": [nets[0][0].weight]}, {"params": [nets[0][0].bias], "weight_decay": 0.0}]
+    assert build_optimizer(groups, cfg).defaults["fused"]  # parameter groups too
     x = torch.randn(2, 1, 8, 8)
     for step in range(5):
         for opt, net in ((fused, nets[0]), (plain, nets[1])):
