@@ -23,22 +23,22 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD_BYTES = 1 << 30
 
 
-def _mallopt():
+def _set_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
+    """glibc's mmap and trim thresholds (fixed: no longer adapted at run time); True if both
+    took effect, False outside glibc (macOS, Windows, musl without mallopt)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter is linked against
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
-        return None
+    except (OSError, AttributeError):
+        return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return mallopt
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_bytes))
 
 
 def keep_large_allocations() -> bool:
     """Set glibc's mmap threshold to 1 GiB and turn off heap trimming; True if it took effect."""
     if os.environ.get("LDCT_KEEP_HEAP", "1") == "0":
         return False
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) \
-        and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _set_thresholds(MMAP_THRESHOLD_BYTES, 2**31 - 1)
 
 
 def map_every_allocation() -> bool:
@@ -46,6 +46,4 @@ def map_every_allocation() -> bool:
     free (glibc's threshold fixed there, not adapted), so the resident set follows the memory
     the computation holds at each moment, with no allocator's reserve on top. Slow (every new
     tensor is paid in page faults). True if it took effect."""
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, 128 << 10)) \
-        and bool(mallopt(_M_TRIM_THRESHOLD, 128 << 10))
+    return _set_thresholds(128 << 10, 128 << 10)

@@ -111,6 +111,6 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
                      "val_gain_last_tenth_db": gain,
                      # trained but validated too rarely to tell counts as not converged; a calibrated
                      # (untrained, step 0) row has nothing to converge
-                     "not_converged": bool(not abs(gain) <= min_gain_db if h["step"].iloc[-1] > 0 else False),
+                     "not_converged": bool(h["step"].iloc[-1] > 0 and not abs(gain) <= min_gain_db),
                      "worse_than_input": bool(not kept["val_psnr_brain"] >= h["val_psnr_brain_ldct"].iloc[0])})
     return pd.DataFrame(rows)

@@ -74,6 +74,11 @@ def _caster(schema: dict) -> Callable[[str], object]:
     return cast
 
 
+def _flag(*path: str) -> str:
+    """The command-line option of a config key (its path within the section): --budget-tera-macs."""
+    return "--" + "-".join(path).replace("_", "-")
+
+
 def _add_section(p: argparse.ArgumentParser, section: str, keys) -> None:
     from ldct.config import load_schema
 
@@ -92,7 +97,7 @@ def _add_section(p: argparse.ArgumentParser, section: str, keys) -> None:
             kw.update(type=_caster(sub), metavar="|".join([types] if isinstance(types, str) else types).upper())
             if "enum" in sub:
                 kw["choices"] = sub["enum"]
-        group.add_argument("--" + "-".join(path).replace("_", "-"), **kw)
+        group.add_argument(_flag(*path), **kw)
 
 
 def _given(a, section: str) -> dict:
@@ -133,7 +138,7 @@ def section_flags(section: str, values: dict, keys=None) -> str:
         value = values
         for key in path:
             value = value[key]
-        flag = "--" + "-".join(path).replace("_", "-")
+        flag = _flag(*path)
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
@@ -327,8 +332,8 @@ def cmd_train(a) -> None:
         inline = a.spec.lstrip()[:1] in ("{", "[")
         spec = ExperimentSpec.from_json(a.spec if inline else json.dumps(_read_json(a.spec)))
         spec.check()
-        shaping = [f"--{k.replace('_', '-')}" for k in ("epochs", "iters_per_epoch", "batch_size", "patch_size")
-                   if k in given] + [f"--budget-{k.replace('_', '-')}" for k in given.get("budget", {})]
+        shaping = [_flag(k) for k in ("epochs", "iters_per_epoch", "batch_size", "patch_size") if k in given] \
+            + [_flag("budget", k) for k in given.get("budget", {})]
         if spec.budget and shaping:  # the spec's budget record would no longer describe the run
             raise UsageError(f"{', '.join(shaping)}: this spec's steps were set by "
                              f"its budget ({spec.budget.get('protocol')}, {spec.budget.get('steps')} steps); to "
@@ -341,7 +346,7 @@ def cmd_train(a) -> None:
         exp = cfg["experiments"][a.experiment]
         exp["train"] = validate_section("train", _merge(_merge(cfg["train"], exp.get("train", {})), given))  # before the budget
         protocol = exp["train"]["budget"]["protocol"]
-        own = [f"--{k.replace('_', '-')}" for k in ("epochs", "iters_per_epoch") if k in given]
+        own = [_flag(k) for k in ("epochs", "iters_per_epoch") if k in given]
         if own and protocol not in OWN_STEPS:  # the budget would overwrite them
             raise UsageError(f"{' and '.join(own)}: set by the budget protocol {protocol!r}; give "
                              "--budget-protocol fixed (or converged) with them, or size the run with "

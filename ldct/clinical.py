@@ -250,12 +250,11 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
     out["nps"] = {**nps_summary(nps_rois, pixel), "n_rois": len(nps_rois), "frequency": freqs.tolist(),
                   "curve": curve.tolist()}
     qa = cfg["qa"]
+    qa_hu, radius = qa_images.astype(np.float64), qa["insert_mm"] / 2
     out["ttf"] = []
     for contrast_hu, centre in zip(qa["contrasts_hu"], scans["qa_centres"]):
-        radius = qa["insert_mm"] / 2
-        f, curve = ttf(qa_images.astype(np.float64), tuple(centre), radius, pixel, reach_mm=0.8 * radius)
-        lo, hi = f50_interval(qa_images.astype(np.float64), tuple(centre), radius, pixel, reach_mm=0.8 * radius,
-                              seed=seed)
+        f, curve = ttf(qa_hu, tuple(centre), radius, pixel, reach_mm=0.8 * radius)
+        lo, hi = f50_interval(qa_hu, tuple(centre), radius, pixel, reach_mm=0.8 * radius, seed=seed)
         out["ttf"].append({"contrast_hu": contrast_hu, "f50": f50(f, curve), "f50_ci_low": lo, "f50_ci_high": hi,
                            "frequency": f.tolist(), "curve": curve.tolist()})
     return out

@@ -511,7 +511,7 @@ def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, 
     assert not (tmp_path / "ana" / "model.pt").exists() and not (tmp_path / "wild" / "model.pt").exists()
 
     _, out = train(dataset, "ok", tmp_path)
-    ck = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     first = next(iter(ck["state_dict"]))
     ck["state_dict"][first] = torch.full_like(ck["state_dict"][first], float("nan"))
     torch.save(ck, tmp_path / "nan.pt")
