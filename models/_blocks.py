@@ -31,30 +31,34 @@ class ResidualBlock(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv2(self.act(self.conv1(x)))
-        return x + (y if self.res_scale == 1.0 else self.res_scale * y)  # skip the no-op scaling
+        y = self.conv2(self.act(self.conv1(x)))  # a fresh tensor nothing saves: the sum goes into it
+        return (y if self.res_scale == 1.0 else y.mul_(self.res_scale)).add_(x)  # = x + y, one tensor fewer
 
 
 class _LeakyReLUMask(torch.autograd.Function):
     """LeakyReLU that keeps a one-byte sign mask for backward instead of a float tensor."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, slope: float, inplace: bool) -> torch.Tensor:
         mask = x > 0
         ctx.save_for_backward(mask)
         ctx.slope = slope
-        return torch.where(mask, x, x * slope)
+        if inplace:
+            ctx.mark_dirty(x)
+            return F.leaky_relu_(x, slope)
+        return F.leaky_relu(x, slope)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad, grad * ctx.slope), None
+        return torch.where(mask, grad, grad * ctx.slope), None, None
 
 
-def leaky_relu_mask(x: torch.Tensor, slope: float) -> torch.Tensor:
+def leaky_relu_mask(x: torch.Tensor, slope: float, inplace: bool = False) -> torch.Tensor:
     """F.leaky_relu(x, slope), same values and gradients, saving a bool mask (a quarter of an
-    fp32 tensor) for backward: for an activation whose output nothing else saves."""
-    return _LeakyReLUMask.apply(x, slope)
+    fp32 tensor) for backward: for an activation whose output nothing else saves. `inplace`
+    overwrites x (not a view), for an input that nothing saves either (a fresh op's output)."""
+    return _LeakyReLUMask.apply(x, slope, inplace)
 
 
 class _PReLUSavingOutput(torch.autograd.Function):

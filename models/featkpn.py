@@ -56,7 +56,7 @@ def _paired_stage(x: torch.Tensor, fe: nn.Sequential, ke: nn.Sequential, grouped
     x = fe[1](_paired_conv(x, fe[0], ke[0], grouped))  # the stages' activation (the same in both)
     for rf, rk in zip(fe[2:], ke[2:]):
         y = rf.act(_paired_conv(x, rf.conv1, rk.conv1, True))
-        x = x + _paired_conv(y, rf.conv2, rk.conv2, True)
+        x = _paired_conv(y, rf.conv2, rk.conv2, True).add_(x)  # = x + conv(y), into the conv's fresh output
     return x
 
 
@@ -116,7 +116,8 @@ class FeatKPN(nn.Module):
         out = filtered[2]
         for s in (1, 0):
             conv, shuffle, act = self.up[s]
-            out = self.dec[s](leaky_relu_mask(shuffle(conv(out)), act.negative_slope) + filtered[s])
+            up = leaky_relu_mask(shuffle(conv(out)), act.negative_slope, inplace=True)  # the shuffle's fresh output
+            out = self.dec[s](up.add_(filtered[s]))
         return (xp + self.tail(out))[..., :h, :w]
 
     @staticmethod

@@ -337,6 +337,12 @@ def test_memory_saving_activations_equal_torch(slope):
         assert torch.equal(ours, theirs)
         for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(theirs, params, g)):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    # in place, on a fresh op's output (as Feat-KPN's decoder uses it): x's gradient through it
+    fresh = x * 1.0
+    out = leaky_relu_mask(fresh, slope, inplace=True)
+    assert out.data_ptr() == fresh.data_ptr() and torch.equal(out, F.leaky_relu(x, slope))
+    (grad,) = torch.autograd.grad(out, x, g)
+    assert torch.allclose(grad, torch.autograd.grad(F.leaky_relu(x, slope), x, g)[0], rtol=1e-12, atol=1e-14)
 
 
 def test_featkpn_runs_under_autocast():
