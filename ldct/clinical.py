@@ -246,8 +246,9 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
         out["conditions"].append({"contrast_hu": contrast_hu, "diameter_mm": diameter, **res,
                                   "measured_contrast_hu": float(measured.mean()),
                                   "cnr": float(abs(measured.mean()) / noise_sd) if noise_sd > 0 else float("inf")})
-    freqs, curve = radial_nps(nps_2d(nps_rois, pixel)[0], pixel)
-    out["nps"] = {**nps_summary(nps_rois, pixel), "n_rois": len(nps_rois), "frequency": freqs.tolist(),
+    nps = nps_2d(nps_rois, pixel)[0]
+    freqs, curve = radial_nps(nps, pixel)
+    out["nps"] = {**nps_summary(nps, pixel), "n_rois": len(nps_rois), "frequency": freqs.tolist(),
                   "curve": curve.tolist()}
     qa = cfg["qa"]
     qa_hu, radius = qa_images.astype(np.float64), qa["insert_mm"] / 2

@@ -50,10 +50,10 @@ def radial_nps(nps: np.ndarray, pixel_mm: float, n_bins: int | None = None) -> t
     return centres, sums / np.maximum(counts, 1)
 
 
-def nps_summary(noise_rois: np.ndarray, pixel_mm: float) -> dict[str, float]:
-    """Noise SD (HU, from the NPS integral), the mean frequency f_av = sum f NPS(f) / sum NPS(f)
-    over the radial NPS (AAPM TG-233, Solomon et al. 2012) and the peak frequency (1/mm)."""
-    nps, _ = nps_2d(noise_rois, pixel_mm)
+def nps_summary(nps: np.ndarray, pixel_mm: float) -> dict[str, float]:
+    """From the 2-D NPS (nps_2d): noise SD (HU, from the NPS integral), the mean frequency
+    f_av = sum f NPS(f) / sum NPS(f) over the radial NPS (AAPM TG-233, Solomon et al. 2012) and
+    the peak frequency (1/mm)."""
     h, w = nps.shape
     variance = float(nps.sum() / (h * w * pixel_mm ** 2))
     f, curve = radial_nps(nps, pixel_mm)

@@ -343,7 +343,8 @@ def test_profile_requests_gpus_and_wall_times(tmp_path, config):
     assert res.returncode == 0, out[-3000:]
     prof = yaml.safe_load(PROFILE.read_text())
     gpu_part = prof["set-resources"]["train"]["slurm_partition"]
-    jobs = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, re.MULTILINE)}
+    # (a group job's members are printed indented under its header)
+    jobs = {m.group(2): m.group(3) for m in re.finditer(r"^( *)rule (\w+):\n(?:\1    .*\n)*?\1    resources: (.*)$", out, re.MULTILINE)}
     gpu_rules = {r for r, res_ in jobs.items() if "gpu=1" in res_}
     assert set(GPU_RULES) <= gpu_rules
     for rule in gpu_rules:
@@ -356,13 +357,21 @@ def test_profile_requests_gpus_and_wall_times(tmp_path, config):
     if config == DOSE_SWEEP:
         assert {"denoise_doses", "convert_doses", "evaluate_doses", "dose_sweep"} <= set(jobs)
         assert "denoise_doses" in gpu_rules
+    # every evaluation job goes in a bundle of at most group-components of them (one sbatch each)
+    size = prof["group-components"]["evaluation"]
+    bundles = [re.findall(r"^    rule (\w+):", m.group(1), re.MULTILINE)
+               for m in re.finditer(r"Group job evaluation .*\n((?:(?!\[).*\n)*)", out)]
+    evaluations = re.findall(r"^ *rule (evaluate(?:_doses)?):", out, re.MULTILINE)
+    assert sorted(r for b in bundles for r in b) == sorted(evaluations) and len(evaluations) >= 3, (bundles, evaluations)
+    assert all(1 <= len(b) <= size for b in bundles) and len(bundles) == math.ceil(len(evaluations) / size), bundles
 
 
-JOB_LINE = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_([A-Za-z0-9_]+)/")
+JOB_LINE = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/(?:rule|group)_([A-Za-z0-9_]+)/")
 
 
 def slurm_jobs(output: str) -> list[tuple[str, str]]:
-    """(rule, SLURM job id) of every submission in a Snakemake log."""
+    """(rule, SLURM job id) of every submission in a Snakemake log; a group job's "rule" is
+    the group's name and its first member's rule (`evaluation_evaluate`)."""
     return [(m.group(2), m.group(1)) for m in JOB_LINE.finditer(output)]
 
 
@@ -421,7 +430,11 @@ def test_tiny_workflow_on_slurm_matches_local_run(cluster, tiny_runs, record_pro
     assert r["remote"].returncode == 0, r["remote_out"][-4000:] + cluster.logs()
     jobs = slurm_jobs(r["remote_out"])
     rules = {rule for rule, _ in jobs}
-    assert {"synthesize", "convert", "pretrain_segmenter", "train", "denoise", "evaluate", "tables", "figures"} <= rules
+    assert {"synthesize", "convert", "pretrain_segmenter", "train", "denoise", "tables", "figures"} <= rules
+    # the evaluation jobs (3 here: two experiments and the LDCT row) went as one bundle (the
+    # profile's group `evaluation`, up to 4 per sbatch), each still its own Snakemake job
+    assert "evaluate" not in rules and len([rule for rule in rules if rule.startswith("evaluation")]) == 1, jobs
+    assert r["remote_out"].count("rule evaluate:") == 3
     ids = sorted(int(jid) for _, jid in jobs)
     summary = (f"{len(jobs)} SLURM jobs (ids {ids[0]}-{ids[-1]}), the tiny workflow in {r['wall']:.0f} s "
                f"through profiles/slurm (the local run alongside: {r['local_wall']:.0f} s); {cluster.note}")
