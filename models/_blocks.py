@@ -32,7 +32,9 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(self.act(self.conv1(x)))  # a fresh tensor nothing saves: the sum goes into it
-        return (y if self.res_scale == 1.0 else y.mul_(self.res_scale)).add_(x)  # = x + y, one tensor fewer
+        y = y if self.res_scale == 1.0 else y.mul_(self.res_scale)
+        # = x + y, one tensor fewer; out of place where autocast gave x a wider dtype (kept, as x + y does)
+        return y.add_(x) if y.dtype == x.dtype else x + y
 
 
 class _LeakyReLUMask(torch.autograd.Function):
