@@ -358,3 +358,18 @@ def test_featkpn_runs_under_autocast():
     assert out.shape == ref.shape and (out.float() - ref).abs().max() < 1e-2
     out.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_residual_block_sum_keeps_the_wider_dtype_under_autocast():
+    """The in-place residual sum (into the conv's output) is used only where the dtypes agree:
+    a float32 input under bfloat16 autocast gives a float32 sum, as x + y does."""
+    from models._blocks import ResidualBlock
+
+    torch.manual_seed(0)
+    block, x = ResidualBlock(4), torch.randn(1, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+        y = block.conv2(block.act(block.conv1(x)))
+    assert out.dtype == torch.float32 and torch.equal(out, x + y)
+    plain = block(x)
+    assert torch.equal(plain, x + block.conv2(block.act(block.conv1(x))))
