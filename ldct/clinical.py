@@ -33,10 +33,10 @@ from ldct.errors import DataError
 from ldct.io import read_nifti
 from ldct.lesion_task import TISSUES, LesionSite, extract_rois, insert_lesions, lesion_profile, place_lesions
 from ldct.lowdose import make_geometry, simulate_doses
-from ldct.nps import nps_2d, nps_summary, radial_nps
+from ldct.nps import nps_2d, nps_summary
 from ldct.observer import cho, laguerre_gauss_channels
 from ldct.synthetic import subject_seed
-from ldct.ttf import f50, f50_interval, insert_phantom, ttf
+from ldct.ttf import insert_phantom, ttf_record
 
 NDCT, NOISELESS = "NDCT", "noiseless"  # reference rows beside LDCT and the experiments
 
@@ -246,18 +246,13 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
         out["conditions"].append({"contrast_hu": contrast_hu, "diameter_mm": diameter, **res,
                                   "measured_contrast_hu": float(measured.mean()),
                                   "cnr": float(abs(measured.mean()) / noise_sd) if noise_sd > 0 else float("inf")})
-    nps = nps_2d(nps_rois, pixel)[0]
-    freqs, curve = radial_nps(nps, pixel)
-    out["nps"] = {**nps_summary(nps, pixel), "n_rois": len(nps_rois), "frequency": freqs.tolist(),
-                  "curve": curve.tolist()}
+    out["nps"] = {**nps_summary(nps_2d(nps_rois, pixel)[0], pixel), "n_rois": len(nps_rois)}
     qa = cfg["qa"]
     qa_hu, radius = qa_images.astype(np.float64), qa["insert_mm"] / 2
     out["ttf"] = []
     for contrast_hu, centre in zip(qa["contrasts_hu"], scans["qa_centres"]):
-        f, curve = ttf(qa_hu, tuple(centre), radius, pixel, reach_mm=0.8 * radius)
-        lo, hi = f50_interval(qa_hu, tuple(centre), radius, pixel, reach_mm=0.8 * radius, seed=seed)
-        out["ttf"].append({"contrast_hu": contrast_hu, "f50": f50(f, curve), "f50_ci_low": lo, "f50_ci_high": hi,
-                           "frequency": f.tolist(), "curve": curve.tolist()})
+        out["ttf"].append({"contrast_hu": contrast_hu,
+                           **ttf_record(qa_hu, tuple(centre), radius, pixel, reach_mm=0.8 * radius, seed=seed)})
     return out
 
 

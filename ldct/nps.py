@@ -50,13 +50,13 @@ def radial_nps(nps: np.ndarray, pixel_mm: float, n_bins: int | None = None) -> t
     return centres, sums / np.maximum(counts, 1)
 
 
-def nps_summary(nps: np.ndarray, pixel_mm: float) -> dict[str, float]:
+def nps_summary(nps: np.ndarray, pixel_mm: float) -> dict:
     """From the 2-D NPS (nps_2d): noise SD (HU, from the NPS integral), the mean frequency
-    f_av = sum f NPS(f) / sum NPS(f) over the radial NPS (AAPM TG-233, Solomon et al. 2012) and
-    the peak frequency (1/mm)."""
+    f_av = sum f NPS(f) / sum NPS(f) over the radial NPS (AAPM TG-233, Solomon et al. 2012), the
+    peak frequency (1/mm), and the radial NPS itself ("frequency", "curve": lists)."""
     h, w = nps.shape
     variance = float(nps.sum() / (h * w * pixel_mm ** 2))
     f, curve = radial_nps(nps, pixel_mm)
     return {"noise_sd": float(np.sqrt(variance)),
             "mean_frequency": float((f * curve).sum() / curve.sum()) if curve.sum() > 0 else float("nan"),
-            "peak_frequency": float(f[np.argmax(curve)])}
+            "peak_frequency": float(f[np.argmax(curve)]), "frequency": f.tolist(), "curve": curve.tolist()}

@@ -18,13 +18,15 @@ from ldct.errors import DataError
 TAPER = 0.2  # Tukey window share tapered (half at each end of the LSF window)
 ZERO_PAD = 8  # FFT length / LSF samples
 MIN_REALISATIONS = 4  # noise realisations f50_interval needs
+RESAMPLES = 500  # bootstrap resamples of f50_interval
 
 
-def edge_spread(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
-                bin_mm: float | None = None, reach_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(radial distance from the edge in mm, mean HU) over an annulus of +-reach_mm (default
-    radius/2; it must cover the widest edge blur measured) around the insert's edge of (n, h, w)
-    images; bins of `bin_mm` (default a fifth of a pixel)."""
+def edge_spreads(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
+                 bin_mm: float | None = None, reach_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(radial distance from the edge in mm, (n, bins) mean HU of each image) over an annulus of
+    +-reach_mm (default radius/2; it must cover the widest edge blur measured) around the
+    insert's edge of (n, h, w) images; bins of `bin_mm` (default a fifth of a pixel). The ESF is
+    linear in the image: the mean of these is the ESF of the mean image."""
     if images.ndim != 3 or not np.isfinite(images).all():
         raise DataError(f"TTF images: expected finite (n, h, w), got shape {images.shape}")
     bin_mm = bin_mm or pixel_mm / 5
@@ -38,31 +40,48 @@ def edge_spread(images: np.ndarray, centre: tuple[float, float], radius_mm: floa
     edges = np.linspace(-reach, reach, n_bins + 1)
     idx = np.clip(np.digitize(dist[sel], edges) - 1, 0, n_bins - 1)
     counts = np.bincount(idx, minlength=n_bins)
-    sums = np.bincount(idx, weights=images.mean(0)[sel], minlength=n_bins)
     centres = 0.5 * (edges[1:] + edges[:-1])
     full = counts > 0
     if full.mean() < 0.9:
         raise DataError(f"TTF: bins of {bin_mm:g} mm too fine for a {radius_mm:g} mm insert at {pixel_mm:g} mm pixels")
-    return centres, np.interp(centres, centres[full], sums[full] / counts[full])  # the few empty bins filled
+    n = len(images)
+    sums = np.bincount((idx + n_bins * np.arange(n)[:, None]).ravel(), weights=images[:, sel].ravel(),
+                       minlength=n * n_bins).reshape(n, n_bins)
+    means = sums[:, full] / counts[full]
+    return centres, np.stack([np.interp(centres, centres[full], m) for m in means])  # the few empty bins filled
 
 
 def ttf(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
         bin_mm: float | None = None, reach_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(frequencies in 1/mm up to the image's Nyquist, TTF normalised to 1 at zero frequency)."""
-    r, esf = edge_spread(images, centre, radius_mm, pixel_mm, bin_mm, reach_mm)
-    return _ttf_of_esf(r, esf, pixel_mm)
+    """(frequencies in 1/mm up to the image's Nyquist, TTF normalised to 1 at zero frequency)
+    of the (n, h, w) images' mean edge."""
+    r, esfs = edge_spreads(images, centre, radius_mm, pixel_mm, bin_mm, reach_mm)
+    return _ttf_of_esf(r, esfs.mean(0), pixel_mm)
 
 
 def f50_interval(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
-                 reach_mm: float | None = None, n_resamples: int = 500, seed: int = 0) -> tuple[float, float]:
+                 reach_mm: float | None = None, n_resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """95 % bootstrap interval of f50 over the (n, h, w) images' noise realisations: the
-    realisations resampled with replacement, the TTF of each resample's mean edge. (The ESF is
-    linear in the images, so each realisation's ESF is made once and resamples average them.)
-    NaN below MIN_REALISATIONS: a bootstrap over fewer says nothing about the noise."""
-    if len(images) < MIN_REALISATIONS:
+    realisations resampled with replacement, the TTF of each resample's mean edge. NaN below
+    MIN_REALISATIONS: a bootstrap over fewer says nothing about the noise."""
+    r, esfs = edge_spreads(images, centre, radius_mm, pixel_mm, reach_mm=reach_mm)
+    return _f50_bootstrap(r, esfs, pixel_mm, n_resamples, seed)
+
+
+def ttf_record(images: np.ndarray, centre: tuple[float, float], radius_mm: float, pixel_mm: float,
+               reach_mm: float | None = None, seed: int = 0) -> dict:
+    """One insert's TTF of the images' mean edge, its f50 and f50's bootstrap interval (as
+    `ttf` and `f50_interval`, each realisation's edge read once): a JSON-ready dict."""
+    r, esfs = edge_spreads(images, centre, radius_mm, pixel_mm, reach_mm=reach_mm)
+    freqs, curve = _ttf_of_esf(r, esfs.mean(0), pixel_mm)
+    lo, hi = _f50_bootstrap(r, esfs, pixel_mm, RESAMPLES, seed)
+    return {"f50": f50(freqs, curve), "f50_ci_low": lo, "f50_ci_high": hi,
+            "frequency": freqs.tolist(), "curve": curve.tolist()}
+
+
+def _f50_bootstrap(r: np.ndarray, esfs: np.ndarray, pixel_mm: float, n_resamples: int, seed: int) -> tuple[float, float]:
+    if len(esfs) < MIN_REALISATIONS:
         return float("nan"), float("nan")
-    per_image = [edge_spread(images[i:i + 1], centre, radius_mm, pixel_mm, reach_mm=reach_mm) for i in range(len(images))]
-    r, esfs = per_image[0][0], np.stack([e for _, e in per_image])
     picks = np.random.default_rng(seed).integers(0, len(esfs), size=(n_resamples, len(esfs)))
     values = np.array([f50(*_ttf_of_esf(r, esfs[p].mean(0), pixel_mm)) for p in picks])
     values = values[np.isfinite(values)]

@@ -214,6 +214,24 @@ def test_f50_interval_covers_the_noise_of_the_qa_realisations():
     assert all(np.isnan(f50_interval(clean[:3], centres[0], radius, pixel, reach_mm=12.0)))  # too few to say
 
 
+def test_ttf_record_reads_each_edge_once_and_matches_ttf_and_f50_interval():
+    """The clinical record's TTF, f50 and interval: those of ttf and f50_interval; each
+    realisation's ESF averaged equals the ESF of the mean image (the ESF is linear)."""
+    from ldct.ttf import edge_spreads, f50, f50_interval, insert_phantom, ttf, ttf_record
+
+    pixel, radius = 2.0, 15.0
+    hu, centres = insert_phantom(128, pixel, [40.0], insert_mm=2 * radius, body_mm=200.0)
+    noisy = ndimage.gaussian_filter(hu.astype(np.float64), 1.0) + 15.0 * np.random.default_rng(4).standard_normal((6, 128, 128))
+    r, esfs = edge_spreads(noisy, centres[0], radius, pixel, reach_mm=12.0)
+    _, esf_of_mean = edge_spreads(noisy.mean(0, keepdims=True), centres[0], radius, pixel, reach_mm=12.0)
+    assert esfs.shape == (6, len(r))
+    np.testing.assert_allclose(esfs.mean(0), esf_of_mean[0], rtol=0, atol=1e-9)
+    rec = ttf_record(noisy, centres[0], radius, pixel, reach_mm=12.0, seed=3)
+    f, curve = ttf(noisy, centres[0], radius, pixel, reach_mm=12.0)
+    assert rec["frequency"] == f.tolist() and rec["curve"] == curve.tolist() and rec["f50"] == f50(f, curve)
+    assert (rec["f50_ci_low"], rec["f50_ci_high"]) == f50_interval(noisy, centres[0], radius, pixel, reach_mm=12.0, seed=3)
+
+
 @pytest.mark.parametrize("sigma_mm", [2.0, 3.0, 4.0])
 def test_ttf_of_a_wide_blur_is_not_biased_high(sigma_mm):
     """The clinical geometry (2 mm pixels, a 30 mm insert, the edge window measure() uses): a
