@@ -361,8 +361,7 @@ def nps_curves(results: dict[str, dict], out: str | Path) -> None:
     styles = _row_styles(rows)
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
-        # the first bin holds only zero frequency, which removing each ROI's mean empties: left out
-        f, curve = np.asarray(results[r]["nps"]["frequency"])[1:], np.asarray(results[r]["nps"]["curve"])[1:]
+        f, curve = np.asarray(results[r]["nps"]["frequency"]), np.asarray(results[r]["nps"]["curve"])  # DC already out
         ax[0].plot(f, curve, label=f"{r} (SD {results[r]['nps']['noise_sd']:.1f} HU)", **styles[r])
         ax[1].plot(f, curve / np.trapezoid(curve, f), label=r, **styles[r])
     ax[0].set_yscale("log")

@@ -1,5 +1,8 @@
 """Figure helpers: every experiment's line can be told apart."""
 
+import numpy as np
+import pytest
+
 from ldct.figures import experiment_styles
 
 
@@ -70,3 +73,30 @@ def test_training_curves_show_a_gans_adversarial_terms(tmp_path):
     assert len(panels[0]) == 2 and len(panels[1]) == 3
     assert {t.get_text() for t in panels[1][2].get_legend().get_texts()} == {"gan: discriminator", "gan: adv_image"}
     assert "n2n (vs its repeat scan)" in {t.get_text() for t in panels[1][1].get_legend().get_texts()}
+
+
+def test_nps_figure_draws_every_radial_bin_and_normalises_to_unit_area(tmp_path):
+    """radial_nps leaves zero frequency out already: the figure draws each of its bins, the first included."""
+    import matplotlib.pyplot as plt
+
+    from ldct import figures
+    from ldct.nps import nps_summary
+
+    rng = np.random.default_rng(0)
+    nps = rng.random((32, 32)) + 1.0
+    summary = nps_summary(nps, pixel_mm=0.5)
+    results = {"LDCT": {"nps": summary}, "featkpn_l1": {"nps": {**summary, "curve": [2 * c for c in summary["curve"]]}}}
+    drawn = []
+    real_save = figures.save
+    figures.save = lambda fig, out: drawn.append(fig.axes)
+    try:
+        figures.nps_curves(results, tmp_path / "nps.png")
+    finally:
+        figures.save = real_save
+        plt.close("all")
+    absolute, normalised = drawn[0]
+    for line in absolute.get_lines():
+        assert list(line.get_xdata()) == summary["frequency"]  # all 16 bins, the lowest included
+    assert absolute.get_lines()[0].get_xdata()[0] == pytest.approx(1 / (32 * 0.5))  # the DFT spacing
+    for line in normalised.get_lines():
+        assert np.trapezoid(line.get_ydata(), line.get_xdata()) == pytest.approx(1.0)
