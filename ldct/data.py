@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldct.classes import NUM_CLASSES
 from ldct.errors import DataError
 from ldct.io import read_nifti
 
@@ -49,12 +50,26 @@ def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, 
         if not np.isfinite(arr).all():
             raise DataError(f"{d / name}: contains NaN or inf")
     sv = SubjectVolumes(subject, to_slices(low), to_slices(full), affine=aff)
+
+    def companion(name: str) -> np.ndarray:
+        """Another volume of the subject, checked against full.nii.gz: same grid, finite."""
+        arr, a = read_nifti(d / name)
+        if arr.shape != full.shape or not np.allclose(a, full_aff, atol=1e-3):
+            raise DataError(f"{d / name}: geometry {arr.shape} differs from full.nii.gz {full.shape}")
+        if not np.isfinite(arr).all():
+            raise DataError(f"{d / name}: contains NaN or inf")
+        return to_slices(arr)
+
     if with_labels and (d / "labels.nii.gz").exists():
-        sv.labels = to_slices(read_nifti(d / "labels.nii.gz")[0]).astype(np.int64)
+        labels = companion("labels.nii.gz")
+        if (labels != np.round(labels)).any() or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise DataError(f"{d / 'labels.nii.gz'}: labels must be integers 0..{NUM_CLASSES - 1} "
+                            f"(found {labels.min():g}..{labels.max():g})")
+        sv.labels = labels.astype(np.int64)
     if (d / "truth.nii.gz").exists():
-        sv.truth = to_slices(read_nifti(d / "truth.nii.gz")[0])
+        sv.truth = companion("truth.nii.gz")
     if with_repeat and (d / REPEAT_NAME).exists():
-        sv.repeat = to_slices(read_nifti(d / REPEAT_NAME)[0])
+        sv.repeat = companion(REPEAT_NAME)
     return sv
 
 

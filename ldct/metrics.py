@@ -66,6 +66,8 @@ def stack_window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -
     # imported here: torchmetrics takes ~1 s to import, which jobs that only need PSNR skip
     from torchmetrics.functional.image import visual_information_fidelity
 
+    if np.shape(pred_hu) != np.shape(ref_hu):
+        raise ValueError(f"prediction {np.shape(pred_hu)} and reference {np.shape(ref_hu)} differ in shape")
     lo, _ = WINDOWS[window]
     rows, ps, rs = [], [], []
     for pred, ref in zip(pred_hu, ref_hu):
@@ -92,6 +94,6 @@ def stack_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, windows=("full", "bra
     """Per slice of a (S, H, W) stack: every window's metrics, keyed '{prefix}{metric}_{window}'."""
     out = [{} for _ in range(len(pred_hu))]
     for w in windows:
-        for row, m in zip(out, stack_window_metrics(pred_hu, ref_hu, w)):
+        for row, m in zip(out, stack_window_metrics(pred_hu, ref_hu, w), strict=True):
             row.update({f"{prefix}{k}_{w}": v for k, v in m.items()})
     return out

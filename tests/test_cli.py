@@ -102,6 +102,39 @@ def test_bad_nifti_input_is_named(tmp_path):
         stack_subjects(tmp_path, [])
 
 
+def test_a_subjects_labels_truth_and_repeat_scan_are_checked_against_its_full_dose_volume(tmp_path):
+    """A companion volume of another grid, with NaN, or labels outside the classes: an error naming the file."""
+    from ldct.classes import NUM_CLASSES
+    from ldct.data import REPEAT_NAME, load_subject
+    from ldct.errors import DataError
+    from ldct.io import write_nifti
+
+    d = tmp_path / "S1"
+    vol = np.zeros((8, 8, 2))
+    for name in ("full.nii.gz", "low.nii.gz"):
+        write_nifti(d / name, vol, np.eye(4))
+    for name in ("truth.nii.gz", REPEAT_NAME, "labels.nii.gz"):
+        write_nifti(d / name, np.zeros((8, 8, 3)), np.eye(4))  # one slice too many
+        with pytest.raises(DataError, match=rf"S1/{name}: geometry \(8, 8, 3\) differs from full.nii.gz"):
+            load_subject(tmp_path, "S1", with_repeat=True)
+        write_nifti(d / name, vol, np.diag([2.0, 1, 1, 1]))  # the same shape on another grid
+        with pytest.raises(DataError, match=rf"S1/{name}: geometry"):
+            load_subject(tmp_path, "S1", with_repeat=True)
+        write_nifti(d / name, vol, np.eye(4))
+    write_nifti(d / "truth.nii.gz", np.full((8, 8, 2), np.inf), np.eye(4), dtype=np.float32)
+    with pytest.raises(DataError, match="S1/truth.nii.gz: contains NaN or inf"):
+        load_subject(tmp_path, "S1")
+    write_nifti(d / "truth.nii.gz", vol, np.eye(4))
+    write_nifti(d / "labels.nii.gz", np.full((8, 8, 2), NUM_CLASSES), np.eye(4))
+    with pytest.raises(DataError, match=rf"S1/labels.nii.gz: labels must be integers 0..{NUM_CLASSES - 1}"):
+        load_subject(tmp_path, "S1")
+    assert load_subject(tmp_path, "S1", with_labels=False).labels is None  # not read when not asked for
+    write_nifti(d / "labels.nii.gz", np.full((8, 8, 2), NUM_CLASSES - 1), np.eye(4))
+    sv = load_subject(tmp_path, "S1", with_repeat=True)
+    assert sv.labels.dtype == np.int64 and (sv.labels == NUM_CLASSES - 1).all()
+    assert sv.truth.shape == sv.repeat.shape == sv.full.shape == (2, 8, 8)
+
+
 def test_ssim_l1_trains_on_the_reference_arithmetic():
     """Logging the terms apart does not change the loss the optimiser sees (bit for bit)."""
     import torch

@@ -59,6 +59,13 @@ def test_stack_metrics_equal_the_slice_by_slice_metrics():
                 assert row[f"truth_{k}_{w}"] == pytest.approx(v, rel=1e-5)
 
 
+def test_stacks_of_different_shape_are_refused_not_truncated():
+    """A reference with one slice fewer (a truth.nii.gz of another length) must not silently score fewer slices."""
+    ref = np.stack([brain_image(seed=s) for s in range(3)])
+    with pytest.raises(ValueError, match=r"prediction \(3, 96, 96\) and reference \(2, 96, 96\) differ"):
+        stack_metrics(ref, ref[:2])
+
+
 def vif_single_scale(ref, dist, sigma_nsq=2.0):
     """VIF by its definition (Sheikh & Bovik 2006) at one scale with a uniform window:
     the ratio of the information the distorted channel carries to the reference's."""
