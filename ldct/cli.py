@@ -212,10 +212,7 @@ def cmd_template_fields(a) -> None:
          arg("--phantom", help="synthetic truth folder whose labels, truth and repeat scan are copied along"),
          sections={"dataset": SERIES_KEYS})
 def cmd_convert(a) -> None:
-    import shutil
-
     from ldct.dicom import SubjectSeries, convert_subject, find_series
-    from ldct.io import atomic_paths, write_json
 
     cfg = a.settings["dataset"]
     if a.full or a.low:
@@ -230,11 +227,7 @@ def cmd_convert(a) -> None:
     for path in phantom:  # before anything is written
         if not path.is_file():
             raise MissingFileError(f"{path}: synthetic truth file not found (--phantom)")
-    row = convert_subject(a.subject_dir, a.out, series=series)
-    with atomic_paths(*(Path(a.out) / path.name for path in phantom)) as tmps:
-        for path, tmp in zip(phantom, tmps):
-            shutil.copyfile(path, tmp)
-    write_json(Path(a.out) / "manifest.json", row)
+    convert_subject(a.subject_dir, a.out, series=series, companions=tuple(phantom))  # all files or none
 
 
 @command("convert-doses", "convert a subject's extra reduced-dose series (dose sweep)",

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ldct.errors import DataError
@@ -144,7 +147,9 @@ def find_series(subject_dir: Path, full_key: str = FULL_DESCRIPTION, low_key: st
     if not subject_dir.is_dir():
         raise DicomError(f"{subject_dir}: subject folder not found")
     found: dict[str, list[Path]] = {"full": [], "low": []}
-    for folder in sorted({p.parent for p in subject_dir.rglob("*") if p.is_file()}):
+    files = (p for p in subject_dir.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(subject_dir).parts))
+    for folder in sorted({p.parent for p in files}):
         kind = _classify(folder, full_key, low_key)
         if kind:
             found[kind].append(folder)
@@ -197,8 +202,39 @@ def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
         for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "SeriesInstanceUID"):
             if tag not in ds:
                 raise DicomError(f"{f}: missing {tag}")
+        _numbers(f, ds, "ImagePositionPatient", 3)
+        _numbers(f, ds, "ImageOrientationPatient", 6)
+        for tag, n in (("PixelSpacing", 2), ("Rows", 1), ("Columns", 1)):
+            if (_numbers(f, ds, tag, n) <= 0).any():
+                raise DicomError(f"{f}: {tag} must be positive, is {ds.get(tag)!r}")
         slices.append((f, ds))
     return slices
+
+
+def _numbers(f: Path, ds: pydicom.Dataset, tag: str, n: int) -> np.ndarray:
+    """A numeric tag's `n` values as float64; a DicomError naming the file and tag if they are
+    not `n` finite numbers (a malformed header, not a traceback)."""
+    want = "a number" if n == 1 else f"{n} numbers"
+    try:
+        value = ds.get(tag)  # pydicom converts a DS/IS value on access: a malformed one raises here
+    except (TypeError, ValueError) as err:
+        raise DicomError(f"{f}: {tag} cannot be read as {want} ({err})") from None
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        arr = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DicomError(f"{f}: {tag} is {value!r}, not {want}") from None
+    if len(arr) != n or not np.isfinite(arr).all():
+        raise DicomError(f"{f}: {tag} is {value!r}, expected {n} finite number{'s' if n > 1 else ''}")
+    return arr
+
+
+def _optional_number(f: Path, ds: pydicom.Dataset, tag: str, default: float) -> float:
+    """A single numeric tag that may be absent or empty (then `default`); an error naming the
+    file if it holds something else than a finite number."""
+    if tag not in ds or ds[tag].is_empty:
+        return default
+    return float(_numbers(f, ds, tag, 1)[0])
 
 
 def _check_in_plane(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
@@ -234,7 +270,7 @@ def _order_slices(folder: Path, slices: list[tuple[Path, pydicom.Dataset]], norm
     if len(dup):
         raise DicomError(f"{slices[dup[0] + 1][0]}: duplicate slice position {pos[dup[0]]:.3f} mm (also {slices[dup[0]][0].name})")
     if len(pos) <= 1:
-        return slices, pos, float(ds0.get("SliceThickness", 1.0) or 1.0)
+        return slices, pos, _optional_number(slices[0][0], ds0, "SliceThickness", 1.0) or 1.0
     steps = np.diff(pos)
     step = float(np.median(steps))
     bad = np.where(np.abs(steps - step) > max(0.01 * step, 1e-3))[0]
@@ -263,8 +299,8 @@ def _slice_hu(f: Path, ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarra
         raise DicomError(f"{f}: pixel data contains NaN or inf")
     if px.shape != shape:
         raise DicomError(f"{f}: pixel array shape {px.shape} does not match Rows x Columns {shape}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = _optional_number(f, ds, "RescaleSlope", 1.0) or 1.0
+    intercept = _optional_number(f, ds, "RescaleIntercept", 0.0)
     return (px * slope + intercept).T
 
 
@@ -280,20 +316,22 @@ def _series_affine(iop: np.ndarray, spacing: np.ndarray, step: float, first: np.
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def _series_meta(ds0: pydicom.Dataset, n_slices: int, shape: tuple[int, int], spacing: np.ndarray,
+def _series_meta(f0: Path, ds0: pydicom.Dataset, n_slices: int, shape: tuple[int, int], spacing: np.ndarray,
                  step: float) -> dict:
-    """The series facts the manifest reports, from its first file."""
+    """The series facts the manifest reports (and pairing checks), from its first file `f0`."""
     return {
         "series_uid": str(ds0.SeriesInstanceUID),
+        "patient_id": str(ds0.get("PatientID", "") or ""),
+        "frame_of_reference_uid": str(ds0.get("FrameOfReferenceUID", "") or ""),
         "description": str(ds0.get("SeriesDescription", "")),
         "slices": n_slices,
         "rows": shape[0], "columns": shape[1],
         "pixel_spacing_mm": float(spacing[0]),
         "slice_spacing_mm": round(step, 4),
-        "slice_thickness_mm": float(ds0.get("SliceThickness", step) or step),
-        "kvp": float(ds0.get("KVP", 0) or 0) or None,
-        "exposure_mas": float(ds0.get("Exposure", 0) or 0) or None,
-        "ctdivol": float(ds0.get("CTDIvol", 0) or 0) or None,
+        "slice_thickness_mm": _optional_number(f0, ds0, "SliceThickness", 0.0) or step,
+        "kvp": _optional_number(f0, ds0, "KVP", 0.0) or None,
+        "exposure_mas": _optional_number(f0, ds0, "Exposure", 0.0) or None,
+        "ctdivol": _optional_number(f0, ds0, "CTDIvol", 0.0) or None,
     }
 
 
@@ -302,17 +340,32 @@ def read_series(folder: str | Path) -> Volume:
     folder = Path(folder)
     slices = _read_slices(folder)
     iop, spacing, shape = _check_in_plane(folder, slices)
-    ds0 = slices[0][1]  # the first file by name: the series' reference for metadata
+    f0, ds0 = slices[0]  # the first file by name: the series' reference for metadata
     slices, pos, step = _order_slices(folder, slices, np.cross(iop[:3], iop[3:]), ds0)
     data = np.empty((shape[1], shape[0], len(slices)), np.float32)
     for k, (f, ds) in enumerate(slices):
         data[:, :, k] = _slice_hu(f, ds, shape)
     affine = _series_affine(iop, spacing, step, np.array(slices[0][1].ImagePositionPatient, dtype=float))
-    return Volume(data, affine, pos, _series_meta(ds0, len(slices), shape, spacing, step))
+    return Volume(data, affine, pos, _series_meta(f0, ds0, len(slices), shape, spacing, step))
 
 
 def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume, list[float]]:
-    """Keep the slice positions both series share; error if their geometry differs."""
+    """Keep the slice positions both series share; error if they are one series, of two
+    patients, of different slice thickness, or their geometry differs."""
+    fm, lm = full.meta, low.meta
+    if fm.get("series_uid") and fm.get("series_uid") == lm.get("series_uid"):
+        raise DicomError(f"{where}: full- and low-dose are the same series ({fm['series_uid']}): two different scans are needed")
+    if fm.get("patient_id") and lm.get("patient_id") and fm["patient_id"] != lm["patient_id"]:
+        raise DicomError(f"{where}: full- and low-dose series are of different patients "
+                         f"(PatientID {fm['patient_id']!r} and {lm['patient_id']!r})")
+    if "slice_thickness_mm" in fm and abs(fm["slice_thickness_mm"] - lm["slice_thickness_mm"]) > 1e-3:
+        raise DicomError(f"{where}: full dose has {fm['slice_thickness_mm']:g} mm slices, low dose "
+                         f"{lm['slice_thickness_mm']:g} mm: the pair must be reconstructed alike")
+    if fm.get("frame_of_reference_uid") and lm.get("frame_of_reference_uid") \
+            and fm["frame_of_reference_uid"] != lm["frame_of_reference_uid"]:
+        # simulated low-dose series may carry their own frame UID: the geometry checks below decide
+        log.warning("%s: full- and low-dose series have different FrameOfReferenceUIDs; pairing them by "
+                    "patient coordinates", where)
     if full.data.shape[:2] != low.data.shape[:2]:
         raise DicomError(f"{where}: full dose is {full.data.shape[:2]} pixels, low dose {low.data.shape[:2]}")
     if not np.allclose(full.affine[:3, :2], low.affine[:3, :2], atol=1e-3):
@@ -335,11 +388,15 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
 
 
 def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_key: str = FULL_DESCRIPTION,
-                    low_key: str = LOW_DESCRIPTION, series: SubjectSeries | None = None) -> dict:
-    """Convert one subject's full/low pair to full.nii.gz / low.nii.gz; return its manifest row.
+                    low_key: str = LOW_DESCRIPTION, series: SubjectSeries | None = None,
+                    companions: tuple[Path, ...] = ()) -> dict:
+    """Convert one subject's full/low pair to full.nii.gz / low.nii.gz with its manifest.json
+    (and copies of `companions`, e.g. a synthetic subject's labels and truth); return the
+    manifest row.
 
     The series are found in `subject_dir` (TCIA layout) unless given explicitly (`series`,
-    the generic layout). Both series are read and checked before anything is written."""
+    the generic layout). Both series are read and checked before anything is written, and
+    every output is renamed into place together: an error leaves the folder as it was."""
     if series is None:
         series = find_series(Path(subject_dir), full_key, low_key)
     where = str(subject_dir or series.full.parent)
@@ -350,12 +407,10 @@ def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_ke
     full, low, dropped = pair_volumes(full, low, where)
     if dropped:
         log.warning("%s: dropped slice positions present in only one series: %s", where, dropped)
-    out_dir = Path(out_dir)
-    write_niftis({out_dir / "full.nii.gz": (full.data, full.affine), out_dir / "low.nii.gz": (low.data, low.affine)})
     ratio = None
     if full.meta["exposure_mas"] and low.meta["exposure_mas"]:
         ratio = low.meta["exposure_mas"] / full.meta["exposure_mas"]
-    return {
+    row = {
         "subject": series.subject,
         "full_series_uid": full.meta["series_uid"], "low_series_uid": low.meta["series_uid"],
         "slices": full.meta["slices"], "rows": full.meta["rows"], "columns": full.meta["columns"],
@@ -365,3 +420,10 @@ def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_ke
         "full_ctdivol": full.meta["ctdivol"], "low_ctdivol": low.meta["ctdivol"],
         "dose_ratio": ratio, "dropped_positions": len(dropped),
     }
+    out_dir = Path(out_dir)
+    also = {out_dir / "manifest.json": lambda tmp: tmp.write_text(json.dumps(row, indent=1) + "\n")}
+    for src in companions:
+        also[out_dir / Path(src).name] = lambda tmp, src=src: shutil.copyfile(src, tmp)
+    write_niftis({out_dir / "full.nii.gz": (full.data, full.affine), out_dir / "low.nii.gz": (low.data, low.affine)},
+                 also=also)
+    return row

@@ -67,10 +67,11 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, d
     write_niftis({path: (data, affine)}, dtype)
 
 
-def write_niftis(volumes: dict, dtype=np.int16) -> None:
+def write_niftis(volumes: dict, dtype=np.int16, also: dict | None = None) -> None:
     """Write volumes that belong together ({path: (data, affine)}): every one is checked and
     written under a temporary name first, and all are renamed into place only then, so a bad
-    volume leaves every file as it was."""
+    volume leaves every file as it was. `also` ({path: write(tmp_path)}) adds other files to
+    the same all-or-none block (a manifest, copied companions)."""
     images = {}
     for path, (data, affine) in volumes.items():
         arr = np.asarray(data)
@@ -82,9 +83,12 @@ def write_niftis(volumes: dict, dtype=np.int16) -> None:
         img = nib.Nifti1Image(arr.astype(dtype), affine)
         img.header.set_xyzt_units("mm", "sec")
         images[path] = img
-    with atomic_paths(*images) as tmps:
+    also = also or {}
+    with atomic_paths(*images, *also) as tmps:
         for img, tmp in zip(images.values(), tmps):
             nib.save(img, str(tmp))
+        for write, tmp in zip(also.values(), tmps[len(images):], strict=True):
+            write(tmp)
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -244,6 +244,21 @@ def test_volumes_that_belong_together_are_written_all_or_none(tmp_path):
     assert np.asarray(nib.load(str(tmp_path / "low.nii.gz")).dataobj).max() == 1
 
 
+def test_a_conversion_writes_its_volumes_manifest_and_companions_all_or_none(synthetic_subject, tmp_path):
+    """A companion that cannot be copied (it vanished after the checks) leaves an earlier
+    conversion's NIfTI pair and manifest exactly as they were, with no temporary file."""
+    out = tmp_path / "S001"
+    phantom = synthetic_subject["phantom"]
+    row = convert_subject(synthetic_subject["dicom"], out, companions=(phantom / "labels.nii.gz",))
+    assert sorted(p.name for p in out.iterdir()) == ["full.nii.gz", "labels.nii.gz", "low.nii.gz", "manifest.json"]
+    assert json.loads((out / "manifest.json").read_text()) == row
+    (out / "manifest.json").write_text("{}\n")  # marks the earlier state
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileNotFoundError):
+        convert_subject(synthetic_subject["dicom"], out, companions=(phantom / "labels.nii.gz", tmp_path / "gone.nii.gz"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_incomplete_phantom_folder_is_refused_before_anything_is_written(synthetic_subject, tmp_path, capfd):
     """`ldct convert --phantom` checks the synthetic truth files first: a subject folder that
     already holds a conversion keeps it untouched."""
@@ -318,3 +333,56 @@ def test_ambiguous_series_is_an_error(synthetic_subject, tmp_path):
     full = series_dir(subj, "Full Dose")
     shutil.copytree(full, full.parent / "2.000000-Full Dose Images-999")
     _expect_error(subj, tmp_path / "out", "several series match 'Full Dose Images'")
+
+
+def _patch_bytes(f: Path, old: bytes, new: bytes):
+    """Replace a tag's stored text byte for byte (a malformed header pydicom would not write)."""
+    raw = f.read_bytes()
+    assert raw.count(old) == 1 and len(old) == len(new)
+    f.write_bytes(raw.replace(old, new))
+
+
+@pytest.mark.parametrize("tags, patch, message", [
+    ({"KVP": "987.6"}, (b"987.6 ", b"abcde "), r"{name}: KVP (is .abcde., not|cannot be read as) a number"),
+    ({"PixelSpacing": [0.5]}, None, r"{name}: PixelSpacing is .*0.5.*, expected 2 finite numbers"),
+    ({"ImagePositionPatient": [1.0, 2.0]}, None, r"{name}: ImagePositionPatient is .*, expected 3 finite numbers"),
+    ({"ImageOrientationPatient": [1, 0, 0, 0, 1]}, None, r"{name}: ImageOrientationPatient is .*, expected 6"),
+    ({"PixelSpacing": [0.0, 0.0]}, None, r"{name}: PixelSpacing must be positive"),
+    ({"RescaleIntercept": "987.6"}, (b"987.6 ", b"nan   "), r"{name}: RescaleIntercept is .*nan.*, expected 1 finite"),
+    ({"SliceThickness": "987.6"}, (b"987.6 ", b"5 mm  "), r"{name}: SliceThickness (is .5 mm., not|cannot be read as) a number"),
+])
+def test_a_malformed_tag_value_is_named_with_its_file(synthetic_subject, tmp_path, tags, patch, message):
+    """A value that is not the numbers DICOM prescribes: an error naming the file and the tag, nothing written."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = _edit_series(subj, "Full Dose", 0, **tags)  # the first file: also the series' metadata source
+    if patch:
+        _patch_bytes(victim, *patch)
+    _expect_error(subj, tmp_path / "out", message.format(name=victim.name))
+
+
+def test_a_pair_must_be_two_scans_of_one_patient_reconstructed_alike(synthetic_subject, tmp_path, caplog):
+    from ldct.dicom import SubjectSeries, pair_volumes
+
+    full_dir, low_dir = series_dir(synthetic_subject["dicom"], "Full Dose"), series_dir(synthetic_subject["dicom"], "Low Dose")
+    with pytest.raises(DicomError, match="NA-NA-[0-9]*: full- and low-dose are the same series"):
+        convert_subject(None, tmp_path / "out", series=SubjectSeries("S001", full_dir, full_dir))
+    assert not (tmp_path / "out").exists()
+    full, low = read_series(full_dir), read_series(low_dir)
+    other = type(low)(low.data, low.affine, low.positions, {**low.meta, "patient_id": "S999"})
+    with pytest.raises(DicomError, match="S001: full- and low-dose series are of different patients .*'S001' and 'S999'"):
+        pair_volumes(full, other, "S001")
+    thick = type(low)(low.data, low.affine, low.positions, {**low.meta, "slice_thickness_mm": 1.0})
+    with pytest.raises(DicomError, match=f"S001: full dose has {full.meta['slice_thickness_mm']:g} mm slices, low dose 1 mm"):
+        pair_volumes(full, thick, "S001")
+    moved_frame = type(low)(low.data, low.affine, low.positions, {**low.meta, "frame_of_reference_uid": "1.2.3"})
+    with caplog.at_level("WARNING"):
+        f2, l2, dropped = pair_volumes(full, moved_frame, "S001")  # a simulated low dose may carry its own frame
+    assert "different FrameOfReferenceUIDs" in caplog.text and f2.data.shape == l2.data.shape and not dropped
+
+
+def test_hidden_folders_are_not_searched_for_series(synthetic_subject, tmp_path):
+    """A copy left in a hidden folder (.trash, .snapshot) is not a second matching series."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    full = series_dir(subj, "Full Dose")
+    shutil.copytree(full, subj / ".snapshot" / full.name)
+    assert find_series(subj).full == full
