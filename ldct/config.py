@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from pathlib import Path
 
 import yaml
@@ -114,6 +115,35 @@ def _check(schema: dict, inst, where: str = "") -> None:
         raise ConfigError(f"config error at {key}: {err.message}")
 
 
+def _reject_non_finite(inst, where: str = "") -> None:
+    """NaN and infinity pass a schema's bounds (`.nan` compares false with everything): refused
+    by key, before any of them reaches a learning rate or a budget."""
+    if isinstance(inst, float) and not math.isfinite(inst):
+        raise ConfigError(f"config error at {where or '(top level)'}: {inst} is not a finite number")
+    items = inst.items() if isinstance(inst, dict) else enumerate(inst) if isinstance(inst, list) else ()
+    for key, value in items:
+        _reject_non_finite(value, f"{where}.{key}" if where else str(key))
+
+
+# (section, key): [low, high] pairs whose first value must not exceed the second
+ORDERED_PAIRS = (("synthetic", "z_range_mm"), ("train", "crop_scale"))
+
+
+def _check_pair(values: dict, key: str, where: str) -> None:
+    pair = values.get(key)
+    if isinstance(pair, list) and len(pair) == 2 and not pair[0] <= pair[1]:
+        raise ConfigError(f"config error at {where}.{key}: {pair} is not [low, high]")
+
+
+def _check_order(config: dict) -> None:
+    """Ranges a schema cannot order: a [low, high] pair, and the HU window."""
+    for section, key in ORDERED_PAIRS:
+        _check_pair(config.get(section) or {}, key, section)
+    norm = config.get("normalization") or {}
+    if "hu_min" in norm and "hu_max" in norm and not norm["hu_min"] < norm["hu_max"]:
+        raise ConfigError(f"config error at normalization: hu_min ({norm['hu_min']}) must be below hu_max ({norm['hu_max']})")
+
+
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (defaults filled), plus checks a schema cannot express."""
     from ldct.budget import OWN_STEPS
@@ -123,10 +153,13 @@ def validate_config(config: dict) -> dict:
     train_schema = schema["properties"]["train"]
     coerce(schema, config)
     _coerce_experiments(config, train_schema)
+    _reject_non_finite(config)
     _fill_defaults(schema, config)
     _check(schema, config)
+    _check_order(config)
     for name, exp in config["experiments"].items():
         _check(train_schema, {**config["train"], **exp.get("train", {})}, f"experiments.{name}.train")
+        _check_pair(exp.get("train", {}), "crop_scale", f"experiments.{name}.train")
         protocol = {**config["train"], **exp.get("train", {})}["budget"]["protocol"]
         fixed = [k for k in ("epochs", "iters_per_epoch") if k in exp.get("train", {}) and protocol not in OWN_STEPS]
         if fixed:
@@ -154,8 +187,10 @@ def validate_config(config: dict) -> dict:
 def validate_section(name: str, values: dict) -> dict:
     """One top-level section (e.g. `synthetic`) on its own: defaults filled, checked in place."""
     schema = load_schema()["properties"][name]
+    _reject_non_finite(values, name)
     _fill_defaults(schema, values)
     _check(schema, values, name)
+    _check_order({name: values})
     return values
 
 

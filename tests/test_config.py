@@ -67,6 +67,20 @@ def test_every_schema_key_has_default_and_description():
     ({"dataset": {"source": "dicom", "dicom_root": "/data"}, "segmenter": {"weights": "w.pth"},
       "experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"target": "repeat"}}}},
      "experiments.x.train.target"),
+    ({"train": {"lr": float("nan")}}, "train.lr"),
+    ({"train": {"budget": {"tera_macs": float("inf")}}}, "train.budget.tera_macs"),
+    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"lr": float("nan")}}}},
+     "experiments.x.train.lr"),
+    ({"synthetic": {"dose_fractions": [0.25, float("nan")]}}, "synthetic.dose_fractions.1"),
+    ({"synthetic": {"dose_fractions": [1.0]}}, "synthetic.dose_fractions.0"),
+    ({"synthetic": {"dose_fractions": [0.25, 0.25]}}, "synthetic.dose_fractions"),
+    ({"synthetic": {"z_range_mm": [40.0, -20.0]}}, "synthetic.z_range_mm"),
+    ({"train": {"crop_scale": [1.0, 0.5]}}, "train.crop_scale"),
+    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"crop_scale": [0.9, 0.6]}}}},
+     "experiments.x.train.crop_scale"),
+    ({"normalization": {"hu_min": 100.0, "hu_max": -100.0}}, "normalization"),
+    ({"train": {"device": "gpu"}}, "train.device"),
+    ({"segmenter": {"device": "cuda0"}}, "segmenter.device"),
 ])
 def test_invalid_config_names_the_key(patch, key):
     with pytest.raises(ConfigError) as err:
@@ -135,3 +149,10 @@ def test_optimiser_and_schedule_names_agree_with_the_engine():
         props = load_schema()["properties"][section]["properties"]
         assert tuple(props["optimizer"]["enum"]) == engine.OPTIMIZERS
         assert tuple(props["schedule"]["enum"]) == engine.SCHEDULES
+
+
+def test_a_numbered_cuda_device_and_nan_from_the_command_line():
+    """cuda:N is a device; '.nan' given on Snakemake's command line is read as NaN and refused."""
+    assert validate_config({"train": {"device": "cuda:1"}})["train"]["device"] == "cuda:1"
+    with pytest.raises(ConfigError, match=r"config error at train.lr: nan is not a finite number"):
+        validate_config({"train": {"lr": ".nan"}})
