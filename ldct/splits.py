@@ -20,6 +20,9 @@ class SplitError(LdctError, ValueError):
     pass
 
 
+DESCRIPTIVE_KEYS = {"source", "description", "notes"}  # free text a split file may carry beside its lists
+
+
 def load_preset(name: str) -> dict[str, list[str]]:
     if name in PRESETS:
         text = resources.files("ldct.presets").joinpath(PRESETS[name]).read_text()
@@ -35,9 +38,22 @@ def load_preset(name: str) -> dict[str, list[str]]:
         raise SplitError(f"{where}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise SplitError(f"{where}: expected an object with 'train', 'val' and 'test' subject lists")
-    out = {k: list(data.get(k, [])) for k in ("train", "val", "test")}
-    if not out["train"]:
-        raise SplitError(f"{where}: no 'train' subjects")
+    unknown = sorted(set(data) - {"train", "val", "test"} - DESCRIPTIVE_KEYS)
+    if unknown:  # a misspelt "vals" would otherwise leave the validation set empty
+        raise SplitError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected 'train', 'val' and "
+                         f"'test' (and text under {', '.join(map(repr, sorted(DESCRIPTIVE_KEYS)))})")
+    out = {}
+    for part in ("train", "val", "test"):
+        names = data.get(part, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise SplitError(f"{where}: '{part}' must be a list of subject names (strings), not {names!r}")
+        if len(set(names)) != len(names):
+            raise SplitError(f"{where}: '{part}' names a subject twice: "
+                             f"{', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        out[part] = list(names)
+    for part in ("train", "val"):
+        if not out[part]:
+            raise SplitError(f"{where}: no '{part}' subjects")
     return out
 
 
@@ -74,4 +90,10 @@ def make_splits(subjects: list[str], cfg: dict, seed: int) -> dict[str, list[str
     overlap = set(split["test"]) & set(split["train"])
     if overlap:
         raise SplitError(f"subjects in both train and test: {', '.join(sorted(overlap))}")
+    shared = set(split["test"]) & set(split["val"])
+    if shared and set(split["test"]) != set(split["val"]):
+        # test == val is the paper's protocol (val_as_test); a partial overlap scores some test
+        # subjects that chose the checkpoint and others that did not
+        raise SplitError(f"subjects in both val and test: {', '.join(sorted(shared))} (the test set must be the "
+                         "validation set, split.val_as_test, or apart from it)")
     return split

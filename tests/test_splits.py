@@ -46,6 +46,12 @@ def test_subject_in_two_splits_is_an_error(tmp_path):
     ('["A", "B"]', "s.json: expected an object with 'train', 'val' and 'test' subject lists"),
     ('{"val": ["A"], "test": ["B"]}', "s.json: no 'train' subjects"),
     ('{"train": ["A", "C"], "val": ["B"], "test": ["C"]}', "subjects in both train and test: C"),
+    ('{"train": ["A"], "vals": ["B"], "test": ["C"]}', "s.json: unknown key\\(s\\) 'vals'; expected"),
+    ('{"train": ["A"], "test": ["C"]}', "s.json: no 'val' subjects"),
+    ('{"train": "A", "val": ["B"]}', "s.json: 'train' must be a list of subject names \\(strings\\), not 'A'"),
+    ('{"train": [1, 2], "val": ["B"]}', "s.json: 'train' must be a list of subject names"),
+    ('{"train": ["A", "A"], "val": ["B"]}', "s.json: 'train' names a subject twice: A"),
+    ('{"train": ["A"], "val": ["B", "C"], "test": ["C"]}', "subjects in both val and test: C"),
 ])
 def test_bad_preset_file_is_named(tmp_path, content, message):
     path = tmp_path / "s.json"
@@ -59,3 +65,10 @@ def test_misspelt_preset_and_too_few_subjects():
         make_splits(["A"], {**RANDOM, "method": "preset", "preset": "featkpm"}, 0)
     with pytest.raises(SplitError, match="2 subjects are too few for split fractions"):
         make_splits(["A", "B"], RANDOM, 0)
+
+
+def test_a_preset_whose_test_set_is_its_validation_set_is_the_papers_protocol(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"train": ["A"], "val": ["B", "C"], "test": ["C", "B"]}')
+    split = make_splits(["A", "B", "C"], {**RANDOM, "method": "preset", "preset": str(path)}, 0)
+    assert set(split["test"]) == set(split["val"]) == {"B", "C"}
