@@ -54,9 +54,10 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     else:
         steps = b["steps"]
         if b["protocol"] == "equal_macs" and macs_step > 0:
-            steps = min(steps, max(1, round(b["tera_macs"] * 1e12 / macs_step)))
+            steps = min(steps, max(1, math.floor(b["tera_macs"] * 1e12 / macs_step)))
         train["epochs"] = min(b["evaluations"], steps)
-        train["iters_per_epoch"] = max(1, round(steps / train["epochs"]))
+        # rounded down to whole validation rounds: no experiment spends more than the budget
+        train["iters_per_epoch"] = max(1, steps // train["epochs"])
         steps = train["epochs"] * train["iters_per_epoch"]
     return train, {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
                    "tera_macs": steps * macs_step / 1e12}
@@ -68,9 +69,9 @@ def describe(train: dict) -> str:
     size = f"{train['patch_size']}x{train['patch_size']} patches" if train["patch_size"] else "whole slices"
     common = f"batches of {train['batch_size']} {size}"
     if b["protocol"] == "equal_macs":
-        return (f"Training budget: equal compute, {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
-                f"(3 x the model's forward MACs per step; at most {b['steps']} steps), {common}, "
-                f"validated {b['evaluations']} times.")
+        return (f"Training budget: equal compute, at most {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
+                f"(3 x the model's forward MACs per step, rounded down to whole validation rounds; at most "
+                f"{b['steps']} steps), {common}, validated {b['evaluations']} times.")
     if b["protocol"] == "equal_steps":
         return f"Training budget: equal steps, {b['steps']} per experiment, {common}, validated {b['evaluations']} times."
     if b["protocol"] == "fixed":
@@ -78,6 +79,20 @@ def describe(train: dict) -> str:
                 "differ, so the ranking reflects them too; steps and rates in the CSV).")
     return (f"Training budget: until converged, validation MSE [0, 80] HU not improved for {b['patience']} rounds "
             f"of {train['iters_per_epoch']} steps (at most {train['epochs']} rounds), {common}.")
+
+
+def spent_note(train: dict, training) -> str:
+    """Under equal compute: the range of compute the experiments really spent (training.csv's
+    tera_macs), leaving out those the step cap stopped first (models with almost no MACs)."""
+    b = train["budget"]
+    if b["protocol"] != "equal_macs" or training is None or "tera_macs" not in training:
+        return ""
+    full = training[training["steps"] < b["steps"]]["tera_macs"]
+    if full.empty:
+        return ""
+    capped = int((training["steps"] >= b["steps"]).sum())
+    return (f"Compute spent: {full.min():.3g}-{full.max():.3g} x 10^12 MACs"
+            + (f" ({capped} experiment(s) reached the {b['steps']}-step cap first)." if capped else "."))
 
 
 def last_tenth_gain(steps: list[float], scores: list[float]) -> float:

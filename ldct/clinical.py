@@ -153,12 +153,11 @@ def row_images(row: str, scans: dict[str, np.ndarray], model: str | Path | None 
         return scans[source], scans[f"qa_{source}"]
     if model is None:
         raise DataError(f"clinical row {row!r}: an experiment needs its trained model")
-    from ldct.inference import load_denoiser, pick_device, predict_slices
+    from ldct.inference import checkpoint_amp, load_denoiser, pick_device, predict_slices
 
     dev = pick_device(device)
     net, ck = load_denoiser(model, dev)
-    return (predict_slices(net, scans["low"], ck["hu_range"], dev),
-            predict_slices(net, scans["qa_low"], ck["hu_range"], dev))
+    return tuple(predict_slices(net, scans[key], ck["hu_range"], dev, amp=checkpoint_amp(ck)) for key in ("low", "qa_low"))
 
 
 def _sites(frame: pd.DataFrame, column: str) -> list[LesionSite]:

@@ -13,6 +13,7 @@ from ldct.classes import NUM_CLASSES
 from ldct.data import LOW_NAME, from_slices, load_subject, to_slices
 from ldct.errors import DataError
 from ldct.inference import (
+    checkpoint_amp,
     load_denoiser,
     load_segmenter,
     pick_device,
@@ -31,7 +32,7 @@ def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_d
     net, ck = load_denoiser(model_path, dev)
     for subject in tqdm(subjects, desc="denoise", file=sys.stderr, disable=False):
         sv = load_subject(nifti_dir, subject, with_labels=False, low_name=low_name)
-        pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev)
+        pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev, amp=checkpoint_amp(ck))
         if not np.isfinite(pred).all():
             raise DataError(f"{model_path}: produced non-finite values on {subject}")
         write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(pred), sv.affine)

@@ -3,6 +3,7 @@ and run them on HU slices. Training and evaluation both use this module."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +55,23 @@ def to_input(hu: np.ndarray | torch.Tensor, hu_range: tuple[float, float]) -> to
     return torch.clamp(to_unit(hu[:, None], *hu_range), 0, 1)
 
 
+def checkpoint_amp(ck: dict) -> bool:
+    """Whether the model was trained (and validated) in mixed precision: its spec's train.amp."""
+    try:
+        return bool(json.loads(ck["spec"])["train"].get("amp", True))
+    except (KeyError, TypeError, ValueError):
+        return True  # an older model.pt without its spec: the default
+
+
 @torch.no_grad()
 def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[float, float], device: torch.device,
-                   batch: int = 4) -> np.ndarray:
-    """(S, H, W) HU -> (S, H, W) HU through a denoiser, in batches of full slices."""
+                   batch: int = 4, amp: bool = True) -> np.ndarray:
+    """(S, H, W) HU -> (S, H, W) HU through a denoiser, in batches of full slices; on CUDA in
+    mixed precision when `amp` (as the model was trained: checkpoint_amp), else in float32."""
     out = np.empty_like(low_hu, dtype=np.float32)
     for s in range(0, len(low_hu), batch):
         x = to_input(low_hu[s:s + batch], hu_range).to(device)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
             y = net(x)
         out[s:s + batch] = from_unit(y.float().clamp(0, 1), *hu_range)[:, 0].cpu().numpy()
     return out

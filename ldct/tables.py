@@ -24,15 +24,17 @@ TABLE2_COLUMNS = [  # (column, header) in the paper's layout
 TRAINING_COLUMNS = [("steps", "steps"), ("lr", "lr"), ("val_gain_last_tenth_db", "val. gain, last 10 % (dB)")]
 
 
-def _fmt(v, digits: int) -> str:
+def _fmt(v, digits: int | str) -> str:
     if isinstance(v, str):
         return v
     if isinstance(v, float) and np.isinf(v):
         return "∞" if v > 0 else "-∞"
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    return f"{v:.2g}" if digits == "e" else f"{v:.{digits}f}"  # "e": two significant digits (learning rates)
 
 
-def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: dict[str, int],
+def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: dict[str, int | str],
            bold: dict[str, str], marks: dict[tuple[str, str], str], caption: str) -> tuple[str, str]:
     """Markdown and LaTeX of a table whose rows are df[first]; `bold[col]` names the best row."""
     heads = [first] + [h for _, h in cols]
@@ -126,7 +128,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     bold = {c: e + flags.get(e, "") for c, e in bold.items()}
     marks = {(e + flags.get(e, ""), c): m for (e, c), m in marks.items()}
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
-    digits.update({"steps": 0, "lr": 4, "val_gain_last_tenth_db": 2})
+    digits.update({"steps": 0, "lr": "e", "val_gain_last_tenth_db": 2})
     md, tex = render(shown, "experiment", shown_cols, digits, bold, marks,
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
                      "zero padding). Best in bold; $\\dagger$: significantly worse than "
@@ -321,7 +323,7 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
         training = budget.training_summary({e: pd.read_csv(rp.history(e)) for e in trained}, sweeps,
                                            train_cfg["budget"]["min_gain_db"])
         write_csv(rp.table("training"), training)
-        protocol = budget.describe(train_cfg)
+        protocol = " ".join(x for x in (budget.describe(train_cfg), budget.spent_note(train_cfg, training)) if x)
     quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=seed,
                        fidelity=fidelity, training=training, protocol=protocol)
     if "truth_psnr_full" in pd.read_csv(metric_files[experiments[0]], nrows=1):

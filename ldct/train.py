@@ -254,7 +254,8 @@ class _Run:
     def validate(self, model: torch.nn.Module) -> dict:
         """The score that picks the checkpoint (MSE [0, 80] HU against the training target) and
         the validation PSNR [-40, 120] HU against NDCT that the history and figures report."""
-        pred = predict_slices(model, self.val["low"], tuple(self.spec.hu_range), self.device)
+        pred = predict_slices(model, self.val["low"], tuple(self.spec.hu_range), self.device,
+                              amp=bool(self.spec.train.get("amp", True)))
         return {"val_mse_head": head_window_mse(pred, self.val["full"]),
                 "val_psnr_brain": float(np.mean([window_psnr(p, f, "brain") for p, f in zip(pred, self.reported)])),
                 "val_psnr_brain_ldct": self.ldct_psnr}

@@ -183,3 +183,11 @@ def test_anatomical_dice_table_scores_whole_volumes(tmp_path):
     assert table.loc["perfect", "dice_vs_truth"] == 1.0
     assert table.loc["LDCT", "dice_brain_parenchyma"] == pytest.approx(32 / 34)
     assert "**1.0000**" in (tmp_path / "t3.md").read_text()
+
+
+def test_learning_rates_keep_their_significant_digits_in_the_tables():
+    """A rate of 3e-5 must not print as 0.0000 (Table 2's lr column)."""
+    from ldct.tables import _fmt
+
+    assert [_fmt(v, "e") for v in (3e-5, 2.5e-4, 1e-3)] == ["3e-05", "0.00025", "0.001"]
+    assert _fmt(27.456, 2) == "27.46" and _fmt(float("nan"), "e") == ""

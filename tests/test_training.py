@@ -110,6 +110,12 @@ def test_model_file_holds_the_best_validation_epoch(dataset, tmp_path, monkeypat
     assert list(hist["best"]) == [True, True, False]
     saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == 2 and saved["val_mse_head"] == 1.0
+    from ldct.inference import checkpoint_amp  # inference runs in the precision the model was trained in
+
+    assert checkpoint_amp(saved) == json.loads(saved["spec"])["train"]["amp"]
+    off = json.loads(saved["spec"])
+    off["train"]["amp"] = False
+    assert checkpoint_amp({**saved, "spec": json.dumps(off)}) is False and checkpoint_amp({}) is True
     # the same run stopped after epoch 2: its weights are the ones kept
     scores = iter([3.0, 1.0])
     monkeypatch.setattr(ldct.train, "head_window_mse", lambda pred, full: next(scores))
