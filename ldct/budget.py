@@ -54,10 +54,11 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     else:
         steps = b["steps"]
         if b["protocol"] == "equal_macs" and macs_step > 0:
-            steps = min(steps, max(1, math.floor(b["tera_macs"] * 1e12 / macs_step)))
+            steps = min(steps, max(1, round(b["tera_macs"] * 1e12 / macs_step)))
         train["epochs"] = min(b["evaluations"], steps)
-        # rounded down to whole validation rounds: no experiment spends more than the budget
-        train["iters_per_epoch"] = max(1, steps // train["epochs"])
+        # rounded to whole validation rounds (the nearest: rounding down cost a model with few,
+        # costly steps up to a sixth of its budget); Table 2 states the range spent (spent_note)
+        train["iters_per_epoch"] = max(1, round(steps / train["epochs"]))
         steps = train["epochs"] * train["iters_per_epoch"]
     return train, {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
                    "tera_macs": steps * macs_step / 1e12}
@@ -69,8 +70,8 @@ def describe(train: dict) -> str:
     size = f"{train['patch_size']}x{train['patch_size']} patches" if train["patch_size"] else "whole slices"
     common = f"batches of {train['batch_size']} {size}"
     if b["protocol"] == "equal_macs":
-        return (f"Training budget: equal compute, at most {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
-                f"(3 x the model's forward MACs per step, rounded down to whole validation rounds; at most "
+        return (f"Training budget: equal compute, {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
+                f"(3 x the model's forward MACs per step, rounded to whole validation rounds; at most "
                 f"{b['steps']} steps), {common}, validated {b['evaluations']} times.")
     if b["protocol"] == "equal_steps":
         return f"Training budget: equal steps, {b['steps']} per experiment, {common}, validated {b['evaluations']} times."
