@@ -159,7 +159,8 @@ def validate_config(config: dict) -> dict:
     _check_order(config)
     for name, exp in config["experiments"].items():
         _check(train_schema, {**config["train"], **exp.get("train", {})}, f"experiments.{name}.train")
-        _check_pair(exp.get("train", {}), "crop_scale", f"experiments.{name}.train")
+        for key in (k for section, k in ORDERED_PAIRS if section == "train"):
+            _check_pair(exp.get("train", {}), key, f"experiments.{name}.train")
         protocol = {**config["train"], **exp.get("train", {})}["budget"]["protocol"]
         fixed = [k for k in ("epochs", "iters_per_epoch") if k in exp.get("train", {}) and protocol not in OWN_STEPS]
         if fixed:

@@ -44,21 +44,22 @@ def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, 
     d = Path(nifti_dir) / subject
     low, aff = read_nifti(d / low_name)
     full, full_aff = read_nifti(d / "full.nii.gz")
-    if low.shape != full.shape or not np.allclose(aff, full_aff, atol=1e-3):
-        raise DataError(f"{d / low_name}: geometry {low.shape} differs from full.nii.gz {full.shape}")
-    for name, arr in ((low_name, low), ("full.nii.gz", full)):
-        if not np.isfinite(arr).all():
-            raise DataError(f"{d / name}: contains NaN or inf")
-    sv = SubjectVolumes(subject, to_slices(low), to_slices(full), affine=aff)
 
-    def companion(name: str) -> np.ndarray:
-        """Another volume of the subject, checked against full.nii.gz: same grid, finite."""
-        arr, a = read_nifti(d / name)
-        if arr.shape != full.shape or not np.allclose(a, full_aff, atol=1e-3):
+    def like_full(name: str, arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """A volume of the subject checked against full.nii.gz (same grid, finite), as slices."""
+        if arr.shape != full.shape or not np.allclose(affine, full_aff, atol=1e-3):
             raise DataError(f"{d / name}: geometry {arr.shape} differs from full.nii.gz {full.shape}")
         if not np.isfinite(arr).all():
             raise DataError(f"{d / name}: contains NaN or inf")
         return to_slices(arr)
+
+    def companion(name: str) -> np.ndarray:
+        return like_full(name, *read_nifti(d / name))
+
+    low = like_full(low_name, low, aff)
+    if not np.isfinite(full).all():
+        raise DataError(f"{d / 'full.nii.gz'}: contains NaN or inf")
+    sv = SubjectVolumes(subject, low, to_slices(full), affine=aff)
 
     if with_labels and (d / "labels.nii.gz").exists():
         labels = companion("labels.nii.gz")

@@ -358,7 +358,7 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
     if fm.get("patient_id") and lm.get("patient_id") and fm["patient_id"] != lm["patient_id"]:
         raise DicomError(f"{where}: full- and low-dose series are of different patients "
                          f"(PatientID {fm['patient_id']!r} and {lm['patient_id']!r})")
-    if "slice_thickness_mm" in fm and abs(fm["slice_thickness_mm"] - lm["slice_thickness_mm"]) > 1e-3:
+    if abs(fm["slice_thickness_mm"] - lm["slice_thickness_mm"]) > 1e-3:
         raise DicomError(f"{where}: full dose has {fm['slice_thickness_mm']:g} mm slices, low dose "
                          f"{lm['slice_thickness_mm']:g} mm: the pair must be reconstructed alike")
     if fm.get("frame_of_reference_uid") and lm.get("frame_of_reference_uid") \
