@@ -42,6 +42,19 @@ def macs_per_pixel(model: dict, segmenter: dict, size: int = 64) -> float:
     return _macs_per_pixel(json.dumps(model, sort_keys=True), json.dumps(seg, sort_keys=True), size)
 
 
+def _whole_rounds(steps: int, evaluations: int) -> tuple[int, int]:
+    """(validation rounds, steps per round) for about `steps` steps in at most `evaluations`
+    rounds: the nearest whole number of rounds' steps (rounding down cost a model with few,
+    costly steps up to a sixth of its budget; Table 2 states the range spent, spent_note)."""
+    rounds = min(evaluations, steps)
+    return rounds, max(1, round(steps / rounds))
+
+
+def _mac_steps(b: dict, macs_step: float) -> int:
+    """The steps equal compute gives a model costing `macs_step` MACs per step, before the cap."""
+    return max(1, round(b["tera_macs"] * 1e12 / macs_step))
+
+
 def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple[dict, dict]:
     """The training settings with `epochs` and `iters_per_epoch` set by the protocol, and a
     record of the budget: {'protocol', 'steps', 'macs_per_step', 'tera_macs'}."""
@@ -54,27 +67,28 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     else:
         steps = b["steps"]
         if b["protocol"] == "equal_macs" and macs_step > 0:
-            steps = min(steps, max(1, round(b["tera_macs"] * 1e12 / macs_step)))
-        train["epochs"] = min(b["evaluations"], steps)
-        # rounded to whole validation rounds (the nearest: rounding down cost a model with few,
-        # costly steps up to a sixth of its budget); Table 2 states the range spent (spent_note)
-        train["iters_per_epoch"] = max(1, round(steps / train["epochs"]))
+            steps = min(steps, _mac_steps(b, macs_step))
+        train["epochs"], train["iters_per_epoch"] = _whole_rounds(steps, b["evaluations"])
         steps = train["epochs"] * train["iters_per_epoch"]
     return train, {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
                    "tera_macs": steps * macs_step / 1e12}
 
 
 def describe(train: dict) -> str:
-    """One sentence for Table 2's caption: the protocol and its numbers."""
+    """One sentence for Table 2's caption: the protocol and its numbers (steps as run: whole
+    validation rounds)."""
     b = train["budget"]
     size = f"{train['patch_size']}x{train['patch_size']} patches" if train["patch_size"] else "whole slices"
     common = f"batches of {train['batch_size']} {size}"
+    if b["protocol"] in ("equal_macs", "equal_steps"):
+        rounds, per_round = _whole_rounds(b["steps"], b["evaluations"])
+        steps = rounds * per_round
     if b["protocol"] == "equal_macs":
         return (f"Training budget: equal compute, {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
                 f"(3 x the model's forward MACs per step, rounded to whole validation rounds; at most "
-                f"{b['steps']} steps), {common}, validated {b['evaluations']} times.")
+                f"{steps} steps), {common}, validated at most {b['evaluations']} times.")
     if b["protocol"] == "equal_steps":
-        return f"Training budget: equal steps, {b['steps']} per experiment, {common}, validated {b['evaluations']} times."
+        return f"Training budget: equal steps, {steps} per experiment, {common}, validated {rounds} times."
     if b["protocol"] == "fixed":
         return ("Training budget: set per experiment (epochs, patch size and learning rate chosen by hand; the budgets "
                 "differ, so the ranking reflects them too; steps and rates in the CSV).")
@@ -82,18 +96,29 @@ def describe(train: dict) -> str:
             f"of {train['iters_per_epoch']} steps (at most {train['epochs']} rounds), {common}.")
 
 
+def is_capped(b: dict, steps: int, tera_macs: float) -> bool:
+    """Under equal compute: did the step cap, not the compute, end this run (training.csv's
+    steps and tera_macs; a calibrated row, 0 steps, spent nothing and was not capped)."""
+    if b["protocol"] != "equal_macs" or steps <= 0 or tera_macs <= 0:
+        return False
+    return _mac_steps(b, tera_macs * 1e12 / steps) > b["steps"]
+
+
 def spent_note(train: dict, training) -> str:
-    """Under equal compute: the range of compute the experiments really spent (training.csv's
-    tera_macs), leaving out those the step cap stopped first (models with almost no MACs)."""
+    """Under equal compute: the range of compute the trained experiments really spent
+    (training.csv's tera_macs), leaving out those the step cap stopped first (models with
+    almost no MACs) and calibrated rows (no training)."""
     b = train["budget"]
     if b["protocol"] != "equal_macs" or training is None or "tera_macs" not in training:
         return ""
-    full = training[training["steps"] < b["steps"]]["tera_macs"]
+    trained = training[training["steps"] > 0]
+    capped = trained.apply(lambda r: is_capped(b, int(r["steps"]), float(r["tera_macs"])), axis=1).astype(bool)
+    full = trained.loc[~capped, "tera_macs"] if len(trained) else trained["tera_macs"]
     if full.empty:
         return ""
-    capped = int((training["steps"] >= b["steps"]).sum())
+    n_capped = int(capped.sum())
     return (f"Compute spent: {full.min():.3g}-{full.max():.3g} x 10^12 MACs"
-            + (f" ({capped} experiment(s) reached the {b['steps']}-step cap first)." if capped else "."))
+            + (f" ({n_capped} experiment(s) reached the step cap first)." if n_capped else "."))
 
 
 def last_tenth_gain(steps: list[float], scores: list[float]) -> float:
@@ -111,7 +136,9 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
     validation PSNR [-40, 120] and the input's, the gain over the last tenth of training, and
     the two flags every table shows: `not_converged` (the score still moving: rising, or falling
     as an unstable run does, by more than `min_gain_db` over the last tenth) and
-    `worse_than_input` (the kept model below its input on validation)."""
+    `no_gain_over_input` (the kept model less than `min_gain_db` above its input on validation,
+    or below it: a model that never left its near-identity start is not called converged).
+    `min_gain_db` is recorded beside them, so the tables can state it."""
     import pandas as pd
 
     rows = []
@@ -120,6 +147,7 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
         gain = last_tenth_gain(h["step"].tolist(), h["val_psnr_brain"].tolist())
         sweep = sweeps.get(exp)
         lr = float(sweep.loc[sweep["chosen"], "lr"].iloc[0]) if sweep is not None else float(h["lr"].iloc[0])
+        over_input = float(kept["val_psnr_brain"] - h["val_psnr_brain_ldct"].iloc[0])
         rows.append({"experiment": exp, "steps": int(h["step"].iloc[-1]), "tera_macs": float(h["tera_macs"].iloc[-1]),
                      "lr": lr, "lr_source": sweep.loc[sweep["chosen"], "source"].iloc[0] if sweep is not None else "",
                      "kept_epoch": int(kept["epoch"]), "val_psnr_brain": float(kept["val_psnr_brain"]),
@@ -128,5 +156,6 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
                      # trained but validated too rarely to tell counts as not converged; a calibrated
                      # (untrained, step 0) row has nothing to converge
                      "not_converged": bool(h["step"].iloc[-1] > 0 and not abs(gain) <= min_gain_db),
-                     "worse_than_input": bool(not kept["val_psnr_brain"] >= h["val_psnr_brain_ldct"].iloc[0])})
+                     "no_gain_over_input": bool(not over_input >= min_gain_db),  # NaN: flagged
+                     "min_gain_db": float(min_gain_db)})
     return pd.DataFrame(rows)

@@ -526,6 +526,9 @@ def cmd_seeds(a) -> None:
     from ldct import stability
     from ldct.config import load_config
 
+    if len(set(a.seeds)) < 2:
+        raise UsageError(f"--seeds {' '.join(map(str, a.seeds))}: give at least two different seeds "
+                         "(stability is the spread across seeds and the agreement of their rankings)")
     cfg = load_config(a.configfile or "config.yaml")
     name, results = cfg["dataset"]["name"], Path(cfg["results"])
     args = ["--cores", a.cores] + (["--configfile", a.configfile] if a.configfile else []) + a.snakemake_args

@@ -39,6 +39,7 @@ from ldct.synthetic import subject_seed
 from ldct.ttf import insert_phantom, ttf_record
 
 NDCT, NOISELESS = "NDCT", "noiseless"  # reference rows beside LDCT and the experiments
+TTF_REACH = 0.8  # the TTF's edge window, +- this fraction of the QA insert's radius (ldct.ttf.edge_spreads)
 
 
 def conditions(cfg: dict) -> list[tuple[float, float]]:
@@ -135,7 +136,8 @@ def make_scans(phantom_root: str | Path, subjects: list[str], synth: dict, cfg: 
 def _qa_scans(synth: dict, cfg: dict, geom, dose: float, seed: int) -> dict[str, np.ndarray]:
     qa = cfg["qa"]
     pixel = synth["fov_mm"] / synth["matrix"]
-    hu, centres = insert_phantom(synth["matrix"], pixel, qa["contrasts_hu"], qa["insert_mm"], qa_body_mm(synth))
+    hu, centres = insert_phantom(synth["matrix"], pixel, qa["contrasts_hu"], qa["insert_mm"], qa_body_mm(synth),
+                                 reach_mm=TTF_REACH * qa["insert_mm"] / 2)
     stack = np.repeat(hu[None], qa["slices"], axis=0)
     doses = simulate_doses(stack, geom, synth["i0"], [dose], synth["electronic_noise"], subject_seed(seed, "qa"))
     return {"noiseless": doses[0.0], "full": doses[1.0], "low": doses[dose],
@@ -251,7 +253,7 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
     out["ttf"] = []
     for contrast_hu, centre in zip(qa["contrasts_hu"], scans["qa_centres"]):
         out["ttf"].append({"contrast_hu": contrast_hu,
-                           **ttf_record(qa_hu, tuple(centre), radius, pixel, reach_mm=0.8 * radius, seed=seed)})
+                           **ttf_record(qa_hu, tuple(centre), radius, pixel, reach_mm=TTF_REACH * radius, seed=seed)})
     return out
 
 

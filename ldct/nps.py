@@ -30,18 +30,17 @@ def nps_2d(noise_rois: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndar
     return nps, np.fft.fftshift(np.fft.fftfreq(w, d=pixel_mm))
 
 
-def radial_nps(nps: np.ndarray, pixel_mm: float, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(frequencies in 1/mm, radially averaged NPS): `n_bins` (default ROI size // 2) annuli of
-    width step = Nyquist / n_bins centred on k step, k = 1 .. n_bins, up to the Nyquist frequency
-    1 / (2 pixel); for an even ROI size the step is the DFT's frequency spacing. The zero-frequency
-    point, empty once each ROI's mean is removed, is left out."""
+def radial_nps(nps: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies in 1/mm, radially averaged NPS): annuli of width step = the DFT's frequency
+    spacing 1 / (N pixel) of the ROI's shorter side N, centred on k step, k = 1 .. N // 2, up to
+    the Nyquist frequency 1 / (2 pixel) (for an odd N the last centre sits half a step below it).
+    The zero-frequency point, empty once each ROI's mean is removed, is left out."""
     h, w = nps.shape
     fy = np.fft.fftshift(np.fft.fftfreq(h, d=pixel_mm))
     fx = np.fft.fftshift(np.fft.fftfreq(w, d=pixel_mm))
     fr = np.hypot(*np.meshgrid(fx, fy))
-    nyquist = 0.5 / pixel_mm
-    n_bins = n_bins or min(h, w) // 2
-    step = nyquist / n_bins
+    n_bins = min(h, w) // 2
+    step = 1.0 / (min(h, w) * pixel_mm)
     centres = step * np.arange(1, n_bins + 1)
     idx = np.rint(fr.ravel() / step).astype(int) - 1  # annulus k covers [(k - 1/2) step, (k + 1/2) step)
     keep = (idx >= 0) & (idx < n_bins)

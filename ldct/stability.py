@@ -49,7 +49,12 @@ def gather(roots: dict[int, Path]) -> pd.DataFrame:
         path = root / "tables" / "table2_quantitative.csv"
         if not path.exists():
             raise DataError(f"{path}: not found; run the workflow for seed {seed} first")
-        frames.append(pd.read_csv(path).assign(seed=seed))
+        table = pd.read_csv(path)
+        made = set(table["seed"].dropna().astype(int)) if "seed" in table else {seed}
+        if made != {seed}:
+            raise DataError(f"{path}: made with seed {', '.join(map(str, sorted(made)))}, not {seed}; "
+                            f"run the workflow for seed {seed} (without --no-run)")
+        frames.append(table.assign(seed=seed))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -96,6 +101,8 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
         digits = lambda c: 2 if c.startswith("psnr") else 4  # noqa: E731
         md.append(f"| {r['experiment']} | " + " | ".join(
             f"{r[c + '_mean']:.{digits(c)}f} ± {r[c + '_sd']:.{digits(c)}f}" for c in cols) + " |")
+    if taus.empty:
+        raise DataError(f"seed stability needs results of at least two seeds, got {', '.join(map(str, roots))}")
     mean_tau = taus.groupby("metric")["tau"].mean()
     note = (f"Mean ± SD across {len(roots)} seeds ({', '.join(map(str, roots))}): data, split and initialisation "
             "follow the seed. Kendall's tau between the seeds' rankings (mean over seed pairs): "

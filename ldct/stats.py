@@ -42,13 +42,14 @@ def hodges_lehmann(diff: np.ndarray) -> float:
 def paired_difference(diff: np.ndarray, seed: int = 0) -> dict:
     """Mean of paired differences and its bootstrap 95 % CI (BCa, nominal: with ~10 subjects
     its coverage is below 95 %), the Hodges-Lehmann shift and the two-sided Wilcoxon
-    signed-rank p."""
+    signed-rank p; with fewer than two subjects no CI and no p (NaN)."""
     n = len(diff)
-    if n == 0:  # no subject with both values: no comparison (NaN p: Holm leaves it out, never marked)
-        return {"n_subjects": 0, "mean_diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-                "hl_diff": float("nan"), "p_wilcoxon": float("nan")}
-    p = float(stats.wilcoxon(diff).pvalue) if n >= 2 and np.any(diff != 0) else 1.0
-    if n >= 2 and np.ptp(diff) > 0:
+    nan = float("nan")
+    if n < 2:  # no subject, or one, with both values: no test and no interval (NaN p: Holm leaves it out, never marked)
+        return {"n_subjects": n, "mean_diff": float(diff.mean()) if n else nan, "ci_low": nan, "ci_high": nan,
+                "hl_diff": hodges_lehmann(diff), "p_wilcoxon": nan}
+    p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    if np.ptp(diff) > 0:
         ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000,
                              random_state=np.random.default_rng(seed)).confidence_interval
         lo, hi = float(ci.low), float(ci.high)
@@ -63,7 +64,7 @@ def compare_to_best(per_subject: pd.DataFrame, metrics: list[str], seed: int = 0
     """per_subject: rows (experiment, subject) with metric columns (higher is better). Every
     experiment against the best of each metric (`best[metric]`, e.g. the row a table shows in
     bold; by default the highest mean over subjects), on the subjects both have finite values
-    for. `significant`: Holm-adjusted p < 0.05 *and* the Hodges-Lehmann shift below 0, so a row
+    for. `significantly_worse`: Holm-adjusted p < 0.05 *and* the Hodges-Lehmann shift below 0, so a row
     is marked worse only where the test's own evidence says worse (a row that beats the best in
     most subjects and loses badly in one is not)."""
     rows = []
@@ -79,10 +80,10 @@ def compare_to_best(per_subject: pd.DataFrame, metrics: list[str], seed: int = 0
                           **paired_difference(diff[np.isfinite(diff)], seed)})
         for c, padj in zip(comps, holm([c["p_wilcoxon"] for c in comps])):
             c["p_holm"] = padj
-            c["significant"] = bool(padj < 0.05 and c["hl_diff"] < 0)
+            c["significantly_worse"] = bool(padj < 0.05 and c["hl_diff"] < 0)
         rows += comps
     return pd.DataFrame(rows, columns=["metric", "experiment", "best", "n_subjects", "mean_diff", "ci_low",
-                                       "ci_high", "hl_diff", "p_wilcoxon", "p_holm", "significant"])
+                                       "ci_high", "hl_diff", "p_wilcoxon", "p_holm", "significantly_worse"])
 
 
 def paired_dprime(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], seed: int = 0,

@@ -115,14 +115,20 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     table = allm.groupby("experiment", sort=False)[cols + extra].mean().reindex(order).reset_index()
     if training is not None:
         table = table.merge(training, on="experiment", how="left")
+    table["seed"] = seed  # the run's seed (that of the bootstrap CIs too): `ldct seeds` checks it
     per_subject = allm.groupby(["experiment", "subject"])[cols].mean().reset_index()
-    bold = {c: table.loc[table[c].idxmax(), "experiment"] for c in cols}
-    st = compare_to_best(per_subject, cols, seed, best=bold)  # the tests compare with the row shown in bold
+    flags, flag_note = row_flags(training)
+    bold = {c: best_row(table.set_index("experiment")[c], flags) for c in cols}
+    bold = {c: e for c, e in bold.items() if e is not None}
+    if bold:  # the tests compare with the row shown in bold
+        st = compare_to_best(per_subject, list(bold), seed, best=bold)
+    else:
+        st = compare_to_best(per_subject, [], seed)
+        flag_note += " Every row is marked: none is shown as best and none is compared."
     write_csv(out_stats, st)
-    marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significant}
+    marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
-    flags, flag_note = row_flags(training)
     power = power_note(n_subj, len(order) - 1)
     shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
     bold = {c: e + flags.get(e, "") for c, e in bold.items()}
@@ -155,22 +161,34 @@ def power_note(n_subjects: int, comparisons: int) -> str:
             f"({holm_min:.3g} after Holm over {comparisons} comparisons): {verdict}.")
 
 
-FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] still moving, up or down, over the "
-                                "last tenth of training by more than the configured threshold, or validated too "
-                                "rarely to tell)"),
-         "worse_than_input": ("§", "worse than its own input on validation (the kept model below the LDCT level)")}
+FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] still moving, up or down, by more than "
+                                "{t} over the last tenth of training, or validated too rarely to tell)"),
+         "no_gain_over_input": ("§", "no better than its own input on validation (the kept model less than {t} "
+                                     "above the LDCT level, or below it)")}
 
 
 def row_flags(training: pd.DataFrame | None) -> tuple[dict[str, str], str]:
-    """Marks appended to an experiment's name in every table, and the sentence explaining them."""
+    """Marks appended to an experiment's name in every table, and the sentence explaining them.
+    A marked row is shown but not ranked: it is never the best row (`best_row`)."""
     if training is None or training.empty:
         return {}, ""
     flags = {}
     for _, r in training.iterrows():
         flags[r["experiment"]] = "".join(" " + sym for col, (sym, _) in FLAGS.items() if bool(r.get(col)))
-    used = [f"{sym} {text}" for col, (sym, text) in FLAGS.items() if training[col].astype(bool).any()]
-    return {e: f for e, f in flags.items() if f}, ("; ".join(used) + "." if used else
-                                                  "Every learned model converged and ends above its input on validation.")
+    t = f"{training['min_gain_db'].iloc[0]:g} dB" if "min_gain_db" in training else "the configured threshold"
+    used = [f"{sym} {text.format(t=t)}" for col, (sym, text) in FLAGS.items()
+            if col in training and training[col].astype(bool).any()]
+    note = ("; ".join(used) + "; a marked row is not ranked (never in bold)." if used else
+            f"No row marked: every learned model's validation PSNR [-40,120] moved by at most {t} over the last "
+            f"tenth of training and ends at least {t} above its input.")
+    return {e: f for e, f in flags.items() if f}, note
+
+
+def best_row(values: pd.Series, flags: dict[str, str]) -> str | None:
+    """The row a table shows in bold for one column (`values` indexed by experiment, higher is
+    better): the highest among the rows with no mark, or None where every row is marked."""
+    judged = values[[e not in flags for e in values.index]].dropna()
+    return judged.idxmax() if not judged.empty else None
 
 
 def volume_dice(dice: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -198,11 +216,12 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     per_class = vd.groupby(["experiment", "class"])["dice"].mean().unstack("class").reindex(order)  # the last ref
     per_class.columns = ["dice_" + re.sub(r"\W+", "_", CLASS_NAMES[c]).strip("_") for c in per_class.columns]
     table = table.join(per_class.reset_index(drop=True))
-    bold = {c: table.loc[table[c].idxmax(), "experiment"] for c, _ in cols if table[c].notna().any()}
+    flags, flag_note = row_flags(training)
+    bold = {c: best_row(table.set_index("experiment")[c], flags) for c, _ in cols}
+    bold = {c: e for c, e in bold.items() if e is not None}
     subjects = allm["subject"].nunique()
     caption = ("Mean foreground Dice of the frozen segmentation U-Net on each output, over each test volume "
                f"(mean over classes, then over {subjects} subjects).")
-    flags, flag_note = row_flags(training)
     shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
     bold = {c: e + flags.get(e, "") for c, e in bold.items()}
     md, tex = render(shown, "experiment", cols, {}, bold, {}, f"{caption} {flag_note}".strip())
@@ -337,20 +356,26 @@ def _condition_name(c: dict) -> str:
     return f"{c['contrast_hu']:g} HU {c['diameter_mm']:g} mm"
 
 
+def _best_dprime(results: dict[str, dict], compared: list[str], i: int, flags: dict[str, str]) -> str | None:
+    """The row with the highest d' in condition i among the compared rows with no mark (best_row)."""
+    return best_row(pd.Series({r: results[r]["conditions"][i]["dprime"] for r in compared}), flags)
+
+
 def clinical_comparisons(results: dict[str, dict], compared: list[str], baseline: str, seed: int = 0,
-                         n_resamples: int = 2000) -> pd.DataFrame:
-    """Per lesion condition: every compared row's d' against the best compared row's
-    (significantly worse: †) and every row other than `baseline` against the baseline (the
-    LDCT input: significantly lower ↓ or higher ↑), by a paired bootstrap over the test lesion
-    sites (ldct.stats.paired_dprime), Holm-corrected within each condition and comparison kind."""
+                         n_resamples: int = 2000, flags: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per lesion condition: every compared row's d' against the best compared row's (the
+    highest among rows with no convergence mark, `flags`; significantly worse: †) and every row
+    other than `baseline` against the baseline (the LDCT input: significantly lower ↓ or
+    higher ↑), by a paired bootstrap over the test lesion sites (ldct.stats.paired_dprime),
+    Holm-corrected within each condition and comparison kind."""
     from ldct.stats import paired_dprime
 
     rows = []
     for i, cond in enumerate(results[compared[0]]["conditions"]):
         scores = {r: (results[r]["conditions"][i]["t1"], results[r]["conditions"][i]["t0"]) for r in compared}
-        best = max(compared, key=lambda r: results[r]["conditions"][i]["dprime"])
-        for kind, ref, others in (("best", best, [r for r in compared if r != best]),
-                                  ("input", baseline, [r for r in compared if r != baseline])):
+        best = _best_dprime(results, compared, i, flags or {})
+        kinds = [("best", best, [r for r in compared if r != best])] if best is not None else []
+        for kind, ref, others in kinds + [("input", baseline, [r for r in compared if r != baseline])]:
             comps = [{"condition": _condition_name(cond), "contrast_hu": cond["contrast_hu"],
                       "diameter_mm": cond["diameter_mm"], "against": kind, "experiment": r, "reference": ref,
                       **paired_dprime(scores[r], scores[ref], seed, n_resamples)} for r in others]
@@ -400,7 +425,8 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
     base = results[baseline]
     conds = base["conditions"]
     table = _clinical_records(results, base)
-    stats_df = clinical_comparisons(results, compared, baseline, seed, n_resamples)
+    flags, flag_note = row_flags(training)
+    stats_df = clinical_comparisons(results, compared, baseline, seed, n_resamples, flags)
     write_csv(out_stats, stats_df)
     cols = [(f"dprime_{i}", f"d′ {_condition_name(c)}") for i, c in enumerate(conds)]
     cols += [("auc_hardest", f"AUC {_condition_name(conds[0])}"), ("cnr_hardest", f"CNR {_condition_name(conds[0])}"),
@@ -417,12 +443,13 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
         col = f"dprime_{index[r.condition]}"
         sym = "†" if r.against == "best" else ("↓" if r.diff < 0 else "↑")
         marks[(r.experiment, col)] = marks.get((r.experiment, col), "") + sym
-    bold = {f"dprime_{i}": max(compared, key=lambda r: results[r]["conditions"][i]["dprime"]) for i in range(len(conds))}
-    flags, flag_note = row_flags(training)
+    bold = {f"dprime_{i}": _best_dprime(results, compared, i, flags) for i in range(len(conds))}
+    bold = {c: e for c, e in bold.items() if e is not None}
     shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
     bold = {c: e + flags.get(e, "") for c, e in bold.items()}
     marks = {(e + flags.get(e, ""), c): m for (e, c), m in marks.items()}
-    n_sites = base["conditions"][0]["n_test"] // 2
+    sites = sorted({c["n_test"] // 2 for c in base["conditions"]})
+    n_sites = f"{sites[0]}" if len(sites) == 1 else f"{sites[0]}-{sites[-1]}"
     what = (f"Channelized Hotelling observer ({base.get('channels', '')} Laguerre-Gauss channels) on a "
             "background-known-exactly task: d′ per lesion contrast and diameter on "
             f"{n_sites} held-out lesion sites per condition (each read lesion-present and lesion-absent), its "

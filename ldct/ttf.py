@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from ldct.errors import DataError
+from ldct.errors import ConfigError, DataError
 
 TAPER = 0.2  # Tukey window share tapered (half at each end of the LSF window)
 ZERO_PAD = 8  # FFT length / LSF samples
@@ -112,12 +112,21 @@ def f50(freqs: np.ndarray, curve: np.ndarray) -> float:
 
 
 def insert_phantom(matrix: int, pixel_mm: float, contrasts_hu: list[float], insert_mm: float = 15.0,
-                   body_mm: float = 180.0, supersample: int = 4) -> tuple[np.ndarray, list[tuple[float, float]]]:
+                   body_mm: float = 180.0, supersample: int = 4,
+                   reach_mm: float = 0.0) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """A water cylinder (0 HU, diameter `body_mm`, air outside) with one circular insert per
-    contrast (HU above water) on a ring, with partial-volume edges (each pixel the mean of
-    supersample^2 points); returns (HU image, insert centres in pixels)."""
+    contrast (HU above water) on a ring of radius body_mm / 4, with partial-volume edges (each
+    pixel the mean of supersample^2 points); returns (HU image, insert centres in pixels).
+    Refused (ConfigError) where an insert's edge window (+-`reach_mm`, edge_spreads) would
+    take in another insert or the cylinder's edge, which would bias its TTF without a sign."""
+    r, ring_mm, n = insert_mm / 2, body_mm / 4, len(contrasts_hu)
+    gap = 2 * ring_mm * np.sin(np.pi / n) if n > 1 else np.inf  # between neighbouring centres
+    if gap < 2 * r + reach_mm or ring_mm + r + reach_mm > body_mm / 2:
+        raise ConfigError(f"clinical.qa: {n} inserts of {insert_mm:g} mm on a {ring_mm:g} mm ring in a {body_mm:g} mm "
+                          f"water cylinder do not fit with their {reach_mm:g} mm edge windows (centres {gap:.1f} mm "
+                          f"apart, {2 * r + reach_mm:.1f} needed); use fewer or smaller inserts")
     c = (matrix - 1) / 2
-    ring = body_mm / 4 / pixel_mm
+    ring = ring_mm / pixel_mm
     angles = [0.37 + 2 * np.pi * i / len(contrasts_hu) for i in range(len(contrasts_hu))]  # off the pixel grid's
     centres = [(c + ring * np.sin(a), c + ring * np.cos(a)) for a in angles]  # symmetries: every sub-pixel phase
     fine = (np.arange(matrix * supersample) + 0.5) / supersample - 0.5  # sub-pixel positions, in pixels

@@ -39,7 +39,14 @@ def test_the_caption_states_the_compute_each_experiment_really_spent():
     training = pd.DataFrame({"experiment": ["featkpn_l1", "redcnn_l1", "gaussian_l1"], "steps": [480, 95, 1000],
                              "tera_macs": [0.199, 0.1931, 0.0001]})
     note = budget.spent_note(train, training)
-    assert note == "Compute spent: 0.193-0.199 x 10^12 MACs (1 experiment(s) reached the 1000-step cap first)."
+    assert note == "Compute spent: 0.193-0.199 x 10^12 MACs (1 experiment(s) reached the step cap first)."
+    # a calibrated row (BM3D: 0 steps, 0 MACs) spent nothing and is not part of the range
+    calibrated = pd.concat([training, pd.DataFrame({"experiment": ["bm3d"], "steps": [0], "tera_macs": [0.0]})])
+    assert budget.spent_note(train, calibrated) == note
+    # the cap is told by the compute a row would have had, not by its steps (rounded to whole
+    # validation rounds, a capped row can end a few steps under the cap)
+    under = pd.DataFrame({"experiment": ["featkpn_l1", "gaussian_l1"], "steps": [480, 995], "tera_macs": [0.199, 0.0001]})
+    assert budget.spent_note(train, under) == "Compute spent: 0.199-0.199 x 10^12 MACs (1 experiment(s) reached the step cap first)."
     assert budget.spent_note(config("equal_steps")["train"], training) == ""
     assert "equal compute, 0.2 x 10^12" in budget.describe(train) and "rounded to whole validation rounds" in budget.describe(train)
 
@@ -47,6 +54,9 @@ def test_the_caption_states_the_compute_each_experiment_really_spent():
 def test_equal_steps_and_converged():
     cfg = config("equal_steps")
     assert {ExperimentSpec.from_config(cfg, e).budget["steps"] for e in cfg["experiments"]} == {1000}
+    odd = config("equal_steps", steps=1003)  # 5 rounds of 201 steps: the caption states the steps run
+    assert {ExperimentSpec.from_config(odd, e).budget["steps"] for e in odd["experiments"]} == {1005}
+    assert "equal steps, 1005 per experiment" in budget.describe(odd["train"])
     cfg = config("converged")
     spec = ExperimentSpec.from_config(cfg, "redcnn_l1")
     assert spec.budget["steps"] == cfg["train"]["epochs"] * cfg["train"]["iters_per_epoch"]
@@ -70,18 +80,20 @@ def history(psnr, best=None):
                          "best": best if best is not None else [True] * n})
 
 
-def test_training_summary_flags_rows_still_moving_or_worse_than_their_input():
+def test_training_summary_flags_rows_still_moving_or_no_better_than_their_input():
     flat = history([27.5, 28.0, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.12])
+    identity = history([27.02] * 10)  # never left its near-identity start: settled, but learned nothing
     rising = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 32.0])
     worse = history([26.0, 26.2, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3])
     falling = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 30.0], best=[True] * 9 + [False])
     sweep = pd.DataFrame({"lr": [1e-4, 1e-3], "chosen": [False, True], "source": "sweep"})
-    s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse, "falling": falling},
-                                 {"rising": sweep}, 0.1).set_index("experiment")
+    s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse, "falling": falling,
+                                  "identity": identity}, {"rising": sweep}, 0.1).set_index("experiment")
     assert s.loc["rising", "val_gain_last_tenth_db"] == pytest.approx(0.5)
     assert s.loc["falling", "val_gain_last_tenth_db"] == pytest.approx(-1.5)
-    assert list(s["not_converged"]) == [False, True, False, True]  # rising, or falling at the end: still moving
-    assert list(s["worse_than_input"]) == [False, False, True, False]
+    assert list(s["not_converged"]) == [False, True, False, True, False]  # rising, or falling at the end: still moving
+    assert list(s["no_gain_over_input"]) == [False, False, True, False, True]  # below, or within 0.1 dB of, its input
+    assert (s["min_gain_db"] == 0.1).all()  # the threshold travels with the flags
     assert s.loc["falling", "val_psnr_brain"] == 31.5  # the kept (best) epoch
     assert s.loc["rising", "lr"] == 1e-3 and s.loc["flat", "steps"] == 100
     assert math.isnan(budget.last_tenth_gain([10], [1.0]))
@@ -91,7 +103,7 @@ def test_training_summary_flags_rows_still_moving_or_worse_than_their_input():
     s = budget.training_summary({"once": once, "calibrated": calibrated}, {}, 0.1).set_index("experiment")
     assert bool(s.loc["once", "not_converged"]) and not bool(s.loc["calibrated", "not_converged"])
     nan_row = history([float("nan")])
-    assert bool(budget.training_summary({"nan": nan_row}, {}, 0.1)["worse_than_input"].iloc[0])
+    assert bool(budget.training_summary({"nan": nan_row}, {}, 0.1)["no_gain_over_input"].iloc[0])
 
 
 def test_power_statement():
@@ -128,6 +140,24 @@ def test_stability_summary_and_tau():
     t = taus[taus["metric"] == "psnr_brain"].set_index(["seed_a", "seed_b"])
     assert t.loc[(1, 3), "tau"] == pytest.approx(1.0) and t.loc[(1, 2), "swapped_pairs"] == "b/c"
     assert set(ranks.loc[ranks["seed"] == 2, "rank_psnr_brain"]) == {1, 2, 3}
+
+
+def test_stability_needs_two_seeds_and_results_of_the_seed_it_names(tmp_path, capfd):
+    from ldct.cli import main
+    from ldct.errors import DataError
+    from ldct.stability import gather, report
+
+    assert main(["seeds", "--seeds", "42", "42", "--no-run"]) == 1
+    assert "give at least two different seeds" in capfd.readouterr().err
+    for seed in (1, 2):
+        (tmp_path / f"s{seed}" / "tables").mkdir(parents=True)
+        pd.DataFrame({"experiment": ["a", "b"], "psnr_brain": [30.0, 29.0], "seed": seed}).to_csv(
+            tmp_path / f"s{seed}" / "tables" / "table2_quantitative.csv", index=False)
+    assert set(gather({1: tmp_path / "s1", 2: tmp_path / "s2"})["seed"]) == {1, 2}
+    with pytest.raises(DataError, match="made with seed 1, not 7"):  # a folder holding another seed's run
+        gather({7: tmp_path / "s1", 2: tmp_path / "s2"})
+    with pytest.raises(DataError, match="at least two seeds"):
+        report({1: tmp_path / "s1"}, tmp_path / "out")
 
 
 def test_fixed_budget_keeps_each_experiments_own_steps_and_says_so():

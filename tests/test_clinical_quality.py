@@ -84,6 +84,19 @@ def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
     assert s["mean_frequency"] == pytest.approx(33 / 64, rel=0.02)
 
 
+@pytest.mark.parametrize("n", [24, 25])
+def test_radial_nps_puts_a_known_frequency_in_its_bin_for_even_and_odd_rois(n):
+    """A cosine of 5 cycles per ROI (f0 = 5 / (N pixel)) peaks in the annulus centred on f0, for
+    an odd ROI side too (its DFT spacing is 1 / (N pixel), not Nyquist / (N // 2))."""
+    pixel = 2.0
+    y, x = np.mgrid[:n, :n]
+    phases = np.random.default_rng(0).uniform(0, 2 * np.pi, 50)
+    rois = np.stack([10 * np.cos(2 * np.pi * 5 * x / n + p) for p in phases])
+    s = nps_summary(nps_2d(rois, pixel)[0], pixel)
+    assert s["peak_frequency"] == pytest.approx(5 / (n * pixel))
+    assert s["frequency"][-1] <= 0.5 / pixel + 1e-12
+
+
 def test_noise_of_a_smoothing_row_excludes_its_error_on_the_anatomy():
     """A blur applied to anatomy + noise: output minus truth mixes the blurred anatomy's error
     into the noise; the difference of the two scans' errors (noise_rois) keeps the noise only."""
@@ -170,6 +183,19 @@ def test_ndct_shows_a_low_contrast_lesion_better_than_ldct():
     d = {k: cho(np.concatenate(p), np.concatenate(a), chans, n_resamples=200) for k, (p, a) in rois.items()}
     assert d[1.0]["dprime"] > d[0.25]["dprime"] > 0.5
     assert 0.6 < d[0.25]["auc"] < d[1.0]["auc"]
+
+
+def test_qa_inserts_that_crowd_each_others_edge_windows_are_refused():
+    """Eight 30 mm inserts on a 45 mm ring: each one's edge window takes in its neighbour
+    (f50 +26 % with no sign of it), so the phantom is refused; three (the default) fit."""
+    from ldct.errors import ConfigError
+    from ldct.ttf import insert_phantom
+
+    insert_phantom(64, 4.0, [40.0, 120.0, 340.0], insert_mm=30.0, body_mm=180.0, reach_mm=12.0)
+    with pytest.raises(ConfigError, match="clinical.qa: 8 inserts of 30 mm .* do not fit"):
+        insert_phantom(64, 4.0, [40.0] * 8, insert_mm=30.0, body_mm=180.0, reach_mm=12.0)
+    with pytest.raises(ConfigError, match="do not fit"):  # one insert whose window leaves the water
+        insert_phantom(64, 4.0, [40.0], insert_mm=60.0, body_mm=180.0, reach_mm=24.0)
 
 
 def test_ttf_of_a_gaussian_blur_gives_the_analytic_f50():
@@ -350,8 +376,14 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     for c in blind["conditions"]:
         c["t1"], c["t0"] = c["t0"], c["t1"]
         c["dprime"], c["dprime_ci_low"], c["dprime_ci_high"] = -c["dprime"], -c["dprime_ci_high"], -c["dprime_ci_low"]
-    rows = {"LDCT": rows["LDCT"], "blind_l1": blind, "NDCT": rows["NDCT"], "noiseless": rows["noiseless"]}
+    sharp = copy.deepcopy(rows["NDCT"])  # better than LDCT, but its training did not converge: not ranked
+    sharp["row"] = "sharp_l1"
+    rows = {"LDCT": rows["LDCT"], "blind_l1": blind, "sharp_l1": sharp, "NDCT": rows["NDCT"],
+            "noiseless": rows["noiseless"]}
     rp = ResultPaths(tmp_path, "d")
+    rp.table("training").parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"experiment": ["blind_l1", "sharp_l1"], "not_converged": [False, True],
+                  "no_gain_over_input": [False, False], "min_gain_db": 0.1}).to_csv(rp.table("training"), index=False)
     for name, res in rows.items():
         rp.clinical(name).parent.mkdir(parents=True, exist_ok=True)
         rp.clinical(name).write_text(json.dumps(res))
@@ -359,10 +391,14 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     md = rp.table("table5_clinical", "md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| blind_l1 "))
     assert "†↓" in line
+    sharp_line = next(x for x in md.splitlines() if x.startswith("| sharp_l1 ‡ "))
+    assert "**" not in sharp_line and "↑" in sharp_line  # higher than LDCT, but not the best
+    assert next(x for x in md.splitlines() if x.startswith("| LDCT ")).startswith("| LDCT | **")
     noiseless = next(x for x in md.splitlines() if x.startswith("| noiseless "))
     assert "∞" in noiseless and "†" not in noiseless
     stats_df = pd.read_csv(rp.table("clinical_stats"))
-    assert set(stats_df["experiment"]) == {"blind_l1"}  # LDCT is the best; references never compared
+    assert set(stats_df["experiment"]) == {"blind_l1", "sharp_l1"}  # LDCT the best; references never compared
+    assert set(stats_df.loc[stats_df["against"] == "best", "reference"]) == {"LDCT"}
     assert "$^\\dagger$$^\\downarrow$" in rp.table("table5_clinical", "tex").read_text()
     for f in ("fig_nps", "fig_ttf", "fig_detectability"):
         assert rp.figure(f).stat().st_size > 10_000 and rp.figure(f, "pdf").is_file()

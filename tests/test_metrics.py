@@ -106,8 +106,56 @@ def test_holm_correction():
     rows = [{"experiment": e, "subject": f"s{k}", "psnr": v}
             for k in range(8) for e, v in (("best", 30.0 + k), ("worse", 29.0 + k), ("broken", float("nan")))]
     st = compare_to_best(pd.DataFrame(rows), ["psnr"]).set_index("experiment")
-    assert np.isnan(st.loc["broken", "p_wilcoxon"]) and not st.loc["broken", "significant"]
+    assert np.isnan(st.loc["broken", "p_wilcoxon"]) and not st.loc["broken", "significantly_worse"]
     assert st.loc["worse", "p_holm"] == pytest.approx(st.loc["worse", "p_wilcoxon"])  # one real comparison
+
+
+def test_one_subject_gives_no_interval_and_no_p():
+    from ldct.stats import paired_difference
+
+    one = paired_difference(np.array([0.5]))
+    assert one["n_subjects"] == 1 and one["mean_diff"] == 0.5
+    assert np.isnan(one["ci_low"]) and np.isnan(one["ci_high"]) and np.isnan(one["p_wilcoxon"])  # not [0.5, 0.5], p = 1
+    assert holm([one["p_wilcoxon"], 0.02]) == pytest.approx([float("nan"), 0.02], nan_ok=True)  # not a comparison
+
+
+def test_a_marked_row_is_shown_but_never_the_best(tmp_path):
+    """A row flagged not converged (‡) or no better than its input (§) is not ranked: the bold
+    row, and the row every other one is tested against, is the best unmarked one."""
+    from ldct.tables import TABLE2_COLUMNS, dice_table, quantitative_table
+
+    rng = np.random.default_rng(0)
+    files, dice_files = {}, {}
+    for exp, shift in (("LDCT", 0.0), ("good", 2.0), ("unconv", 3.0)):
+        rows = [{"experiment": exp, "subject": f"s{s}", "slice": 0,
+                 **{c: 30.0 + shift + rng.normal(0, 0.05) for c, _ in TABLE2_COLUMNS}} for s in range(10)]
+        files[exp] = str(tmp_path / f"{exp}.csv")
+        pd.DataFrame(rows).to_csv(files[exp], index=False)
+        dice_files[exp] = str(tmp_path / f"{exp}_dice.csv")
+        pd.DataFrame([{"experiment": exp, "subject": f"s{s}", "slice": 0, "class": 1, "out_px": 10,
+                       "ndct_px": 10, "inter_ndct": 10 if exp == "unconv" else 9, "truth_px": np.nan,
+                       "inter_truth": np.nan} for s in range(10)]).to_csv(dice_files[exp], index=False)
+    training = pd.DataFrame({"experiment": ["good", "unconv"], "steps": [100, 100], "tera_macs": [1.0, 1.0],
+                             "lr": [1e-3, 1e-3], "val_gain_last_tenth_db": [0.0, 2.5],
+                             "not_converged": [False, True], "no_gain_over_input": [False, False],
+                             "min_gain_db": 0.1})
+    quantitative_table(files, str(tmp_path / "t2"), str(tmp_path / "stats.csv"), training=training)
+    st = pd.read_csv(tmp_path / "stats.csv")
+    assert set(st["best"]) == {"good"} and set(st["experiment"]) == {"LDCT", "unconv"}
+    md = (tmp_path / "t2.md").read_text()
+    assert next(x for x in md.splitlines() if x.startswith("| good |")).startswith("| good | **")
+    unconv = next(x for x in md.splitlines() if x.startswith("| unconv ‡ |"))
+    assert "**" not in unconv and "†" not in unconv  # higher, not bold, and not called worse either
+    assert "‡ not converged" in md and "by more than 0.1 dB" in md and "not ranked" in md
+    dice_table(dice_files, str(tmp_path / "t3"), training)
+    t3 = (tmp_path / "t3.md").read_text()
+    assert "**" not in next(x for x in t3.splitlines() if x.startswith("| unconv ‡ |"))
+    everyone = training.assign(no_gain_over_input=True)
+    quantitative_table({e: files[e] for e in ("good", "unconv")}, str(tmp_path / "t2b"),
+                       str(tmp_path / "stats_b.csv"), training=everyone)
+    assert "**" not in (tmp_path / "t2b.md").read_text()
+    assert "Every row is marked" in (tmp_path / "t2b.md").read_text()
+    assert pd.read_csv(tmp_path / "stats_b.csv").empty
 
 
 def test_a_row_better_in_most_subjects_is_not_marked_worse():
@@ -119,7 +167,7 @@ def test_a_row_better_in_most_subjects_is_not_marked_worse():
                  {"experiment": "mean_best", "subject": f"s{s}", "psnr": 30.0}]
     row = compare_to_best(pd.DataFrame(rows), ["psnr"]).iloc[0]
     assert row["best"] == "mean_best" and row["mean_diff"] < 0 and row["p_holm"] < 0.05
-    assert row["hl_diff"] == pytest.approx(0.1) and not row["significant"]
+    assert row["hl_diff"] == pytest.approx(0.1) and not row["significantly_worse"]
 
 
 def test_the_tested_best_is_the_row_shown_in_bold(tmp_path):
@@ -141,7 +189,7 @@ def test_the_tested_best_is_the_row_shown_in_bold(tmp_path):
     quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "stats.csv"))
     st = pd.read_csv(tmp_path / "stats.csv")
     assert set(st["best"]) == {"A"} and set(st["experiment"]) == {"B"}  # bold A (slice mean), though B wins per subject
-    assert st["hl_diff"].gt(0).all() and not st["significant"].any()  # B is not worse than A: no mark
+    assert st["hl_diff"].gt(0).all() and not st["significantly_worse"].any()  # B is not worse than A: no mark
     rows = [line for line in (tmp_path / "t2.md").read_text().splitlines() if line.startswith(("| A |", "| B |"))]
     assert rows[0].startswith("| A | **") and "†" not in "".join(rows)  # A bold everywhere, nothing marked
 
@@ -155,7 +203,7 @@ def test_compare_to_best_finds_a_real_difference():
                  {"experiment": "bad", "subject": f"s{s}", "psnr": base}]
     st = compare_to_best(pd.DataFrame(rows), ["psnr"])
     row = st.iloc[0]
-    assert row["best"] == "good" and row["experiment"] == "bad" and row["significant"]
+    assert row["best"] == "good" and row["experiment"] == "bad" and row["significantly_worse"]
     assert row["ci_low"] < row["mean_diff"] < row["ci_high"] < 0
     assert row["mean_diff"] == pytest.approx(-2.0, abs=0.1)
 
