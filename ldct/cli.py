@@ -207,11 +207,14 @@ def cmd_template_fields(a) -> None:
          arg("--subject-dir", help="subject folder in the TCIA layout (series found by description)"),
          arg("--full", help="full-dose series folder (generic layout; with --low)"),
          arg("--low", help="low-dose series folder (generic layout; with --full)"),
-         arg("--subject", help="subject name (default: the output folder's name)"),
+         arg("--subject", help="subject name (default: the subject folder's name with --subject-dir, the output "
+                                "folder's name with --full and --low)"),
          arg("--out", required=True, help="the subject's NIfTI folder"),
          arg("--phantom", help="synthetic truth folder whose labels, truth and repeat scan are copied along"),
          sections={"dataset": SERIES_KEYS})
 def cmd_convert(a) -> None:
+    import dataclasses
+
     from ldct.dicom import SubjectSeries, convert_subject, find_series
 
     cfg = a.settings["dataset"]
@@ -221,6 +224,8 @@ def cmd_convert(a) -> None:
         series = SubjectSeries(a.subject or Path(a.out).name, Path(a.full), Path(a.low))
     elif a.subject_dir:
         series = find_series(Path(a.subject_dir), cfg["full_series"], cfg["low_series"])
+        if a.subject:
+            series = dataclasses.replace(series, subject=a.subject)
     else:
         raise UsageError("give --subject-dir (TCIA layout) or --full and --low series folders")
     phantom = [Path(a.phantom) / name for name in ("labels.nii.gz", "truth.nii.gz", "repeat.nii.gz")] if a.phantom else []
@@ -335,7 +340,8 @@ def cmd_train(a) -> None:
     elif a.config:
         cfg = load_config(a.config)
         if a.experiment not in cfg["experiments"]:
-            raise UsageError(f"{a.config}: give --experiment, one of: {', '.join(cfg['experiments'])}")
+            raise UsageError(f"{a.config}: " + (f"no experiment {a.experiment!r}" if a.experiment else "give --experiment")
+                             + f"; one of: {', '.join(cfg['experiments'])}")
         exp = cfg["experiments"][a.experiment]
         exp["train"] = validate_section("train", _merge(_merge(cfg["train"], exp.get("train", {})), given))  # before the budget
         protocol = exp["train"]["budget"]["protocol"]
@@ -365,7 +371,7 @@ LOW_ARG = arg("--low", nargs="+", default=["low.nii.gz"],
          arg("--nifti", required=True, help="results/{dataset}/nifti"),
          arg("--splits", required=True, help="splits.json (its test subjects are denoised)"),
          arg("--outdir", nargs="+", required=True, help="output folder (one per --low)"),
-         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG)
+         arg("--device", default="auto", help="auto, cpu, cuda or cuda:N"), LOW_ARG)
 def cmd_denoise(a) -> None:
     from ldct.evaluate import denoise_subjects
 
@@ -382,10 +388,15 @@ def cmd_denoise(a) -> None:
          arg("--denoised", nargs="+", help="folder(s) of the experiment's outputs (one per --out)"),
          arg("--segmenter", help="segmenter.pt (for --dice)"),
          arg("--ndct-seg", help="folder of the NDCT segmentations from `segment-ndct` (else made here)"),
-         arg("--device", default="auto", help="auto, cpu or cuda"), LOW_ARG)
+         arg("--device", default="auto", help="auto, cpu, cuda or cuda:N"), LOW_ARG)
 def cmd_evaluate(a) -> None:
-    from ldct.evaluate import evaluate_experiment
+    from ldct.evaluate import LDCT, evaluate_experiment
 
+    if a.experiment != LDCT and not a.denoised:
+        raise UsageError(f"--experiment {a.experiment}: give --denoised (the experiment's outputs); "
+                         f"only --experiment {LDCT} scores the low-dose input itself")
+    if a.dice and not a.segmenter:
+        raise UsageError("--dice needs --segmenter (the frozen U-Net that segments each output)")
     denoised = a.denoised or [None] * len(a.out)
     if len(denoised) != len(a.out):
         raise UsageError(f"--denoised gives {len(denoised)} folders and --out {len(a.out)} files; give one each")
@@ -401,7 +412,7 @@ def cmd_evaluate(a) -> None:
          arg("--splits", required=True, help="splits.json (its test subjects are segmented)"),
          arg("--segmenter", required=True, help="segmenter.pt"),
          arg("--outdir", required=True, help="folder for one label NIfTI per subject"),
-         arg("--device", default="auto", help="auto, cpu or cuda"))
+         arg("--device", default="auto", help="auto, cpu, cuda or cuda:N"))
 def cmd_segment_ndct(a) -> None:
     from ldct.evaluate import segment_ndct
 
@@ -430,7 +441,7 @@ def cmd_clinical_scans(a) -> None:
          arg("--sites", required=True, help="its sites CSV"),
          arg("--model", help="the experiment's trained model.pt"),
          arg("--out", nargs="+", required=True, help="JSON to write, one per --row"),
-         arg("--device", default="auto", help="auto, cpu or cuda"),
+         arg("--device", default="auto", help="auto, cpu, cuda or cuda:N"),
          sections={"synthetic": None, "clinical": None}, seed=True)
 def cmd_clinical_measure(a) -> None:
     import pandas as pd
@@ -531,7 +542,8 @@ def cmd_seeds(a) -> None:
                          "(stability is the spread across seeds and the agreement of their rankings)")
     cfg = load_config(a.configfile or "config.yaml")
     name, results = cfg["dataset"]["name"], Path(cfg["results"])
-    args = ["--cores", a.cores] + (["--configfile", a.configfile] if a.configfile else []) + a.snakemake_args
+    # Snakemake's --configfile takes several values: it goes last, so a target given after `--` stays a target
+    args = ["--cores", a.cores] + a.snakemake_args + (["--configfile", a.configfile] if a.configfile else [])
     roots = {}
     for seed in a.seeds:
         if not a.no_run:

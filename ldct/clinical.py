@@ -33,12 +33,12 @@ from ldct.errors import DataError
 from ldct.io import read_nifti
 from ldct.lesion_task import TISSUES, LesionSite, extract_rois, insert_lesions, lesion_profile, place_lesions
 from ldct.lowdose import make_geometry, simulate_doses
+from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.nps import nps_2d, nps_summary
 from ldct.observer import cho, laguerre_gauss_channels
 from ldct.synthetic import subject_seed
 from ldct.ttf import insert_phantom, ttf_record
 
-NDCT, NOISELESS = "NDCT", "noiseless"  # reference rows beside LDCT and the experiments
 TTF_REACH = 0.8  # the TTF's edge window, +- this fraction of the QA insert's radius (ldct.ttf.edge_spreads)
 
 
@@ -148,8 +148,6 @@ def row_images(row: str, scans: dict[str, np.ndarray], model: str | Path | None 
                device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(lesion-task images, QA images) of a row: LDCT, NDCT, noiseless, or a trained model
     (model.pt) applied to the low-dose scans."""
-    from ldct.evaluate import LDCT
-
     source = {LDCT: "low", NDCT: "full", NOISELESS: "noiseless"}.get(row)
     if source:
         return scans[source], scans[f"qa_{source}"]

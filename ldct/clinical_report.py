@@ -9,9 +9,8 @@ import json
 import pandas as pd
 
 from ldct import figures
-from ldct.clinical import NDCT, NOISELESS
 from ldct.errors import DataError
-from ldct.evaluate import LDCT
+from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.tables import clinical_table
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ldct.errors import ConfigError
+from ldct.paths import RESERVED_ROWS
 
 __all__ = ["ConfigError", "coerce", "load_config", "load_schema", "validate_config", "validate_section"]
 
@@ -154,6 +155,10 @@ def validate_config(config: dict) -> dict:
     coerce(schema, config)
     _coerce_experiments(config, train_schema)
     _reject_non_finite(config)
+    reserved = [n for n in (config.get("experiments") or {}) if n in RESERVED_ROWS]
+    if reserved:
+        raise ConfigError(f"config error at experiments.{reserved[0]}: {reserved[0]!r} is the name of a row every "
+                          f"table shows ({', '.join(RESERVED_ROWS)}); give the experiment another name")
     _fill_defaults(schema, config)
     _check(schema, config)
     _check_order(config)
@@ -180,9 +185,20 @@ def validate_config(config: dict) -> dict:
     if ds["source"] == "dicom" and not config["segmenter"]["weights"]:
         raise ConfigError("config error at segmenter.weights: real DICOM data has no labels to pre-train the "
                           "segmentation U-Net; give the converted HeadCTSegmentation weights (model.pth, base_width 64)")
-    if config["split"]["method"] == "preset" and not config["split"]["preset"]:
-        raise ConfigError("config error at split.preset: required when split.method is 'preset'")
+    _check_split(config["split"])
     return config
+
+
+def _check_split(split: dict) -> None:
+    if split["method"] == "preset" and not split["preset"]:
+        raise ConfigError("config error at split.preset: required when split.method is 'preset'")
+    if split["method"] != "preset" and split["preset"]:  # it would be ignored: a random split instead
+        raise ConfigError(f"config error at split.preset: {split['preset']!r} is used only with split.method: preset "
+                          f"(now {split['method']!r}); set the method or remove the preset")
+    fr = split["fractions"]
+    if fr.get("train") is not None and abs(fr["train"] + fr["val"] + fr["test"] - 1) > 1e-6:
+        raise ConfigError(f"config error at split.fractions: train + val + test = "
+                          f"{fr['train'] + fr['val'] + fr['test']:g}, not 1 (leave train out: it is the remainder)")
 
 
 def validate_section(name: str, values: dict) -> dict:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ldct.classes import NUM_CLASSES
 from ldct.data import LOW_NAME, from_slices, load_subject, to_slices
 from ldct.errors import DataError
+from ldct.paths import LDCT
 from ldct.inference import (
     checkpoint_amp,
     load_denoiser,
@@ -23,7 +24,6 @@ from ldct.inference import (
 from ldct.io import read_nifti, write_csv, write_nifti
 from ldct.metrics import stack_metrics
 
-LDCT = "LDCT"  # the reserved experiment name of the unprocessed low-dose input row
 
 
 def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto",

@@ -308,7 +308,7 @@ def draw_all(rp, experiments: list[str]) -> None:
     import torch
 
     from ldct.data import load_subject, to_slices
-    from ldct.evaluate import LDCT
+    from ldct.paths import LDCT
     from ldct.inference import load_segmenter, segment
     from ldct.io import read_nifti
 

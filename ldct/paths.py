@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The rows every table shows beside the experiments: the low-dose input, and the clinical
+# table's references (full dose, the noiseless reconstruction). No experiment may take these names.
+LDCT, NDCT, NOISELESS = "LDCT", "NDCT", "noiseless"
+RESERVED_ROWS = (LDCT, NDCT, NOISELESS)
+
 
 def dose_tag(fraction: float) -> str:
     """A dose fraction as the percentage the synthetic DICOM series are named by (0.1 -> "10"),

@@ -7,9 +7,12 @@ adding a baseline is one new file.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 import pkgutil
+from pathlib import Path
 from typing import Any, Callable
 
 from ldct.errors import LdctError
@@ -67,3 +70,36 @@ class Registry:
         """Import every module of `package` so their decorators run."""
         for info in pkgutil.iter_modules(path):
             importlib.import_module(f"{package}.{info.name}")
+
+
+PROJECT_PACKAGES = ("models", "losses")  # the packages whose files a trained model's code is read from
+
+
+def source_files(*objs: Callable[..., Any]) -> list[str]:
+    """The files of the modules defining `objs` (registered classes) and of every models/ or
+    losses/ module they import, transitively, with the packages' __init__.py: a trained model's
+    own code. The workflow lists them as a training job's inputs, so editing them retrains it
+    and adding an unrelated model file does not."""
+    todo = [inspect.getmodule(o).__name__ for o in objs]
+    found: dict[str, str] = {}
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:  # `from models import register`: a name, not a module
+            spec = None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        found[name] = spec.origin
+        todo.append(name.split(".")[0])  # the package's __init__.py
+        for node in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            todo += [n for n in names if n.split(".")[0] in PROJECT_PACKAGES]
+    return sorted(found.values())

@@ -68,6 +68,15 @@ class ExperimentSpec:
 
         return models.needs_segmenter(self.model["name"]) or losses.needs_segmenter(self.loss["name"])
 
+    def source_files(self) -> list[str]:
+        """The model's and loss's code (and the segmenter's, where one is used): ldct.registry.source_files."""
+        import losses
+        import models
+        from ldct.registry import source_files
+
+        objs = [models.REGISTRY.get(self.model["name"]), losses.REGISTRY.get(self.loss["name"])]
+        return source_files(*objs, *([models.REGISTRY.get("unet")] if self.needs_segmenter else []))
+
     def kwargs(self, part: str) -> dict:
         """The model's or loss's own constructor arguments (without its name)."""
         return {k: v for k, v in getattr(self, part).items() if k != "name"}

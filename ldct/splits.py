@@ -23,6 +23,12 @@ class SplitError(LdctError, ValueError):
 DESCRIPTIVE_KEYS = {"source", "description", "notes"}  # free text a split file may carry beside its lists
 
 
+def preset_file(name: str) -> str:
+    """The file a preset name stands for (a shipped preset, or the JSON file named): the split
+    rule's input, so editing it redoes the split."""
+    return str(resources.files("ldct.presets").joinpath(PRESETS[name])) if name in PRESETS else name
+
+
 def load_preset(name: str) -> dict[str, list[str]]:
     if name in PRESETS:
         text = resources.files("ldct.presets").joinpath(PRESETS[name]).read_text()
@@ -64,6 +70,9 @@ def make_splits(subjects: list[str], cfg: dict, seed: int) -> dict[str, list[str
         if not cfg.get("preset"):
             raise SplitError("split.preset is required when split.method is 'preset'")
         split = load_preset(cfg["preset"])
+        if cfg["val_as_test"] and split.get("test") and set(split["test"]) != set(split["val"]):
+            raise SplitError(f"split preset {cfg['preset']!r} has its own test subjects, which split.val_as_test "
+                             "would replace by its validation subjects; set split.val_as_test: false")
         missing = sorted({s for part in split.values() for s in part} - set(subjects))
         if missing:
             raise SplitError(f"split preset {cfg['preset']!r} names subjects missing on disk: {', '.join(missing)}")

@@ -72,8 +72,17 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capfd):
     evaluate = ["evaluate", "--experiment", "x", "--nifti", str(tmp_path), "--splits", str(splits)]
     assert main(evaluate + ["--denoised", "d1", "d2", "--out", "m.csv"]) == 1
     assert "--denoised gives 2 folders and --out 1 files; give one each" in capfd.readouterr().err
+    assert main(evaluate + ["--out", "m.csv"]) == 1  # an experiment other than LDCT without its outputs
+    assert "--experiment x: give --denoised" in capfd.readouterr().err
+    assert main(evaluate + ["--denoised", "d1", "--out", "m.csv", "--dice", "d.csv"]) == 1
+    assert "--dice needs --segmenter" in capfd.readouterr().err
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("experiments: {edcnn_l1: {model: {name: edcnn}, loss: {name: l1}}}\n")
+    assert main(train + ["--config", str(cfgfile), "--experiment", "edcnn_xx"]) == 1
+    assert "no experiment 'edcnn_xx'; one of: edcnn_l1" in capfd.readouterr().err
+    cfgfile.unlink()
     splits.write_text("{not json")
-    assert main(evaluate + ["--out", "m.csv"]) == 1
+    assert main(evaluate + ["--denoised", "d1", "--out", "m.csv"]) == 1
     assert "splits.json: not valid JSON" in capfd.readouterr().err
     assert not list(tmp_path.glob("*.csv")) and [p.name for p in tmp_path.glob("*.json")] == ["splits.json"]
 

@@ -38,3 +38,18 @@ def test_evaluation_does_not_import_the_training_engine():
     for module in ("evaluate", "figures", "tables", "inference", "metrics", "stats"):
         imported = imported_modules(ROOT / "ldct" / f"{module}.py")
         assert not imported & training, f"ldct/{module}.py imports {imported & training}"
+
+
+def test_a_training_job_depends_on_its_own_model_and_loss_code_only():
+    """ExperimentSpec.source_files (a training job's code inputs): the model's and loss's files,
+    the models/ and losses/ modules they import, and the segmenter's where one is used; an
+    unrelated model's file is not among them, so adding one retrains nothing."""
+    from ldct.config import validate_config
+    from ldct.spec import ExperimentSpec
+
+    cfg = validate_config({"experiments": {"featkpn_ana": {"model": {"name": "featkpn"}, "loss": {"name": "l1_l1ana_1"}},
+                                           "edcnn_l1": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}})
+    rel = lambda e: {str(Path(p).relative_to(ROOT)) for p in ExperimentSpec.from_config(cfg, e).source_files()}  # noqa: E731
+    assert rel("featkpn_ana") == {"models/__init__.py", "models/featkpn.py", "models/_blocks.py", "models/_kernel_ops.py",
+                                  "models/unet.py", "losses/__init__.py", "losses/anatomical.py"}
+    assert rel("edcnn_l1") == {"models/__init__.py", "models/edcnn.py", "losses/__init__.py", "losses/pixel.py"}

@@ -156,3 +156,17 @@ def test_a_numbered_cuda_device_and_nan_from_the_command_line():
     assert validate_config({"train": {"device": "cuda:1"}})["train"]["device"] == "cuda:1"
     with pytest.raises(ConfigError, match=r"config error at train.lr: nan is not a finite number"):
         validate_config({"train": {"lr": ".nan"}})
+
+
+@pytest.mark.parametrize("name", ["LDCT", "NDCT", "noiseless"])
+def test_an_experiment_may_not_take_a_reserved_row_name(name):
+    with pytest.raises(ConfigError, match=f"experiments.{name}: '{name}' is the name of a row every table shows"):
+        validate_config({"experiments": {name: {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}})
+
+
+def test_split_settings_that_would_be_ignored_are_refused():
+    with pytest.raises(ConfigError, match="split.preset: 'featkpn' is used only with split.method: preset"):
+        validate_config({"split": {"preset": "featkpn"}})
+    with pytest.raises(ConfigError, match=r"split.fractions: train \+ val \+ test = 1.1, not 1"):
+        validate_config({"split": {"fractions": {"train": 0.8, "val": 0.1, "test": 0.2}}})
+    assert validate_config({"split": {"fractions": {"val": 0.3, "test": 0.3}}})["split"]["fractions"]["train"] is None

@@ -212,6 +212,9 @@ def test_convert_by_hand_with_defaults(synthetic_subject, tmp_path, capfd):
     out = tmp_path / "S001"
     assert main(["convert", "--subject-dir", str(synthetic_subject["dicom"]), "--out", str(out)]) == 0
     assert json.loads((out / "manifest.json").read_text())["slices"] == 4
+    named = tmp_path / "named"
+    assert main(["convert", "--subject-dir", str(synthetic_subject["dicom"]), "--subject", "MYNAME", "--out", str(named)]) == 0
+    assert json.loads((named / "manifest.json").read_text())["subject"] == "MYNAME"  # --subject is not ignored
     assert main(["convert", "--subject-dir", str(synthetic_subject["dicom"]), "--out", str(tmp_path / "z"),
                  "--low-series", "Quarter"]) == 1
     assert "Quarter" in capfd.readouterr().err and not (tmp_path / "z").exists()

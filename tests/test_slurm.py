@@ -46,7 +46,7 @@ PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 DOSE_SWEEP = ROOT / "configs" / "dose_sweep.yaml"
-GPU_RULES = ("pretrain_segmenter", "train", "denoise", "clinical_measure", "segment_ndct")
+GPU_RULES = ("pretrain_segmenter", "train", "denoise", "clinical_measure", "segment_ndct", "complexity")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -72,3 +72,10 @@ def test_a_preset_whose_test_set_is_its_validation_set_is_the_papers_protocol(tm
     path.write_text('{"train": ["A"], "val": ["B", "C"], "test": ["C", "B"]}')
     split = make_splits(["A", "B", "C"], {**RANDOM, "method": "preset", "preset": str(path)}, 0)
     assert set(split["test"]) == set(split["val"]) == {"B", "C"}
+
+
+def test_val_as_test_does_not_silently_drop_a_presets_own_test_subjects():
+    nb = load_preset("ldct_benchmark_neuro")
+    subjects = sorted({s for part in nb.values() for s in part})
+    with pytest.raises(SplitError, match="has its own test subjects"):
+        make_splits(subjects, {**RANDOM, "method": "preset", "preset": "ldct_benchmark_neuro", "val_as_test": True}, 0)

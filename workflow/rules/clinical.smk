@@ -2,7 +2,7 @@
 # power spectrum and task-transfer function of every row, from scans made once for the test
 # subjects (ldct/clinical.py). Real data has no noiseless truth and skips the section.
 
-CLINICAL_REFERENCES = [LDCT, "NDCT", "noiseless"]  # rows without a model: one job
+CLINICAL_REFERENCES = [LDCT, NDCT, NOISELESS]  # rows without a model: one job
 CLINICAL_FLAGS = section_flags("synthetic", config["synthetic"]) + " " + section_flags("clinical", config["clinical"])
 
 
@@ -41,6 +41,7 @@ rule clinical_measure:
     params:
         settings=CLINICAL_FLAGS,
         seed=config["seed"],
+        device=config["train"]["device"],
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
     threads: MAX_THREADS
@@ -51,7 +52,7 @@ rule clinical_measure:
     shell:
         "python -m ldct clinical-measure --threads {threads} --row {wildcards.experiment:q} --scans {input.scans:q} "
         "--sites {input.sites:q} --model {input.model:q} --seed {params.seed} {params.settings} --out {output:q} "
-        "> {log:q} 2>&1"
+        "--device {params.device} > {log:q} 2>&1"
 
 
 rule clinical_references:

@@ -8,10 +8,10 @@ import sys
 from ldct.cli import SERIES_KEYS, TABLE_TRAIN_KEYS, section_flags
 from ldct.config import ConfigError, validate_config
 from ldct.dicom import discover_subjects
-from ldct.evaluate import LDCT
+from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.paths import ResultPaths, dose_tag, low_dose_name
 from ldct.spec import ExperimentSpec
-from ldct.splits import make_splits
+from ldct.splits import make_splits, preset_file
 from ldct.synthetic import subject_ids
 
 try:
@@ -73,7 +73,6 @@ ANA_PAIRS = [e for e in EXPERIMENTS if e.endswith("_ana") and e[:-4] + "_l1" in 
 DOSES = list(dict.fromkeys(config["synthetic"]["dose_fractions"])) if SYNTHETIC else []
 DOSE_SWEEP = len(DOSES) > 1
 EXTRA_DOSES = [dose_tag(f) for f in DOSES[1:]]  # as in the folder names (0.1 -> "10")
-SOURCE_FILES = sorted(str(p) for d in ("models", "losses") for p in Path(workflow.basedir, d).glob("*.py"))
 
 
 def code_files(*modules):
@@ -92,6 +91,15 @@ def nifti_files(subjects, labels=False):
 
 def needs_segmenter(exp):
     return SPECS[exp].needs_segmenter
+
+
+def model_sources(specs):
+    """The code of these model specs (ldct.registry.source_files): a rule's inputs, so editing a
+    model's file reruns what it made and adding an unrelated model file does not."""
+    import models
+    from ldct.registry import source_files
+
+    return source_files(*{models.REGISTRY.get(s["name"]) for s in specs})
 
 
 def complexity_models():
@@ -115,7 +123,7 @@ FIGURES = ["fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_train
 
 # Clinical image quality (workflow/rules/clinical.smk): needs the noiseless truth of synthetic data.
 CLINICAL = SYNTHETIC and config["clinical"]["enabled"]
-CLINICAL_ROWS = ROWS + ["NDCT", "noiseless"]
+CLINICAL_ROWS = ROWS + [NDCT, NOISELESS]
 CLINICAL_FIGURES = ["fig_nps", "fig_ttf", "fig_detectability"]
 CLINICAL_SUBJECTS = SPLITS["test"][:config["clinical"]["subjects"] or None]
 

@@ -13,6 +13,7 @@ rule denoise:
     params:
         nifti=nifti_root,
         outdir=lambda wc, output: str(Path(output[0]).parent),
+        device=config["train"]["device"],
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
     threads: MAX_THREADS
@@ -22,7 +23,7 @@ rule denoise:
         CONDA_ENV
     shell:
         "python -m ldct denoise --threads {threads} --model {input.model:q} --nifti {params.nifti:q} "
-        "--splits {input.splits:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+        "--splits {input.splits:q} --outdir {params.outdir:q} --device {params.device} > {log:q} 2>&1"
 
 
 
@@ -39,6 +40,7 @@ rule segment_ndct:
     params:
         nifti=nifti_root,
         outdir=lambda wc, output: str(Path(output[0]).parent),
+        device=config["segmenter"]["device"],
     threads: 1
     resources:
         gpu=1,
@@ -46,7 +48,7 @@ rule segment_ndct:
         CONDA_ENV
     shell:
         "python -m ldct segment-ndct --threads {threads} --nifti {params.nifti:q} --splits {input.splits:q} "
-        "--segmenter {input.segmenter:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+        "--segmenter {input.segmenter:q} --outdir {params.outdir:q} --device {params.device} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -61,6 +63,7 @@ rule evaluate:
         nifti=nifti_root,
         denoised=lambda wc, input: f"--denoised {shlex.quote(str(Path(input.denoised[0]).parent))}" if wc.experiment != LDCT else "",
         ndct_seg=lambda wc, input: str(Path(input.ndct_seg[0]).parent),
+        device=config["segmenter"]["device"],  # the segmenter of the Dice columns (small: no GPU reserved)
     wildcard_constraints:
         experiment="|".join(ROWS),
     threads: 1
@@ -69,7 +72,7 @@ rule evaluate:
     shell:
         "python -m ldct evaluate --threads {threads} --experiment {wildcards.experiment:q} --nifti {params.nifti:q} "
         "--splits {input.splits:q} {params.denoised} --segmenter {input.segmenter:q} --ndct-seg {params.ndct_seg:q} "
-        "--out {output.metrics:q} --dice {output.dice:q} > {log:q} 2>&1"
+        "--out {output.metrics:q} --dice {output.dice:q} --device {params.device} > {log:q} 2>&1"
 
 
 # Dose sweep: the experiments trained at the first dose fraction, applied at every extra one
@@ -90,6 +93,7 @@ if DOSE_SWEEP:
             nifti=nifti_root,
             outdirs=lambda wc: [str(RP.dose_denoised(t, wc.experiment)) for t in EXTRA_DOSES],
             lows=[low_dose_name(f) for f in DOSES[1:]],
+            device=config["train"]["device"],
         wildcard_constraints:
             experiment="|".join(EXPERIMENTS),
         threads: MAX_THREADS
@@ -99,7 +103,7 @@ if DOSE_SWEEP:
             CONDA_ENV
         shell:
             "python -m ldct denoise --threads {threads} --model {input.model:q} --nifti {params.nifti:q} "
-            "--splits {input.splits:q} --low {params.lows:q} --outdir {params.outdirs:q} > {log:q} 2>&1"
+            "--splits {input.splits:q} --low {params.lows:q} --outdir {params.outdirs:q} --device {params.device} > {log:q} 2>&1"
 
     rule evaluate_doses:
         input:

@@ -2,6 +2,8 @@
 
 
 rule split:
+    input:
+        preset=[preset_file(config["split"]["preset"])] if config["split"]["method"] == "preset" else [],
     output:
         str(RP.splits),
     log:

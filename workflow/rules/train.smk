@@ -6,7 +6,7 @@ rule train:
         splits=str(RP.splits),
         data=nifti_files(SPLITS["train"] + SPLITS["val"]),
         segmenter=lambda wc: str(RP.segmenter) if needs_segmenter(wc.experiment) else [],
-        source=SOURCE_FILES,
+        source=lambda wc: SPECS[wc.experiment].source_files(),
     output:
         model=str(RP.model("{experiment}")),
         history=str(RP.history("{experiment}")),
