@@ -459,8 +459,9 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
             f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
             "unbounded). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
             "noise-only images (difference method: the row's error in scan A less its error in scan B, over sqrt 2, "
-            "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast over that noise SD; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233; 95 % bootstrap CIs "
-            "over the QA noise realisations in the CSV: f50 differences inside them are noise); ROI bias: "
+            "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast over that noise SD; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233; ∞: the TTF stays above "
+            "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "
+            "differences inside them are noise); ROI bias: "
             "mean output minus truth in the lesion ROIs (HU). " + flag_note)
     md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what.replace("_", "\\_"))
     write_table(out_prefix, table, md, tex, what)

@@ -84,10 +84,12 @@ def _f50_bootstrap(r: np.ndarray, esfs: np.ndarray, pixel_mm: float, n_resamples
         return float("nan"), float("nan")
     picks = np.random.default_rng(seed).integers(0, len(esfs), size=(n_resamples, len(esfs)))
     values = np.array([f50(*_ttf_of_esf(r, esfs[p].mean(0), pixel_mm)) for p in picks])
-    values = values[np.isfinite(values)]
+    values = values[~np.isnan(values)]  # a resample whose TTF never falls to 0.5 is kept: f50 above Nyquist (inf)
     if not len(values):
         return float("nan"), float("nan")
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+    nyquist = 0.5 / pixel_mm
+    lo, hi = np.percentile(np.minimum(values, 2 * nyquist), [2.5, 97.5])  # censored at 2 x Nyquist ...
+    return tuple(float(v) if v <= nyquist else float("inf") for v in (lo, hi))  # ... and told as inf
 
 
 def _ttf_of_esf(r: np.ndarray, esf: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
@@ -103,9 +105,12 @@ def _ttf_of_esf(r: np.ndarray, esf: np.ndarray, pixel_mm: float) -> tuple[np.nda
 
 
 def f50(freqs: np.ndarray, curve: np.ndarray) -> float:
-    """The first frequency where the TTF falls to 0.5 (linear interpolation), NaN if it never does."""
+    """The first frequency where the TTF falls to 0.5 (linear interpolation); inf where it stays
+    above 0.5 up to the last frequency (Nyquist: f50 beyond it), NaN where it starts below 0.5."""
     below = np.nonzero(curve < 0.5)[0]
-    if not len(below) or below[0] == 0:
+    if not len(below):
+        return float("inf")
+    if below[0] == 0:
         return float("nan")
     i = below[0]
     return float(np.interp(0.5, [curve[i], curve[i - 1]], [freqs[i], freqs[i - 1]]))

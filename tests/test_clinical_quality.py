@@ -216,7 +216,8 @@ def test_ttf_of_a_gaussian_blur_gives_the_analytic_f50():
     assert f50(freqs, curve) == pytest.approx(expected, rel=0.05)
     sharper = ttf(ndimage.gaussian_filter(hu, 0.6)[None], centres[1], 10.0, pixel)
     assert f50(*sharper) > f50(freqs, curve)  # less blur, higher f50, at another contrast too
-    assert np.isnan(f50(np.array([0.0, 0.1]), np.array([1.0, 0.9])))
+    assert f50(np.array([0.0, 0.1]), np.array([1.0, 0.9])) == np.inf  # sharper than the grid shows: above Nyquist
+    assert np.isnan(f50(np.array([0.0, 0.1]), np.array([0.4, 0.3])))
 
 
 def test_f50_interval_covers_the_noise_of_the_qa_realisations():
@@ -238,6 +239,12 @@ def test_f50_interval_covers_the_noise_of_the_qa_realisations():
         widths.append(hi - lo)
     assert widths[1] < 0.6 * widths[0]
     assert all(np.isnan(f50_interval(clean[:3], centres[0], radius, pixel, reach_mm=12.0)))  # too few to say
+    # an edge so sharp that some resamples' TTF never falls to 0.5: those count as above Nyquist,
+    # not dropped (which biased the interval low); the upper bound is then inf
+    edge = ndimage.gaussian_filter(hu.astype(np.float64), 0.4)  # f50 0.235 / mm, near Nyquist (0.25)
+    sharp = edge[None] + 8.0 * rng.standard_normal((40, 128, 128))
+    lo, hi = f50_interval(sharp, centres[0], radius, pixel, reach_mm=12.0, n_resamples=200)
+    assert 0.15 < lo < 0.235 and hi == np.inf
 
 
 def test_ttf_record_reads_each_edge_once_and_matches_ttf_and_f50_interval():
