@@ -34,24 +34,39 @@ def _fmt(v, digits: int | str) -> str:
     return f"{v:.2g}" if digits == "e" else f"{v:.{digits}f}"  # "e": two significant digits (learning rates)
 
 
+TEX_SYMBOLS = {"†": "$^\\dagger$", "‡": "$^\\ddagger$", "§": "\\S{}", "↓": "$^\\downarrow$", "↑": "$^\\uparrow$",
+               "∞": "$\\infty$", "′": "$'$", "±": "$\\pm$", "×": "$\\times$", "−": "$-$", "≤": "$\\le$",
+               "≥": "$\\ge$", "<": "$<$", ">": "$>$", "~": "$\\sim$", "%": "\\%", "&": "\\&", "#": "\\#",
+               "_": "\\_", "^": "\\^{}"}
+
+
+def latex(text: str) -> str:
+    """Text for LaTeX (pdflatex, no Unicode): the tables' marks and symbols as LaTeX commands,
+    special characters escaped, powers (10^12) as superscripts; what is between $...$ is kept."""
+    parts = str(text).split("$")
+    for i in range(0, len(parts), 2):
+        p = re.sub(r"(\d+)\^(-?\d+)", lambda m: f"{m[1]}\0{m[2]}\1", parts[i].replace("\\%", "%"))
+        p = "".join(TEX_SYMBOLS.get(ch, ch) for ch in p)
+        parts[i] = p.replace("\0", "$^{").replace("\1", "}$")
+    return "$".join(parts)
+
+
 def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: dict[str, int | str],
            bold: dict[str, str], marks: dict[tuple[str, str], str], caption: str) -> tuple[str, str]:
     """Markdown and LaTeX of a table whose rows are df[first]; `bold[col]` names the best row."""
     heads = [first] + [h for _, h in cols]
     md = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    tex = ["\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}",
+    tex = ["\\begin{table}[t]", "\\centering", f"\\caption{{{latex(caption)}}}",
            "\\begin{tabular}{l" + "r" * len(cols) + "}", "\\toprule",
-           " & ".join(heads).replace("%", "\\%") + " \\\\", "\\midrule"]
+           " & ".join(latex(h) for h in heads) + " \\\\", "\\midrule"]
     for _, r in df.iterrows():
         cells_md = [str(r[first])]
-        cells_tex = [str(r[first]).replace("_", "\\_").replace("‡", "$^\\ddagger$").replace("§", "\\S")]
+        cells_tex = [latex(r[first])]
         for c, _ in cols:
             s = _fmt(r[c], digits.get(c, 4)) + marks.get((r[first], c), "")
             is_best = bold.get(c) == r[first]
             cells_md.append(f"**{s}**" if is_best and s else s)
-            s_tex = s.replace("†", "$^\\dagger$").replace("↓", "$^\\downarrow$").replace("↑", "$^\\uparrow$")
-            s_tex = s_tex.replace("∞", "$\\infty$")
-            cells_tex.append(f"\\textbf{{{s_tex}}}" if is_best and s else s_tex)
+            cells_tex.append(f"\\textbf{{{latex(s)}}}" if is_best and s else latex(s))
         md.append("| " + " | ".join(cells_md) + " |")
         tex.append(" & ".join(cells_tex) + " \\\\")
     tex += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
@@ -139,7 +154,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
                      "zero padding). Best in bold; $\\dagger$: significantly worse than "
                      "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$, Hodges-Lehmann shift below 0). "
-                     + " ".join(x for x in (power, protocol, flag_note, fidelity) if x).replace("_", "\\_"))
+                     + " ".join(x for x in (power, protocol, flag_note, fidelity) if x))
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
             "Best in bold; † significantly "
             "worse than the best (subject-level Wilcoxon signed-rank, two-sided, Holm p < 0.05 over this metric's "
@@ -463,6 +478,6 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
             "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "
             "differences inside them are noise); ROI bias: "
             "mean output minus truth in the lesion ROIs (HU). " + flag_note)
-    md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what.replace("_", "\\_"))
+    md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what)
     write_table(out_prefix, table, md, tex, what)
     return table, stats_df

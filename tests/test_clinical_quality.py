@@ -406,7 +406,8 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     stats_df = pd.read_csv(rp.table("clinical_stats"))
     assert set(stats_df["experiment"]) == {"blind_l1", "sharp_l1"}  # LDCT the best; references never compared
     assert set(stats_df.loc[stats_df["against"] == "best", "reference"]) == {"LDCT"}
-    assert "$^\\dagger$$^\\downarrow$" in rp.table("table5_clinical", "tex").read_text()
+    t5tex = rp.table("table5_clinical", "tex").read_text()
+    assert "$^\\dagger$$^\\downarrow$" in t5tex and t5tex.isascii()
     for f in ("fig_nps", "fig_ttf", "fig_detectability"):
         assert rp.figure(f).stat().st_size > 10_000 and rp.figure(f, "pdf").is_file()
 
