@@ -58,8 +58,20 @@ def gather(roots: dict[int, Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+MARKS = ("not_converged", "no_gain_over_input")  # Table 2's convergence marks (ldct.budget.training_summary)
+
+
+def _marked(long: pd.DataFrame) -> pd.DataFrame:
+    """(experiment x seed) True where the row carries a convergence mark in that seed's Table 2."""
+    flags = [c for c in MARKS if c in long]
+    marked = long[flags].fillna(False).astype(bool).any(axis=1) if flags else pd.Series(False, index=long.index)
+    return long.assign(marked=marked).pivot(index="experiment", columns="seed", values="marked").fillna(False)
+
+
 def summarize(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(mean and SD per experiment and metric, each seed's ranks, Kendall's tau per seed pair)."""
+    """(mean and SD per experiment and metric, each seed's ranks, Kendall's tau per seed pair:
+    over every row, and over the rows with no convergence mark in either seed, which the
+    tables rank)."""
     cols = [c for c, _ in METRICS if c in long]
     order = list(dict.fromkeys(long["experiment"]))
     g = long.groupby("experiment", sort=False)[cols]
@@ -67,14 +79,20 @@ def summarize(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     table["seeds"] = long.groupby("experiment")["seed"].nunique().reindex(order).to_numpy()
     ranks = long.assign(**{f"rank_{c}": long.groupby("seed")[c].rank(ascending=False, method="min") for c in cols})
     ranks = ranks[["seed", "experiment"] + [f"rank_{c}" for c in cols]]
+    marked = _marked(long)
     taus = []
     for c in cols:
         wide = long.pivot(index="experiment", columns="seed", values=c)
         for a, b in itertools.combinations(wide.columns, 2):
             both = wide[[a, b]].dropna()
-            tau = stats.kendalltau(both[a], both[b])
-            taus.append({"metric": c, "seed_a": a, "seed_b": b, "tau": float(tau.statistic),
-                         "p": float(tau.pvalue), "swapped_pairs": ", ".join(swaps(both[a], both[b]))})
+            unmarked = both[~(marked.loc[both.index, a] | marked.loc[both.index, b]).astype(bool)]
+            for rows, sub in (("all", both), ("unmarked", unmarked)):
+                if len(sub) < 2:
+                    continue
+                tau = stats.kendalltau(sub[a], sub[b])
+                taus.append({"metric": c, "rows": rows, "n_rows": len(sub), "seed_a": a, "seed_b": b,
+                             "tau": float(tau.statistic), "p": float(tau.pvalue),
+                             "swapped_pairs": ", ".join(swaps(sub[a], sub[b]))})
     return table, ranks, pd.DataFrame(taus)
 
 
@@ -103,10 +121,14 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
             f"{r[c + '_mean']:.{digits(c)}f} ± {r[c + '_sd']:.{digits(c)}f}" for c in cols) + " |")
     if taus.empty:
         raise DataError(f"seed stability needs results of at least two seeds, got {', '.join(map(str, roots))}")
-    mean_tau = taus.groupby("metric")["tau"].mean()
+    def mean_tau(rows: str) -> str:
+        sel = taus[taus["rows"] == rows]
+        return ", ".join(f"{m} {t:.2f}" for m, t in sel.groupby("metric", sort=False)["tau"].mean().items()) or "n/a"
+
     note = (f"Mean ± SD across {len(roots)} seeds ({', '.join(map(str, roots))}): data, split and initialisation "
-            "follow the seed. Kendall's tau between the seeds' rankings (mean over seed pairs): "
-            + ", ".join(f"{m} {t:.2f}" for m, t in mean_tau.items()) + ". Pairs that swap places: tau.csv.")
+            "follow the seed. Kendall's tau between the seeds' rankings (mean over seed pairs), every row: "
+            + mean_tau("all") + "; the rows with no convergence mark (‡, §) in either seed, which the tables "
+            "rank: " + mean_tau("unmarked") + ". Pairs that swap places: tau.csv.")
     made = "Made with " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "."
     write_text(out_dir / "stability.md", "\n".join(md) + f"\n\n{note}\n\n{made}\n")
     figures.seed_ranks(ranks, out_dir / "fig_seed_ranks.png")

@@ -131,15 +131,18 @@ def test_stability_summary_and_tau():
     from ldct.stability import summarize
 
     rows = []
-    for seed, order in ((1, [30, 29, 28]), (2, [30.2, 28.9, 29.1]), (3, [30.1, 29.2, 28.0])):
-        rows += [{"seed": seed, "experiment": e, "psnr_brain": v, "ssim_brain": v / 100}
-                 for e, v in zip(["a", "b", "c"], order)]
+    for seed, order in ((1, [30, 29, 28, 20.0]), (2, [30.2, 28.9, 29.1, 31.0]), (3, [30.1, 29.2, 28.0, 25.0])):
+        rows += [{"seed": seed, "experiment": e, "psnr_brain": v, "ssim_brain": v / 100, "not_converged": e == "d"}
+                 for e, v in zip(["a", "b", "c", "d"], order)]
     table, ranks, taus = summarize(pd.DataFrame(rows))
     assert table.set_index("experiment").loc["a", "psnr_brain_mean"] == pytest.approx(30.1)
     assert table.set_index("experiment").loc["a", "psnr_brain_sd"] == pytest.approx(0.1)
-    t = taus[taus["metric"] == "psnr_brain"].set_index(["seed_a", "seed_b"])
+    t = taus[(taus["metric"] == "psnr_brain") & (taus["rows"] == "unmarked")].set_index(["seed_a", "seed_b"])
     assert t.loc[(1, 3), "tau"] == pytest.approx(1.0) and t.loc[(1, 2), "swapped_pairs"] == "b/c"
-    assert set(ranks.loc[ranks["seed"] == 2, "rank_psnr_brain"]) == {1, 2, 3}
+    assert (t["n_rows"] == 3).all()  # d, marked not converged, is not ranked
+    every = taus[(taus["metric"] == "psnr_brain") & (taus["rows"] == "all")].set_index(["seed_a", "seed_b"])
+    assert every.loc[(1, 2), "swapped_pairs"] == "a/d, b/c, b/d, c/d" and every.loc[(1, 2), "n_rows"] == 4
+    assert set(ranks.loc[ranks["seed"] == 2, "rank_psnr_brain"]) == {1, 2, 3, 4}
 
 
 def test_stability_needs_two_seeds_and_results_of_the_seed_it_names(tmp_path, capfd):
