@@ -177,9 +177,10 @@ def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
     save(fig, out)
 
 
-def learning_curves(histories: dict[str, pd.DataFrame], out: str, not_converged: list[str] = ()) -> None:
+def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[str, str] | None = None) -> None:
     """Validation PSNR in [-40, 120] HU against training compute, every experiment in one plot,
-    the validation input's (LDCT) level as a line; a dot marks each kept (best) epoch."""
+    the validation input's (LDCT) level as a line; a dot marks each kept (best) epoch. `marks`:
+    experiment -> its convergence marks, as the tables show them (ldct.tables.row_flags)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     styles = experiment_styles(list(histories))
     ldct = None
@@ -187,7 +188,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, not_converged:
         if "val_psnr_brain" not in h:
             continue
         x = h["tera_macs"] if h["tera_macs"].max() > 0 else h["step"]
-        label = n + (" (not converged)" if n in not_converged else "")
+        label = n + (marks or {}).get(n, "")
         ax.plot(x, h["val_psnr_brain"], label=label, **styles[n])
         best = h[h["best"]].iloc[-1] if h["best"].any() else h.iloc[-1]
         ax.plot(best["tera_macs"] if h["tera_macs"].max() > 0 else best["step"], best["val_psnr_brain"], "o",
@@ -197,7 +198,8 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, not_converged:
         ax.axhline(ldct, color="k", ls=":", lw=1.2, label="LDCT (validation input)")
     ax.set_xlabel("training compute (10^12 multiply-accumulates, 3 x forward)")
     ax.set_ylabel("validation PSNR [-40, 120] HU (dB)")
-    ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80])", fontsize=9)
+    ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80]; "
+                 "‡ not converged, § no better than its input)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     save(fig, out)
@@ -309,6 +311,7 @@ def draw_all(rp, experiments: list[str]) -> None:
 
     from ldct.data import load_subject, to_slices
     from ldct.paths import LDCT
+    from ldct.tables import row_flags
     from ldct.inference import load_segmenter, segment
     from ldct.io import read_nifti
 
@@ -333,8 +336,7 @@ def draw_all(rp, experiments: list[str]) -> None:
     segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
     histories = {e: pd.read_csv(rp.history(e)) for e in trained}
     training_curves(histories, rp.figure("fig_training_curves"))
-    summary = pd.read_csv(rp.table("training"))
-    learning_curves(histories, rp.figure("fig_learning_curves"), summary.query("not_converged")["experiment"].tolist())
+    learning_curves(histories, rp.figure("fig_learning_curves"), row_flags(pd.read_csv(rp.table("training")))[0])
     metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in experiments], ignore_index=True)
     metric_distributions(metrics, rp.figure("fig_metric_distributions"))
     if sv.truth is not None and sv.labels is not None:

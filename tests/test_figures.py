@@ -100,3 +100,20 @@ def test_nps_figure_draws_every_radial_bin_and_normalises_to_unit_area(tmp_path)
     assert absolute.get_lines()[0].get_xdata()[0] == pytest.approx(1 / (32 * 0.5))  # the DFT spacing
     for line in normalised.get_lines():
         assert np.trapezoid(line.get_ydata(), line.get_xdata()) == pytest.approx(1.0)
+
+
+def test_learning_curves_label_each_row_with_the_tables_marks(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from ldct import figures
+
+    def history(psnr):
+        return pd.DataFrame({"step": [10, 20, 30], "tera_macs": [0.1, 0.2, 0.3], "val_psnr_brain": psnr,
+                             "val_psnr_brain_ldct": 27.0, "best": [False, False, True]})
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig.axes[0]))
+    figures.learning_curves({"good_l1": history([28.0, 29.0, 29.05]), "flat_l1": history([27.0, 27.01, 27.02])},
+                            str(tmp_path / "lc.png"), {"flat_l1": " §"})
+    labels = [t.get_text() for t in drawn[0].get_legend().get_texts()]
+    assert labels[:2] == ["good_l1", "flat_l1 §"] and "LDCT (validation input)" in labels
