@@ -77,8 +77,10 @@ class PatchSampler:
             lo_s, hi_s = self.crop_scale
             zoom = math.sqrt(float(lo_s + (hi_s - lo_s) * self._rand()))  # side ratio of the cropped region
         oh, ow = size
-        ys = (torch.arange(oh, dtype=torch.float32) - oh / 2 + 0.5) * zoom
-        xs = (torch.arange(ow, dtype=torch.float32) - ow / 2 + 0.5) * zoom
+        # whole-pixel offsets from the centre pixel: unrotated and unzoomed, every output pixel is a
+        # source pixel's centre (a half-pixel offset here made nearest sampling repeat every other one)
+        ys = (torch.arange(oh, dtype=torch.float32) - oh // 2) * zoom
+        xs = (torch.arange(ow, dtype=torch.float32) - ow // 2) * zoom
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         c, s = math.cos(theta), math.sin(theta)
         px = cx + 0.5 + c * xx - s * yy  # source position in pixel units (pixel centres at +0.5)
