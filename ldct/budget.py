@@ -3,7 +3,9 @@ training compute is counted, the same rule for every experiment (config `train.b
 
 Compute is counted from the model's own multiply-accumulates (torch's FLOP counter on the
 meta device, so no machine enters the count): one step costs 3 x the forward MACs per pixel
-x the pixels of a patch x the batch size (forward and backward). A model whose inference runs
+x the pixels of a patch x the batch size (forward and backward), except that a frozen
+submodule run without gradients (SGDNet's segmentation U-Net) counts once: it has no backward
+pass. A model whose inference runs
 several network passes (`inference_passes`, a diffusion sampler) trains on one pass per step,
 so its step counts one pass. The loss's own cost (the frozen U-Net of the anatomical loss, an
 adversarial loss's discriminator) is not counted.
@@ -20,7 +22,7 @@ OWN_STEPS = ("converged", "fixed")
 
 
 @functools.lru_cache(maxsize=None)
-def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> float:
+def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> tuple[float, float]:
     import models
     from ldct.complexity import count_macs
 
@@ -31,15 +33,25 @@ def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> float:
         kwargs.update(seg_width=seg["base_width"], seg_norm=seg["norm"])
     net = models.build(name, **kwargs)
     if not getattr(net, "countable", True):  # calibrated, not trained (BM3D): no training compute
-        return 0.0
-    return count_macs(net, size) / size**2 / getattr(net, "inference_passes", 1)
+        return 0.0, 0.0
+    total, frozen = count_macs(net, size, frozen=True)
+    per = size**2 * getattr(net, "inference_passes", 1)
+    return total / per, frozen / per
 
 
-def macs_per_pixel(model: dict, segmenter: dict, size: int = 64) -> float:
+def macs_per_pixel(model: dict, segmenter: dict, size: int = 64, frozen: bool = False):
     """Forward MACs per pixel of one training pass of a model spec ({'name', **kwargs}),
-    counted at size x size."""
+    counted at size x size; with `frozen`, (all, the frozen submodules' share)."""
     seg = {k: segmenter.get(k) for k in ("base_width", "norm")}
-    return _macs_per_pixel(json.dumps(model, sort_keys=True), json.dumps(seg, sort_keys=True), size)
+    both = _macs_per_pixel(json.dumps(model, sort_keys=True), json.dumps(seg, sort_keys=True), size)
+    return both if frozen else both[0]
+
+
+def step_macs(model: dict, segmenter: dict, size: int, batch: int) -> float:
+    """MACs of one training step on `batch` size x size patches: forward and backward (3 x) of
+    the trained path, forward only (1 x) of the frozen submodules."""
+    total, frozen = macs_per_pixel(model, segmenter, size, frozen=True)
+    return (3.0 * (total - frozen) + frozen) * size**2 * batch
 
 
 def _whole_rounds(steps: int, evaluations: int) -> tuple[int, int]:
@@ -59,8 +71,8 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     """The training settings with `epochs` and `iters_per_epoch` set by the protocol, and a
     record of the budget: {'protocol', 'steps', 'macs_per_step', 'tera_macs'}."""
     b = train["budget"]
-    size = train["patch_size"] or slice_size
-    macs_step = 3.0 * macs_per_pixel(model, segmenter, size) * size**2 * train["batch_size"]
+    size = min(train["patch_size"] or slice_size, slice_size)  # the sampler's patches never exceed the slice
+    macs_step = step_macs(model, segmenter, size, train["batch_size"])
     train = dict(train)
     if b["protocol"] in OWN_STEPS:
         steps = train["epochs"] * train["iters_per_epoch"]

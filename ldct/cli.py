@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ldct.allocator import keep_large_allocations
+from ldct.config import merge
 from ldct.errors import DataError, LdctError, MissingFileError, UsageError
 from ldct.paths import ResultPaths
 
@@ -113,16 +114,12 @@ def _given(a, section: str) -> dict:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
-    return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in over.items()}}
-
-
 def _settings(a, sections: dict) -> dict:
     """{section: values, 'seed': int}: --config FILE's (or the defaults), then the options."""
     from ldct.config import load_config, validate_section
 
     cfg = load_config(a.config) if a.config else {}
-    out = {name: validate_section(name, _merge(cfg.get(name, {}), _given(a, name))) for name in sections}
+    out = {name: validate_section(name, merge(cfg.get(name, {}), _given(a, name))) for name in sections}
     out["seed"] = a.seed if getattr(a, "seed", None) is not None else cfg.get("seed", 42)
     return out
 
@@ -336,14 +333,14 @@ def cmd_train(a) -> None:
             raise UsageError(f"{', '.join(shaping)}: this spec's steps were set by "
                              f"its budget ({spec.budget.get('protocol')}, {spec.budget.get('steps')} steps); to "
                              "change them, train from --config FILE --experiment NAME")
-        spec = dataclasses.replace(spec, train=validate_section("train", _merge(spec.train, given)))
+        spec = dataclasses.replace(spec, train=validate_section("train", merge(spec.train, given)))
     elif a.config:
         cfg = load_config(a.config)
         if a.experiment not in cfg["experiments"]:
             raise UsageError(f"{a.config}: " + (f"no experiment {a.experiment!r}" if a.experiment else "give --experiment")
                              + f"; one of: {', '.join(cfg['experiments'])}")
         exp = cfg["experiments"][a.experiment]
-        exp["train"] = validate_section("train", _merge(_merge(cfg["train"], exp.get("train", {})), given))  # before the budget
+        exp["train"] = validate_section("train", merge(merge(cfg["train"], exp.get("train", {})), given))  # before the budget
         protocol = exp["train"]["budget"]["protocol"]
         own = [_flag(k) for k in ("epochs", "iters_per_epoch") if k in given]
         if own and protocol not in OWN_STEPS:  # the budget would overwrite them

@@ -28,13 +28,25 @@ def count_params(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def count_macs(net: torch.nn.Module, size: int, in_channels: int = 1) -> float:
-    """Conv/matmul MACs of one forward pass, counted on the meta device (no computation)."""
+def count_macs(net: torch.nn.Module, size: int, in_channels: int = 1, frozen: bool = False):
+    """Conv/matmul MACs of one forward pass, counted on the meta device (no computation); with
+    `frozen`, (all, those of the frozen submodules): the outermost submodules whose parameters
+    all have requires_grad off (SGDNet's segmentation U-Net), which training runs forward only."""
     meta = copy.deepcopy(net).to("meta")
     x = torch.zeros(1, in_channels, size, size, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         meta(x)
-    return fc.get_total_flops() / 2.0
+    total = fc.get_total_flops() / 2.0
+    if not frozen:
+        return total
+    counts, done, frozen_macs = fc.get_flop_counts(), [], 0.0
+    for name, module in net.named_modules():
+        params = list(module.parameters())
+        if not name or not params or any(p.requires_grad for p in params) or any(name.startswith(d + ".") for d in done):
+            continue
+        done.append(name)
+        frozen_macs += sum(counts.get(f"{type(net).__name__}.{name}", {}).values()) / 2.0
+    return total, frozen_macs
 
 
 def _status_mb(field: str) -> float:

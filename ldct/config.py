@@ -145,6 +145,18 @@ def _check_order(config: dict) -> None:
         raise ConfigError(f"config error at normalization: hu_min ({norm['hu_min']}) must be below hu_max ({norm['hu_max']})")
 
 
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, nested sections merged key by key (an experiment's
+    `lr_sweep: {fraction: 0.5}` keeps the global candidates)."""
+    return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                       for k, v in over.items()}}
+
+
+def experiment_train(config: dict, name: str) -> dict:
+    """The training settings of experiment `name`: its own `train` keys over the global ones."""
+    return merge(config["train"], config["experiments"][name].get("train", {}))
+
+
 def validate_config(config: dict) -> dict:
     """Validate `config` in place (defaults filled), plus checks a schema cannot express."""
     from ldct.budget import OWN_STEPS
@@ -163,17 +175,18 @@ def validate_config(config: dict) -> dict:
     _check(schema, config)
     _check_order(config)
     for name, exp in config["experiments"].items():
-        _check(train_schema, {**config["train"], **exp.get("train", {})}, f"experiments.{name}.train")
+        train = experiment_train(config, name)
+        _check(train_schema, train, f"experiments.{name}.train")
         for key in (k for section, k in ORDERED_PAIRS if section == "train"):
             _check_pair(exp.get("train", {}), key, f"experiments.{name}.train")
-        protocol = {**config["train"], **exp.get("train", {})}["budget"]["protocol"]
+        protocol = train["budget"]["protocol"]
         fixed = [k for k in ("epochs", "iters_per_epoch") if k in exp.get("train", {}) and protocol not in OWN_STEPS]
         if fixed:
             raise ConfigError(f"config error at experiments.{name}.train.{fixed[0]}: set by the budget protocol "
                               f"({protocol}) for every experiment alike; remove it (or use train.budget.protocol: "
                               "converged or fixed)")
         ExperimentSpec.from_config(config, name, resolve=False).check()
-        if {**config["train"], **exp.get("train", {})}.get("target") == "repeat" and config["dataset"]["source"] != "synthetic":
+        if train.get("target") == "repeat" and config["dataset"]["source"] != "synthetic":
             raise ConfigError(f"config error at experiments.{name}.train.target: repeat (Noise2Noise) needs a second, "
                               "independent low-dose scan of every subject, which the synthetic data draws and real "
                               "DICOM data (the Mayo cases) does not have; remove the experiment or use source: synthetic")

@@ -247,6 +247,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
         bar = tqdm(range(iters), desc=f"{task.label}epoch {epoch + 1}/{epochs}", file=sys.stderr, mininterval=5)
         for it in bar:
             schedule.before_step(epoch * iters + it)
+            lr_used = opt.param_groups[0]["lr"]  # this step's rate (after_step already sets the next one's)
             x, y = task.sample()
             try:
                 losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp,
@@ -263,15 +264,24 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
         if improved:
             best = row[task.score]
             best_state = {k: v.detach().cpu().clone() for k, v in task.net.state_dict().items()}
-        history.append(_history_row(epoch + 1, sums, iters, row, opt, seconds, improved, cfg["batch_size"]))
+        history.append(_history_row(epoch + 1, sums, iters, row, lr_used, seconds, improved, cfg["batch_size"]))
         history[-1].update(step=(epoch + 1) * iters, tera_macs=(epoch + 1) * iters * macs_per_step / 1e12)
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
               f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
         _Checkpoint(checkpoint_dir, key).save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best,
                                              best_state, adversary)
-    best_row = (max if task.maximize else min)(history, key=lambda r: r[task.score]) if history else {}
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
-    return Result(history, best_state, best_row, done)
+    return Result(history, best_state, _kept_row(history, task), done)
+
+
+def _kept_row(history: list[dict], task: Task) -> dict:
+    """The history row of the weights kept: the last epoch that improved (a NaN score never
+    does, so the row always matches the saved state); an error if none ever did."""
+    kept = [r for r in history if r["best"]]
+    if history and not kept:
+        raise TrainingError(f"{task.label}validation {task.score} was never finite "
+                            f"({', '.join(str(r[task.score]) for r in history)}): no epoch to keep")
+    return kept[-1] if kept else {}
 
 
 def _stalled(history: list[dict], patience: int) -> bool:
@@ -279,9 +289,11 @@ def _stalled(history: list[dict], patience: int) -> bool:
     return len(history) > patience and not any(r["best"] for r in history[-patience:])
 
 
-def _history_row(epoch: int, sums: dict, iters: int, val: dict, opt, seconds: float, best: bool, batch: int) -> dict:
+def _history_row(epoch: int, sums: dict, iters: int, val: dict, lr: float, seconds: float, best: bool,
+                 batch: int) -> dict:
+    """One epoch of history.csv; `lr`: the rate of its last step."""
     terms = {f"loss_{k}": v / iters for k, v in sums.items() if k != "loss"}
-    return {"epoch": epoch, "train_loss": sums["loss"] / iters, **terms, **val, "lr": opt.param_groups[0]["lr"],
+    return {"epoch": epoch, "train_loss": sums["loss"] / iters, **terms, **val, "lr": lr,
             "seconds": round(seconds, 3), "best": best, "samples_per_s": round(iters * batch / seconds, 3)}
 
 

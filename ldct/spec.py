@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ldct.config import experiment_train
 from ldct.errors import ConfigError
 
 # Constructor arguments the engine supplies; a config that sets one is refused.
@@ -43,7 +44,7 @@ class ExperimentSpec:
         exp = config["experiments"][name]
         norm = config["normalization"]
         slice_size = config["synthetic"]["matrix"] if config["dataset"]["source"] == "synthetic" else 512
-        train, spent = {**config["train"], **exp.get("train", {})}, {}
+        train, spent = experiment_train(config, name), {}
         if resolve:
             train, spent = budget.resolve(train, exp["model"], config["segmenter"], slice_size)
         return cls(name=name, model=dict(exp["model"]), loss=dict(exp["loss"]), train=train, seed=config["seed"],

@@ -70,12 +70,15 @@ def make_splits(subjects: list[str], cfg: dict, seed: int) -> dict[str, list[str
         if not cfg.get("preset"):
             raise SplitError("split.preset is required when split.method is 'preset'")
         split = load_preset(cfg["preset"])
-        if cfg["val_as_test"] and split.get("test") and set(split["test"]) != set(split["val"]):
-            raise SplitError(f"split preset {cfg['preset']!r} has its own test subjects, which split.val_as_test "
-                             "would replace by its validation subjects; set split.val_as_test: false")
         missing = sorted({s for part in split.values() for s in part} - set(subjects))
         if missing:
             raise SplitError(f"split preset {cfg['preset']!r} names subjects missing on disk: {', '.join(missing)}")
+        if cfg["val_as_test"] and split.get("test") and set(split["test"]) != set(split["val"]):
+            raise SplitError(f"split preset {cfg['preset']!r} has its own test subjects, which split.val_as_test "
+                             "would replace by its validation subjects; set split.val_as_test: false")
+        if not cfg["val_as_test"] and not split.get("test"):  # scoring the subjects that chose the checkpoint: say so
+            raise SplitError(f"split preset {cfg['preset']!r} has no test subjects; set split.val_as_test: true to "
+                             "evaluate on its validation subjects (the paper's protocol)")
     else:
         fr = cfg["fractions"]
         rng = np.random.default_rng(seed)

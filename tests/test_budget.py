@@ -127,6 +127,24 @@ def test_early_stopping_after_patience_rounds():
     assert out.best_row["epoch"] == 2
 
 
+def test_the_kept_epoch_is_the_one_whose_weights_are_saved_even_after_a_nan_score():
+    from ldct import engine
+    from ldct.errors import TrainingError
+
+    def run(values):
+        net = torch.nn.Linear(1, 1)
+        scores = iter(values)
+        task = engine.Task(net, torch.nn.MSELoss(), lambda: (torch.zeros(2, 1), torch.zeros(2, 1)),
+                           lambda m: {"score": next(scores)}, score="score")
+        cfg = {"epochs": len(values), "iters_per_epoch": 1, "batch_size": 2, "lr": 1e-3}
+        return engine.fit(task, cfg, device=torch.device("cpu"), generator=torch.Generator(), key="k")
+
+    out = run([float("nan"), 4.0, 3.0, 3.5])  # min() over the rows returned the NaN epoch
+    assert out.best_row["epoch"] == 3 and out.best_state is not None
+    with pytest.raises(TrainingError, match="never finite"):
+        run([float("nan"), float("nan")])
+
+
 def test_stability_summary_and_tau():
     from ldct.stability import summarize
 
@@ -189,3 +207,45 @@ def test_a_multi_pass_sampler_is_charged_one_pass_per_training_step_and_bm3d_not
     complexity_table([row, model_complexity("gaussian", {"name": "gaussian"}, 24, 1)], str(tmp_path / "t1"))
     md = (tmp_path / "t1.md").read_text()
     assert "| bm3d | 0 | n/a |" in md.replace("  ", " ") and "no MAC count" in md
+
+
+def test_a_frozen_submodule_is_charged_its_forward_pass_only():
+    """SGDNet runs its frozen segmentation U-Net without gradients: a step costs 3 x the
+    trained path's forward MACs plus 1 x the U-Net's (not 3 x everything); a patch larger than
+    the slice is charged at the slice's size, as the sampler trains it."""
+    import models
+    from ldct.complexity import count_macs
+
+    seg = {"base_width": 8, "norm": "instance"}
+    total, frozen = budget.macs_per_pixel({"name": "sgdnet"}, seg, 32, frozen=True)
+    from ldct.classes import NUM_CLASSES
+
+    unet = count_macs(models.build("unet", num_classes=NUM_CLASSES, base_width=8, norm="instance"), 32) / 32**2
+    assert 0 < frozen == pytest.approx(unet, rel=1e-6) and frozen < total
+    assert budget.step_macs({"name": "sgdnet"}, seg, 32, 4) == pytest.approx((3 * (total - frozen) + frozen) * 32**2 * 4)
+    assert budget.macs_per_pixel({"name": "edcnn"}, seg, 32, frozen=True)[1] == 0.0
+    cfg = validate_config({"synthetic": {"matrix": 64}, "train": {"patch_size": 256, "batch_size": 2},
+                           "experiments": {"e": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}})
+    assert ExperimentSpec.from_config(cfg, "e").budget["macs_per_step"] == pytest.approx(
+        budget.step_macs({"name": "edcnn"}, cfg["segmenter"], 64, 2))
+
+
+def test_history_records_the_rate_each_epoch_trained_with():
+    """history.csv's lr is the rate of the epoch's last step, also under one-cycle (whose
+    scheduler already holds the next step's rate, and past the cycle's end bounces back up)."""
+    from ldct import engine
+
+    net = torch.nn.Linear(1, 1)
+    task = engine.Task(net, torch.nn.MSELoss(), lambda: (torch.zeros(2, 1), torch.zeros(2, 1)),
+                       lambda m: {"score": 1.0}, score="score")
+    cfg = {"epochs": 4, "iters_per_epoch": 5, "batch_size": 2, "lr": 1e-2, "schedule": "onecycle"}
+    out = engine.fit(task, cfg, device=torch.device("cpu"), generator=torch.Generator(), key="k")
+    reference = torch.optim.lr_scheduler.OneCycleLR(torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=1e-2),
+                                                    max_lr=1e-2, total_steps=20, pct_start=0.15)
+    used = []
+    for _ in range(20):
+        used.append(reference.get_last_lr()[0])
+        reference.optimizer.step()
+        reference.step()
+    assert [r["lr"] for r in out.history] == pytest.approx([used[4], used[9], used[14], used[19]])
+    assert out.history[-1]["lr"] < 1e-5  # the end of the cycle, not the bounce after it

@@ -15,8 +15,10 @@ def test_presets_have_the_published_sizes():
 def test_featkpn_preset_uses_val_as_test():
     fk = load_preset("featkpn")
     subjects = fk["train"] + fk["val"]
-    split = make_splits(subjects, {**RANDOM, "method": "preset", "preset": "featkpn"}, 0)
+    split = make_splits(subjects, {**RANDOM, "method": "preset", "preset": "featkpn", "val_as_test": True}, 0)
     assert split["test"] == fk["val"]
+    with pytest.raises(SplitError, match="has no test subjects; set split.val_as_test: true"):  # not silently
+        make_splits(subjects, {**RANDOM, "method": "preset", "preset": "featkpn"}, 0)
 
 
 def test_random_split_is_seeded_and_disjoint():
