@@ -97,7 +97,7 @@ def describe(train: dict) -> str:
         steps = rounds * per_round
     if b["protocol"] == "equal_macs":
         return (f"Training budget: equal compute, {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
-                f"(3 x the model's forward MACs per step, rounded to whole validation rounds; at most "
+                f"(3 x the model's forward MACs per step, its frozen parts 1 x; rounded to whole validation rounds; at most "
                 f"{steps} steps), {common}, validated at most {b['evaluations']} times.")
     if b["protocol"] == "equal_steps":
         return f"Training budget: equal steps, {steps} per experiment, {common}, validated {rounds} times."

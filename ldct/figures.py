@@ -196,7 +196,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
         ldct = h["val_psnr_brain_ldct"].iloc[0]
     if ldct is not None:
         ax.axhline(ldct, color="k", ls=":", lw=1.2, label="LDCT (validation input)")
-    ax.set_xlabel("training compute (10^12 multiply-accumulates, 3 x forward)")
+    ax.set_xlabel("training compute (10^12 multiply-accumulates: 3 x forward, frozen parts 1 x)")
     ax.set_ylabel("validation PSNR [-40, 120] HU (dB)")
     ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80]; "
                  "‡ not converged, § no better than its input)", fontsize=9)
