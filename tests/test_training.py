@@ -261,7 +261,7 @@ def test_train_command_takes_an_experiment_of_a_config_file(dataset, tmp_path, c
     assert main(args + ["--experiment", "edcnn_l1", "--spec", "{}"]) == 1
     assert "give either --spec" in capfd.readouterr().err
     assert main(args + ["--experiment", "nope"]) == 1
-    assert "give --experiment, one of: featkpn_ana, edcnn_l1" in capfd.readouterr().err
+    assert "no experiment 'nope'; one of: featkpn_ana, edcnn_l1" in capfd.readouterr().err
     assert main(args + ["--experiment", "edcnn_l1"]) == 0
     saved = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert saved["model"]["name"] == "edcnn" and saved["model"]["channels"] == 8

@@ -99,7 +99,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert "Training budget: equal steps, 4 per experiment" in t2_md and "no difference can reach significance" in t2_md
     training = pd.read_csv(out / "tables" / "training.csv")
     assert list(training["experiment"]) == ["featkpn_ana", "edcnn_l1"] and (training["steps"] == 4).all()
-    assert set(t2.columns) >= {"steps", "tera_macs", "lr", "not_converged", "worse_than_input"}
+    assert set(t2.columns) >= {"steps", "tera_macs", "lr", "not_converged", "no_gain_over_input", "seed"}
     assert "ssim_skimage_brain" in pd.read_csv(out / "eval" / "LDCT" / "metrics.csv", nrows=1)
     for fig in ("fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves", "fig_learning_curves",
                 "fig_metric_distributions", "fig_phantom"):
