@@ -269,10 +269,12 @@ def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
 DOSE_METRICS = [("psnr_brain", "PSNR [-40,120]"), ("ssim_brain", "SSIM [-40,120]")]
 
 
-def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: str, training_dose: float) -> pd.DataFrame:
+def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: str, training_dose: float,
+               training: pd.DataFrame | None = None) -> pd.DataFrame:
     """Dose sweep: mean (and std over test slices) PSNR and SSIM in [-40, 120] HU against NDCT
     for every (experiment, dose fraction). The CSV has one row per pair; the Markdown and
-    LaTeX versions put the doses side by side, best per column in bold."""
+    LaTeX versions put the doses side by side, the best unmarked row per column in bold
+    (`training`: the convergence marks, ldct.budget.training_summary)."""
     rows = []
     for (exp, dose), path in metric_files.items():
         m = pd.read_csv(path)
@@ -295,13 +297,16 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
             mark = " (train)" if abs(d - training_dose) < 1e-9 else ""
             cols.append((key, f"{head} {d * 100:g}%{mark}"))
             digits[key] = 2 if c.startswith("psnr") else 4
-    bold = {k: shown.loc[shown[k].idxmax(), "experiment"] for k, _ in cols if shown[k].notna().any()}
+    flags, flag_note = row_flags(training)
+    bold = {k: best_row(shown.set_index("experiment")[k], flags) for k, _ in cols}
+    bold = {k: e + flags.get(e, "") for k, e in bold.items() if e is not None}
+    shown["experiment"] = [e + flags.get(e, "") for e in shown["experiment"]]
     md, tex = render(shown, "experiment", cols, digits, bold, {},
                      "Dose sweep: mean PSNR and SSIM in [-40, 120] HU against NDCT at each dose fraction; "
-                     "models trained at the dose marked (train).")
+                     f"models trained at the dose marked (train). {flag_note}".strip())
     note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; "
             f"mean over {int(long['slices'].iloc[0])} test slices of {int(long['subjects'].iloc[0])} subjects. "
-            "Best per column in bold; per-slice standard deviations in the CSV.")
+            f"Best per column in bold; per-slice standard deviations in the CSV. {flag_note}".strip())
     write_table(out_prefix, long, md, tex, note)
     return long
 

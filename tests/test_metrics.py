@@ -241,3 +241,21 @@ def test_learning_rates_keep_their_significant_digits_in_the_tables():
 
     assert [_fmt(v, "e") for v in (3e-5, 2.5e-4, 1e-3)] == ["3e-05", "0.00025", "0.001"]
     assert _fmt(27.456, 2) == "27.46" and _fmt(float("nan"), "e") == ""
+
+
+def test_the_dose_table_does_not_rank_a_marked_row(tmp_path):
+    from ldct.tables import dose_table
+
+    files = {}
+    for exp, shift in (("LDCT", 0.0), ("good", 2.0), ("unconv", 3.0)):
+        for dose in (0.25, 0.5):
+            path = tmp_path / f"{exp}_{dose}.csv"
+            pd.DataFrame({"subject": ["s0", "s1"], "psnr_brain": 30.0 + shift + dose, "ssim_brain": 0.9 + shift / 100,
+                          "psnr_full": 50.0, "ssim_full": 0.99}).to_csv(path, index=False)
+            files[(exp, dose)] = str(path)
+    training = pd.DataFrame({"experiment": ["good", "unconv"], "not_converged": [False, True],
+                             "no_gain_over_input": [False, False], "min_gain_db": 0.1})
+    dose_table(files, str(tmp_path / "t4"), training_dose=0.25, training=training)
+    md = (tmp_path / "t4.md").read_text()
+    assert next(x for x in md.splitlines() if x.startswith("| good |")).count("**") == 8  # bold in all 4 columns
+    assert "**" not in next(x for x in md.splitlines() if x.startswith("| unconv ‡ |"))

@@ -84,6 +84,7 @@ if DOSE_SWEEP:
     rule dose_sweep:
         input:
             metrics=sweep_metric_files(),
+            training=str(RP.table("training")),  # the convergence marks
         output:
             [report_table("table4_dose_sweep", e) for e in ("csv", "md", "tex")],
             report_figure("fig_dose_sweep"),
