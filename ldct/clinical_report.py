@@ -11,7 +11,7 @@ import pandas as pd
 from ldct import figures
 from ldct.errors import DataError
 from ldct.paths import LDCT, NDCT, NOISELESS
-from ldct.tables import clinical_table
+from ldct.tables import clinical_table, row_flags
 
 
 def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
@@ -29,10 +29,11 @@ def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
                                  [r for r in (NDCT, NOISELESS) if r in results], seed, n_resamples, training)
     psnr = {r: pd.read_csv(rp.metrics(r))["psnr_brain"].mean() for r in rows if rp.metrics(r).is_file()}
     gain = {r: v - psnr[LDCT] for r, v in psnr.items()} if LDCT in psnr else {}
-    figures.nps_curves(results, rp.figure("fig_nps"))
-    figures.ttf_curves(results, rp.figure("fig_ttf"))
+    marks = row_flags(training)[0]
+    figures.nps_curves(results, rp.figure("fig_nps"), marks)
+    figures.ttf_curves(results, rp.figure("fig_ttf"), marks)
     first = results[LDCT]["conditions"][0]  # the hardest lesion
     hardest = stats_df[(stats_df["against"] == "input") & (stats_df["contrast_hu"] == first["contrast_hu"])
                        & (stats_df["diameter_mm"] == first["diameter_mm"])]
     changes = {r.experiment: (r.diff, r.ci_low, r.ci_high) for r in hardest.itertuples()}
-    figures.detectability(results, gain, rp.figure("fig_detectability"), changes)
+    figures.detectability(results, gain, rp.figure("fig_detectability"), changes, marks)

@@ -355,17 +355,19 @@ def _row_styles(rows: list[str]) -> dict[str, dict]:
     return {r: REFERENCE_STYLES.get(r) or styles[r] for r in rows}
 
 
-def nps_curves(results: dict[str, dict], out: str | Path) -> None:
+def nps_curves(results: dict[str, dict], out: str | Path, marks: dict[str, str] | None = None) -> None:
     """Radially averaged noise power spectrum of each row's noise-only images (the difference
     method of ldct.clinical.noise_rois): absolute
-    (log scale: how much noise) and normalised to unit area (where it sits: the texture)."""
+    (log scale: how much noise) and normalised to unit area (where it sits: the texture).
+    `marks`: row -> its convergence marks (ldct.tables.row_flags), shown after its name."""
+    marks = marks or {}
     rows = [r for r, res in results.items() if res["nps"]["noise_sd"] > 0]
     styles = _row_styles(rows)
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
         f, curve = np.asarray(results[r]["nps"]["frequency"]), np.asarray(results[r]["nps"]["curve"])  # DC already out
-        ax[0].plot(f, curve, label=f"{r} (SD {results[r]['nps']['noise_sd']:.1f} HU)", **styles[r])
-        ax[1].plot(f, curve / np.trapezoid(curve, f), label=r, **styles[r])
+        ax[0].plot(f, curve, label=f"{r}{marks.get(r, '')} (SD {results[r]['nps']['noise_sd']:.1f} HU)", **styles[r])
+        ax[1].plot(f, curve / np.trapezoid(curve, f), label=r + marks.get(r, ""), **styles[r])
     ax[0].set_yscale("log")
     ax[0].set_ylabel("NPS (HU$^2$ mm$^2$)")
     ax[0].set_title("noise power: how much")
@@ -379,8 +381,10 @@ def nps_curves(results: dict[str, dict], out: str | Path) -> None:
     save(fig, out)
 
 
-def ttf_curves(results: dict[str, dict], out: str | Path) -> None:
-    """Task-transfer function of each water-phantom insert (one panel per contrast) per row, f50 in the legend."""
+def ttf_curves(results: dict[str, dict], out: str | Path, marks: dict[str, str] | None = None) -> None:
+    """Task-transfer function of each water-phantom insert (one panel per contrast) per row, f50 in the legend
+    (`marks` as in nps_curves)."""
+    marks = marks or {}
     rows = list(results)
     styles = _row_styles(rows)
     inserts = results[rows[0]]["ttf"]
@@ -389,7 +393,7 @@ def ttf_curves(results: dict[str, dict], out: str | Path) -> None:
         a = ax[0, j]
         for r in rows:
             t = results[r]["ttf"][j]
-            a.plot(t["frequency"], t["curve"], label=f"{r} ({t['f50']:.3f})", **styles[r])
+            a.plot(t["frequency"], t["curve"], label=f"{r}{marks.get(r, '')} ({t['f50']:.3f})", **styles[r])
         a.axhline(0.5, color="0.6", lw=0.8)
         a.set_title(f"insert +{ins['contrast_hu']:g} HU")
         a.set_xlabel("spatial frequency (1/mm)")
@@ -402,11 +406,14 @@ def ttf_curves(results: dict[str, dict], out: str | Path) -> None:
 
 
 def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: str | Path,
-                  changes: dict[str, tuple[float, float, float]] | None = None) -> None:
+                  changes: dict[str, tuple[float, float, float]] | None = None,
+                  marks: dict[str, str] | None = None) -> None:
     """Left: the observer's d' (95 % CI) per lesion condition and row. Right, for the hardest
     condition: each row's d' change against the LDCT input (`changes`: paired difference and
     its 95 % CI, ldct.tables.clinical_comparisons; else the plain difference) against its PSNR
-    gain over the input; the shaded quadrant gains PSNR and loses detectability."""
+    gain over the input; the shaded quadrant gains PSNR and loses detectability. `marks` as in
+    nps_curves."""
+    marks = marks or {}
     rows = [r for r in results if np.isfinite(results[r]["conditions"][0]["dprime"])]
     styles = _row_styles(rows)
     conds = results[rows[0]]["conditions"]
@@ -419,7 +426,7 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
         x = np.arange(len(conds)) - 0.4 + (k + 0.5) * width
         st = styles[r]
         ax[0].errorbar(x, d, yerr=np.maximum([d - lo, hi - d], 0), fmt=st.get("marker") or "o", color=st["color"], ms=4,
-                       capsize=1.5, lw=1, label=r)
+                       capsize=1.5, lw=1, label=r + marks.get(r, ""))
     ax[0].set_xticks(range(len(conds)), [f"{c['contrast_hu']:g} HU\n{c['diameter_mm']:g} mm" for c in conds])
     ax[0].set_ylabel("d′ (channelized Hotelling observer)")
     ax[0].set_title("lesion detectability (95 % CI)")
@@ -435,7 +442,7 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
             st = styles[r]
             ax[1].errorbar(psnr_gain[r], dd, yerr=[[dd - lo], [hi - dd]], fmt=st.get("marker") or "o", color=st["color"],
                            ms=5, capsize=2, lw=1)
-            ax[1].annotate(r, (psnr_gain[r], dd), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            ax[1].annotate(r + marks.get(r, ""), (psnr_gain[r], dd), fontsize=6, xytext=(4, 3), textcoords="offset points")
         ax[1].axhline(0, color="0.5", lw=0.8)
         ax[1].axvline(0, color="0.5", lw=0.8)
         x0, x1 = ax[1].get_xlim()

@@ -408,6 +408,18 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     assert set(stats_df.loc[stats_df["against"] == "best", "reference"]) == {"LDCT"}
     t5tex = rp.table("table5_clinical", "tex").read_text()
     assert "$^\\dagger$$^\\downarrow$" in t5tex and t5tex.isascii()
+    assert rp.figure("fig_detectability").stat().st_size > 10_000
+    from ldct import figures  # the figures name each row with its marks, as the table does
+
+    drawn = []
+    real_save = figures.save
+    figures.save = lambda fig, out: drawn.append([t.get_text() for a in fig.axes if a.get_legend()
+                                                  for t in a.get_legend().get_texts()])
+    try:
+        report(rp, list(rows), n_resamples=50)
+    finally:
+        figures.save = real_save
+    assert all(any(t.startswith("sharp_l1 ‡") for t in legend) for legend in drawn)
     for f in ("fig_nps", "fig_ttf", "fig_detectability"):
         assert rp.figure(f).stat().st_size > 10_000 and rp.figure(f, "pdf").is_file()
 
