@@ -211,7 +211,8 @@ def _check_split(split: dict) -> None:
     fr = split["fractions"]
     if fr.get("train") is not None and abs(fr["train"] + fr["val"] + fr["test"] - 1) > 1e-6:
         raise ConfigError(f"config error at split.fractions: train + val + test = "
-                          f"{fr['train'] + fr['val'] + fr['test']:g}, not 1 (leave train out: it is the remainder)")
+                          f"{fr['train'] + fr['val'] + fr['test']:g}, not 1 (set train: null, or leave it out, and it "
+                          "is the remainder)")
 
 
 def validate_section(name: str, values: dict) -> dict:
@@ -221,6 +222,8 @@ def validate_section(name: str, values: dict) -> dict:
     _fill_defaults(schema, values)
     _check(schema, values, name)
     _check_order({name: values})
+    if name == "split":  # `ldct split` checks what the workflow's config check does
+        _check_split(values)
     return values
 
 

@@ -110,6 +110,8 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
     from ldct import figures
 
     table, ranks, taus = summarize(gather(roots))
+    if taus.empty:
+        raise DataError(f"seed stability needs results of at least two seeds, got {', '.join(map(str, roots))}")
     write_csv(out_dir / "stability.csv", table)
     write_csv(out_dir / "ranks.csv", ranks)
     write_csv(out_dir / "tau.csv", taus)
@@ -119,8 +121,6 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
         digits = lambda c: 2 if c.startswith("psnr") else 4  # noqa: E731
         md.append(f"| {r['experiment']} | " + " | ".join(
             f"{r[c + '_mean']:.{digits(c)}f} ± {r[c + '_sd']:.{digits(c)}f}" for c in cols) + " |")
-    if taus.empty:
-        raise DataError(f"seed stability needs results of at least two seeds, got {', '.join(map(str, roots))}")
     def mean_tau(rows: str) -> str:
         sel = taus[taus["rows"] == rows]
         return ", ".join(f"{m} {t:.2f}" for m, t in sel.groupby("metric", sort=False)["tau"].mean().items()) or "n/a"

@@ -179,6 +179,7 @@ def test_stability_needs_two_seeds_and_results_of_the_seed_it_names(tmp_path, ca
         gather({7: tmp_path / "s1", 2: tmp_path / "s2"})
     with pytest.raises(DataError, match="at least two seeds"):
         report({1: tmp_path / "s1"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_fixed_budget_keeps_each_experiments_own_steps_and_says_so():

@@ -45,7 +45,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capfd):
     assert main(train + ["--spec", str(tmp_path / "spec.json")]) == 1
     assert "spec.json: file not found" in capfd.readouterr().err
     assert main(["split", "--out", str(tmp_path / "s.json"), "--method", "preset", "A", "B", "C"]) == 1
-    assert "split.preset is required" in capfd.readouterr().err
+    assert "config error at split.preset: required when split.method is 'preset'" in capfd.readouterr().err
     splits.write_text(json.dumps({"train": ["A"], "val": ["B"]}))
     assert main(["evaluate", "--experiment", "LDCT", *io, "--out", str(tmp_path / "m.csv")]) == 1
     assert "no 'test' subjects" in capfd.readouterr().err

@@ -170,11 +170,15 @@ def test_split_settings_that_would_be_ignored_are_refused():
     with pytest.raises(ConfigError, match=r"split.fractions: train \+ val \+ test = 1.1, not 1"):
         validate_config({"split": {"fractions": {"train": 0.8, "val": 0.1, "test": 0.2}}})
     assert validate_config({"split": {"fractions": {"val": 0.3, "test": 0.3}}})["split"]["fractions"]["train"] is None
+    from ldct.config import validate_section  # `ldct split` checks the same
+
+    with pytest.raises(ConfigError, match="split.preset: 'featkpn' is used only with split.method: preset"):
+        validate_section("split", {"preset": "featkpn"})
 
 
 def test_an_experiments_nested_train_keys_add_to_the_global_ones():
     """experiments.a.train.lr_sweep: {fraction: 0.5} keeps the global candidates (a shallow merge
-    dropped them and training failed); the workflow's spec and the CLI agree."""
+    dropped them and training failed); the spec the workflow trains from has both."""
     cfg = validate_config({"train": {"lr": "auto", "lr_sweep": {"candidates": [1e-3, 1e-4]}},
                            "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"},
                                                  "train": {"lr_sweep": {"fraction": 0.5}, "budget": {"evaluations": 4}}}}})

@@ -67,8 +67,8 @@ def test_command_line_config_overrides_are_typed(tmp_path):
     """`snakemake --config` with numbers, booleans, lists and null, at every depth, reaches the
     jobs with the schema's types (Snakemake passes nested values as strings)."""
     res = run(["-n", "-p", "--configfile", str(ROOT / "config.yaml"), "--cores", "2", "--config", "seed=7",
-               "train={budget: {protocol: fixed}, epochs: 2, lr: 1e-3, augment: false, crop_scale: [0.4, 1.0], val_max_slices: null}",
-               "synthetic={n_subjects: 6, dose_fractions: [0.25, 0.1]}",
+               "train={budget: {protocol: fixed}, epochs: 2, lr: 1e-3, augment: false, crop_scale: [0.4, 1.0], val_max_slices: null, device: cpu}",
+               "segmenter={device: 'cuda:1'}", "synthetic={n_subjects: 6, dose_fractions: [0.25, 0.1]}",
                "experiments={featkpn_l1: {model: {nf: 8}, train: {epochs: 1}}}"], tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     lines = res.stdout.splitlines()
@@ -80,6 +80,10 @@ def test_command_line_config_overrides_are_typed(tmp_path):
     assert '"nf": 8' in featkpn and '"epochs": 1' in featkpn
     synth = [x for x in lines if "ldct synthesize" in x]
     assert len(synth) == 6 and all("--dose-fractions 0.25 0.1" in x and "--seed 7" in x for x in synth)
+    # the configured devices reach every job that runs a model, not only training
+    for command, device in (("ldct denoise", "cpu"), ("ldct clinical-measure", "cpu"), ("ldct segment-ndct", "cuda:1")):
+        jobs = [x for x in lines if command in x and ("--model" in x or command == "ldct segment-ndct")]
+        assert jobs and all(f"--device {device}" in x for x in jobs), (command, jobs[:1])
 
 
 def test_tiny_workflow_end_to_end(tmp_path):

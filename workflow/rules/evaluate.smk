@@ -63,7 +63,6 @@ rule evaluate:
         nifti=nifti_root,
         denoised=lambda wc, input: f"--denoised {shlex.quote(str(Path(input.denoised[0]).parent))}" if wc.experiment != LDCT else "",
         ndct_seg=lambda wc, input: str(Path(input.ndct_seg[0]).parent),
-        device=config["segmenter"]["device"],  # the segmenter of the Dice columns (small: no GPU reserved)
     wildcard_constraints:
         experiment="|".join(ROWS),
     threads: 1
@@ -72,7 +71,7 @@ rule evaluate:
     shell:
         "python -m ldct evaluate --threads {threads} --experiment {wildcards.experiment:q} --nifti {params.nifti:q} "
         "--splits {input.splits:q} {params.denoised} --segmenter {input.segmenter:q} --ndct-seg {params.ndct_seg:q} "
-        "--out {output.metrics:q} --dice {output.dice:q} --device {params.device} > {log:q} 2>&1"
+        "--out {output.metrics:q} --dice {output.dice:q} > {log:q} 2>&1"
 
 
 # Dose sweep: the experiments trained at the first dose fraction, applied at every extra one

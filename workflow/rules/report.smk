@@ -58,7 +58,7 @@ rule figures:
         metrics=[str(RP.metrics(e)) for e in ROWS],
         histories=[str(RP.history(e)) for e in EXPERIMENTS],
         training=str(RP.table("training")),
-        code=code_files("figures"),
+        code=code_files("figures", "tables"),  # tables: the rows' marks
         denoised=[str(RP.denoised(e, SPLITS["test"][0])) for e in EXPERIMENTS],
         segmenter=str(RP.segmenter),
         splits=str(RP.splits),
@@ -85,6 +85,7 @@ if DOSE_SWEEP:
         input:
             metrics=sweep_metric_files(),
             training=str(RP.table("training")),  # the convergence marks
+            code=code_files("tables", "figures"),
         output:
             [report_table("table4_dose_sweep", e) for e in ("csv", "md", "tex")],
             report_figure("fig_dose_sweep"),
