@@ -124,11 +124,11 @@ def spent_note(train: dict, training) -> str:
     if b["protocol"] != "equal_macs" or training is None or "tera_macs" not in training:
         return ""
     trained = training[training["steps"] > 0]
-    capped = trained.apply(lambda r: is_capped(b, int(r["steps"]), float(r["tera_macs"])), axis=1).astype(bool)
-    full = trained.loc[~capped, "tera_macs"] if len(trained) else trained["tera_macs"]
+    capped = [is_capped(b, int(s), float(t)) for s, t in zip(trained["steps"], trained["tera_macs"])]
+    full = trained["tera_macs"][[not c for c in capped]]
     if full.empty:
         return ""
-    n_capped = int(capped.sum())
+    n_capped = sum(capped)
     return (f"Compute spent: {full.min():.3g}-{full.max():.3g} x 10^12 MACs"
             + (f" ({n_capped} experiment(s) reached the step cap first)." if n_capped else "."))
 

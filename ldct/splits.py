@@ -23,15 +23,20 @@ class SplitError(LdctError, ValueError):
 DESCRIPTIVE_KEYS = {"source", "description", "notes"}  # free text a split file may carry beside its lists
 
 
+def _shipped(name: str):
+    """A shipped preset's file (ldct/presets)."""
+    return resources.files("ldct.presets").joinpath(PRESETS[name])
+
+
 def preset_file(name: str) -> str:
     """The file a preset name stands for (a shipped preset, or the JSON file named): the split
     rule's input, so editing it redoes the split."""
-    return str(resources.files("ldct.presets").joinpath(PRESETS[name])) if name in PRESETS else name
+    return str(_shipped(name)) if name in PRESETS else name
 
 
 def load_preset(name: str) -> dict[str, list[str]]:
     if name in PRESETS:
-        text = resources.files("ldct.presets").joinpath(PRESETS[name]).read_text()
+        text = _shipped(name).read_text()
         where = f"preset {name!r}"
     else:
         path = Path(name)

@@ -52,16 +52,20 @@ def latex(text: str) -> str:
 
 
 def render(df: pd.DataFrame, first: str, cols: list[tuple[str, str]], digits: dict[str, int | str],
-           bold: dict[str, str], marks: dict[tuple[str, str], str], caption: str) -> tuple[str, str]:
-    """Markdown and LaTeX of a table whose rows are df[first]; `bold[col]` names the best row."""
+           bold: dict[str, str | None], marks: dict[tuple[str, str], str], caption: str,
+           flags: dict[str, str] | None = None) -> tuple[str, str]:
+    """Markdown and LaTeX of a table whose rows are df[first]; `bold[col]` names the best row
+    (None: none), `marks[(row, col)]` what follows a cell, `flags[row]` what follows a row's
+    name (its convergence marks, row_flags)."""
     heads = [first] + [h for _, h in cols]
     md = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     tex = ["\\begin{table}[t]", "\\centering", f"\\caption{{{latex(caption)}}}",
            "\\begin{tabular}{l" + "r" * len(cols) + "}", "\\toprule",
            " & ".join(latex(h) for h in heads) + " \\\\", "\\midrule"]
     for _, r in df.iterrows():
-        cells_md = [str(r[first])]
-        cells_tex = [latex(r[first])]
+        label = f"{r[first]}{(flags or {}).get(r[first], '')}"
+        cells_md = [label]
+        cells_tex = [latex(label)]
         for c, _ in cols:
             s = _fmt(r[c], digits.get(c, 4)) + marks.get((r[first], c), "")
             is_best = bold.get(c) == r[first]
@@ -145,16 +149,13 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
     power = power_note(n_subj, len(order) - 1)
-    shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
-    bold = {c: e + flags.get(e, "") for c, e in bold.items()}
-    marks = {(e + flags.get(e, ""), c): m for (e, c), m in marks.items()}
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
     digits.update({"steps": 0, "lr": "e", "val_gain_last_tenth_db": 2})
-    md, tex = render(shown, "experiment", shown_cols, digits, bold, marks,
+    md, tex = render(table, "experiment", shown_cols, digits, bold, marks,
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
                      "zero padding). Best in bold; $\\dagger$: significantly worse than "
                      "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$, Hodges-Lehmann shift below 0). "
-                     + " ".join(x for x in (power, protocol, flag_note, fidelity) if x))
+                     + " ".join(x for x in (power, protocol, flag_note, fidelity) if x), flags)
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
             "Best in bold; † significantly "
             "worse than the best (subject-level Wilcoxon signed-rank, two-sided, Holm p < 0.05 over this metric's "
@@ -233,13 +234,10 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     table = table.join(per_class.reset_index(drop=True))
     flags, flag_note = row_flags(training)
     bold = {c: best_row(table.set_index("experiment")[c], flags) for c, _ in cols}
-    bold = {c: e for c, e in bold.items() if e is not None}
     subjects = allm["subject"].nunique()
     caption = ("Mean foreground Dice of the frozen segmentation U-Net on each output, over each test volume "
                f"(mean over classes, then over {subjects} subjects).")
-    shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
-    bold = {c: e + flags.get(e, "") for c, e in bold.items()}
-    md, tex = render(shown, "experiment", cols, {}, bold, {}, f"{caption} {flag_note}".strip())
+    md, tex = render(table, "experiment", cols, {}, bold, {}, f"{caption} {flag_note}".strip(), flags)
     write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV. {flag_note}".strip())
     return table
 
@@ -299,11 +297,9 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
             digits[key] = 2 if c.startswith("psnr") else 4
     flags, flag_note = row_flags(training)
     bold = {k: best_row(shown.set_index("experiment")[k], flags) for k, _ in cols}
-    bold = {k: e + flags.get(e, "") for k, e in bold.items() if e is not None}
-    shown["experiment"] = [e + flags.get(e, "") for e in shown["experiment"]]
     md, tex = render(shown, "experiment", cols, digits, bold, {},
                      "Dose sweep: mean PSNR and SSIM in [-40, 120] HU against NDCT at each dose fraction; "
-                     f"models trained at the dose marked (train). {flag_note}".strip())
+                     f"models trained at the dose marked (train). {flag_note}".strip(), flags)
     note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; "
             f"mean over {int(long['slices'].iloc[0])} test slices of {int(long['subjects'].iloc[0])} subjects. "
             f"Best per column in bold; per-slice standard deviations in the CSV. {flag_note}".strip())
@@ -464,10 +460,6 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
         sym = "†" if r.against == "best" else ("↓" if r.diff < 0 else "↑")
         marks[(r.experiment, col)] = marks.get((r.experiment, col), "") + sym
     bold = {f"dprime_{i}": _best_dprime(results, compared, i, flags) for i in range(len(conds))}
-    bold = {c: e for c, e in bold.items() if e is not None}
-    shown = table.assign(experiment=[e + flags.get(e, "") for e in table["experiment"]])
-    bold = {c: e + flags.get(e, "") for c, e in bold.items()}
-    marks = {(e + flags.get(e, ""), c): m for (e, c), m in marks.items()}
     sites = sorted({c["n_test"] // 2 for c in base["conditions"]})
     n_sites = f"{sites[0]}" if len(sites) == 1 else f"{sites[0]}-{sites[-1]}"
     what = (f"Channelized Hotelling observer ({base.get('channels', '')} Laguerre-Gauss channels) on a "
@@ -483,6 +475,6 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
             "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "
             "differences inside them are noise); ROI bias: "
             "mean output minus truth in the lesion ROIs (HU). " + flag_note)
-    md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what)
+    md, tex = render(table, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what, flags)
     write_table(out_prefix, table, md, tex, what)
     return table, stats_df
