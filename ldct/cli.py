@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from ldct.allocator import keep_large_allocations
-from ldct.config import merge
+from ldct.config import experiment_train, merge
 from ldct.errors import DataError, LdctError, MissingFileError, UsageError
-from ldct.paths import ResultPaths
+from ldct.paths import LDCT, ResultPaths
 
 COMMANDS: dict[str, dict] = {}
 
@@ -340,7 +340,7 @@ def cmd_train(a) -> None:
             raise UsageError(f"{a.config}: " + (f"no experiment {a.experiment!r}" if a.experiment else "give --experiment")
                              + f"; one of: {', '.join(cfg['experiments'])}")
         exp = cfg["experiments"][a.experiment]
-        exp["train"] = validate_section("train", merge(merge(cfg["train"], exp.get("train", {})), given))  # before the budget
+        exp["train"] = validate_section("train", merge(experiment_train(cfg, a.experiment), given))  # before the budget
         protocol = exp["train"]["budget"]["protocol"]
         own = [_flag(k) for k in ("epochs", "iters_per_epoch") if k in given]
         if own and protocol not in OWN_STEPS:  # the budget would overwrite them
@@ -387,7 +387,7 @@ def cmd_denoise(a) -> None:
          arg("--ndct-seg", help="folder of the NDCT segmentations from `segment-ndct` (else made here)"),
          arg("--device", default="auto", help="auto, cpu, cuda or cuda:N"), LOW_ARG)
 def cmd_evaluate(a) -> None:
-    from ldct.evaluate import LDCT, evaluate_experiment
+    from ldct.evaluate import evaluate_experiment
 
     if a.experiment != LDCT and not a.denoised:
         raise UsageError(f"--experiment {a.experiment}: give --denoised (the experiment's outputs); "

@@ -33,9 +33,9 @@ from ldct.errors import DataError
 from ldct.io import read_nifti
 from ldct.lesion_task import TISSUES, LesionSite, extract_rois, insert_lesions, lesion_profile, place_lesions
 from ldct.lowdose import make_geometry, simulate_doses
-from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.nps import nps_2d, nps_summary
 from ldct.observer import cho, laguerre_gauss_channels
+from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.synthetic import subject_seed
 from ldct.ttf import insert_phantom, ttf_record
 

@@ -12,7 +12,6 @@ from tqdm import tqdm
 from ldct.classes import NUM_CLASSES
 from ldct.data import LOW_NAME, from_slices, load_subject, to_slices
 from ldct.errors import DataError
-from ldct.paths import LDCT
 from ldct.inference import (
     checkpoint_amp,
     load_denoiser,
@@ -23,7 +22,7 @@ from ldct.inference import (
 )
 from ldct.io import read_nifti, write_csv, write_nifti
 from ldct.metrics import stack_metrics
-
+from ldct.paths import LDCT
 
 
 def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto",
