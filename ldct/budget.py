@@ -86,6 +86,19 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
                    "tera_macs": steps * macs_step / 1e12}
 
 
+def _flat(d: dict, prefix: str = "") -> list[str]:
+    """'key value' of every leaf of a nested settings dict ('lr_sweep.fraction 0.5')."""
+    return [item for k, v in d.items()
+            for item in (_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k} {v}"])]
+
+
+def own_settings_note(own: dict[str, dict] | None) -> str:
+    """The experiments' own training settings (experiment -> its `train` keys over the global
+    ones), for Table 2's caption: `describe` states the global ones, which these rows do not share."""
+    parts = [f"{e}: {', '.join(_flat(t))}" for e, t in (own or {}).items() if t]
+    return f"Set per experiment: {'; '.join(parts)}." if parts else ""
+
+
 def describe(train: dict) -> str:
     """One sentence for Table 2's caption: the protocol and its numbers (steps as run: whole
     validation rounds)."""

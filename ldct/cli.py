@@ -486,11 +486,13 @@ REPORT_ARGS = (arg("--root", required=True, help="results/{dataset} folder"),
              help='JSON: {"experiments": {name: model spec}, "segmenter": settings}; Table 2\'s caption names '
                   "the settings that depart from the reference"),
          arg("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (default 0)"),
+         arg("--own-train", type=json.loads, default={},
+             help='JSON: {experiment: its own train keys}; Table 2\'s caption lists them beside the global ones'),
          sections={"train": TABLE_TRAIN_KEYS})
 def cmd_tables(a) -> None:
     from ldct.tables import write_tables
 
-    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed, a.settings["train"])
+    write_tables(ResultPaths.at(a.root), a.experiments, a.models, a.seed, a.settings["train"], a.own_train)
 
 
 @command("figures", "every figure", *REPORT_ARGS)

@@ -179,6 +179,10 @@ def validate_config(config: dict) -> dict:
         _check(train_schema, train, f"experiments.{name}.train")
         for key in (k for section, k in ORDERED_PAIRS if section == "train"):
             _check_pair(exp.get("train", {}), key, f"experiments.{name}.train")
+        if "budget" in exp.get("train", {}):
+            raise ConfigError(f"config error at experiments.{name}.train.budget: the budget is one rule for every "
+                              "experiment (Table 2 ranks them under it and its caption states it once); set it in "
+                              "train.budget, or run a separate config for a different budget")
         protocol = train["budget"]["protocol"]
         fixed = [k for k in ("epochs", "iters_per_epoch") if k in exp.get("train", {}) and protocol not in OWN_STEPS]
         if fixed:

@@ -343,10 +343,12 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
     return table
 
 
-def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train_cfg: dict | None = None) -> None:
+def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train_cfg: dict | None = None,
+                 own_train: dict[str, dict] | None = None) -> None:
     """Table 2 (against NDCT, and against the noiseless truth where the metrics have it), its
     statistics, the Dice table, and training.csv (each experiment's budget and convergence,
-    ldct.budget.training_summary) of a results folder (`ldct tables`)."""
+    ldct.budget.training_summary) of a results folder (`ldct tables`). `own_train`: the train
+    keys experiments set for themselves, which the caption lists."""
     from ldct import budget
 
     metric_files = {e: rp.metrics(e) for e in experiments}
@@ -358,7 +360,8 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
         training = budget.training_summary({e: pd.read_csv(rp.history(e)) for e in trained}, sweeps,
                                            train_cfg["budget"]["min_gain_db"])
         write_csv(rp.table("training"), training)
-        protocol = " ".join(x for x in (budget.describe(train_cfg), budget.spent_note(train_cfg, training)) if x)
+        protocol = " ".join(x for x in (budget.describe(train_cfg), budget.spent_note(train_cfg, training),
+                                        budget.own_settings_note(own_train)) if x)
     quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=seed,
                        fidelity=fidelity, training=training, protocol=protocol)
     if "truth_psnr_full" in pd.read_csv(metric_files[experiments[0]], nrows=1):

@@ -250,3 +250,11 @@ def test_history_records_the_rate_each_epoch_trained_with():
         reference.step()
     assert [r["lr"] for r in out.history] == pytest.approx([used[4], used[9], used[14], used[19]])
     assert out.history[-1]["lr"] < 1e-5  # the end of the cycle, not the bounce after it
+
+
+def test_the_caption_lists_the_settings_experiments_set_for_themselves():
+    """configs/paper.yaml gives the Gaussian filter 5 epochs under a 400-epoch protocol: the
+    caption's global numbers are not that row's, so the caption names its own."""
+    own = {"gaussian_l1": {"epochs": 5, "lr": 0.01}, "a": {}, "b": {"lr_sweep": {"fraction": 0.5}}}
+    assert budget.own_settings_note(own) == "Set per experiment: gaussian_l1: epochs 5, lr 0.01; b: lr_sweep.fraction 0.5."
+    assert budget.own_settings_note({"a": {}}) == budget.own_settings_note(None) == ""

@@ -181,7 +181,15 @@ def test_an_experiments_nested_train_keys_add_to_the_global_ones():
     dropped them and training failed); the spec the workflow trains from has both."""
     cfg = validate_config({"train": {"lr": "auto", "lr_sweep": {"candidates": [1e-3, 1e-4]}},
                            "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"},
-                                                 "train": {"lr_sweep": {"fraction": 0.5}, "budget": {"evaluations": 4}}}}})
+                                                 "train": {"lr_sweep": {"fraction": 0.5}}}}})
     spec = ExperimentSpec.from_config(cfg, "a")
     assert spec.train["lr_sweep"] == {"candidates": [1e-3, 1e-4], "fraction": 0.5}
-    assert spec.train["budget"]["protocol"] == "equal_macs" and spec.train["epochs"] == 4
+    assert spec.train["budget"]["protocol"] == "equal_macs"
+
+
+def test_an_experiment_cannot_set_its_own_budget():
+    """The budget is the comparison's rule: one experiment with its own (a larger compute, more
+    validations, another min_gain_db) would be ranked under a caption that is not its own."""
+    exp = {"model": {"name": "edcnn"}, "loss": {"name": "l1"}, "train": {"budget": {"evaluations": 4}}}
+    with pytest.raises(ConfigError, match="experiments.a.train.budget: the budget is one rule for every experiment"):
+        validate_config({"experiments": {"a": exp}})

@@ -101,6 +101,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert "**" in t2_md and "SSIM as the paper computes it" in t2_md
     assert "Departures from the reference implementation (project options): segmenter base_width=" in t2_md
     assert "Training budget: equal steps, 4 per experiment" in t2_md and "no difference can reach significance" in t2_md
+    assert "Set per experiment: edcnn_l1: lr 0.001." in t2_md
     training = pd.read_csv(out / "tables" / "training.csv")
     assert list(training["experiment"]) == ["featkpn_ana", "edcnn_l1"] and (training["steps"] == 4).all()
     assert set(t2.columns) >= {"steps", "tera_macs", "lr", "not_converged", "no_gain_over_input", "seed"}

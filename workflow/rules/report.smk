@@ -46,11 +46,12 @@ rule tables:
         models=as_json({"experiments": {e: x["model"] for e, x in config["experiments"].items()},
                         "segmenter": config["segmenter"]}),
         train=section_flags("train", config["train"], TABLE_TRAIN_KEYS),
+        own_train=as_json({e: x["train"] for e, x in config["experiments"].items() if x.get("train")}),
     conda:
         CONDA_ENV
     shell:
         "python -m ldct tables --root {params.root:q} --seed {params.seed} {params.train} "
-        "--experiments {params.rows:q} --models {params.models:q} > {log:q} 2>&1"
+        "--experiments {params.rows:q} --models {params.models:q} --own-train {params.own_train:q} > {log:q} 2>&1"
 
 
 rule figures:
