@@ -117,6 +117,9 @@ def describe(train: dict) -> str:
     if b["protocol"] == "fixed":
         return ("Training budget: set per experiment (epochs, patch size and learning rate chosen by hand; the budgets "
                 "differ, so the ranking reflects them too; steps and rates in the CSV).")
+    if b["patience"] >= train["epochs"]:  # never stalled long enough to stop: the reference's protocol
+        return (f"Training budget: {train['epochs']} rounds of {train['iters_per_epoch']} steps for every experiment, "
+                f"keeping the round with the lowest validation MSE [0, 80] HU (no early stop), {common}.")
     return (f"Training budget: until converged, validation MSE [0, 80] HU not improved for {b['patience']} rounds "
             f"of {train['iters_per_epoch']} steps (at most {train['epochs']} rounds), {common}.")
 

@@ -21,6 +21,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from ldct.classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from ldct.hu import WINDOWS, window_name_label  # noqa: E402
 from ldct.io import atomic_path  # noqa: E402
+from ldct.metrics import read_metrics  # noqa: E402
 
 CLASS_CMAP = ListedColormap(CLASS_COLORS)
 
@@ -337,7 +338,7 @@ def draw_all(rp, experiments: list[str]) -> None:
     histories = {e: pd.read_csv(rp.history(e)) for e in trained}
     training_curves(histories, rp.figure("fig_training_curves"))
     learning_curves(histories, rp.figure("fig_learning_curves"), row_flags(pd.read_csv(rp.table("training")))[0])
-    metrics = pd.concat([pd.read_csv(rp.metrics(e)) for e in experiments], ignore_index=True)
+    metrics = read_metrics(rp.metrics(e) for e in experiments)
     metric_distributions(metrics, rp.figure("fig_metric_distributions"))
     if sv.truth is not None and sv.labels is not None:
         phantom = to_slices(read_nifti(rp.phantom(subject) / "phantom.nii.gz")[0])

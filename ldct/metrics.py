@@ -13,16 +13,23 @@ Images are clipped to the window before every metric; the window width is the da
   borders cropped), the definition this project used before; kept for comparison.
 - VIF: torchmetrics' pixel-domain VIF (Sheikh & Bovik 2006, sigma_n^2 = 2) on the window
   mapped to 0-255.
+
+A slice identical to its reference in a window (both clipped alike: MSE 0) has PSNR inf in
+metrics.csv; means leave it out, as the reference's measure does (`read_metrics`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
-import torch
+import pandas as pd
 from scipy.ndimage import correlate1d
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ldct.hu import WINDOWS
+
+# torch, torchmetrics and scikit-image are imported where used: the table and figure jobs read
+# metrics.csv (read_metrics) without them
 
 _SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
 _SSIM_TAPS = np.exp(-((np.arange(_SSIM_SIZE) - _SSIM_SIZE // 2) ** 2) / (2 * _SSIM_SIGMA**2))
@@ -47,6 +54,8 @@ def paper_ssim(pred: np.ndarray, ref: np.ndarray, data_range: float) -> float:
 
 def _clipped(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> tuple[np.ndarray, np.ndarray, float, float, float]:
     """Both images clipped to the window; their MSE, the window width and the PSNR."""
+    from skimage.metrics import peak_signal_noise_ratio
+
     lo, hi = WINDOWS[window]
     p = np.clip(pred_hu.astype(np.float64), lo, hi)
     r = np.clip(ref_hu.astype(np.float64), lo, hi)
@@ -63,7 +72,8 @@ def window_psnr(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> float:
 def stack_window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> list[dict[str, float]]:
     """Metrics of each 2-D slice of a (S, H, W) stack against its reference in one named
     window; VIF runs on the whole stack in one batched call (per-slice values)."""
-    # imported here: torchmetrics takes ~1 s to import, which jobs that only need PSNR skip
+    import torch
+    from skimage.metrics import structural_similarity
     from torchmetrics.functional.image import visual_information_fidelity
 
     if np.shape(pred_hu) != np.shape(ref_hu):
@@ -97,3 +107,20 @@ def stack_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, windows=("full", "bra
         for row, m in zip(out, stack_window_metrics(pred_hu, ref_hu, w), strict=True):
             row.update({f"{prefix}{k}_{w}": v for k, v in m.items()})
     return out
+
+
+def read_metrics(paths: Iterable) -> pd.DataFrame:
+    """metrics.csv files, concatenated, ready to average: a PSNR of inf (slice identical to its
+    reference in that window) becomes NaN, so means over slices and subjects leave it out, as
+    the reference's mean PSNR does (`MSE[MSE > 0]`); `infinite_psnr_note` tells how many."""
+    df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    psnr = [c for c in df if "psnr" in c]
+    df[psnr] = df[psnr].replace([np.inf, -np.inf], np.nan)
+    return df
+
+
+def infinite_psnr_note(df: pd.DataFrame, cols: Iterable[str]) -> str:
+    """A caption sentence when slices of `df` (read_metrics) were left out of a PSNR mean."""
+    n = int(sum(df[c].isna().sum() for c in cols if "psnr" in c and c in df))
+    return (f"{n} slice-window PSNR value(s) were infinite (output identical to the reference in that window) and "
+            "are left out of the means, as the reference's measure does." if n else "")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ldct.classes import CLASS_NAMES
 from ldct.io import write_csv, write_text
+from ldct.metrics import infinite_psnr_note, read_metrics
 from ldct.provenance import versions
 from ldct.stats import compare_to_best, holm
 
@@ -123,8 +124,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     (ldct.budget.training_summary) adds each row's steps, compute, learning rate and
     convergence flags, which mark the row. SSIM is the paper's definition
     (ldct.metrics.paper_ssim)."""
-    frames = [pd.read_csv(p) for p in metric_files.values()]
-    allm = pd.concat(frames, ignore_index=True)
+    allm = read_metrics(metric_files.values())
     if reference == "truth":
         allm = allm[["experiment", "subject", "slice"] + [c for c in allm if c.startswith("truth_")]]
         allm.columns = [c.removeprefix("truth_") for c in allm.columns]
@@ -148,7 +148,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
-    power = power_note(n_subj, len(order) - 1)
+    power = " ".join(x for x in (power_note(n_subj, len(order) - 1), infinite_psnr_note(allm, cols)) if x)
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
     digits.update({"steps": 0, "lr": "e", "val_gain_last_tenth_db": 2})
     md, tex = render(table, "experiment", shown_cols, digits, bold, marks,
@@ -275,7 +275,7 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
     (`training`: the convergence marks, ldct.budget.training_summary)."""
     rows = []
     for (exp, dose), path in metric_files.items():
-        m = pd.read_csv(path)
+        m = read_metrics([path])
         row = {"experiment": exp, "dose_fraction": float(dose), "training_dose": abs(dose - training_dose) < 1e-9,
                "slices": len(m), "subjects": m["subject"].nunique()}
         for c, _ in DOSE_METRICS + [("psnr_full", ""), ("ssim_full", "")]:
@@ -319,7 +319,7 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
     if not pairs:
         return pd.DataFrame()
     names = [x for _, a, b in pairs for x in (a, b)]
-    per_subject = pd.concat([pd.read_csv(metric_files[e]) for e in names]).groupby(["experiment", "subject"])[
+    per_subject = read_metrics(metric_files[e] for e in names).groupby(["experiment", "subject"])[
         ["psnr_brain", "ssim_brain"]].mean()
     dice = volume_dice(pd.concat([pd.read_csv(dice_files[e]) for e in names]), "ndct")
     per_subject["dice_vs_ndct"] = dice.groupby(["experiment", "subject"])["dice"].mean()

@@ -60,7 +60,10 @@ def test_equal_steps_and_converged():
     cfg = config("converged")
     spec = ExperimentSpec.from_config(cfg, "redcnn_l1")
     assert spec.budget["steps"] == cfg["train"]["epochs"] * cfg["train"]["iters_per_epoch"]
-    assert "not improved for 5 rounds" in budget.describe(cfg["train"])
+    assert "not improved for 5 rounds" in budget.describe({**cfg["train"], "epochs": 50})
+    # patience >= epochs never stops early (the reference's protocol, configs/paper.yaml): said so
+    assert cfg["train"]["epochs"] == 4 and "4 rounds of 60 steps" in budget.describe(cfg["train"])
+    assert "no early stop" in budget.describe(cfg["train"])
     assert "equal compute, 0.2 x 10^12" in budget.describe(config()["train"])
 
 

@@ -259,3 +259,27 @@ def test_the_dose_table_does_not_rank_a_marked_row(tmp_path):
     md = (tmp_path / "t4.md").read_text()
     assert next(x for x in md.splitlines() if x.startswith("| good |")).count("**") == 8  # bold in all 4 columns
     assert "**" not in next(x for x in md.splitlines() if x.startswith("| unconv ‡ |"))
+
+
+def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_path):
+    """An all-air slice clips to the same image in the brain window: its PSNR is inf, which made
+    the row's mean inf. The reference's measure averages PSNR over slices with MSE > 0; the
+    table does the same and its caption says how many values it left out."""
+    from ldct.metrics import read_metrics
+    from ldct.tables import quantitative_table
+
+    ref = np.stack([brain_image(48, 0), np.full((48, 48), -1000.0)])
+    noisy = ref + np.random.default_rng(2).normal(0, 10, ref.shape)
+    noisy[1] = np.minimum(noisy[1], -100)  # still air: identical to the reference once clipped to [-40, 120] (so is the model's)
+    files = {}
+    for exp, out in (("LDCT", noisy), ("model", ref + 3.0)):
+        rows = stack_metrics(out, ref)
+        files[exp] = tmp_path / f"{exp}.csv"
+        pd.DataFrame([{"experiment": exp, "subject": "s0", "slice": i, **r} for i, r in enumerate(rows)]).to_csv(
+            files[exp], index=False)
+    assert pd.read_csv(files["LDCT"])["psnr_brain"].tolist()[1] == np.inf  # metrics.csv keeps the fact
+    m = read_metrics([files["LDCT"]])
+    assert np.isnan(m.loc[1, "psnr_brain"]) and np.isfinite(m.loc[1, "psnr_full"])
+    table = quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))
+    assert table.loc[0, "psnr_brain"] == pytest.approx(m.loc[0, "psnr_brain"])  # the finite slice alone
+    assert "2 slice-window PSNR value(s) were infinite" in (tmp_path / "t2.md").read_text()

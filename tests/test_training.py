@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -526,6 +527,11 @@ def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, 
     assert not (tmp_path / "ana" / "model.pt").exists() and not (tmp_path / "wild" / "model.pt").exists()
 
     _, out = train(dataset, "ok", tmp_path)
+    # the denoised volume keeps the model's float output (whole HU would bias PSNR and SSIM)
+    denoise_subjects(str(out / "model.pt"), str(base / "nifti"), ["S002"], str(tmp_path / "den_ok"), device="cpu")
+    kept = nib.load(str(tmp_path / "den_ok" / "S002.nii.gz"))
+    assert kept.get_data_dtype() == np.float32
+    assert not np.array_equal(np.asarray(kept.dataobj), np.rint(np.asarray(kept.dataobj)))
     ck = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     first = next(iter(ck["state_dict"]))
     ck["state_dict"][first] = torch.full_like(ck["state_dict"][first], float("nan"))
