@@ -246,6 +246,9 @@ def _check_in_plane(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
         raise DicomError(f"{folder}: mixed series in one folder ({len(uids)} SeriesInstanceUIDs)")
     f0, ds0 = slices[0]
     iop = np.array(ds0.ImageOrientationPatient, dtype=float)
+    r, c = iop[:3], iop[3:]
+    if not (abs(np.linalg.norm(r) - 1) < 1e-3 and abs(np.linalg.norm(c) - 1) < 1e-3 and abs(r @ c) < 1e-3):
+        raise DicomError(f"{f0}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
     spacing = np.array(ds0.PixelSpacing, dtype=float)
     shape = (int(ds0.Rows), int(ds0.Columns))
     for f, ds in slices[1:]:
@@ -262,10 +265,19 @@ def _order_slices(folder: Path, slices: list[tuple[Path, pydicom.Dataset]], norm
                   ds0: pydicom.Dataset) -> tuple[list[tuple[Path, pydicom.Dataset]], np.ndarray, float]:
     """Sort slices along the normal and check their spacing is uniform (no duplicate or missing
     slice); return (sorted slices, positions, step). A single slice's step is ds0's thickness."""
-    pos = np.array([float(np.dot(np.array(ds.ImagePositionPatient, dtype=float), normal)) for _, ds in slices])
+    ipp = np.array([np.array(ds.ImagePositionPatient, dtype=float) for _, ds in slices])
+    pos = ipp @ normal
     order = np.argsort(pos, kind="stable")
-    slices = [slices[i] for i in order]
-    pos = pos[order]
+    slices, pos, ipp = [slices[i] for i in order], pos[order], ipp[order]
+    if len(pos) > 1:  # the slices' origins must follow the normal: a sideways drift is a tilted gantry
+        drift = ipp - ipp[0] - np.outer(pos - pos[0], normal)
+        i = int(np.argmax(np.linalg.norm(drift, axis=1)))
+        if np.linalg.norm(drift[i]) > 1e-2 * max(1.0, abs(pos[i] - pos[0])) + 1e-3:
+            tilt = np.degrees(np.arctan2(np.linalg.norm(drift[i]), abs(pos[i] - pos[0])))
+            tag = f"; GantryDetectorTilt {ds0.get('GantryDetectorTilt')}" if "GantryDetectorTilt" in ds0 else ""
+            raise DicomError(f"{folder}: slice origins drift sideways from the slice normal ({tilt:.1f} degrees "
+                             f"by {slices[i][0].name}{tag}): a tilted-gantry series, whose volume a NIfTI affine "
+                             "cannot describe; resample it first (dcm2niix writes a tilt-corrected _Tilt_1 file)")
     dup = np.where(np.diff(pos) < 1e-3)[0]
     if len(dup):
         raise DicomError(f"{slices[dup[0] + 1][0]}: duplicate slice position {pos[dup[0]]:.3f} mm (also {slices[dup[0]][0].name})")
@@ -299,8 +311,13 @@ def _slice_hu(f: Path, ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarra
         raise DicomError(f"{f}: pixel data contains NaN or inf")
     if px.shape != shape:
         raise DicomError(f"{f}: pixel array shape {px.shape} does not match Rows x Columns {shape}")
-    slope = _optional_number(f, ds, "RescaleSlope", 1.0) or 1.0
-    intercept = _optional_number(f, ds, "RescaleIntercept", 0.0)
+    missing = [t for t in ("RescaleSlope", "RescaleIntercept") if t not in ds or ds[t].is_empty]
+    if missing:  # type 1 in the CT Image module: without them the stored values are not HU
+        raise DicomError(f"{f}: no {' or '.join(missing)}: the stored pixel values cannot be mapped to HU")
+    slope = float(_numbers(f, ds, "RescaleSlope", 1)[0])
+    intercept = float(_numbers(f, ds, "RescaleIntercept", 1)[0])
+    if slope == 0:
+        raise DicomError(f"{f}: RescaleSlope is 0")
     return (px * slope + intercept).T
 
 
@@ -370,20 +387,38 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
         raise DicomError(f"{where}: full dose is {full.data.shape[:2]} pixels, low dose {low.data.shape[:2]}")
     if not np.allclose(full.affine[:3, :2], low.affine[:3, :2], atol=1e-3):
         raise DicomError(f"{where}: full- and low-dose series differ in orientation or pixel spacing")
-    common = np.intersect1d(np.round(full.positions, 2), np.round(low.positions, 2))
-    if len(common) == 0:
+    # a slice pairs with the other series' nearest one within a twentieth of the slice step
+    # (positions are floats: rounding both to 0.01 mm split pairs at .xx5 and left gaps)
+    tol = max(1e-3, 0.05 * min(fm["slice_spacing_mm"], lm["slice_spacing_mm"]))
+    near = np.abs(full.positions[:, None] - low.positions[None, :])
+    fi = np.flatnonzero(near.min(axis=1) <= tol)
+    li = near[fi].argmin(axis=1)
+    if len(fi) == 0:
         raise DicomError(f"{where}: full- and low-dose series share no slice position")
-    dropped = sorted(set(np.round(full.positions, 2)) ^ set(np.round(low.positions, 2)))
+    for name, idx in (("full", fi), ("low", li)):
+        if np.any(np.diff(idx) != 1):
+            gap = int(np.flatnonzero(np.diff(idx) != 1)[0])
+            raise DicomError(f"{where}: the slices both series share are not contiguous in the {name}-dose series "
+                             f"(between {full.positions[fi[gap]]:.3f} and {full.positions[fi[gap + 1]]:.3f} mm); "
+                             "the volume would have a gap its affine does not show")
+    dropped = sorted([round(float(p), 3) for p in np.delete(full.positions, fi)]
+                     + [round(float(p), 3) for p in np.delete(low.positions, li)])
 
-    def keep(v: Volume) -> Volume:
-        idx = np.where(np.isin(np.round(v.positions, 2), common))[0]
+    def keep(v: Volume, idx: np.ndarray) -> Volume:
         aff = v.affine.copy()
         aff[:3, 3] = v.affine[:3, :3] @ np.array([0, 0, idx[0]]) + v.affine[:3, 3]
         return Volume(v.data[:, :, idx], aff, v.positions[idx], {**v.meta, "slices": len(idx)})
 
-    f2, l2 = keep(full), keep(low)
-    if not np.allclose(f2.affine, l2.affine, atol=1e-3):
-        raise DicomError(f"{where}: full- and low-dose series do not share geometry after pairing")
+    f2, l2 = keep(full, fi), keep(low, li)
+    step_f, step_l = np.linalg.norm(f2.affine[:3, 2]), np.linalg.norm(l2.affine[:3, 2])
+    if abs(step_f - step_l) > 1e-3:
+        raise DicomError(f"{where}: slice spacing differs: full dose {step_f:.3f} mm, low dose {step_l:.3f} mm")
+    shift = np.abs(f2.affine[:3, 3] - l2.affine[:3, 3]).max()
+    if shift > max(1e-3, tol):
+        raise DicomError(f"{where}: full- and low-dose series differ in position by {shift:.3f} mm (first paired "
+                         f"slice origin {np.round(f2.affine[:3, 3], 3).tolist()} vs {np.round(l2.affine[:3, 3], 3).tolist()}, "
+                         "RAS mm)")
+    l2 = Volume(l2.data, f2.affine.copy(), l2.positions, l2.meta)  # within tolerance: one geometry for the pair
     return f2, l2, [float(d) for d in dropped]
 
 

@@ -389,3 +389,65 @@ def test_hidden_folders_are_not_searched_for_series(synthetic_subject, tmp_path)
     full = series_dir(subj, "Full Dose")
     shutil.copytree(full, subj / ".snapshot" / full.name)
     assert find_series(subj).full == full
+
+
+def test_slices_without_rescale_tags_are_refused_not_read_as_hu(synthetic_subject, tmp_path):
+    """Without RescaleSlope/Intercept the stored values (0-4095 here) were taken as HU: a volume
+    1024 HU too bright, silently, or a pair 1024 HU apart when only one series lacked them."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = _edit_series(subj, "Low Dose", 1, RescaleSlope=None, RescaleIntercept=None)
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: no RescaleSlope or RescaleIntercept")
+
+
+def _move_slices(subj: Path, kind: str, shift) -> None:
+    """Shift every slice's ImagePositionPatient by shift(k, position) for the k-th slice by z."""
+    files = sorted(series_dir(subj, kind).glob("*.dcm"), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient, float) + shift(k, ds)]
+        ds.save_as(f)
+
+
+def test_a_tilted_gantry_series_is_refused(synthetic_subject, tmp_path):
+    """Slice origins that drift in y with z (a tilted gantry) were stacked as if axial: the
+    affine put the 4th slice 11 mm off. dcm2niix resamples such a series; the error says so."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    _move_slices(subj, "Full Dose", lambda k, ds: np.array([0.0, k * 10.0 * np.tan(np.radians(20)), 0.0]))
+    _expect_error(subj, tmp_path / "out", r"slice origins drift sideways from the slice normal \(20.0 degrees")
+
+
+def test_orientation_vectors_must_be_orthogonal_unit_vectors(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    for k in range(4):
+        victim = _edit_series(subj, "Full Dose", k, ImageOrientationPatient=[1, 0, 0, 0, 2, 0])
+    _expect_error(subj, tmp_path / "out", "is not two orthogonal unit vectors")
+    assert victim.exists()
+
+
+def test_slice_positions_pair_within_a_tolerance_and_without_gaps(synthetic_subject, tmp_path):
+    """Positions 0.625 mm apart, the low dose's 1e-6 mm off: rounding both to 0.01 mm split the
+    .xx5 pairs and left a volume with a hole its affine did not show. Pairs now match within a
+    twentieth of the step; shared slices that are not contiguous are refused."""
+    from ldct.dicom import pair_volumes
+
+    full = read_series(series_dir(synthetic_subject["dicom"], "Full Dose"))
+    low = read_series(series_dir(synthetic_subject["dicom"], "Low Dose"))
+    step = 0.625
+    pos = np.arange(4) * step
+    aff = full.affine.copy()
+    aff[:3, 2] = aff[:3, 2] / np.linalg.norm(aff[:3, 2]) * step
+    meta = {**full.meta, "slice_spacing_mm": step}
+    f = type(full)(full.data, aff, pos, meta)
+    aff_l = aff.copy()
+    aff_l[:3, 3] += aff[:3, 2] / step * 1e-6
+    lo = type(low)(low.data, aff_l, pos + 1e-6, {**low.meta, "slice_spacing_mm": step})
+    f2, l2, dropped = pair_volumes(f, lo, "S001")
+    assert f2.data.shape[2] == l2.data.shape[2] == 4 and not dropped
+    gap = type(low)(low.data[:, :, [0, 1, 3]], aff_l, (pos + 1e-6)[[0, 1, 3]], {**low.meta, "slice_spacing_mm": step})
+    with pytest.raises(DicomError, match="S001: the slices both series share are not contiguous in the full-dose"):
+        pair_volumes(f, gap, "S001")
+    aff_s = aff_l.copy()
+    aff_s[0, 3] += 1.0  # the low-dose field of view 1 mm to the side
+    shifted = type(low)(low.data, aff_s, pos + 1e-6, lo.meta)
+    with pytest.raises(DicomError, match=r"S001: full- and low-dose series differ in position by 1.000 mm"):
+        pair_volumes(f, shifted, "S001")
