@@ -55,6 +55,13 @@ def _leaves(schema: dict, path: tuple = ()):
             yield path + (key,), sub
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def _caster(schema: dict) -> Callable[[str], object]:
     types = schema.get("type", "string")
     types = [types] if isinstance(types, str) else types
@@ -557,15 +564,16 @@ def cmd_seeds(a) -> None:
 # --- entry point ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ldct", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="ldct", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     for name, c in COMMANDS.items():
-        p = sub.add_parser(name, help=c["help"], description=c["fn"].__doc__ or c["help"])
+        # no abbreviations: `--val 0.3` was taken as --val-as-test and 0.3 as a subject
+        p = sub.add_parser(name, help=c["help"], description=c["fn"].__doc__ or c["help"], allow_abbrev=False)
         p.set_defaults(command_spec=c)
         for flags, kwargs in c["args"]:
             p.add_argument(*flags, **kwargs)
-        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+        p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
         if c["seed"]:
             p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
         if c["sections"]:

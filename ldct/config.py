@@ -164,6 +164,11 @@ def validate_config(config: dict) -> dict:
 
     schema = load_schema()
     train_schema = schema["properties"]["train"]
+    for key, sub in schema["properties"].items():  # before anything walks them
+        if sub.get("type") == "object" and config.get(key) is not None and not isinstance(config[key], dict):
+            example = " (name: {model: ..., loss: ...}, one per row)" if key == "experiments" else ""
+            raise ConfigError(f"config error at {key}: must be a mapping of keys to values{example}, "
+                              f"not a {type(config[key]).__name__}")
     coerce(schema, config)
     _coerce_experiments(config, train_schema)
     _reject_non_finite(config)
@@ -231,14 +236,36 @@ def validate_section(name: str, values: dict) -> dict:
     return values
 
 
-def load_config(path: str | Path) -> dict:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last:
+    a second `train:` section silently replaced the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); "
+                    "the second would silently replace the first", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path):
+    """A config file's YAML (no key given twice); a ConfigError naming the file otherwise."""
     path = Path(path)
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    cfg = read_yaml(path) or {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (dataset:, train:, ...), "
                           f"not a {type(cfg).__name__}")

@@ -81,6 +81,11 @@ def stack_subjects(nifti_dir: str | Path, subjects: list[str], with_labels: bool
     if not subjects:
         raise DataError("no subjects given")
     vols = [load_subject(nifti_dir, s, with_labels, with_repeat=with_repeat) for s in subjects]
+    sizes = {v.subject: v.full.shape[1:] for v in vols}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{s} {h}x{w}" for s, (h, w) in sizes.items())
+        raise DataError(f"{nifti_dir}: the subjects' slices differ in size ({listed}); training and validation "
+                        "stack them, so every subject needs the same matrix (resample the odd ones first)")
     out = {"low": np.concatenate([v.low for v in vols]), "full": np.concatenate([v.full for v in vols])}
     if with_labels and all(v.labels is not None for v in vols):
         out["labels"] = np.concatenate([v.labels for v in vols])

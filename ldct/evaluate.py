@@ -20,23 +20,27 @@ from ldct.inference import (
     predict_slices,
     segment,
 )
-from ldct.io import read_nifti, write_csv, write_nifti
+from ldct.io import read_nifti, write_csv, write_nifti, write_niftis
 from ldct.metrics import stack_metrics
 from ldct.paths import LDCT
 
 
 def denoise_subjects(model_path: str, nifti_dir: str, subjects: list[str], out_dir: str, device: str = "auto",
                      low_name: str = LOW_NAME) -> None:
+    """Every subject's denoised volume, written together once all are made: a failure on one
+    leaves the folder as it was (not some subjects from this model and some from an earlier one)."""
     dev = pick_device(device)
     net, ck = load_denoiser(model_path, dev)
+    volumes = {}
     for subject in tqdm(subjects, desc="denoise", file=sys.stderr, disable=False):
         sv = load_subject(nifti_dir, subject, with_labels=False, low_name=low_name)
         pred = predict_slices(net, sv.low, tuple(ck["hu_range"]), dev, amp=checkpoint_amp(ck))
         if not np.isfinite(pred).all():
             raise DataError(f"{model_path}: produced non-finite values on {subject}")
-        # float32: the metrics score the output as the model made it (the reference scores its float
-        # prediction; whole HU, int16, cost ~0.03 dB of PSNR at a denoiser's error level)
-        write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(pred), sv.affine, dtype=np.float32)
+        volumes[Path(out_dir) / f"{subject}.nii.gz"] = (from_slices(pred), sv.affine)
+    # float32: the metrics score the output as the model made it (the reference scores its float
+    # prediction; whole HU, int16, cost ~0.03 dB of PSNR at a denoiser's error level)
+    write_niftis(volumes, dtype=np.float32)
 
 
 def segment_ndct(nifti_dir: str, subjects: list[str], segmenter: str, out_dir: str, device: str = "auto") -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import models
-from ldct.errors import MissingFileError
+from ldct.errors import DataError, MissingFileError
 from ldct.hu import from_unit, to_unit
 
 
@@ -30,10 +30,19 @@ def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A model file's dictionary, loaded on the CPU; a clear error when it is missing."""
+    """A model file's dictionary, loaded on the CPU; a clear error when it is missing, cut short,
+    or not a file of tensors (a pickled whole module, a saved web page)."""
     if not Path(path).is_file():
         raise MissingFileError(f"{path}: model file not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises OSError, RuntimeError or UnpicklingError by the damage
+        text = str(err).strip()
+        why = ("it holds more than tensors (a pickled module or another file: save the model's state_dict() "
+               "instead)" if "Weights only load failed" in text else
+               (text.splitlines()[0] if text else type(err).__name__))
+        raise DataError(f"{path}: not a readable weights file (a state dict, or a dictionary with one, saved with "
+                        f"torch.save): {why}") from None
 
 
 def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:

@@ -58,9 +58,12 @@ class Registry:
 
     def arguments(self, name: str) -> list[str] | None:
         """The keyword arguments `name`'s constructor takes; None when it takes any (**kwargs)."""
-        params = inspect.signature(self.get(name)).parameters.values()
+        obj = self.get(name)
+        params = inspect.signature(obj).parameters.values()
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            return None
+            # a class with no __init__ of its own inherits torch's Module(*args, **kwargs): it takes none
+            owner = next((c for c in getattr(obj, "__mro__", ()) if "__init__" in vars(c)), None)
+            return [] if owner is not None and owner.__module__.startswith("torch.") else None
         return [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
     def available(self) -> list[str]:

@@ -157,3 +157,34 @@ def test_ssim_l1_trains_on_the_reference_arithmetic():
     assert torch.equal(loss(x, y), loss.scale * (loss.alpha * (1 - ms) + (1 - loss.alpha) * l1).mean())
     assert set(loss.last_terms) == {"ms_ssim", "l1"}
     assert torch.allclose(sum(loss.last_terms.values()), loss(x, y))
+
+
+def test_a_damaged_or_foreign_weights_file_is_named(tmp_path):
+    """A truncated file, a saved web page and a pickled whole module: one error naming the file
+    (torch's own errors named none, or suggested loading untrusted pickles)."""
+    import torch
+
+    from ldct.errors import DataError
+    from ldct.inference import load_checkpoint
+
+    torch.save({"w": torch.ones(1000)}, tmp_path / "ok.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "ok.pth").read_bytes()[:2000])
+    (tmp_path / "page.pth").write_text("<html>403 Forbidden</html>")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    assert load_checkpoint(tmp_path / "ok.pth")["w"].shape == (1000,)
+    for name, why in (("cut", "not a readable weights file"), ("page", "holds more than tensors"),
+                      ("module", "holds more than tensors")):
+        with pytest.raises(DataError, match=f"{name}.pth: .*{why}") as err:
+            load_checkpoint(tmp_path / f"{name}.pth")
+        assert "weights_only" not in str(err.value)
+
+
+def test_options_are_not_abbreviated(tmp_path, capsys):
+    """`ldct split --val 0.3 ...` was read as --val-as-test with 0.3 a subject, and exited 0."""
+    with pytest.raises(SystemExit) as err:
+        main(["split", "--out", str(tmp_path / "s.json"), "--val", "0.3", "S01", "S02", "S03", "S04"])
+    assert err.value.code == 2 and "unrecognized arguments: --val" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+    with pytest.raises(SystemExit):
+        main(["split", "--out", str(tmp_path / "s.json"), "--threads", "-1", "S01", "S02"])
+    assert "-1 is not a positive integer" in capsys.readouterr().err

@@ -68,6 +68,11 @@ def test_every_schema_key_has_default_and_description():
       "experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"target": "repeat"}}}},
      "experiments.x.train.target"),
     ({"train": {"lr": float("nan")}}, "train.lr"),
+    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1", "weight": 0.5}}}},
+     "experiments.x.loss"),  # l1 has no __init__ of its own: torch's Module(**kwargs) took anything
+    ({"experiments": [{"name": "x", "model": {"name": "redcnn"}, "loss": {"name": "l1"}}]}, "experiments"),
+    ({"train": [1, 2]}, "train"),
+    ({"seed": -1}, "seed"),
     ({"train": {"budget": {"tera_macs": float("inf")}}}, "train.budget.tera_macs"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"lr": float("nan")}}}},
      "experiments.x.train.lr"),
@@ -193,3 +198,21 @@ def test_an_experiment_cannot_set_its_own_budget():
     exp = {"model": {"name": "edcnn"}, "loss": {"name": "l1"}, "train": {"budget": {"evaluations": 4}}}
     with pytest.raises(ConfigError, match="experiments.a.train.budget: the budget is one rule for every experiment"):
         validate_config({"experiments": {"a": exp}})
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path):
+    """Two `train:` sections: YAML keeps the second, so the first's lr was lost; in the workflow
+    too (Snakemake reads the file the same way)."""
+    import subprocess
+    import sys
+
+    from ldct.config import load_config
+
+    f = tmp_path / "twice.yaml"
+    f.write_text("train:\n  lr: 0.001\nseed: 3\ntrain:\n  batch_size: 2\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: key 'train' appears twice .*first on line 1"):
+        load_config(f)
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(root / "Snakefile"),
+                          "--configfile", str(f), "--directory", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode != 0 and "key 'train' appears twice" in res.stdout + res.stderr

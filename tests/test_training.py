@@ -532,6 +532,9 @@ def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, 
     kept = nib.load(str(tmp_path / "den_ok" / "S002.nii.gz"))
     assert kept.get_data_dtype() == np.float32
     assert not np.array_equal(np.asarray(kept.dataobj), np.rint(np.asarray(kept.dataobj)))
+    with pytest.raises(DataError, match="NOPE"):  # a later subject fails: the earlier one is not written either
+        denoise_subjects(str(out / "model.pt"), str(base / "nifti"), ["S002", "NOPE"], str(tmp_path / "den2"), "cpu")
+    assert not (tmp_path / "den2" / "S002.nii.gz").exists()
     ck = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     first = next(iter(ck["state_dict"]))
     ck["state_dict"][first] = torch.full_like(ck["state_dict"][first], float("nan"))
@@ -546,3 +549,15 @@ def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, 
         evaluate_experiment("x", str(base / "nifti"), ["S002"], str(tmp_path / "den"), segmenter=None,
                             out_metrics=str(tmp_path / "m.csv"), out_dice=None, device="cpu")
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_subjects_of_different_matrix_sizes_are_named(tmp_path):
+    """Stacking 64x64 and 48x48 subjects failed in numpy with no subject named."""
+    from ldct.data import stack_subjects
+    from ldct.io import write_nifti
+
+    for subject, n in (("A", 64), ("B", 48)):
+        for name in ("full.nii.gz", "low.nii.gz"):
+            write_nifti(tmp_path / subject / name, np.zeros((n, n, 2)), np.eye(4))
+    with pytest.raises(DataError, match=r"slices differ in size \(A 64x64, B 48x48\)"):
+        stack_subjects(tmp_path, ["A", "B"], with_labels=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 import sys
 
 from ldct.cli import SERIES_KEYS, TABLE_TRAIN_KEYS, section_flags
-from ldct.config import ConfigError, validate_config
+from ldct.config import ConfigError, read_yaml, validate_config
 from ldct.dicom import discover_subjects
 from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.paths import ResultPaths, dose_tag, low_dose_name
@@ -15,6 +15,8 @@ from ldct.splits import make_splits, preset_file
 from ldct.synthetic import subject_ids
 
 try:
+    for _file in workflow.configfiles:  # Snakemake's YAML reading keeps the last of a repeated key
+        read_yaml(_file)
     validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err))
