@@ -69,9 +69,7 @@ def measure(spec: ExperimentSpec, seg_ck: dict, low, full, device, amp: bool, st
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     adversary = Adversary.of(criterion, cfg, use_amp)  # a GAN's discriminator steps are part of its step
-    sampler = PatchSampler(low, full, cfg["patch_size"], cfg["batch_size"], cfg["augment"], cfg["hu_offset"],
-                           tuple(hu_range), torch.Generator().manual_seed(spec.seed), rotation_deg=cfg["rotation_deg"],
-                           crop_prob=cfg["crop_prob"], crop_scale=cfg["crop_scale"])
+    sampler = PatchSampler.from_config(low, full, cfg, hu_range, torch.Generator().manual_seed(spec.seed))
     n = steps or cfg["iters_per_epoch"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

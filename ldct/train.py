@@ -40,30 +40,55 @@ from ldct.provenance import versions
 from ldct.spec import ExperimentSpec
 
 
-class PatchSampler:
-    """Random patches (or full slices when patch_size is null) with paired augmentation:
-    flips, 90-degree rotations and one HU offset shared by input and target; optionally the
-    reference's rotation by any angle up to `rotation_deg` (nearest-neighbour, as torchvision's
-    default, so the noise texture is not smoothed; fill -1024 HU) and random resized crop
-    (a region of `crop_scale` of the area, bilinear, with probability `crop_prob`).
+RRC_RATIO = (3 / 4, 4 / 3)  # the aspect ratios of the reference's RandomResizedCrop
 
-    Three patches in four are centred on head pixels (NDCT above -500 HU), so that training
-    does not spend most steps on the air around the head; the rest anywhere in the slice."""
+
+class PatchSampler:
+    """Random patches (or full slices when patch_size is null) with paired augmentation, one of
+    two styles (`train.augment_style`):
+
+    - "project": flips, 90-degree rotations and one HU offset shared by input and target;
+      optionally a rotation by any angle up to `rotation_deg` about the patch centre
+      (nearest-neighbour, so the noise texture is not smoothed; fill -1024 HU) and a zoom into
+      a centred square of `crop_scale` of the area with probability `crop_prob`. Three patches
+      in four are centred on head pixels (NDCT above -500 HU), so that training does not spend
+      most steps on the air around the head; the rest anywhere in the slice.
+    - "reference": the reference's albumentations 1.2.1 pipeline (loader.py) on the whole slice,
+      in its order: Rotate (probability 0.5, angle uniform in +-rotation_deg about the image
+      centre, bilinear, border reflected about the edge pixels, cv2's BORDER_REFLECT_101),
+      RandomResizedCrop (probability crop_prob, area crop_scale, aspect ratio 3/4-4/3 log-uniform,
+      anywhere in the slice, resized back bilinearly), horizontal and vertical flips (0.5 each),
+      then one HU offset, then a patch anywhere (when patch_size is set). No 90-degree turns, no
+      head-centred patches; slices drawn uniformly (the reference makes shuffled passes)."""
 
     def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,
                  hu_offset: float, hu_range: tuple[float, float], generator: torch.Generator,
-                 rotation_deg: float = 0.0, crop_prob: float = 0.0, crop_scale: tuple[float, float] = (0.5, 1.0)):
+                 rotation_deg: float = 0.0, crop_prob: float = 0.0, crop_scale: tuple[float, float] = (0.5, 1.0),
+                 style: str = "project"):
+        if style not in ("project", "reference"):
+            raise ValueError(f"augmentation style {style!r}: 'project' or 'reference'")
         self.low = torch.from_numpy(low)
         self.full = torch.from_numpy(full)
         h, w = low.shape[1:]
         self.patch = min(patch, h, w) if patch else None
         self.batch, self.augment, self.hu_offset, self.hu_range = batch, augment, hu_offset, hu_range
         self.rotation_deg, self.crop_prob, self.crop_scale = rotation_deg, crop_prob, tuple(crop_scale)
+        self.style = style
         self.g = generator
         head = full > -500.0
-        self.slices = np.flatnonzero(head.any(axis=(1, 2))) if head.any() else np.arange(len(full))
+        self.slices = (np.arange(len(full)) if style == "reference" or not head.any()
+                       else np.flatnonzero(head.any(axis=(1, 2))))
         self.centres = [torch.from_numpy(np.flatnonzero(head[i]) if head[i].any() else np.arange(h * w))
                         for i in range(len(full))]
+
+    @classmethod
+    def from_config(cls, low: np.ndarray, full: np.ndarray, train: dict, hu_range: tuple[float, float],
+                    generator: torch.Generator) -> PatchSampler:
+        """The sampler a `train` section asks for (a key it lacks: no rotation, no crop, project style)."""
+        return cls(low, full, train["patch_size"], train["batch_size"], train["augment"], train["hu_offset"],
+                   tuple(hu_range), generator, rotation_deg=train.get("rotation_deg", 0.0),
+                   crop_prob=train.get("crop_prob", 0.0), crop_scale=train.get("crop_scale", (0.5, 1.0)),
+                   style=train.get("augment_style", "project"))
 
     def _rand(self, n: int = 1) -> torch.Tensor:
         return torch.rand(n, generator=self.g)
@@ -91,9 +116,77 @@ class PatchSampler:
         out = F.grid_sample(pair, grid.expand(2, -1, -1, -1), mode=mode, padding_mode="zeros", align_corners=False)
         return out[0, 0] - 1024.0, out[1, 0] - 1024.0
 
+    def _uniform(self, lo: float, hi: float) -> float:
+        return float(lo + (hi - lo) * self._rand())
+
+    def _randint(self, lo: int, hi: int) -> int:
+        """An integer in [lo, hi], both included (Python's random.randint)."""
+        return lo + int(torch.randint(hi - lo + 1, (1,), generator=self.g))
+
+    def _crop_box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of albumentations 1.2.1's RandomResizedCrop: ten tries at a
+        random area and aspect ratio, else the central crop (the whole of a square slice)."""
+        for _ in range(10):
+            area = self._uniform(*self.crop_scale) * h * w
+            ratio = math.exp(self._uniform(math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])))
+            cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return self._randint(0, h - ch), self._randint(0, w - cw), ch, cw
+        ch, cw = h, w
+        if w / h < RRC_RATIO[0]:
+            ch = int(round(w / RRC_RATIO[0]))
+        elif w / h > RRC_RATIO[1]:
+            cw = int(round(h * RRC_RATIO[1]))
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    @staticmethod
+    def rotate_reflect(pair: torch.Tensor, angle_deg: float) -> torch.Tensor:
+        """(N, 1, H, W) rotated by `angle_deg` about the image centre ((W-1)/2, (H-1)/2), bilinear,
+        the border reflected about the edge pixels: cv2.warpAffine with getRotationMatrix2D and
+        BORDER_REFLECT_101, as albumentations' Rotate does (up to cv2's 1/32-pixel fixed point)."""
+        n, _, h, w = pair.shape
+        a = math.radians(angle_deg)
+        c, s = math.cos(a), math.sin(a)
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")
+        sx = c * (xx - cx) - s * (yy - cy) + cx  # the source of each output pixel (the inverse map)
+        sy = s * (xx - cx) + c * (yy - cy) + cy
+        grid = torch.stack([sx / max(w - 1, 1) * 2 - 1, sy / max(h - 1, 1) * 2 - 1], dim=-1).float()[None]
+        # align_corners=True puts -1 and 1 on the edge pixels' centres: reflection about them is reflect-101
+        return F.grid_sample(pair, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="reflection",
+                             align_corners=True)
+
+    def _reference_pair(self, lo: torch.Tensor, fu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One slice pair through the reference's augmentation (the class doc), then its patch."""
+        h, w = lo.shape
+        pair = torch.stack([lo, fu])[:, None].float()
+        if self.augment:
+            if self.rotation_deg > 0 and self._rand() < 0.5:
+                pair = self.rotate_reflect(pair, self._uniform(-self.rotation_deg, self.rotation_deg))
+            if self.crop_prob > 0 and self._rand() < self.crop_prob:
+                top, left, ch, cw = self._crop_box(h, w)
+                pair = F.interpolate(pair[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                                     align_corners=False)
+            if self._rand() < 0.5:
+                pair = pair.flip(-1)
+            if self._rand() < 0.5:
+                pair = pair.flip(-2)
+            if self.hu_offset:
+                pair = pair + self._uniform(-self.hu_offset, self.hu_offset)
+        if self.patch:  # numpy's randint(0, h - patch): the last position is never drawn
+            top = self._randint(0, max(h - self.patch - 1, 0))
+            left = self._randint(0, max(w - self.patch - 1, 0))
+            pair = pair[..., top:top + self.patch, left:left + self.patch]
+        return pair[0, 0], pair[1, 0]
+
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         _, h, w = self.low.shape
         pick = torch.randint(len(self.slices), (self.batch,), generator=self.g)
+        if self.style == "reference":
+            pairs = [self._reference_pair(self.low[i], self.full[i]) for i in self.slices[pick.numpy()].tolist()]
+            return (to_input(torch.stack([p[0] for p in pairs]), self.hu_range).float(),
+                    to_input(torch.stack([p[1] for p in pairs]), self.hu_range).float())
         xs, ys = [], []
         warp = self.augment and (self.rotation_deg > 0 or self.crop_prob > 0)
         for i in self.slices[pick.numpy()].tolist():
@@ -269,10 +362,7 @@ class _Run:
         engine.prepare(spec.seed, self.device)
         net, criterion, model_spec = build_experiment(spec, self.seg_ck, self.device)
         gen = torch.Generator().manual_seed(spec.seed)
-        sampler = PatchSampler(self.data["low"], self.data["full"], cfg["patch_size"], cfg["batch_size"],
-                               cfg["augment"], cfg["hu_offset"], tuple(spec.hu_range), gen,
-                               rotation_deg=cfg.get("rotation_deg", 0.0), crop_prob=cfg.get("crop_prob", 0.0),
-                               crop_scale=cfg.get("crop_scale", (0.5, 1.0)))
+        sampler = PatchSampler.from_config(self.data["low"], self.data["full"], cfg, spec.hu_range, gen)
         key = engine.settings_hash({"spec": spec.to_json(), **self.splits, "inputs": self.inputs})
         task = engine.Task(net, criterion, sampler.sample, self.validate, score="val_mse_head")
         result = engine.fit(task, cfg, device=self.device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,

@@ -206,8 +206,53 @@ def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validatio
     assert not (tmp_path / "c.pt").exists()
 
 
+def test_reference_style_augmentation_is_the_references_pipeline():
+    """augment_style 'reference' re-states albumentations 1.2.1's Rotate(limit=90, p=0.5; bilinear,
+    BORDER_REFLECT_101), RandomResizedCrop(scale, ratio 3/4-4/3, p=0.5) and the two flips:
+    checked against an independent bilinear warp (scipy, mode 'mirror' = reflect-101), an exact
+    quarter turn, and the rates at which each step happens."""
+    from scipy.ndimage import map_coordinates
+
+    from ldct.hu import from_unit
+    from ldct.train import RRC_RATIO, PatchSampler
+
+    g = np.random.default_rng(0)
+    img = g.normal(0, 100, (40, 36))
+    for angle in (33.0, -71.5):
+        got = PatchSampler.rotate_reflect(torch.from_numpy(img)[None, None].float(), angle)[0, 0].double().numpy()
+        a, (h, w) = np.radians(angle), img.shape
+        yy, xx = np.mgrid[:h, :w].astype(float)
+        cy, cx = (h - 1) / 2, (w - 1) / 2  # cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), angle)
+        sx = np.cos(a) * (xx - cx) - np.sin(a) * (yy - cy) + cx
+        sy = np.sin(a) * (xx - cx) + np.cos(a) * (yy - cy) + cy
+        assert np.abs(got - map_coordinates(img, [sy, sx], order=1, mode="mirror")).max() < 1e-3
+    sq = torch.from_numpy(img[:36, :36]).float()[None, None]
+    assert torch.allclose(PatchSampler.rotate_reflect(sq, 90.0), torch.rot90(sq, 1, (-2, -1)), atol=1e-3)
+
+    full = g.normal(30, 20, (2, 32, 32)).astype(np.float32)
+    low = full + 40.0
+    s = PatchSampler(low, full, None, 1, True, 0.0, (-1024.0, 3072.0), torch.Generator().manual_seed(4),
+                     rotation_deg=90.0, crop_prob=0.5, crop_scale=(0.5, 1.0), style="reference")
+    plain = 0
+    for _ in range(400):
+        x, y = (from_unit(t, -1024.0, 3072.0)[0, 0] for t in s.sample())
+        assert torch.allclose(x - y, torch.full_like(x, 40.0), atol=1e-2)  # one warp for the pair
+        src = [torch.from_numpy(f) for f in full]
+        plain += any(torch.allclose(y, v, atol=1e-3) for f in src for v in (f, f.flip(-1), f.flip(-2), f.flip(-1).flip(-2)))
+    assert 0.17 < plain / 400 < 0.33  # neither rotated (1/2) nor cropped (1/2): a quarter, only flipped
+    boxes = [s._crop_box(64, 48) for _ in range(2000)]
+    area = np.array([b[2] * b[3] for b in boxes]) / (64 * 48)
+    ratio = np.array([b[3] / b[2] for b in boxes])
+    assert area.min() > 0.47 and area.max() <= 1.0 and ratio.min() > RRC_RATIO[0] * 0.95 and ratio.max() < RRC_RATIO[1] * 1.05
+    assert all(0 <= t <= 64 - ch and 0 <= left <= 48 - cw for t, left, ch, cw in boxes)
+    assert len({b[:2] for b in boxes}) > 100  # anywhere in the slice, not centred
+    patches = PatchSampler(low, full, 16, 3, False, 0.0, (-1024.0, 3072.0), torch.Generator().manual_seed(5),
+                           style="reference")
+    assert patches.sample()[0].shape == (3, 1, 16, 16)
+
+
 def test_rotation_and_resized_crop_keep_input_and_target_aligned():
-    """The reference augmentations transform input and target with one warp: a pair that differs
+    """The project-style augmentations transform input and target with one warp: a pair that differs
     by a constant stays exactly that constant apart under nearest rotation, and regions outside
     the slice are filled with -1024 HU."""
     import numpy as np
