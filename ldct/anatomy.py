@@ -98,7 +98,13 @@ def save_segmenter(path: str | Path, net: torch.nn.Module, source: str, **meta) 
     the package versions that wrote it."""
     with atomic_path(path) as tmp:
         torch.save({"state_dict": net.state_dict(), "base_width": net.conv1A.out_channels, "norm": net.norm,
-                    "num_classes": NUM_CLASSES, "source": source, "versions": versions(), **meta}, tmp)
+                    "turns": net.turns, "num_classes": NUM_CLASSES, "source": source, "versions": versions(), **meta}, tmp)
+
+
+def _turns(cfg: dict) -> int:
+    from models.unet import ORIENTATION_TURNS
+
+    return ORIENTATION_TURNS[cfg.get("orientation", "display")]
 
 
 def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
@@ -114,7 +120,10 @@ def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
         if got != (width, norm):
             raise ConfigError(f"{path}: holds a U-Net with base_width {got[0]} and norm {got[1]!r}, but the config "
                              f"says segmenter.base_width={width}, segmenter.norm={norm!r}; make them agree")
-    net = models.build("unet", num_classes=NUM_CLASSES, base_width=width, norm=norm)
+        if obj.get("turns", _turns(cfg)) != _turns(cfg):
+            raise ConfigError(f"{path}: holds a U-Net that sees slices turned {obj['turns']} time(s), but the config "
+                             f"says segmenter.orientation={cfg.get('orientation', 'display')!r}; make them agree")
+    net = models.build("unet", num_classes=NUM_CLASSES, base_width=width, norm=norm, turns=_turns(cfg))
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -155,7 +164,8 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     if "labels" not in tr or "labels" not in va:
         raise DataError(f"{nifti_dir}: no labels.nii.gz for the training/validation subjects; "
                         "set segmenter.weights to a pre-trained model instead")
-    net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"], norm=cfg["norm"])
+    net = models.build("unet", num_classes=NUM_CLASSES, base_width=cfg["base_width"], norm=cfg["norm"],
+                       turns=_turns(cfg))
     if cfg["norm"] == "channel":
         init_hu_thresholds(net)
     net = net.to(device)

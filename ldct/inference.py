@@ -24,7 +24,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def segmenter_from_checkpoint(ck: dict, device: torch.device) -> torch.nn.Module:
     """The frozen U-Net from a segmenter.pt dictionary (ldct.anatomy.save_segmenter)."""
     net = models.build("unet", num_classes=ck["num_classes"], base_width=ck["base_width"],
-                       norm=ck.get("norm", "channel"))
+                       norm=ck.get("norm", "channel"), turns=ck.get("turns", 0))
     net.load_state_dict(ck["state_dict"])
     return net.to(device).eval()
 

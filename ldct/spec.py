@@ -20,7 +20,7 @@ from ldct.config import experiment_train
 from ldct.errors import ConfigError
 
 # Constructor arguments the engine supplies; a config that sets one is refused.
-INJECTED = {"model": ("hu_range", "seg_width", "seg_norm"), "loss": ("hu_range", "segmenter")}
+INJECTED = {"model": ("hu_range", "seg_width", "seg_norm", "seg_turns"), "loss": ("hu_range", "segmenter")}
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ class ExperimentSpec:
 
         name, saved = self.model["name"], dict(self.model)
         if models.needs_segmenter(name):
-            saved.update(seg_width=seg_ck["base_width"], seg_norm=seg_ck.get("norm", "channel"))
+            saved.update(seg_width=seg_ck["base_width"], seg_norm=seg_ck.get("norm", "channel"),
+                         seg_turns=seg_ck.get("turns", 0))
         if "hu_range" in (models.REGISTRY.arguments(name) or []):
             saved["hu_range"] = list(self.hu_range)
         net = models.build(name, **{k: v for k, v in saved.items() if k != "name"})

@@ -42,15 +42,15 @@ class SemanticFusion(nn.Module):
 @register("sgdnet")
 class SGDNet(nn.Module):
     """(N, 1, H, W) -> (N, 1, H, W). Needs the segmenter: the training engine loads its
-    weights into `self.segmenter` (`needs_segmenter = True`) and sets `seg_width`, `seg_norm`
-    and `hu_range` (the U-Net reads the input converted back to HU)."""
+    weights into `self.segmenter` (`needs_segmenter = True`) and sets `seg_width`, `seg_norm`,
+    `seg_turns` (its orientation) and `hu_range` (the U-Net reads the input converted back to HU)."""
 
     needs_segmenter = True
 
     def __init__(self, width: int = 32, seg_width: int = 64, seg_norm: str = "channel",
-                 hu_range: tuple[float, float] = (-1024.0, 3072.0)):
+                 hu_range: tuple[float, float] = (-1024.0, 3072.0), seg_turns: int = 0):
         super().__init__()
-        self.segmenter = HeadCTUNet(NUM_CLASSES, seg_width, seg_norm)
+        self.segmenter = HeadCTUNet(NUM_CLASSES, seg_width, seg_norm, seg_turns)
         for p in self.segmenter.parameters():
             p.requires_grad_(False)
         self.hu_range = tuple(hu_range)

@@ -53,6 +53,12 @@ class ChannelInstanceNorm(nn.Module):
 
 NORMS = {"channel": ChannelLayerNorm, "instance": ChannelInstanceNorm}
 
+# segmenter.orientation -> quarter turns clockwise of a displayed slice (rows x columns as the
+# DICOM shows them) before the U-Net: a dcm2niix NIfTI's raw slice is the display turned once
+# (its first axis toward the patient's left, its second toward anterior: LAS), the layout the
+# published network was trained on
+ORIENTATION_TURNS = {"display": 0, "dcm2niix": 1}
+
 
 @register("unet")
 class HeadCTUNet(nn.Module):
@@ -63,13 +69,16 @@ class HeadCTUNet(nn.Module):
     """
 
     is_denoiser = False  # a segmenter: excluded from the denoiser experiments and tests
-    reference_settings = {"base_width": 64, "norm": "channel"}
+    # the published network; `orientation` is the segmenter section's key (turns = ORIENTATION_TURNS of it)
+    reference_settings = {"base_width": 64, "norm": "channel", "orientation": "dcm2niix"}
 
-    def __init__(self, num_classes: int = NUM_CLASSES, base_width: int = 64, norm: str = "channel"):
+    def __init__(self, num_classes: int = NUM_CLASSES, base_width: int = 64, norm: str = "channel",
+                 turns: int = 0):
         super().__init__()
         if norm not in NORMS:
             raise ConfigError(f"unknown U-Net norm {norm!r}; choose one of {sorted(NORMS)}")
         self.norm = norm
+        self.turns = int(turns) % 4  # quarter turns clockwise of each slice before the network (ORIENTATION_TURNS)
         w = [base_width * 2**i for i in range(5)]
         self._norm_index = 0
         enc_in = [1, w[0], w[1], w[2], w[3]]
@@ -90,6 +99,15 @@ class HeadCTUNet(nn.Module):
         return getattr(self, "layer_normalization" + ("" if k == 0 else f"_{k}"))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
+        if self.turns:  # the network sees the slice turned; what it returns is turned back
+            logits, feats = self._forward(torch.rot90(x, -self.turns, (-2, -1)))
+            logits = torch.rot90(logits, self.turns, (-2, -1))
+            feats = [torch.rot90(f, self.turns, (-2, -1)) for f in feats] if return_features else feats
+        else:
+            logits, feats = self._forward(x)
+        return (logits, feats) if return_features else logits
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h, w = x.shape[-2:]
         ph, pw = (-h) % 16, (-w) % 16
         if ph or pw:
@@ -113,5 +131,4 @@ class HeadCTUNet(nn.Module):
                 out = F.relu(self._norm(k)(getattr(self, f"conv{i}{part}")(out)))
                 k += 1
             feats.append(out[..., :h * out.shape[-2] // x.shape[-2], :w * out.shape[-1] // x.shape[-1]])
-        logits = self.conv10(out)[..., :h, :w]
-        return (logits, feats) if return_features else logits
+        return self.conv10(out)[..., :h, :w], feats

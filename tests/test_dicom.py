@@ -451,3 +451,21 @@ def test_slice_positions_pair_within_a_tolerance_and_without_gaps(synthetic_subj
     shifted = type(low)(low.data, aff_s, pos + 1e-6, lo.meta)
     with pytest.raises(DicomError, match=r"S001: full- and low-dose series differ in position by 1.000 mm"):
         pair_volumes(f, shifted, "S001")
+
+
+@pytest.mark.skipif(dcm2niix_bin() is None, reason="dcm2niix not installed (pip install dcm2niix)")
+def test_the_dcm2niix_orientation_is_the_layout_dcm2niix_stores(synthetic_subject, tmp_path):
+    """segmenter.orientation dcm2niix turns the project's displayed slice as a raw slice of a
+    dcm2niix NIfTI lies (get_fdata()[:, :, k], what the reference's loader feeds the U-Net)."""
+    import torch
+
+    from ldct.data import to_slices
+    from models.unet import ORIENTATION_TURNS
+
+    subprocess.run([dcm2niix_bin(), "-z", "y", "-f", "x", "-o", str(tmp_path), str(series_dir(synthetic_subject["dicom"], "Full Dose"))],
+                   check=True, capture_output=True)
+    raw = np.asarray(nib.load(str(tmp_path / "x.nii.gz")).dataobj, dtype=np.float32)
+    assert nib.aff2axcodes(nib.load(str(tmp_path / "x.nii.gz")).affine) == ("L", "A", "S")  # HeadCTSegmentation's layout
+    shown = to_slices(np.asarray(nib.load(str(synthetic_subject["nifti"] / "full.nii.gz")).dataobj, dtype=np.float32))
+    turned = torch.rot90(torch.from_numpy(shown), -ORIENTATION_TURNS["dcm2niix"], (-2, -1)).numpy()
+    assert np.array_equal(turned, np.moveaxis(raw, 2, 0))

@@ -36,3 +36,37 @@ def test_shipped_segmenter_segments_an_unseen_synthetic_subject():
     dice = dice_per_class(segment(net, ndct, torch.device("cpu")), ph["labels"])
     assert np.nanmean(dice[1:]) >= 0.7, np.round(dice, 2)
     assert dice[1] > 0.85 and dice[10] > 0.6  # brain parenchyma, ventricles
+
+
+def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layout(tmp_path):
+    """orientation dcm2niix: the U-Net sees each slice turned a quarter clockwise (the published
+    network's layout); its logits and features come back in the slice's own layout. The turn
+    travels in segmenter.pt, and weights saved with another orientation are refused."""
+    import models
+    from ldct.anatomy import save_segmenter
+    from ldct.errors import ConfigError
+    from ldct.inference import load_segmenter
+
+    torch.manual_seed(0)
+    plain = models.build("unet", base_width=4, norm="instance")
+    turned = models.build("unet", base_width=4, norm="instance", turns=1)
+    turned.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 32, 48)
+    lp, fp = plain(torch.rot90(x, -1, (-2, -1)), return_features=True)
+    lt, ft = turned(x, return_features=True)
+    assert lt.shape == (2, 17, 32, 48) and torch.allclose(torch.rot90(lp, 1, (-2, -1)), lt, atol=1e-5)
+    assert all(torch.allclose(torch.rot90(a, 1, (-2, -1)), b, atol=1e-5) for a, b in zip(fp, ft))
+    save_segmenter(tmp_path / "seg.pt", turned, "test")
+    assert load_segmenter(tmp_path / "seg.pt", torch.device("cpu")).turns == 1
+    cfg = {"base_width": 4, "norm": "instance"}
+    assert load_weights(tmp_path / "seg.pt", {**cfg, "orientation": "dcm2niix"}).turns == 1
+    with pytest.raises(ConfigError, match="sees slices turned 1 time.*segmenter.orientation='display'"):
+        load_weights(tmp_path / "seg.pt", {**cfg, "orientation": "display"})
+    # SGDNet's own copy of the U-Net takes the turn from segmenter.pt, and model.pt records it
+    from ldct.config import validate_config
+    from ldct.spec import ExperimentSpec
+
+    cfg = validate_config({"segmenter": cfg, "experiments": {"s": {"model": {"name": "sgdnet", "width": 4},
+                                                                   "loss": {"name": "l1"}}}})
+    net, saved = ExperimentSpec.from_config(cfg, "s", resolve=False).build_model(torch.load(tmp_path / "seg.pt"))
+    assert net.segmenter.turns == 1 and saved["seg_turns"] == 1
