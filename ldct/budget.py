@@ -21,6 +21,41 @@ import math
 OWN_STEPS = ("converged", "fixed")
 
 
+def _probe(name: str, kwargs: dict, size: int):
+    """Model `name` built with `kwargs`, checked as the workflow needs it before any job runs:
+    it builds, has something to train (or is calibrated), and maps a (1, 1, size, size) input
+    to that shape (run on the meta device: no computation). A ConfigError says what is wrong."""
+    import copy
+
+    import torch
+
+    import models
+    from ldct.errors import ConfigError
+
+    try:
+        net = models.build(name, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {type(err).__name__}: {err}") from None
+    calibrated = getattr(models.REGISTRY.get(name), "calibrated", False)
+    if not calibrated and not any(p.requires_grad for p in net.parameters()):
+        raise ConfigError(f"model {name!r} has no trainable parameters: a method with nothing to learn is a "
+                          "calibrated row (set `calibrated = True` on its class, as models/bm3d.py does)")
+    if calibrated:
+        return net
+    try:
+        with torch.no_grad():
+            out = copy.deepcopy(net).to("meta").eval()(torch.zeros(1, 1, size, size, device="meta"))
+    except Exception as err:
+        raise ConfigError(f"model {name!r} fails on a (1, 1, {size}, {size}) input: {type(err).__name__}: {err}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 1, size, size):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {name!r} returns {got} for a (1, 1, {size}, {size}) input; a denoiser returns "
+                          "one image of its input's shape (README: Add a baseline)")
+    return net
+
+
 @functools.lru_cache(maxsize=None)
 def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> tuple[float, float]:
     import models
@@ -31,7 +66,7 @@ def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> tuple[float, f
     if models.needs_segmenter(name):
         seg = json.loads(seg_json)
         kwargs.update(seg_width=seg["base_width"], seg_norm=seg["norm"])
-    net = models.build(name, **kwargs)
+    net = _probe(name, kwargs, size)
     if not getattr(net, "countable", True):  # calibrated, not trained (BM3D): no training compute
         return 0.0, 0.0
     total, frozen = count_macs(net, size, frozen=True)

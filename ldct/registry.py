@@ -97,9 +97,15 @@ def source_files(*objs: Callable[..., Any]) -> list[str]:
             continue
         found[name] = spec.origin
         todo.append(name.split(".")[0])  # the package's __init__.py
+        package = name if spec.origin.endswith("__init__.py") else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if isinstance(node, ast.ImportFrom):
+                # `from ._blocks import x` (level 1) is models._blocks: resolved against the package
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(x for x in (base, node.module) if x)
+                if not module:
+                    continue
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:

@@ -46,7 +46,10 @@ class ExperimentSpec:
         slice_size = config["synthetic"]["matrix"] if config["dataset"]["source"] == "synthetic" else 512
         train, spent = experiment_train(config, name), {}
         if resolve:
-            train, spent = budget.resolve(train, exp["model"], config["segmenter"], slice_size)
+            try:
+                train, spent = budget.resolve(train, exp["model"], config["segmenter"], slice_size)
+            except ConfigError as err:
+                raise ConfigError(f"config error at experiments.{name}.model: {err}") from None
         return cls(name=name, model=dict(exp["model"]), loss=dict(exp["loss"]), train=train, seed=config["seed"],
                    hu_range=(float(norm["hu_min"]), float(norm["hu_max"])), budget=spent)
 

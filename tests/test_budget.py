@@ -261,3 +261,48 @@ def test_the_caption_lists_the_settings_experiments_set_for_themselves():
     own = {"gaussian_l1": {"epochs": 5, "lr": 0.01}, "a": {}, "b": {"lr_sweep": {"fraction": 0.5}}}
     assert budget.own_settings_note(own) == "Set per experiment: gaussian_l1: epochs 5, lr 0.01; b: lr_sweep.fraction 0.5."
     assert budget.own_settings_note({"a": {}}) == budget.own_settings_note(None) == ""
+
+
+@pytest.mark.parametrize("body, message", [
+    ("return torch.cat([x, x], 1)", r"returns \(1, 2, 32, 32\) for a \(1, 1, 32, 32\) input"),
+    ("return self.conv(x)[..., 2:-2, 2:-2]", r"returns \(1, 1, 28, 28\)"),
+    ("return self.conv(x).squeeze(1)", r"returns \(1, 32, 32\)"),
+    ("return self.conv(x, y)", "fails on a \\(1, 1, 32, 32\\) input: NameError"),
+])
+def test_a_baseline_that_breaks_the_model_contract_stops_the_plan(body, message):
+    """A model returning another shape ran end to end (training broadcast the target, inference
+    kept channel 0) or failed inside a job naming nothing: the planner's probe names it."""
+    from torch import nn
+
+    import models
+
+    name = f"broken{abs(hash(body)) % 10**6}"
+    ns = {"nn": nn, "torch": torch}
+    exec("class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+         "        self.conv = nn.Conv2d(1, 1, 3, padding=1)\n    def forward(self, x):\n        " + body, ns)
+    models.REGISTRY._items[name] = ns["Net"]
+    try:
+        cfg = validate_config({"train": {"patch_size": 32},
+                               "experiments": {"b_l1": {"model": {"name": name}, "loss": {"name": "l1"}}}})
+        with pytest.raises(ConfigError, match=f"config error at experiments.b_l1.model: model '{name}' {message}"):
+            ExperimentSpec.from_config(cfg, "b_l1")
+    finally:
+        del models.REGISTRY._items[name]
+
+
+def test_a_baseline_with_nothing_to_train_is_told_to_be_calibrated():
+    from torch import nn
+
+    import models
+
+    class Blank(nn.Module):
+        def forward(self, x):
+            return x
+
+    models.REGISTRY._items["blank_probe"] = Blank
+    try:
+        cfg = validate_config({"experiments": {"b": {"model": {"name": "blank_probe"}, "loss": {"name": "l1"}}}})
+        with pytest.raises(ConfigError, match="no trainable parameters.*calibrated = True"):
+            ExperimentSpec.from_config(cfg, "b")
+    finally:
+        del models.REGISTRY._items["blank_probe"]

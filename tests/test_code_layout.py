@@ -53,3 +53,23 @@ def test_a_training_job_depends_on_its_own_model_and_loss_code_only():
     assert rel("featkpn_ana") == {"models/__init__.py", "models/featkpn.py", "models/_blocks.py", "models/_kernel_ops.py",
                                   "models/unet.py", "losses/__init__.py", "losses/anatomical.py"}
     assert rel("edcnn_l1") == {"models/__init__.py", "models/edcnn.py", "losses/__init__.py", "losses/pixel.py"}
+
+
+def test_a_relative_import_of_a_shared_helper_counts_as_the_models_code(tmp_path, monkeypatch):
+    """`from ._blocks import ...` was skipped (only absolute imports were followed): editing the
+    helper retrained nothing."""
+    import importlib
+    import sys
+
+    from ldct.registry import source_files
+
+    pkg = tmp_path / "models"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_helper.py").write_text("X = 1\n")
+    (pkg / "net.py").write_text("from ._helper import X\nfrom . import _helper\n\n\nclass Net:\n    pass\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)] + sys.path)
+    for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
+        monkeypatch.delitem(sys.modules, name)
+    net = importlib.import_module("models.net").Net
+    assert {Path(p).name for p in source_files(net)} == {"__init__.py", "_helper.py", "net.py"}

@@ -66,7 +66,10 @@ SUBJECTS = find_subjects()
 SPLITS = make_splits(SUBJECTS, config["split"], config["seed"])
 EXPERIMENTS = list(config["experiments"])
 # One ExperimentSpec per experiment: what `ldct train --spec` receives (ldct/spec.py).
-SPECS = {e: ExperimentSpec.from_config(config, e) for e in EXPERIMENTS}
+try:  # builds and probes every model on the meta device (ldct.budget): a broken baseline stops here
+    SPECS = {e: ExperimentSpec.from_config(config, e) for e in EXPERIMENTS}
+except ConfigError as err:
+    raise WorkflowError(str(err))
 ROWS = [LDCT] + EXPERIMENTS
 # Models trained with and without the anatomical loss (<model>_ana and <model>_l1): the paper's claim.
 ANA_PAIRS = [e for e in EXPERIMENTS if e.endswith("_ana") and e[:-4] + "_l1" in EXPERIMENTS]
