@@ -48,7 +48,6 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.slow
 def test_same_seed_same_history_and_weights(dataset, tmp_path):
     h1, o1 = train(dataset, "a", tmp_path)
     h2, o2 = train(dataset, "b", tmp_path)
@@ -58,7 +57,6 @@ def test_same_seed_same_history_and_weights(dataset, tmp_path):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     _, full = train(dataset, "full", tmp_path)
     ck = tmp_path / "resume_ck"
@@ -70,7 +68,6 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-@pytest.mark.slow
 def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     ck = tmp_path / "ck"
     train(dataset, "x", tmp_path, ck=ck, stop_after_epochs=1)
@@ -81,7 +78,6 @@ def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     assert list(hist["epoch"]) == [1, 2, 3]
 
 
-@pytest.mark.slow
 def test_remade_data_start_fresh(dataset, tmp_path, capfd):
     """Same settings, other training data (e.g. the dataset was resynthesized): the finished
     checkpoint of the old data is not reused as the new model."""
@@ -100,7 +96,6 @@ def test_remade_data_start_fresh(dataset, tmp_path, capfd):
                                                       weights(tmp_path / "y" / "model.pt").values()))
 
 
-@pytest.mark.slow
 def test_model_file_holds_the_best_validation_epoch(dataset, tmp_path, monkeypatch):
     """model.pt is the epoch with the lowest [0, 80] HU validation MSE, not the last one."""
     import ldct.train
@@ -127,7 +122,6 @@ def test_model_file_holds_the_best_validation_epoch(dataset, tmp_path, monkeypat
     assert not all(torch.equal(saved["state_dict"][k], last3[k]) for k in last3)
 
 
-@pytest.mark.slow
 def test_training_log_shows_threads_and_progress(dataset, tmp_path, capfd):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what `ldct train --threads 1` (Snakemake's {threads}) sets
@@ -141,7 +135,6 @@ def test_training_log_shows_threads_and_progress(dataset, tmp_path, capfd):
         assert f"epoch {epoch}/3: 100%" in err and f"epoch {epoch}: loss" in err
 
 
-@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
     bad = json.loads(json.dumps(EXPERIMENT))
     bad["train"]["lr"] = 1e30
@@ -409,7 +402,6 @@ def test_exponential_schedule_is_torchs_with_the_linear_warm_up():
             ref.step()
 
 
-@pytest.mark.slow
 def test_each_loss_term_is_logged(dataset, tmp_path):
     weighted = json.loads(json.dumps(EXPERIMENT))
     weighted["loss"] = {"name": "l1_weighted"}
@@ -482,7 +474,6 @@ def test_noise2noise_targets_are_the_repeat_scan_and_never_ndct(dataset, tmp_pat
         load_training_data(str(lonely), splits, None, target="repeat")
 
 
-@pytest.mark.slow
 def test_noise2noise_trains_without_ndct(dataset, tmp_path):
     n2n = json.loads(json.dumps(EXPERIMENT))
     n2n["train"].update(target="repeat", epochs=1)
