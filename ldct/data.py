@@ -44,6 +44,8 @@ def load_subject(nifti_dir: str | Path, subject: str, with_labels: bool = True, 
     d = Path(nifti_dir) / subject
     low, aff = read_nifti(d / low_name)
     full, full_aff = read_nifti(d / "full.nii.gz")
+    if full.ndim != 3:
+        raise DataError(f"{d / 'full.nii.gz'}: a {full.ndim}-D volume {full.shape}; a CT volume is 3-D (columns, rows, slices)")
 
     def like_full(name: str, arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """A volume of the subject checked against full.nii.gz (same grid, finite), as slices."""

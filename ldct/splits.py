@@ -70,6 +70,9 @@ def load_preset(name: str) -> dict[str, list[str]]:
 
 def make_splits(subjects: list[str], cfg: dict, seed: int) -> dict[str, list[str]]:
     """Build the split from the `split` config section for the subjects found on disk."""
+    twice = sorted({s for s in subjects if list(subjects).count(s) > 1})
+    if twice:
+        raise SplitError(f"subject(s) named more than once: {', '.join(twice)}")
     subjects = sorted(subjects)
     if cfg["method"] == "preset":
         if not cfg.get("preset"):

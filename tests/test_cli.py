@@ -95,6 +95,11 @@ def test_bad_nifti_input_is_named(tmp_path):
     from ldct.io import write_nifti
 
     d = tmp_path / "S1"
+    write_nifti(d / "full.nii.gz", np.zeros((8, 8, 2, 2)), np.eye(4))
+    write_nifti(d / "low.nii.gz", np.zeros((8, 8, 2, 2)), np.eye(4))
+    with pytest.raises(DataError, match=r"S1/full.nii.gz: a 4-D volume \(8, 8, 2, 2\)"):
+        load_subject(tmp_path, "S1")
+    (d / "low.nii.gz").unlink()
     vol = np.zeros((8, 8, 2))
     write_nifti(d / "full.nii.gz", vol, np.eye(4))
     with pytest.raises(MissingFileError, match="S1/low.nii.gz: NIfTI file not found"):

@@ -29,6 +29,8 @@ def test_random_split_is_seeded_and_disjoint():
     assert not (set(a["train"]) & set(a["val"])) and not (set(a["train"]) & set(a["test"]))
     assert sorted(a["train"] + a["val"] + a["test"]) == subjects
     assert (len(a["train"]), len(a["val"]), len(a["test"])) == (12, 4, 4)
+    with pytest.raises(SplitError, match="named more than once: S001"):  # was "in both train and val"
+        make_splits(subjects + ["S001"], RANDOM, 1)
 
 
 def test_missing_subjects_are_listed():
