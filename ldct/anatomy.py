@@ -114,6 +114,11 @@ def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
     obj = load_checkpoint(path)
     width, norm = cfg["base_width"], cfg["norm"]
     state = obj
+    for key in ("model_state_dict", "model"):  # common training-script wrappers of a state dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and "state_dict" not in obj:
+            state = obj = obj[key]
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = obj = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel
     if isinstance(obj, dict) and "state_dict" in obj:
         state = obj["state_dict"]
         got = (obj.get("base_width", width), obj.get("norm", norm))
@@ -124,6 +129,15 @@ def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
             raise ConfigError(f"{path}: holds a U-Net that sees slices turned {obj['turns']} time(s), but the config "
                              f"says segmenter.orientation={cfg.get('orientation', 'display')!r}; make them agree")
     net = models.build("unet", num_classes=NUM_CLASSES, base_width=width, norm=norm, turns=_turns(cfg))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path}: not a state dict (parameter name -> tensor) of the U-Net; found "
+                          f"{type(state).__name__} with keys {list(state)[:5] if isinstance(state, dict) else '-'}")
+    ours = net.state_dict()
+    missing, extra = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    if missing or extra:
+        raise ConfigError(f"{path}: its parameter names are not the U-Net's (models/unet.py, the reference's "
+                          f"names): {len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unexpected "
+                          f"(e.g. {extra[:3]})")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -80,7 +80,12 @@ def make_splits(subjects: list[str], cfg: dict, seed: int) -> dict[str, list[str
         split = load_preset(cfg["preset"])
         missing = sorted({s for part in split.values() for s in part} - set(subjects))
         if missing:
-            raise SplitError(f"split preset {cfg['preset']!r} names subjects missing on disk: {', '.join(missing)}")
+            named = {s for part in split.values() for s in part}
+            found = (f"; found {len(subjects)} subject folder(s) instead ({', '.join(subjects[:5])}"
+                     f"{', ...' if len(subjects) > 5 else ''}): is dataset.dicom_root the folder that holds the "
+                     "case folders?" if len(missing) == len(named) else "")
+            raise SplitError(f"split preset {cfg['preset']!r} names subjects missing on disk: {', '.join(missing)}"
+                             + found)
         if cfg["val_as_test"] and split.get("test") and set(split["test"]) != set(split["val"]):
             raise SplitError(f"split preset {cfg['preset']!r} has its own test subjects, which split.val_as_test "
                              "would replace by its validation subjects; set split.val_as_test: false")

@@ -70,3 +70,22 @@ def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layo
                                                                    "loss": {"name": "l1"}}}})
     net, saved = ExperimentSpec.from_config(cfg, "s", resolve=False).build_model(torch.load(tmp_path / "seg.pt"))
     assert net.segmenter.turns == 1 and saved["seg_turns"] == 1
+
+
+def test_given_weights_in_common_wrappers_load(tmp_path):
+    """A state dict saved inside {'model_state_dict': ...} or from DataParallel ('module.' names)
+    loads; names that are not the U-Net's are listed (the message blamed base_width before)."""
+    import models
+    from ldct.errors import ConfigError
+
+    net = models.build("unet", base_width=4, norm="instance")
+    cfg = {"base_width": 4, "norm": "instance"}
+    state = net.state_dict()
+    torch.save({"model_state_dict": state, "epoch": 3}, tmp_path / "wrapped.pth")
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "parallel.pth")
+    for name in ("wrapped", "parallel"):
+        loaded = load_weights(tmp_path / f"{name}.pth", cfg)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    torch.save({("enc." + k): v for k, v in state.items()}, tmp_path / "renamed.pth")
+    with pytest.raises(ConfigError, match=r"renamed.pth: its parameter names are not the U-Net's .* missing"):
+        load_weights(tmp_path / "renamed.pth", cfg)

@@ -36,6 +36,9 @@ def test_random_split_is_seeded_and_disjoint():
 def test_missing_subjects_are_listed():
     with pytest.raises(SplitError, match="N005.*N012|N012.*N005"):
         make_splits(["N090"], {**RANDOM, "method": "preset", "preset": "featkpn"}, 0)
+    # none found: a dicom_root one level off; say what was found there
+    with pytest.raises(SplitError, match=r"found 1 subject folder\(s\) instead \(LDCT-and-Projection-data\)"):
+        make_splits(["LDCT-and-Projection-data"], {**RANDOM, "method": "preset", "preset": "featkpn"}, 0)
 
 
 def test_subject_in_two_splits_is_an_error(tmp_path):

@@ -1,5 +1,14 @@
 # The frozen anatomical prior: pre-train the segmentation U-Net (or load given weights).
 
+# Given weights are only loaded (and, on labelled synthetic data, scored): seconds on a CPU. The
+# job then runs where Snakemake runs, without a GPU, instead of queueing for a GPU node under
+# SLURM (the profile books GPU partition time for the pre-training).
+GIVEN_SEGMENTER = bool(config["segmenter"]["weights"])
+if GIVEN_SEGMENTER:
+
+    localrules:
+        pretrain_segmenter,
+
 
 rule pretrain_segmenter:
     input:
@@ -20,7 +29,7 @@ rule pretrain_segmenter:
         checkpoints=str(RP.segmenter_checkpoints),
     threads: MAX_THREADS
     resources:
-        gpu=1,
+        gpu=0 if GIVEN_SEGMENTER else 1,
     conda:
         CONDA_ENV
     shell:
