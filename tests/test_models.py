@@ -264,11 +264,13 @@ def test_table2_caption_names_departures_from_the_reference():
     note = departure_note({"experiments": {"f_l1": {"name": "featkpn", "near_identity_init": True},
                                            "f_ana": {"name": "featkpn", "near_identity_init": True},
                                            "r": {"name": "redcnn"}},
-                           "segmenter": {"base_width": 12, "norm": "instance"}})
+                           "segmenter": {"base_width": 12, "norm": "instance", "orientation": "display"}})
     assert "featkpn near_identity_init=True (f_l1, f_ana)" in note
-    assert "segmenter base_width=12, norm=instance (published U-Net: base_width=64, norm=channel)" in note
+    assert ("segmenter base_width=12, norm=instance, orientation=display (published U-Net: base_width=64, "
+            "norm=channel, orientation=dcm2niix)") in note
     assert departure_note({"experiments": {"r": {"name": "redcnn"}},
-                           "segmenter": {"base_width": 64, "norm": "channel"}}).startswith("Models, losses and metrics as")
+                           "segmenter": {"base_width": 64, "norm": "channel", "orientation": "dcm2niix"}}
+                          ).startswith("Models, losses and metrics as")
 
 
 def test_wgan_vgg_needs_vgg19_weights_and_its_critic_has_a_gradient_penalty(tmp_path):
