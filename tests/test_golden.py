@@ -130,3 +130,40 @@ def test_reference_state_dicts_load_strictly_and_refuse_others():
     state.pop("final_conv.0.bias")
     with pytest.raises(KeyError, match="final_conv.0.bias"):
         models.load_reference_weights(net, state)
+
+
+def _upstream(shape, k: int = 0) -> torch.Tensor:
+    """The output gradients the golden gradients were made with (make_gradient_cases.py)."""
+    n = int(np.prod(shape))
+    return torch.from_numpy(np.sin(0.11 * np.arange(n) + k).reshape(shape).astype(np.float32))
+
+
+def test_featkpn_gradients_match_reference():
+    """Backward through the fused kernel op (kernels recomputed, never stored) gives the
+    reference's gradients: of the input and of every parameter, named as the reference names them."""
+    g = load("featkpn_grad")
+    net = reference_model("featkpn", load("featkpn"))
+    x = torch.from_numpy(g["x"]).requires_grad_(True)
+    y = net(x)
+    assert max_rel_diff(y, g["y"]) < TOL
+    (_upstream(y.shape) * y).sum().backward()
+    assert max_rel_diff(x.grad, g["dx"]) < TOL
+    named = {net.reference_key(n): p.grad for n, p in net.named_parameters()}
+    assert set(named) == {k.removeprefix("grad:") for k in g if k.startswith("grad:")}
+    # a PReLU slope's gradient is one sum over a whole kernel tensor (~10^6 terms): the reference's
+    # own float32 sum is 1.4e-4 from the exact (float64) one there, so scalars get 5e-4
+    for k, grad in named.items():
+        assert max_rel_diff(grad, g[f"grad:{k}"]) < (5e-4 if grad.numel() == 1 else 5e-5), k
+
+
+def test_unet_gradient_matches_reference():
+    """The anatomical loss's gradient reaches the prediction through the frozen U-Net: its
+    backward (decoder stages and logits, each given a smooth upstream gradient) is the reference's.
+    (The loss's own L1 has sign flips where a feature of the prediction and of the target agree
+    to float32 noise, so the loss's gradient is compared through this smooth one.)"""
+    g = load("unet_grad")
+    net = random_unet()
+    x = torch.from_numpy(g["x_hu"]).requires_grad_(True)
+    logits, feats = net(x, return_features=True)
+    sum((_upstream(o.shape, k) * o).sum() for k, o in enumerate(feats + [logits])).backward()
+    assert max_rel_diff(x.grad, g["dx"]) < TOL
