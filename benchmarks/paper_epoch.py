@@ -41,6 +41,7 @@ from ldct.allocator import keep_large_allocations  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 from ldct.spec import ExperimentSpec  # noqa: E402
 from ldct.train import PatchSampler, build_experiment  # noqa: E402
+from models.unet import ORIENTATION_TURNS  # noqa: E402
 
 
 def phantom_pairs(matrix: int, n_slices: int, fov_mm: float = 256.0, seed: int = 0):
@@ -114,9 +115,10 @@ def main() -> None:
     device = pick_device(a.device)
     seg = config["segmenter"]
     torch.manual_seed(0)
-    unet = models.build("unet", num_classes=NUM_CLASSES, base_width=seg["base_width"], norm=seg["norm"])
+    turns = ORIENTATION_TURNS[seg["orientation"]]  # the paper config's segmenter sees turned slices
+    unet = models.build("unet", num_classes=NUM_CLASSES, base_width=seg["base_width"], norm=seg["norm"], turns=turns)
     seg_ck = {"state_dict": unet.state_dict(), "base_width": seg["base_width"], "norm": seg["norm"],
-              "num_classes": NUM_CLASSES}
+              "num_classes": NUM_CLASSES, "turns": turns}
     t = time.perf_counter()
     low, full = phantom_pairs(a.matrix, a.slices)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

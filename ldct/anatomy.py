@@ -117,18 +117,19 @@ def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
     for key in ("model_state_dict", "model"):  # common training-script wrappers of a state dict
         if isinstance(obj, dict) and isinstance(obj.get(key), dict) and "state_dict" not in obj:
             state = obj = obj[key]
-    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
-        state = obj = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel
     if isinstance(obj, dict) and "state_dict" in obj:
         state = obj["state_dict"]
         got = (obj.get("base_width", width), obj.get("norm", norm))
         if got != (width, norm):
             raise ConfigError(f"{path}: holds a U-Net with base_width {got[0]} and norm {got[1]!r}, but the config "
                              f"says segmenter.base_width={width}, segmenter.norm={norm!r}; make them agree")
-        if obj.get("turns", _turns(cfg)) != _turns(cfg):
-            raise ConfigError(f"{path}: holds a U-Net that sees slices turned {obj['turns']} time(s), but the config "
+        turns = obj.get("turns", 0 if "base_width" in obj else _turns(cfg))  # a project file before turns: 0
+        if turns != _turns(cfg):
+            raise ConfigError(f"{path}: holds a U-Net that sees slices turned {turns} time(s), but the config "
                              f"says segmenter.orientation={cfg.get('orientation', 'display')!r}; make them agree")
     net = models.build("unet", num_classes=NUM_CLASSES, base_width=width, norm=norm, turns=_turns(cfg))
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: not a state dict (parameter name -> tensor) of the U-Net; found "
                           f"{type(state).__name__} with keys {list(state)[:5] if isinstance(state, dict) else '-'}")

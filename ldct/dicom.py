@@ -387,6 +387,9 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
         raise DicomError(f"{where}: full dose is {full.data.shape[:2]} pixels, low dose {low.data.shape[:2]}")
     if not np.allclose(full.affine[:3, :2], low.affine[:3, :2], atol=1e-3):
         raise DicomError(f"{where}: full- and low-dose series differ in orientation or pixel spacing")
+    if abs(fm["slice_spacing_mm"] - lm["slice_spacing_mm"]) > 1e-3 and min(len(full.positions), len(low.positions)) > 1:
+        raise DicomError(f"{where}: slice spacing differs: full dose {fm['slice_spacing_mm']:g} mm, low dose "
+                         f"{lm['slice_spacing_mm']:g} mm: the pair must be reconstructed alike")
     # a slice pairs with the other series' nearest one within a twentieth of the slice step
     # (positions are floats: rounding both to 0.01 mm split pairs at .xx5 and left gaps)
     tol = max(1e-3, 0.05 * min(fm["slice_spacing_mm"], lm["slice_spacing_mm"]))

@@ -69,6 +69,14 @@ def window_psnr(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> float:
     return _clipped(pred_hu, ref_hu, window)[4]
 
 
+def mean_psnr(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> float:
+    """Mean PSNR over the slices of a (S, H, W) stack, leaving out those identical to their
+    reference in the window (PSNR inf), as the reference's validation does; NaN if none is left."""
+    values = np.array([window_psnr(p, r, window) for p, r in zip(pred_hu, ref_hu)])
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
 def stack_window_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, window: str) -> list[dict[str, float]]:
     """Metrics of each 2-D slice of a (S, H, W) stack against its reference in one named
     window; VIF runs on the whole stack in one batched call (per-slice values)."""

@@ -35,7 +35,7 @@ from ldct.inference import (
     to_input,
 )
 from ldct.io import atomic_path, write_csv
-from ldct.metrics import window_psnr
+from ldct.metrics import mean_psnr
 from ldct.provenance import versions
 from ldct.spec import ExperimentSpec
 
@@ -78,8 +78,8 @@ class PatchSampler:
         head = full > -500.0
         self.slices = (np.arange(len(full)) if style == "reference" or not head.any()
                        else np.flatnonzero(head.any(axis=(1, 2))))
-        self.centres = [torch.from_numpy(np.flatnonzero(head[i]) if head[i].any() else np.arange(h * w))
-                        for i in range(len(full))]
+        self.centres = [] if style == "reference" else [  # head pixels per slice: the project's patch centres
+            torch.from_numpy(np.flatnonzero(head[i]) if head[i].any() else np.arange(h * w)) for i in range(len(full))]
 
     @classmethod
     def from_config(cls, low: np.ndarray, full: np.ndarray, train: dict, hu_range: tuple[float, float],
@@ -344,7 +344,7 @@ class _Run:
         self.inputs = engine.fingerprint([data, val], files, (models, losses))
         self.splits = {k: splits[k] for k in ("train", "val")}
         self.reported = val.get("ndct", val["full"])  # validation PSNR's reference: NDCT for every row
-        self.ldct_psnr = float(np.mean([window_psnr(lo, fu, "brain") for lo, fu in zip(val["low"], self.reported)]))
+        self.ldct_psnr = mean_psnr(val["low"], self.reported, "brain")
 
     def validate(self, model: torch.nn.Module) -> dict:
         """The score that picks the checkpoint (MSE [0, 80] HU against the training target) and
@@ -352,7 +352,7 @@ class _Run:
         pred = predict_slices(model, self.val["low"], tuple(self.spec.hu_range), self.device,
                               amp=bool(self.spec.train.get("amp", True)))
         return {"val_mse_head": head_window_mse(pred, self.val["full"]),
-                "val_psnr_brain": float(np.mean([window_psnr(p, f, "brain") for p, f in zip(pred, self.reported)])),
+                "val_psnr_brain": mean_psnr(pred, self.reported, "brain"),
                 "val_psnr_brain_ldct": self.ldct_psnr}
 
     def fit(self, spec: ExperimentSpec, checkpoint_dir: str | None, stop_after_epochs: int | None = None,

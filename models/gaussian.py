@@ -15,7 +15,8 @@ from models import register
 @register("gaussian")
 class GaussianFilter(nn.Module):
     """(N, 1, H, W) -> (N, 1, H, W): separable Gaussian blur, replicate padding.
-    `tune=False` freezes sigma at its initial value (a fixed filter)."""
+    `tune=False` freezes sigma at its initial value (a fixed filter, for use outside the workflow:
+    with nothing to train, an experiment of it is refused at planning)."""
 
     def __init__(self, sigma: float = 0.8, radius: int = 4, tune: bool = True):
         super().__init__()

@@ -216,3 +216,15 @@ def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path):
     res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(root / "Snakefile"),
                           "--configfile", str(f), "--directory", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode != 0 and "key 'train' appears twice" in res.stdout + res.stderr
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    """The duplicate-key check leaves YAML's `<<:` merges alone (a merged key may be overridden
+    by an explicit one)."""
+    from ldct.config import load_config
+
+    f = tmp_path / "merge.yaml"
+    f.write_text("train:\n  <<: {lr: 0.001, batch_size: 2}\n  batch_size: 4\n"
+                 "experiments: {a: {model: {name: edcnn}, loss: {name: l1}}}\n")
+    cfg = load_config(f)
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["batch_size"] == 4

@@ -446,6 +446,9 @@ def test_slice_positions_pair_within_a_tolerance_and_without_gaps(synthetic_subj
     gap = type(low)(low.data[:, :, [0, 1, 3]], aff_l, (pos + 1e-6)[[0, 1, 3]], {**low.meta, "slice_spacing_mm": step})
     with pytest.raises(DicomError, match="S001: the slices both series share are not contiguous in the full-dose"):
         pair_volumes(f, gap, "S001")
+    coarse = type(low)(low.data[:, :, :2], aff_l, (pos + 1e-6)[:2] * 8, {**low.meta, "slice_spacing_mm": 5.0})
+    with pytest.raises(DicomError, match="S001: slice spacing differs: full dose 0.625 mm, low dose 5 mm"):
+        pair_volumes(f, coarse, "S001")
     aff_s = aff_l.copy()
     aff_s[0, 3] += 1.0  # the low-dose field of view 1 mm to the side
     shifted = type(low)(low.data, aff_s, pos + 1e-6, lo.meta)

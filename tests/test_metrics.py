@@ -283,3 +283,8 @@ def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_pat
     table = quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))
     assert table.loc[0, "psnr_brain"] == pytest.approx(m.loc[0, "psnr_brain"])  # the finite slice alone
     assert "2 slice-window PSNR value(s) were infinite" in (tmp_path / "t2.md").read_text()
+    # validation during training too: an inf LDCT level marked every row "no gain over input"
+    from ldct.metrics import mean_psnr
+
+    assert mean_psnr(noisy, ref, "brain") == pytest.approx(m.loc[0, "psnr_brain"])
+    assert np.isnan(mean_psnr(noisy[1:], ref[1:], "brain"))

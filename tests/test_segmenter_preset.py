@@ -62,6 +62,11 @@ def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layo
     assert load_weights(tmp_path / "seg.pt", {**cfg, "orientation": "dcm2niix"}).turns == 1
     with pytest.raises(ConfigError, match="sees slices turned 1 time.*segmenter.orientation='display'"):
         load_weights(tmp_path / "seg.pt", {**cfg, "orientation": "display"})
+    old = torch.load(tmp_path / "seg.pt")
+    del old["turns"]  # a segmenter.pt written before orientations: it learnt displayed slices
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(ConfigError, match="sees slices turned 0 time"):
+        load_weights(tmp_path / "old.pt", {**cfg, "orientation": "dcm2niix"})
     # SGDNet's own copy of the U-Net takes the turn from segmenter.pt, and model.pt records it
     from ldct.config import validate_config
     from ldct.spec import ExperimentSpec
@@ -83,7 +88,8 @@ def test_given_weights_in_common_wrappers_load(tmp_path):
     state = net.state_dict()
     torch.save({"model_state_dict": state, "epoch": 3}, tmp_path / "wrapped.pth")
     torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "parallel.pth")
-    for name in ("wrapped", "parallel"):
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 9}, tmp_path / "both.pth")
+    for name in ("wrapped", "parallel", "both"):
         loaded = load_weights(tmp_path / f"{name}.pth", cfg)
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
     torch.save({("enc." + k): v for k, v in state.items()}, tmp_path / "renamed.pth")
