@@ -13,7 +13,7 @@ min_version("9.0")
 # installed (another clone's editable install, a stale wheel), and a model the plan had found
 # was "unknown" in its job. Braces doubled: Snakemake formats the prefix.
 _here = shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")
-shell.prefix("set -euo pipefail; export PYTHONPATH=" + _here + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={_here}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 if not workflow.overwrite_configfiles:  # `--configfile X` replaces the default entirely
