@@ -204,6 +204,9 @@ class Task:
     score: str  # the validation column that picks the best epoch
     maximize: bool = False
     label: str = ""  # prefix of progress messages
+    # called before each epoch's first batch (a sampler's new pass over its data); its randomness
+    # must come from the checkpointed generator, so a resumed run draws what an unbroken one does
+    start_epoch: Callable[[], None] | None = None
 
 
 @dataclass
@@ -244,6 +247,8 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
             task.criterion.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
+        if task.start_epoch is not None:
+            task.start_epoch()
         bar = tqdm(range(iters), desc=f"{task.label}epoch {epoch + 1}/{epochs}", file=sys.stderr, mininterval=5)
         for it in bar:
             schedule.before_step(epoch * iters + it)

@@ -59,7 +59,10 @@ class PatchSampler:
       RandomResizedCrop (probability crop_prob, area crop_scale, aspect ratio 3/4-4/3 log-uniform,
       anywhere in the slice, resized back bilinearly), horizontal and vertical flips (0.5 each),
       then one HU offset, then a patch anywhere (when patch_size is set). No 90-degree turns, no
-      head-centred patches; slices drawn uniformly (the reference makes shuffled passes)."""
+      head-centred patches. Slices come in shuffled passes, a new one at each epoch's start
+      (`start_epoch`), as the reference's DataLoader(shuffle=True) gives them; an epoch longer
+      than a pass starts another.
+    The project style draws each slice at random (with replacement)."""
 
     def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,
                  hu_offset: float, hu_range: tuple[float, float], generator: torch.Generator,
@@ -80,6 +83,22 @@ class PatchSampler:
                        else np.flatnonzero(head.any(axis=(1, 2))))
         self.centres = [] if style == "reference" else [  # head pixels per slice: the project's patch centres
             torch.from_numpy(np.flatnonzero(head[i]) if head[i].any() else np.arange(h * w)) for i in range(len(full))]
+        self._pass: list[int] = []  # reference style: the rest of the current shuffled pass
+
+    def start_epoch(self) -> None:
+        """Reference style: a new shuffled pass over every slice (from the generator, so a resumed
+        run continues as an unbroken one). The project style draws nothing here."""
+        if self.style == "reference":
+            self._pass = torch.randperm(len(self.slices), generator=self.g).tolist()
+
+    def _next_slices(self) -> list[int]:
+        """Reference style: the batch's slices, the next ones of the pass (a new pass when it ends)."""
+        out = []
+        for _ in range(self.batch):
+            if not self._pass:
+                self.start_epoch()
+            out.append(int(self.slices[self._pass.pop(0)]))
+        return out
 
     @classmethod
     def from_config(cls, low: np.ndarray, full: np.ndarray, train: dict, hu_range: tuple[float, float],
@@ -182,11 +201,11 @@ class PatchSampler:
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         _, h, w = self.low.shape
-        pick = torch.randint(len(self.slices), (self.batch,), generator=self.g)
         if self.style == "reference":
-            pairs = [self._reference_pair(self.low[i], self.full[i]) for i in self.slices[pick.numpy()].tolist()]
+            pairs = [self._reference_pair(self.low[i], self.full[i]) for i in self._next_slices()]
             return (to_input(torch.stack([p[0] for p in pairs]), self.hu_range).float(),
                     to_input(torch.stack([p[1] for p in pairs]), self.hu_range).float())
+        pick = torch.randint(len(self.slices), (self.batch,), generator=self.g)
         xs, ys = [], []
         warp = self.augment and (self.rotation_deg > 0 or self.crop_prob > 0)
         for i in self.slices[pick.numpy()].tolist():
@@ -364,7 +383,8 @@ class _Run:
         gen = torch.Generator().manual_seed(spec.seed)
         sampler = PatchSampler.from_config(self.data["low"], self.data["full"], cfg, spec.hu_range, gen)
         key = engine.settings_hash({"spec": spec.to_json(), **self.splits, "inputs": self.inputs})
-        task = engine.Task(net, criterion, sampler.sample, self.validate, score="val_mse_head")
+        task = engine.Task(net, criterion, sampler.sample, self.validate, score="val_mse_head",
+                           start_epoch=sampler.start_epoch)
         result = engine.fit(task, cfg, device=self.device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,
                             stop_after_epochs=stop_after_epochs, patience=patience,
                             macs_per_step=spec.budget.get("macs_per_step", 0.0))

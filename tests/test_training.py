@@ -57,12 +57,16 @@ def test_same_seed_same_history_and_weights(dataset, tmp_path):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
-    _, full = train(dataset, "full", tmp_path)
+@pytest.mark.parametrize("style", ["project", "reference"])
+def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path, style):
+    """Also with the reference style's shuffled passes (drawn at each epoch's start)."""
+    exp = {**EXPERIMENT, "train": {**EXPERIMENT["train"], "augment_style": style, "rotation_deg": 90.0,
+                                   "crop_prob": 0.5}}
+    _, full = train(dataset, "full", tmp_path, experiment=exp)
     ck = tmp_path / "resume_ck"
-    train(dataset, "resume", tmp_path, ck=ck, stop_after_epochs=1)
+    train(dataset, "resume", tmp_path, experiment=exp, ck=ck, stop_after_epochs=1)
     assert (ck / "last.pt").exists() and not (tmp_path / "resume" / "model.pt").exists()
-    hist, out = train(dataset, "resume", tmp_path, ck=ck)
+    hist, out = train(dataset, "resume", tmp_path, experiment=exp, ck=ck)
     assert list(hist["epoch"]) == [1, 2, 3]
     w1, w2 = weights(full / "model.pt"), weights(out / "model.pt")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -242,6 +246,18 @@ def test_reference_style_augmentation_is_the_references_pipeline():
     patches = PatchSampler(low, full, 16, 3, False, 0.0, (-1024.0, 3072.0), torch.Generator().manual_seed(5),
                            style="reference")
     assert patches.sample()[0].shape == (3, 1, 16, 16)
+    # shuffled passes: an epoch of len/batch steps shows every slice once; a generator restored
+    # at an epoch's start (a resumed run) draws the same pass
+    many = np.stack([np.full((8, 8), float(i), np.float32) for i in range(6)])
+    s = PatchSampler(many, many, None, 2, False, 0.0, (-1024.0, 3072.0), torch.Generator().manual_seed(6),
+                     style="reference")
+    state = s.g.get_state()
+    s.start_epoch()
+    seen = [from_unit(s.sample()[1], -1024.0, 3072.0)[:, 0, 0, 0].round().tolist() for _ in range(3)]
+    assert sorted(v for batch in seen for v in batch) == [0, 1, 2, 3, 4, 5]
+    s.g.set_state(state)
+    s.start_epoch()
+    assert [from_unit(s.sample()[1], -1024.0, 3072.0)[:, 0, 0, 0].round().tolist() for _ in range(3)] == seen
 
 
 def test_rotation_and_resized_crop_keep_input_and_target_aligned():
