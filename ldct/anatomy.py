@@ -227,7 +227,9 @@ def _load_given_weights(nifti_dir: str, splits: dict, cfg: dict, device: torch.d
     """segmenter.pt from given weights; on labelled validation subjects (synthetic data), their Dice."""
     net = load_weights(cfg["weights"], cfg)
     row = {"epoch": 0, "source": str(cfg["weights"])}
-    va = stack_subjects(nifti_dir, splits["val"]) if splits.get("val") else {}
+    # scored where the validation subjects have labels (synthetic data); real data is not read
+    labelled = bool(splits.get("val")) and all((Path(nifti_dir) / s / "labels.nii.gz").exists() for s in splits["val"])
+    va = stack_subjects(nifti_dir, splits["val"]) if labelled else {}
     if "labels" in va:
         row.update(validation_dice(net.to(device), va, device))
         _report(row, f"loaded {cfg['weights']}, on the validation subjects")

@@ -242,8 +242,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         seen = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys it brings may be overridden
+                if isinstance(value_node, yaml.MappingNode):  # an inline `<<: {...}`: its own keys once each
+                    self.construct_mapping(value_node, deep=deep)
                 continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:

@@ -61,7 +61,8 @@ class PatchSampler:
       then one HU offset, then a patch anywhere (when patch_size is set). No 90-degree turns, no
       head-centred patches. Slices come in shuffled passes, a new one at each epoch's start
       (`start_epoch`), as the reference's DataLoader(shuffle=True) gives them; an epoch longer
-      than a pass starts another.
+      than a pass starts another, so a batch may straddle two passes (the reference's epoch is
+      exactly one pass, its short last batch dropped; this one is `iters_per_epoch` steps).
     The project style draws each slice at random (with replacement)."""
 
     def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,

@@ -228,3 +228,6 @@ def test_yaml_merge_keys_still_work(tmp_path):
                  "experiments: {a: {model: {name: edcnn}, loss: {name: l1}}}\n")
     cfg = load_config(f)
     assert cfg["train"]["lr"] == 0.001 and cfg["train"]["batch_size"] == 4
+    f.write_text("train:\n  <<: {lr: 0.001, lr: 0.002}\n")  # inside an inline merge: still refused
+    with pytest.raises(ConfigError, match="key 'lr' appears twice"):
+        load_config(f)

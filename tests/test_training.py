@@ -60,8 +60,9 @@ def test_same_seed_same_history_and_weights(dataset, tmp_path):
 @pytest.mark.parametrize("style", ["project", "reference"])
 def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path, style):
     """Also with the reference style's shuffled passes (drawn at each epoch's start)."""
+    # 3 steps of 2 of the 4 training slices: epochs end mid-pass (the next epoch starts a new one)
     exp = {**EXPERIMENT, "train": {**EXPERIMENT["train"], "augment_style": style, "rotation_deg": 90.0,
-                                   "crop_prob": 0.5}}
+                                   "crop_prob": 0.5, "iters_per_epoch": 3}}
     _, full = train(dataset, "full", tmp_path, experiment=exp)
     ck = tmp_path / "resume_ck"
     train(dataset, "resume", tmp_path, experiment=exp, ck=ck, stop_after_epochs=1)
@@ -258,6 +259,11 @@ def test_reference_style_augmentation_is_the_references_pipeline():
     s.g.set_state(state)
     s.start_epoch()
     assert [from_unit(s.sample()[1], -1024.0, 3072.0)[:, 0, 0, 0].round().tolist() for _ in range(3)] == seen
+    s.start_epoch()  # an epoch that ends mid-pass: the next starts a whole new pass
+    s.sample()
+    s.start_epoch()
+    fresh = [v for _ in range(3) for v in from_unit(s.sample()[1], -1024.0, 3072.0)[:, 0, 0, 0].round().tolist()]
+    assert sorted(fresh) == [0, 1, 2, 3, 4, 5]
 
 
 def test_rotation_and_resized_crop_keep_input_and_target_aligned():
