@@ -201,45 +201,47 @@ class PatchSampler:
         return pair[0, 0], pair[1, 0]
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        _, h, w = self.low.shape
+        """One batch (input, target) in the networks' [0, 1] units."""
         if self.style == "reference":
             pairs = [self._reference_pair(self.low[i], self.full[i]) for i in self._next_slices()]
-            return (to_input(torch.stack([p[0] for p in pairs]), self.hu_range).float(),
-                    to_input(torch.stack([p[1] for p in pairs]), self.hu_range).float())
-        pick = torch.randint(len(self.slices), (self.batch,), generator=self.g)
-        xs, ys = [], []
-        warp = self.augment and (self.rotation_deg > 0 or self.crop_prob > 0)
-        for i in self.slices[pick.numpy()].tolist():
-            lo, fu = self.low[i], self.full[i]
-            if self.patch or warp:
-                if self.patch:
-                    uniform = self._rand() < 0.25  # a quarter of the patches anywhere: air and edges too
-                    centres = self.centres[i]
-                    c = (int(torch.randint(h * w, (1,), generator=self.g)) if uniform
-                         else int(centres[int(torch.randint(len(centres), (1,), generator=self.g))]))
-                    size = (self.patch, self.patch)
-                else:
-                    c, size = (h // 2) * w + w // 2, (h, w)
-                if warp:
-                    lo, fu = self._warp(lo, fu, c // w, c % w, size)
-                else:
-                    top = min(max(c // w - self.patch // 2, 0), h - self.patch)
-                    left = min(max(c % w - self.patch // 2, 0), w - self.patch)
-                    lo = lo[top:top + self.patch, left:left + self.patch]
-                    fu = fu[top:top + self.patch, left:left + self.patch]
-            if self.augment:
-                if self._rand() < 0.5:
-                    lo, fu = lo.flip(-1), fu.flip(-1)
-                if self._rand() < 0.5:
-                    lo, fu = lo.flip(-2), fu.flip(-2)
-                k = int(torch.randint(4, (1,), generator=self.g))
-                lo, fu = torch.rot90(lo, k, (-2, -1)), torch.rot90(fu, k, (-2, -1))
-                if self.hu_offset:
-                    off = float((self._rand() * 2 - 1) * self.hu_offset)
-                    lo, fu = lo + off, fu + off
-            xs.append(lo)
-            ys.append(fu)
+        else:
+            pick = torch.randint(len(self.slices), (self.batch,), generator=self.g)
+            pairs = [self._project_pair(i) for i in self.slices[pick.numpy()].tolist()]
+        xs, ys = zip(*pairs)
         return to_input(torch.stack(xs), self.hu_range).float(), to_input(torch.stack(ys), self.hu_range).float()
+
+    def _project_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slice i's pair through the project's augmentation (the class doc)."""
+        _, h, w = self.low.shape
+        lo, fu = self.low[i], self.full[i]
+        warp = self.augment and (self.rotation_deg > 0 or self.crop_prob > 0)
+        if self.patch or warp:
+            if self.patch:
+                uniform = self._rand() < 0.25  # a quarter of the patches anywhere: air and edges too
+                centres = self.centres[i]
+                c = (int(torch.randint(h * w, (1,), generator=self.g)) if uniform
+                     else int(centres[int(torch.randint(len(centres), (1,), generator=self.g))]))
+                size = (self.patch, self.patch)
+            else:
+                c, size = (h // 2) * w + w // 2, (h, w)
+            if warp:
+                lo, fu = self._warp(lo, fu, c // w, c % w, size)
+            else:
+                top = min(max(c // w - self.patch // 2, 0), h - self.patch)
+                left = min(max(c % w - self.patch // 2, 0), w - self.patch)
+                lo = lo[top:top + self.patch, left:left + self.patch]
+                fu = fu[top:top + self.patch, left:left + self.patch]
+        if self.augment:
+            if self._rand() < 0.5:
+                lo, fu = lo.flip(-1), fu.flip(-1)
+            if self._rand() < 0.5:
+                lo, fu = lo.flip(-2), fu.flip(-2)
+            k = int(torch.randint(4, (1,), generator=self.g))
+            lo, fu = torch.rot90(lo, k, (-2, -1)), torch.rot90(fu, k, (-2, -1))
+            if self.hu_offset:
+                off = float((self._rand() * 2 - 1) * self.hu_offset)
+                lo, fu = lo + off, fu + off
+        return lo, fu
 
 
 def head_window_mse(pred_hu: np.ndarray, full_hu: np.ndarray) -> float:

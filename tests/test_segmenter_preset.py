@@ -45,7 +45,7 @@ def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layo
     import models
     from ldct.anatomy import save_segmenter
     from ldct.errors import ConfigError
-    from ldct.inference import load_segmenter
+    from ldct.inference import load_checkpoint, load_segmenter
 
     torch.manual_seed(0)
     plain = models.build("unet", base_width=4, norm="instance")
@@ -62,7 +62,7 @@ def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layo
     assert load_weights(tmp_path / "seg.pt", {**cfg, "orientation": "dcm2niix"}).turns == 1
     with pytest.raises(ConfigError, match="sees slices turned 1 time.*segmenter.orientation='display'"):
         load_weights(tmp_path / "seg.pt", {**cfg, "orientation": "display"})
-    old = torch.load(tmp_path / "seg.pt")
+    old = load_checkpoint(tmp_path / "seg.pt")
     del old["turns"]  # a segmenter.pt written before orientations: it learnt displayed slices
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(ConfigError, match="sees slices turned 0 time"):
@@ -73,7 +73,7 @@ def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layo
 
     cfg = validate_config({"segmenter": cfg, "experiments": {"s": {"model": {"name": "sgdnet", "width": 4},
                                                                    "loss": {"name": "l1"}}}})
-    net, saved = ExperimentSpec.from_config(cfg, "s", resolve=False).build_model(torch.load(tmp_path / "seg.pt"))
+    net, saved = ExperimentSpec.from_config(cfg, "s", resolve=False).build_model(load_checkpoint(tmp_path / "seg.pt"))
     assert net.segmenter.turns == 1 and saved["seg_turns"] == 1
 
 
