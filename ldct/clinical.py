@@ -11,7 +11,7 @@ circular inserts (ldct.ttf), one slice per noise realisation, for the task-trans
 `measure` reads one row's images (the low-dose scans for LDCT, the full-dose ones for NDCT,
 the noiseless reconstructions, or an experiment's model applied to the low-dose scans) and
 gives: the channelized Hotelling observer's d' and AUC per lesion contrast and size, with the
-test ROIs' scores for paired comparisons (ldct.observer), on a background-known-exactly task
+ROIs' channel outputs for paired comparisons (ldct.observer), on a background-known-exactly task
 (each ROI less the site's noiseless lesion-absent anatomy: noise and the row's own errors limit
 it, not anatomical clutter; the noiseless row's d' is therefore unbounded); the noise power spectrum in
 brain ROIs by the difference method (`noise_rois`: scan A's error less scan B's, so the row's
@@ -223,7 +223,8 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
     noise_sd = float(np.sqrt(nps_rois.var(axis=(1, 2), ddof=1).mean()))  # the CNR's noise (the NPS's SD up to ddof)
     lesion_errors = np.concatenate([extract_rois(errors, _sites(lesions, column), roi)
                                     for column in ("absent_image", "present_image")])
-    out = {"row": row, "pixel_mm": pixel, "roi_px": roi, "channels": cfg["observer"]["channels"],
+    out = {"row": row, "subjects": sorted(sites["subject"].unique()), "pixel_mm": pixel, "roi_px": roi,
+           "channels": cfg["observer"]["channels"],
            "channel_width_mm": cfg["observer"]["channel_width_mm"],
            "roi": {"bias": float(lesion_errors.mean())},
            "conditions": []}

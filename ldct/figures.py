@@ -451,7 +451,7 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
         ax[1].fill_between([0, max(x1, 0)], min(y0, 0), 0, color="firebrick", alpha=0.07, lw=0)
         ax[1].set_xlim(x0, x1)
         ax[1].set_ylim(y0, y1)
-        ax[1].text(0.02, 0.98, "shaded: gains PSNR, loses detectability\nbars: paired 95 % CI over the test sites",
+        ax[1].text(0.02, 0.98, "shaded: gains PSNR, loses detectability\nbars: paired 95 % CI (bootstrap over the lesion sites)",
                    transform=ax[1].transAxes, ha="left", va="top", fontsize=7, color="firebrick")
     ax[1].set_xlabel("PSNR gain over LDCT, [-40,120] (dB)")
     ax[1].set_ylabel(f"d′ change over LDCT ({hard})")
