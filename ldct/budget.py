@@ -195,7 +195,9 @@ def last_tenth_gain(steps: list[float], scores: list[float]) -> float:
 
 
 def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
-    """Per experiment: steps and compute spent, the learning rate used, the kept epoch's
+    """Per experiment: steps and compute spent, the learning rate used (with `lr_at_edge`:
+    "lowest" / "highest" where the sweep chose the lowest / highest rate it tried, and
+    `lr_sweep_steps`, the steps each swept rate trained; 0 without a sweep), the kept epoch's
     validation PSNR [-40, 120] and the input's, the gain over the last tenth of training, and
     the two flags every table shows: `not_converged` (the score still moving: rising, or falling
     as an unstable run does, by more than `min_gain_db` over the last tenth) and
@@ -210,9 +212,15 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
         gain = last_tenth_gain(h["step"].tolist(), h["val_psnr_brain"].tolist())
         sweep = sweeps.get(exp)
         lr = float(sweep.loc[sweep["chosen"], "lr"].iloc[0]) if sweep is not None else float(h["lr"].iloc[0])
+        swept = sweep[sweep["source"].astype(str).str.startswith("sweep")] if sweep is not None else None
+        edge, sweep_steps = "", 0
+        if swept is not None and len(swept) > 1:  # a rate at the grid's edge: the best may lie beyond it
+            edge = "lowest" if lr == swept["lr"].min() else "highest" if lr == swept["lr"].max() else ""
+            sweep_steps = int(swept["steps"].max())
         over_input = float(kept["val_psnr_brain"] - h["val_psnr_brain_ldct"].iloc[0])
         rows.append({"experiment": exp, "steps": int(h["step"].iloc[-1]), "tera_macs": float(h["tera_macs"].iloc[-1]),
                      "lr": lr, "lr_source": sweep.loc[sweep["chosen"], "source"].iloc[0] if sweep is not None else "",
+                     "lr_at_edge": edge, "lr_sweep_steps": sweep_steps,
                      "kept_epoch": int(kept["epoch"]), "val_psnr_brain": float(kept["val_psnr_brain"]),
                      "val_psnr_brain_ldct": float(h["val_psnr_brain_ldct"].iloc[0]),
                      "val_gain_last_tenth_db": gain,

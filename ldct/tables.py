@@ -35,7 +35,8 @@ def _fmt(v, digits: int | str) -> str:
     return f"{v:.2g}" if digits == "e" else f"{v:.{digits}f}"  # "e": two significant digits (learning rates)
 
 
-TEX_SYMBOLS = {"†": "$^\\dagger$", "‡": "$^\\ddagger$", "§": "\\S{}", "↓": "$^\\downarrow$", "↑": "$^\\uparrow$",
+TEX_SYMBOLS = {"«": "$^{<}$", "»": "$^{>}$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", "§": "\\S{}",
+               "↓": "$^\\downarrow$", "↑": "$^\\uparrow$",
                "∞": "$\\infty$", "′": "$'$", "±": "$\\pm$", "×": "$\\times$", "−": "$-$", "≤": "$\\le$",
                "≥": "$\\ge$", "<": "$<$", ">": "$>$", "~": "$\\sim$", "%": "\\%", "&": "\\&", "#": "\\#",
                "_": "\\_", "^": "\\^{}"}
@@ -146,9 +147,11 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
         flag_note += " Every row is marked: none is shown as best and none is compared."
     write_csv(out_stats, st)
     marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
+    marks.update(lr_edge_marks(training))
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
     power = " ".join(x for x in (power_note(n_subj, len(order) - 1), infinite_psnr_note(allm, cols)) if x)
+    protocol = " ".join(x for x in (protocol, sweep_note(training)) if x)
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
     digits.update({"steps": 0, "lr": "e", "val_gain_last_tenth_db": 2})
     md, tex = render(table, "experiment", shown_cols, digits, bold, marks,
@@ -175,6 +178,42 @@ def power_note(n_subjects: int, comparisons: int) -> str:
     verdict = "no difference can reach significance" if holm_min >= 0.05 else "differences can reach significance"
     return (f"With {n_subjects} test subjects the smallest attainable p is {p_min:.3g} "
             f"({holm_min:.3g} after Holm over {comparisons} comparisons): {verdict}.")
+
+
+LR_EDGE_MARKS = {"lowest": "«", "highest": "»"}  # the lr cell's mark where the sweep chose an end of its grid
+SHORT_SWEEP_STEPS = 20  # fewer steps per swept rate than this: the caption names the rows
+
+
+def lr_edge_marks(training: pd.DataFrame | None) -> dict[tuple[str, str], str]:
+    """Table 2's marks on the lr column: « / » where the sweep chose its lowest / highest rate."""
+    if training is None or "lr_at_edge" not in training:
+        return {}
+    return {(r.experiment, "lr"): LR_EDGE_MARKS[r.lr_at_edge] for r in training.itertuples()
+            if r.lr_at_edge in LR_EDGE_MARKS}
+
+
+def sweep_note(training: pd.DataFrame | None) -> str:
+    """The caption's sentence on the learning-rate sweeps (training_summary's lr_at_edge and
+    lr_sweep_steps): how long each rate trained, the rows whose sweep was short, and the marks."""
+    if training is None or "lr_sweep_steps" not in training:
+        return ""
+    swept = training[training["lr_sweep_steps"] > 0]
+    if swept.empty:
+        return ""
+    steps = swept["lr_sweep_steps"]
+    text = (f"Learning-rate sweep: each rate tried trained {steps.min()}"
+            + (f"-{steps.max()}" if steps.max() > steps.min() else "") + " steps")
+    short = swept[steps < SHORT_SWEEP_STEPS]
+    if not short.empty:
+        text += (f" (fewer than {SHORT_SWEEP_STEPS} for " + ", ".join(f"{r.experiment} ({r.lr_sweep_steps})"
+                                                                      for r in short.itertuples())
+                 + ": their rate was chosen on little evidence)")
+    text += "."
+    edges = swept[swept["lr_at_edge"].isin(list(LR_EDGE_MARKS))]
+    if not edges.empty:
+        text += (" « / »: the sweep chose the lowest / highest rate it tried (" + ", ".join(edges["experiment"])
+                 + "); a better rate may lie outside the grid.")
+    return text
 
 
 FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] still moving, up or down, by more than "

@@ -89,7 +89,7 @@ def test_training_summary_flags_rows_still_moving_or_no_better_than_their_input(
     rising = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 32.0])
     worse = history([26.0, 26.2, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3])
     falling = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 30.0], best=[True] * 9 + [False])
-    sweep = pd.DataFrame({"lr": [1e-4, 1e-3], "chosen": [False, True], "source": "sweep"})
+    sweep = pd.DataFrame({"lr": [1e-4, 1e-3], "steps": 30, "chosen": [False, True], "source": "sweep"})
     s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse, "falling": falling,
                                   "identity": identity}, {"rising": sweep}, 0.1).set_index("experiment")
     assert s.loc["rising", "val_gain_last_tenth_db"] == pytest.approx(0.5)
@@ -107,6 +107,29 @@ def test_training_summary_flags_rows_still_moving_or_no_better_than_their_input(
     assert bool(s.loc["once", "not_converged"]) and not bool(s.loc["calibrated", "not_converged"])
     nan_row = history([float("nan")])
     assert bool(budget.training_summary({"nan": nan_row}, {}, 0.1)["no_gain_over_input"].iloc[0])
+
+
+def test_a_rate_at_the_sweeps_edge_and_a_short_sweep_are_marked_in_table_2():
+    from ldct.tables import lr_edge_marks, sweep_note
+
+    h = history([27.5, 28.0, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.12])
+
+    def sweep(chosen: int, steps: int, diverged_top: bool = False) -> pd.DataFrame:
+        return pd.DataFrame({"lr": [1e-4, 1e-3, 1e-2], "steps": steps, "chosen": [i == chosen for i in range(3)],
+                             "source": ["sweep", "sweep", "sweep: diverged" if diverged_top else "sweep"]})
+
+    given = pd.DataFrame({"lr": [1e-3], "steps": 0, "chosen": [True], "source": ["given"]})
+    s = budget.training_summary({"low": h, "mid": h, "high": h, "below_diverged": h, "given": h},
+                                {"low": sweep(0, 40), "mid": sweep(1, 40), "high": sweep(2, 5),
+                                 "below_diverged": sweep(1, 40, diverged_top=True), "given": given}, 0.1)
+    s = s.set_index("experiment")
+    assert list(s["lr_at_edge"]) == ["lowest", "", "highest", "", ""]  # a diverged top rate was tried: not an edge
+    assert list(s["lr_sweep_steps"]) == [40, 40, 5, 40, 0]
+    assert lr_edge_marks(s.reset_index()) == {("low", "lr"): "«", ("high", "lr"): "»"}
+    note = sweep_note(s.reset_index())
+    assert "trained 5-40 steps" in note and "fewer than 20 for high (5)" in note
+    assert "lowest / highest rate it tried (low, high)" in note
+    assert sweep_note(s.reset_index()[lambda d: d["experiment"] == "given"]) == ""
 
 
 def test_power_statement():
