@@ -59,7 +59,10 @@ def qualitative_grid(images: dict[str, np.ndarray], reference: np.ndarray, out: 
     imgs = list(images.values()) + [reference]
     lo, hi = WINDOWS["brain"]
     top, left, size = zoom_box(reference)
-    fig, ax = plt.subplots(3, len(names), figsize=(2.3 * len(names), 7.2), squeeze=False)
+    # one narrow extra column holds the error maps' colour bar, so every panel has the same width
+    # and each error map stays under its own column's title
+    fig, ax = plt.subplots(3, len(names) + 1, figsize=(2.3 * len(names) + 0.6, 7.2), squeeze=False,
+                           gridspec_kw={"width_ratios": [1.0] * len(names) + [0.08]})
     for j, (n, im) in enumerate(zip(names, imgs)):
         ax[0, j].imshow(im, cmap="gray", vmin=lo, vmax=hi)
         ax[0, j].add_patch(Rectangle((left, top), size, size, fill=False, ec="yellow", lw=1))
@@ -69,10 +72,14 @@ def qualitative_grid(images: dict[str, np.ndarray], reference: np.ndarray, out: 
         for a in ax[:, j]:
             a.set_xticks([])
             a.set_yticks([])
+    ax[2, len(names) - 1].text(0.5, 0.5, "(the reference)", ha="center", va="center", fontsize=8, color="0.4",
+                               transform=ax[2, len(names) - 1].transAxes)
     ax[0, 0].set_ylabel(f"brain window\n{window_name_label('brain')}", fontsize=8)
     ax[1, 0].set_ylabel("zoom", fontsize=8)
     ax[2, 0].set_ylabel("output - NDCT (HU)", fontsize=8)
-    fig.colorbar(err, ax=ax[2, :].tolist(), shrink=0.8, label="HU")
+    ax[0, -1].axis("off")
+    ax[1, -1].axis("off")
+    fig.colorbar(err, cax=ax[2, -1], label="HU")
     if title:
         fig.suptitle(title, fontsize=10)
     save(fig, out)
@@ -114,19 +121,22 @@ def radial_noise(diff: np.ndarray, mask: np.ndarray, pixel_mm: float, ring_mm: f
 
 
 def noise_vs_radius(images: dict[str, np.ndarray], reference: np.ndarray, pixel_mm: float, out: str,
-                    reference_name: str = "NDCT") -> None:
+                    reference_name: str = "NDCT", title: str = "", marks: dict[str, str] | None = None) -> None:
     """Std of (image - reference) in rings around the head centre, inside brain-range tissue:
-    the non-uniform noise the paper motivates, and what each model leaves of it."""
+    the non-uniform noise the paper motivates, and what each model leaves of it (its error
+    against the reference: noise and any bias or blur). `marks` as in nps_curves."""
     lo, hi = WINDOWS["brain"]
     mask = (reference > lo) & (reference < hi)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    styles = _row_styles(list(images))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for n, im in images.items():
         mids, stds = radial_noise(im - reference, mask, pixel_mm)
-        ax.plot(mids, stds, marker="o", ms=3, label=n, lw=2.2 if n == "LDCT" else 1.2)
+        ax.plot(mids, stds, label=n + (marks or {}).get(n, ""), **{"marker": "o", "ms": 3, **styles[n]})
     ax.set_xlabel("distance from head centre (mm)")
-    ax.set_ylabel(f"std of (image - {reference_name}) (HU)")
+    ax.set_ylabel(f"std of (image - {reference_name}) (HU)\nnoise and error, brain-range tissue", fontsize=8)
+    ax.set_title(title or f"error against the {reference_name} by distance from the head centre", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)
 
 
@@ -149,19 +159,24 @@ def experiment_styles(names: list[str]) -> dict[str, dict]:
     return styles
 
 
-def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
-    """Training loss and the checkpoint score per epoch; with an adversarial experiment (a
+def training_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[str, str] | None = None) -> None:
+    """Training loss and the checkpoint score per epoch (validation round; steps per round
+    differ between models under equal compute); with an adversarial experiment (a
     `loss_discriminator` column) a third panel shows its discriminator's loss and the
-    generator's adversarial terms, where a GAN's balance (or collapse) shows."""
+    generator's adversarial terms, where a GAN's balance (or collapse) shows. `marks` as in
+    learning_curves."""
+    marks = marks or {}
     gans = {n: h for n, h in histories.items() if "loss_discriminator" in h}
     fig, ax = plt.subplots(1, 3 if gans else 2, figsize=(15 if gans else 10, 3.8))
     styles = experiment_styles(list(histories))
     for n, h in histories.items():
         ax[0].plot(h["epoch"], h["train_loss"], label=n, **styles[n])
         score = "" if h.get("target", pd.Series(["ndct"])).iloc[0] == "ndct" else " (vs its repeat scan)"
-        ax[1].plot(h["epoch"], h["val_mse_head"], label=n + score, **styles[n])
+        ax[1].plot(h["epoch"], h["val_mse_head"], label=n + marks.get(n, "") + score, **styles[n])
     ax[0].set_title("training loss")
+    ax[0].set_ylabel("training loss (the experiment's own; log)")
     ax[1].set_title("validation MSE in [0, 80] HU (picks the checkpoint)", fontsize=9)
+    ax[1].set_ylabel("MSE (HU$^2$, log)")
     for n, h in gans.items():
         terms = ["loss_discriminator"] + [c for c in h if c.startswith("loss_adv")]
         for term, ls in zip(terms, ("-", "--", ":", "-.")):
@@ -171,10 +186,10 @@ def training_curves(histories: dict[str, pd.DataFrame], out: str) -> None:
         ax[2].set_title("GAN: discriminator loss, generator's adversarial terms (|value|)", fontsize=9)
         ax[2].legend(fontsize=7)
     for a in ax:
-        a.set_xlabel("epoch")
+        a.set_xlabel("epoch (validation round; its steps: training.csv)")
         a.set_yscale("log")  # losses and MSEs span decades between models and epochs
         a.grid(alpha=0.3)
-    ax[1].legend(fontsize=7)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)
 
 
@@ -201,8 +216,12 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
     ax.set_ylabel("validation PSNR [-40, 120] HU (dB)")
     ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80]; "
                  "‡ not converged, § no better than its input)", fontsize=9)
+    spent = [h["tera_macs"][h["tera_macs"] > 0] for h in histories.values() if "val_psnr_brain" in h]
+    spent = pd.concat(spent) if spent else pd.Series(dtype=float)
+    if len(spent) and spent.max() > 30 * spent.min():  # a model with almost no MACs would sit at 0
+        ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)
 
 
@@ -232,14 +251,16 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
 
 
 def metric_distributions(metrics: pd.DataFrame, out: str) -> None:
+    """Box plots of the per-slice metrics, one row per experiment (shared), in the tables' order."""
     cols = [("psnr_brain", "PSNR [-40,120] (dB)"), ("ssim_brain", "SSIM [-40,120]"), ("psnr_full", "PSNR [-1024,3072] (dB)")]
     order = list(dict.fromkeys(metrics["experiment"]))
-    fig, ax = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.8 + 0.1 * len(order)))
+    fig, ax = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.8 + 0.1 * len(order)), sharey=True)
     for a, (c, label) in zip(ax, cols):
         a.boxplot([metrics.loc[metrics["experiment"] == e, c].to_numpy() for e in order], vert=False, showfliers=True)
-        a.set_yticks(range(1, len(order) + 1), order, fontsize=7)
         a.set_xlabel(label)
         a.grid(alpha=0.3, axis="x")
+    ax[0].set_yticks(range(1, len(order) + 1), order, fontsize=7)
+    ax[0].invert_yaxis()  # the tables' order, top to bottom
     fig.suptitle("per-slice metrics on the test set", fontsize=10)
     save(fig, out)
 
@@ -250,7 +271,7 @@ def phantom_overview(phantom: np.ndarray, truth: np.ndarray, full: np.ndarray, l
     NDCT and LDCT against the noiseless reconstruction (`truth`) vs radius."""
     s = pick_slice(full)
     lo, hi = WINDOWS["brain"]
-    fig, ax = plt.subplots(1, 6, figsize=(19, 3.6))
+    fig, ax = plt.subplots(1, 6, figsize=(20, 3.6), gridspec_kw={"wspace": 0.35})
     for a, im, t in zip(ax[:3], (phantom[s], full[s], low[s]), ("phantom", "NDCT", "LDCT")):
         a.imshow(im, cmap="gray", vmin=lo, vmax=hi)
         a.set_title(f"{t} {window_name_label('brain')}", fontsize=9)
@@ -328,7 +349,9 @@ def draw_all(rp, experiments: list[str]) -> None:
     qualitative_grid({k: v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
                      f"{subject}, slice {s}")
     reference, ref_name = (sv.truth, "noiseless recon") if sv.truth is not None else (sv.full, "NDCT")
-    noise_vs_radius(vols, reference, pixel, rp.figure("fig_noise_radius"), ref_name)
+    marks = row_flags(pd.read_csv(rp.table("training")))[0] if rp.table("training").is_file() else {}
+    noise_vs_radius(vols, reference, pixel, rp.figure("fig_noise_radius"), ref_name,
+                    f"{subject}: error against the {ref_name} by distance from the head centre", marks)
     seg = load_segmenter(rp.segmenter, torch.device("cpu"))
     maps = {k: segment(seg, v[s:s + 1], torch.device("cpu"))[0] for k, v in vols.items()}
     maps["NDCT"] = segment(seg, sv.full[s:s + 1], torch.device("cpu"))[0]
@@ -336,8 +359,8 @@ def draw_all(rp, experiments: list[str]) -> None:
         maps["true labels"] = sv.labels[s].astype(np.uint8)
     segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
     histories = {e: pd.read_csv(rp.history(e)) for e in trained}
-    training_curves(histories, rp.figure("fig_training_curves"))
-    learning_curves(histories, rp.figure("fig_learning_curves"), row_flags(pd.read_csv(rp.table("training")))[0])
+    training_curves(histories, rp.figure("fig_training_curves"), marks)
+    learning_curves(histories, rp.figure("fig_learning_curves"), marks)
     metrics = read_metrics(rp.metrics(e) for e in experiments)
     metric_distributions(metrics, rp.figure("fig_metric_distributions"))
     if sv.truth is not None and sv.labels is not None:
@@ -348,6 +371,22 @@ def draw_all(rp, experiments: list[str]) -> None:
 
 REFERENCE_STYLES = {"LDCT": {"color": "black", "ls": "-", "lw": 2.0}, "NDCT": {"color": "0.45", "ls": "--", "lw": 1.6},
                     "noiseless": {"color": "0.7", "ls": ":", "lw": 1.6}}
+
+
+def point_markers(rows: list[str]) -> dict[str, str]:
+    """A marker per row for plots of points, where a line's dash cannot tell two rows apart:
+    one per loss within a model (featkpn_l1 o, featkpn_ana s), the reference rows their own."""
+    fixed = {"LDCT": "o", "NDCT": "P", "noiseless": "*"}
+    seen: dict[str, int] = {}
+    out = {}
+    for r in rows:
+        if r in fixed:
+            out[r] = fixed[r]
+            continue
+        g = r.split("_", 1)[0]
+        k = seen[g] = seen.get(g, -1) + 1
+        out[r] = ("o", "s", "^", "D", "v", "X")[k % 6]
+    return out
 
 
 def _row_styles(rows: list[str]) -> dict[str, dict]:
@@ -377,7 +416,7 @@ def nps_curves(results: dict[str, dict], out: str | Path, marks: dict[str, str] 
     for a in ax:
         a.set_xlabel("spatial frequency (1/mm)")
         a.grid(alpha=0.3)
-    ax[0].legend(fontsize=6, ncol=2)
+    ax[0].legend(fontsize=6, ncol=5, loc="upper center", bbox_to_anchor=(1.1, -0.14))
     fig.suptitle("noise power spectrum in brain ROIs (difference of two scans' errors / sqrt 2: noise only)", fontsize=10)
     save(fig, out)
 
@@ -417,6 +456,7 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
     marks = marks or {}
     rows = [r for r in results if np.isfinite(results[r]["conditions"][0]["dprime"])]
     styles = _row_styles(rows)
+    points = point_markers(rows)
     conds = results[rows[0]]["conditions"]
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.4, 1]})
     width = 0.8 / len(rows)
@@ -426,13 +466,14 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
         hi = np.array([c["dprime_ci_high"] for c in results[r]["conditions"]])
         x = np.arange(len(conds)) - 0.4 + (k + 0.5) * width
         st = styles[r]
-        ax[0].errorbar(x, d, yerr=np.maximum([d - lo, hi - d], 0), fmt=st.get("marker") or "o", color=st["color"], ms=4,
+        ax[0].errorbar(x, d, yerr=np.maximum([d - lo, hi - d], 0), fmt=points[r], color=st["color"], ms=4,
                        capsize=1.5, lw=1, label=r + marks.get(r, ""))
     ax[0].set_xticks(range(len(conds)), [f"{c['contrast_hu']:g} HU\n{c['diameter_mm']:g} mm" for c in conds])
     ax[0].set_ylabel("d′ (channelized Hotelling observer)")
     ax[0].set_title("lesion detectability (95 % CI)")
     ax[0].grid(alpha=0.3, axis="y")
-    ax[0].legend(fontsize=6, ncol=2)
+    ax[0].legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.85, -0.16),
+                 title="rows (both panels; right: d′ change, paired 95 % CI)", title_fontsize=7)
     hard = f"{conds[0]['contrast_hu']:g} HU, {conds[0]['diameter_mm']:g} mm"
     if "LDCT" in results:
         base = results["LDCT"]["conditions"][0]["dprime"]
@@ -441,9 +482,8 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
                 continue
             dd, lo, hi = (changes or {}).get(r) or (results[r]["conditions"][0]["dprime"] - base,) * 3
             st = styles[r]
-            ax[1].errorbar(psnr_gain[r], dd, yerr=[[dd - lo], [hi - dd]], fmt=st.get("marker") or "o", color=st["color"],
+            ax[1].errorbar(psnr_gain[r], dd, yerr=[[dd - lo], [hi - dd]], fmt=points[r], color=st["color"],
                            ms=5, capsize=2, lw=1)
-            ax[1].annotate(r + marks.get(r, ""), (psnr_gain[r], dd), fontsize=6, xytext=(4, 3), textcoords="offset points")
         ax[1].axhline(0, color="0.5", lw=0.8)
         ax[1].axvline(0, color="0.5", lw=0.8)
         x0, x1 = ax[1].get_xlim()
