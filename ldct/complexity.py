@@ -116,13 +116,17 @@ def measure(spec: dict, size: int, repeats: int, device: str = "cpu", threads: i
 
 
 def model_complexity(name: str, spec: dict, size: int, repeats: int) -> dict:
+    """Table 1's row of one model: trainable parameters, GMACs of one forward pass at `size`
+    (`frozen_gmacs`: those of its frozen parts, counted in `gmacs`), the CPU's median latency
+    over `repeats` passes on this process's threads and their peak memory (and the GPU's)."""
     spec = dict(spec)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     net = models.build(spec["name"], **kwargs)
     countable = getattr(net, "countable", True)  # a numpy model (BM3D) has no MAC count: NaN, "n/a" in Table 1
-    row = {"model": name, "size": size, "params": count_params(net),
-           "gmacs": count_macs(net, size) / 1e9 if countable else float("nan"), "device": "cpu"}
-    cpu = measure(spec, size, repeats, "cpu", threads=torch.get_num_threads())
+    macs, frozen = count_macs(net, size, frozen=True) if countable else (float("nan"), float("nan"))
+    row = {"model": name, "size": size, "params": count_params(net), "gmacs": macs / 1e9,
+           "frozen_gmacs": frozen / 1e9, "device": "cpu", "threads": torch.get_num_threads(), "repeats": repeats}
+    cpu = measure(spec, size, repeats, "cpu", threads=row["threads"])
     row.update(cpu_latency_s=cpu["latency_s"], peak_memory_mb=cpu["peak_memory_mb"])
     if torch.cuda.is_available() and countable:  # a numpy model has no GPU path: n/a
         gpu = measure(spec, size, max(repeats, 10), "cuda")

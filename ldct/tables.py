@@ -295,11 +295,24 @@ def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
     uncounted = df["gmacs"].isna() if "gmacs" in df else pd.Series(False, index=df.index)
     shown.loc[uncounted, "gmacs"] = "n/a"
     na = " GMACs n/a: not a torch model (runs in numpy), no MAC count." if uncounted.any() else ""
-    md, tex = render(shown.astype({c: str for c, _ in cols}), "model", cols, {}, {}, {},
-                     "Trainable parameters, multiply-accumulates and latency per slice." + na)
     size = int(df["size"].iloc[0]) if "size" in df else 512
-    write_table(out_prefix, df, md, tex,
-                f"Measured at {size}x{size} on {df['device'].iloc[0] if 'device' in df else 'cpu'}.{na}")
+    caption = (f"Per {size}x{size} slice. Parameters: trainable ones only. GMACs: multiply-accumulates of one "
+               "forward pass (convolutions and matrix products)")
+    if "frozen_gmacs" in df and (df["frozen_gmacs"].fillna(0) > 0).any():
+        caption += ", frozen parts included (" + "; ".join(
+            f"{r.model}: {r.frozen_gmacs:.2f} of its {r.gmacs:.2f} are its frozen parts, whose parameters are not counted"
+            for r in df.itertuples() if r.frozen_gmacs > 0) + ")"
+    caption += "."
+    if "cpu_latency_s" in df:
+        runs = (f"median of {int(df['repeats'].iloc[0])} forward pass(es) after one warm-up, "
+                f"{int(df['threads'].iloc[0])} thread(s)" if {"repeats", "threads"} <= set(df) else "median per slice")
+        caption += (f" CPU latency: {runs}, without gradients; peak memory: the CPU process's peak resident set "
+                    "during those passes, above its size before them (each model in its own process).")
+    if "gpu_latency_s" in df and df["gpu_latency_s"].notna().any():
+        caption += " GPU latency: median of at least 10 passes, CUDA synchronised."
+    caption += na
+    md, tex = render(shown.astype({c: str for c, _ in cols}), "model", cols, {}, {}, {}, caption)
+    write_table(out_prefix, df, md, tex, caption)
     return df
 
 

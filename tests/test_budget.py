@@ -231,9 +231,14 @@ def test_a_multi_pass_sampler_is_charged_one_pass_per_training_step_and_bm3d_not
     assert budget.macs_per_pixel({"name": "bm3d"}, {}, 32) == 0.0
     row = model_complexity("bm3d", {"name": "bm3d"}, 24, 1)
     assert math.isnan(row["gmacs"]) and row["params"] == 0 and row["cpu_latency_s"] > 0
-    complexity_table([row, model_complexity("gaussian", {"name": "gaussian"}, 24, 1)], str(tmp_path / "t1"))
+    frozen = {"model": "segnet", "size": 24, "params": 10, "gmacs": 2.0, "frozen_gmacs": 1.5, "device": "cpu",
+              "threads": row["threads"], "repeats": 1, "cpu_latency_s": 0.1, "peak_memory_mb": 3.0}
+    complexity_table([row, model_complexity("gaussian", {"name": "gaussian"}, 24, 1), frozen], str(tmp_path / "t1"))
     md = (tmp_path / "t1.md").read_text()
     assert "| bm3d | 0 | n/a |" in md.replace("  ", " ") and "no MAC count" in md
+    # the caption says what each column counts and how it was measured
+    assert "segnet: 1.50 of its 2.00 are its frozen parts" in md and "Parameters: trainable ones only" in md
+    assert f"median of 1 forward pass(es) after one warm-up, {row['threads']} thread(s)" in md
 
 
 def test_a_frozen_submodule_is_charged_its_forward_pass_only():
