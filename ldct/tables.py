@@ -254,30 +254,43 @@ def volume_dice(dice: pd.DataFrame, reference: str) -> pd.DataFrame:
     return (2 * g[f"inter_{reference}"] / denom.where(denom > 0)).rename("dice").reset_index()
 
 
-def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFrame | None = None) -> pd.DataFrame:
+def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFrame | None = None,
+               out_stats: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Anatomical fidelity: Dice of the frozen segmenter on each output over each test volume,
     against its segmentation of NDCT and against the true labels (synthetic data); mean over
-    the foreground classes, then over subjects. The CSV adds each class's Dice vs the labels
-    (vs NDCT where there are none)."""
+    the foreground classes, then over subjects; best in bold, † significantly worse than it (the
+    subject-level test of Table 2, ldct.stats.compare_to_best, written to `out_stats`). The CSV
+    adds each class's Dice vs the labels (vs NDCT where there are none)."""
     allm = pd.concat([pd.read_csv(p) for p in dice_files.values()], ignore_index=True)
     order = list(dice_files)
     cols = [("dice_vs_ndct", "Dice vs NDCT segmentation"), ("dice_vs_truth", "Dice vs true labels")]
     refs = ["ndct"] + (["truth"] if allm["truth_px"].notna().any() else [])
     table = pd.DataFrame({"experiment": order, "dice_vs_ndct": np.nan, "dice_vs_truth": np.nan})
+    per_subject = []
     for ref in refs:
         vd = volume_dice(allm, ref)
         subj = vd.groupby(["experiment", "subject"], sort=False)["dice"].mean()
         table[f"dice_vs_{ref}"] = subj.groupby("experiment").mean().reindex(order).to_numpy()
+        per_subject.append(subj.rename(f"dice_vs_{ref}"))
     per_class = vd.groupby(["experiment", "class"])["dice"].mean().unstack("class").reindex(order)  # the last ref
     per_class.columns = ["dice_" + re.sub(r"\W+", "_", CLASS_NAMES[c]).strip("_") for c in per_class.columns]
     table = table.join(per_class.reset_index(drop=True))
     flags, flag_note = row_flags(training)
     bold = {c: best_row(table.set_index("experiment")[c], flags) for c, _ in cols}
+    bold = {c: e for c, e in bold.items() if e is not None}
+    tested = [c for c in bold if table[c].notna().any()]
+    st = compare_to_best(pd.concat(per_subject, axis=1).reset_index(), tested, seed, best=bold)
+    if out_stats:
+        write_csv(out_stats, st)
+    marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
     subjects = allm["subject"].nunique()
     caption = ("Mean foreground Dice of the frozen segmentation U-Net on each output, over each test volume "
-               f"(mean over classes, then over {subjects} subjects).")
-    md, tex = render(table, "experiment", cols, {}, bold, {}, f"{caption} {flag_note}".strip(), flags)
-    write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV. {flag_note}".strip())
+               f"(mean over classes, then over {subjects} subjects). Best in bold; † significantly worse than the "
+               "best (subject-level Wilcoxon signed-rank, Holm p < 0.05 over the column's comparisons, "
+               "Hodges-Lehmann shift below 0). " + power_note(subjects, len(order) - 1))
+    md, tex = render(table, "experiment", cols, {}, bold, marks, f"{caption} {flag_note}".strip(), flags)
+    write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV"
+                + (f", the tests in {Path(out_stats).name}" if out_stats else "") + f". {flag_note}".rstrip())
     return table
 
 
@@ -419,7 +432,8 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
     if "truth_psnr_full" in pd.read_csv(metric_files[experiments[0]], nrows=1):
         quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
                            seed=seed, reference="truth", fidelity=fidelity, training=training, protocol=protocol)
-    dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"), training)
+    dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"), training,
+               rp.table("dice_stats"), seed)
     anatomical_effect(metric_files, {e: rp.dice(e) for e in experiments}, rp.table_prefix("anatomical_effect"), seed)
 
 

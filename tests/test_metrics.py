@@ -133,7 +133,7 @@ def test_a_marked_row_is_shown_but_never_the_best(tmp_path):
         pd.DataFrame(rows).to_csv(files[exp], index=False)
         dice_files[exp] = str(tmp_path / f"{exp}_dice.csv")
         pd.DataFrame([{"experiment": exp, "subject": f"s{s}", "slice": 0, "class": 1, "out_px": 10,
-                       "ndct_px": 10, "inter_ndct": 10 if exp == "unconv" else 9, "truth_px": np.nan,
+                       "ndct_px": 10, "inter_ndct": {"unconv": 10, "good": 9, "LDCT": 8}[exp], "truth_px": np.nan,
                        "inter_truth": np.nan} for s in range(10)]).to_csv(dice_files[exp], index=False)
     training = pd.DataFrame({"experiment": ["good", "unconv"], "steps": [100, 100], "tera_macs": [1.0, 1.0],
                              "lr": [1e-3, 1e-3], "val_gain_last_tenth_db": [0.0, 2.5],
@@ -149,9 +149,13 @@ def test_a_marked_row_is_shown_but_never_the_best(tmp_path):
     assert "‡ not converged" in md and "by more than 0.1 dB" in md and "not ranked" in md
     t2tex = (tmp_path / "t2.tex").read_text()
     assert t2tex.isascii() and "unconv $^\\ddagger$" in t2tex  # pdflatex-ready: marks as LaTeX commands
-    dice_table(dice_files, str(tmp_path / "t3"), training)
+    dice_table(dice_files, str(tmp_path / "t3"), training, str(tmp_path / "dice_stats.csv"))
     t3 = (tmp_path / "t3.md").read_text()
     assert "**" not in next(x for x in t3.splitlines() if x.startswith("| unconv ‡ |"))
+    # Table 3's bold is tested as Table 2's: LDCT is below the best in all 10 subjects
+    assert "†" in next(x for x in t3.splitlines() if x.startswith("| LDCT |"))
+    st3 = pd.read_csv(tmp_path / "dice_stats.csv")
+    assert set(st3["best"]) == {"good"} and st3.set_index("experiment").loc["LDCT", "significantly_worse"]
     everyone = training.assign(no_gain_over_input=True)
     quantitative_table({e: files[e] for e in ("good", "unconv")}, str(tmp_path / "t2b"),
                        str(tmp_path / "stats_b.csv"), training=everyone)

@@ -145,7 +145,8 @@ def report_table(name, ext):
 
 
 def paper_outputs():
-    return ([str(RP.table(t, e)) for t in TABLES for e in ("csv", "md", "tex")] + [str(RP.table("stats"))]
+    return ([str(RP.table(t, e)) for t in TABLES for e in ("csv", "md", "tex")]
+            + [str(RP.table("stats")), str(RP.table("dice_stats"))]
             + ([str(RP.table("stats_vs_truth"))] if SYNTHETIC else [])
             + (clinical_outputs() if CLINICAL else [])
             + [str(RP.figure(f)) for f in FIGURES] + [str(RP.manifest)]

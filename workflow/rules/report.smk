@@ -34,6 +34,7 @@ rule tables:
     output:
         [report_table(t, e) for t in TABLES[1:] for e in ("csv", "md", "tex")],
         stats=str(RP.table("stats")),
+        dice_stats=str(RP.table("dice_stats")),
         training=str(RP.table("training")),
         effect=[str(RP.table("anatomical_effect", e)) for e in ("csv", "md")] if ANA_PAIRS else [],
         stats_truth=str(RP.table("stats_vs_truth")) if SYNTHETIC else [],
