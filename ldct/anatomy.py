@@ -19,7 +19,7 @@ from ldct.classes import CLASS_NAMES, NUM_CLASSES
 from ldct.data import stack_subjects
 from ldct.errors import ConfigError, DataError
 from ldct.inference import load_checkpoint, pick_device, segment
-from ldct.io import atomic_path, write_csv
+from ldct.io import save_torch, write_csv
 from ldct.provenance import versions
 
 # Pre-training shifts each batch by up to this many HU: robustness to scanner calibration
@@ -96,9 +96,8 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def save_segmenter(path: str | Path, net: torch.nn.Module, source: str, **meta) -> None:
     """segmenter.pt: the weights with what rebuilds the network (width, norm), their origin and
     the package versions that wrote it."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": net.state_dict(), "base_width": net.conv1A.out_channels, "norm": net.norm,
-                    "turns": net.turns, "num_classes": NUM_CLASSES, "source": source, "versions": versions(), **meta}, tmp)
+    save_torch(path, {"state_dict": net.state_dict(), "base_width": net.conv1A.out_channels, "norm": net.norm,
+                      "turns": net.turns, "num_classes": NUM_CLASSES, "source": source, "versions": versions(), **meta})
 
 
 def _turns(cfg: dict) -> int:

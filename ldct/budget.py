@@ -117,8 +117,23 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
             steps = min(steps, _mac_steps(b, macs_step))
         train["epochs"], train["iters_per_epoch"] = _whole_rounds(steps, b["evaluations"])
         steps = train["epochs"] * train["iters_per_epoch"]
-    return train, {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
-                   "tera_macs": steps * macs_step / 1e12}
+    return _training_only(train), {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
+                                   "tera_macs": steps * macs_step / 1e12}
+
+
+def _training_only(train: dict) -> dict:
+    """The settings without those this run never reads, so that changing one (a table's
+    threshold, budget.min_gain_db; patience outside `converged`; the compute once turned into
+    epochs; the sweep's grid when the rate is given; a crop's scale when nothing is cropped)
+    neither reruns nor restarts a training: the spec is the training's rerun and resume key."""
+    train = dict(train)
+    b = train["budget"]
+    train["budget"] = {"protocol": b["protocol"], **({"patience": b["patience"]} if b["protocol"] == "converged" else {})}
+    if train.get("lr") != "auto":
+        train.pop("lr_sweep", None)
+    if not train.get("crop_prob"):
+        train.pop("crop_scale", None)
+    return train
 
 
 def _flat(d: dict, prefix: str = "") -> list[str]:

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ldct.errors import TrainingError
-from ldct.io import atomic_path
+from ldct.io import save_torch
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("exponential", "cosine", "constant", "onecycle")
@@ -337,9 +337,9 @@ class _Checkpoint:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            torch.save({"key": self.key, "model": net.state_dict(), "opt": opt.state_dict(),
-                        "sched": schedule.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                        "scaler": scaler.state_dict(), "history": history, "epoch": epoch, "best": best, "best_state": best_state,
-                        "adversary": adversary.state_dict() if adversary is not None else None}, tmp)
+        save_torch(self.path, {"key": self.key, "model": net.state_dict(), "opt": opt.state_dict(),
+                               "sched": schedule.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                               "scaler": scaler.state_dict(), "history": history, "epoch": epoch, "best": best,
+                               "best_state": best_state,
+                               "adversary": adversary.state_dict() if adversary is not None else None})

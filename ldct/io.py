@@ -47,6 +47,22 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         yield [stack.enter_context(atomic_path(p)) for p in paths]
 
 
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save(obj) to `path` atomically, byte for byte the same for the same content:
+    torch names the archive inside the file after the file it writes to (here a random
+    temporary name), so the bytes are made in memory, where the name is fixed, and then
+    written. A rewritten segmenter.pt with the same weights then keeps the fingerprint that
+    the trainings using it resume by."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1) + "\n")

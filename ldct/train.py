@@ -34,7 +34,7 @@ from ldct.inference import (
     segmenter_from_checkpoint,
     to_input,
 )
-from ldct.io import atomic_path, write_csv
+from ldct.io import save_torch, write_csv
 from ldct.metrics import mean_psnr
 from ldct.provenance import versions
 from ldct.spec import ExperimentSpec
@@ -316,11 +316,11 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
 
 
 def _save_model(out_model: str, state: dict, model_spec: dict, spec: ExperimentSpec, best: dict, run: _Run) -> None:
-    with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": state, "model": model_spec, "hu_range": list(spec.hu_range), "epoch": best["epoch"],
-                    "val_mse_head": best["val_mse_head"], "val_psnr_brain": best["val_psnr_brain"],
-                    "val_psnr_brain_ldct": run.ldct_psnr, "lr": spec.train["lr"], "budget": spec.budget,
-                    "target": spec.train.get("target", "ndct"), "spec": spec.to_json(), "versions": versions()}, tmp)
+    save_torch(out_model, {"state_dict": state, "model": model_spec, "hu_range": list(spec.hu_range),
+                           "epoch": best["epoch"], "val_mse_head": best["val_mse_head"],
+                           "val_psnr_brain": best["val_psnr_brain"], "val_psnr_brain_ldct": run.ldct_psnr,
+                           "lr": spec.train["lr"], "budget": spec.budget, "target": spec.train.get("target", "ndct"),
+                           "spec": spec.to_json(), "versions": versions()})
 
 
 def _calibrate(spec: ExperimentSpec, run: _Run, out_model: str, out_history: str) -> pd.DataFrame:

@@ -192,6 +192,26 @@ def test_an_experiments_nested_train_keys_add_to_the_global_ones():
     assert spec.train["budget"]["protocol"] == "equal_macs"
 
 
+def test_settings_a_training_never_reads_leave_its_spec_unchanged():
+    """The spec is the training's rerun and resume key: a table's threshold (min_gain_db),
+    patience outside `converged`, the compute once turned into steps, the sweep's grid when the
+    rate is given and a crop's scale when nothing is cropped must not retrain anything."""
+    def spec(**train) -> str:
+        cfg = validate_config({"train": {"lr": 1e-3, **train},
+                               "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}})
+        return ExperimentSpec.from_config(cfg, "a").to_json()
+
+    base = spec()
+    assert spec(budget={"min_gain_db": 0.5}) == base
+    assert spec(budget={"patience": 3}) == base  # equal_macs: no early stop
+    assert spec(lr_sweep={"candidates": [1e-2]}) == base
+    assert spec(crop_scale=[0.3, 1.0]) == base
+    # what a training does read still changes it
+    assert spec(budget={"tera_macs": 0.1}) != base and spec(crop_prob=0.5) != base  # fewer steps
+    assert spec(budget={"protocol": "converged", "patience": 3}) != spec(budget={"protocol": "converged", "patience": 4})
+    assert spec(lr="auto") != base
+
+
 def test_an_experiment_cannot_set_its_own_budget():
     """The budget is the comparison's rule: one experiment with its own (a larger compute, more
     validations, another min_gain_db) would be ranked under a caption that is not its own."""

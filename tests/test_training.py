@@ -162,6 +162,11 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
                        out_history=str(tmp_path / "h.csv"))
     loaded = load_segmenter(tmp_path / "seg.pt", torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), loaded.state_dict().values()))
+    # the same weights written again give the same bytes (the trainings that use the segmenter
+    # resume by its fingerprint; torch names its archive after the file it writes to)
+    pretrain_segmenter(nifti_dir="unused", splits={}, cfg=cfg, seed=0, out=str(tmp_path / "again.pt"),
+                       out_history=str(tmp_path / "h3.csv"))
+    assert (tmp_path / "again.pt").read_bytes() == (tmp_path / "seg.pt").read_bytes()
     with pytest.raises(ValueError, match="base_width=8"):
         pretrain_segmenter(nifti_dir="unused", splits={}, cfg={**cfg, "base_width": 8}, seed=0,
                            out=str(tmp_path / "seg2.pt"), out_history=str(tmp_path / "h2.csv"))
