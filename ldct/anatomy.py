@@ -169,7 +169,7 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
     the config's optimiser and schedule (Adam, one-cycle by default), flips, rotations,
     scaling and HU offsets; the epoch with the best mean foreground Dice on the validation
     subjects is kept."""
-    device = pick_device(cfg.get("device", "auto"))
+    device = pick_device(cfg.get("device", "auto"), "segmenter.device")
     if cfg.get("weights"):
         return _load_given_weights(nifti_dir, splits, cfg, device, out, out_history)
     engine.prepare(seed, device)

@@ -131,13 +131,16 @@ def _settings(a, sections: dict) -> dict:
     return out
 
 
-def section_flags(section: str, values: dict, keys=None) -> str:
-    """Shell options that give a validated config section to a command (for the rules)."""
+def section_flags(section: str, values: dict, keys=None, exclude: tuple[str, ...] = ()) -> str:
+    """Shell options that give a validated config section to a command (for the rules): its
+    leaves, or only `keys`, less those under `exclude` (dotted prefixes: a command's defaults
+    stand in for them, and changing them does not rerun the rule)."""
     from ldct.config import load_schema
 
     parts = []
     for path, sub in _leaves(load_schema()["properties"][section]):
-        if keys is not None and ".".join(path) not in keys:
+        dotted = ".".join(path)
+        if (keys is not None and dotted not in keys) or any(dotted == e or dotted.startswith(e + ".") for e in exclude):
             continue
         value = values
         for key in path:

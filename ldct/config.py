@@ -75,13 +75,16 @@ def _from_text(text: str):
 
 
 def coerce(schema: dict, inst):
-    """`inst` with strings read as YAML where the schema expects another type (see above)."""
+    """`inst` with strings read as YAML where the schema expects another type (see above), and
+    whole-number floats made integers where the schema expects an integer."""
     types = _types(schema)
     if isinstance(inst, str) and types and ("string" not in types or ("null" in types and inst in ("null", "~"))):
         inst = _from_text(inst)
     elif isinstance(inst, str) and "number" in types:  # e.g. lr: a number or 'auto'
         value = _from_text(inst)
         inst = value if isinstance(value, (int, float)) and not isinstance(value, bool) else inst
+    if isinstance(inst, float) and inst.is_integer() and "integer" in types and "number" not in types:
+        inst = int(inst)  # 7.0 or 1e3 for an integer key: the schema accepts it, Python's range() and numpy do not
     if isinstance(inst, dict):
         props, extra = schema.get("properties", {}), schema.get("additionalProperties")
         for key, value in inst.items():

@@ -10,14 +10,19 @@ import numpy as np
 import torch
 
 import models
-from ldct.errors import DataError, MissingFileError
+from ldct.errors import ConfigError, DataError, MissingFileError
 from ldct.hu import from_unit, to_unit
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+def pick_device(name: str = "auto", key: str = "device") -> torch.device:
+    """'auto' (CUDA when available), 'cpu' or 'cuda'; 'cuda' where there is none is a
+    ConfigError naming `key` (the setting that asked for it), not torch's assertion."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        why = "is a CPU build" if torch.version.cuda is None else "sees no GPU on this machine"
+        raise ConfigError(f"config error at {key}: {name} asked for, but torch {torch.__version__} {why}; "
+                          "use auto or cpu, or run this job where a GPU is (SLURM: the gpu rules' partition)")
     return torch.device(name)
 
 

@@ -381,7 +381,9 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
     from ldct.stats import paired_difference
 
     pairs = [(e[:-4], e, e[:-4] + "_l1") for e in metric_files if e.endswith("_ana") and e[:-4] + "_l1" in metric_files]
-    if not pairs:
+    if not pairs:  # none in this run: a file left by an earlier config would show pairs no longer there
+        for ext in (".csv", ".md"):
+            Path(out_prefix + ext).unlink(missing_ok=True)
         return pd.DataFrame()
     names = [x for _, a, b in pairs for x in (a, b)]
     per_subject = read_metrics(metric_files[e] for e in names).groupby(["experiment", "subject"])[

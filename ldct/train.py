@@ -288,7 +288,7 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
                    stop_after_epochs: int | None = None) -> pd.DataFrame:
     """Train one experiment; write model.pt (best validation epoch), history.csv and, beside
     them, lr_sweep.csv (the learning-rate sweep of `lr: auto`, or the one rate given)."""
-    device = pick_device(spec.train.get("device", "auto"))
+    device = pick_device(spec.train.get("device", "auto"), f"experiments.{spec.name}.train.device")
     data, val = load_training_data(nifti_dir, splits, spec.train.get("val_max_slices"), spec.train.get("target", "ndct"))
     if spec.needs_segmenter and not segmenter:
         raise TrainingError(f"experiment {spec.name} ({spec.model['name']} + {spec.loss['name']}) "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ldct.cli import build_parser, main, section_flags
 from ldct.config import load_config
@@ -194,3 +195,13 @@ def test_options_are_not_abbreviated(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["split", "--out", str(tmp_path / "s.json"), "--threads", "-1", "S01", "S02"])
     assert "-1 is not a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is")
+def test_cuda_without_a_gpu_names_the_setting():
+    from ldct.errors import ConfigError
+    from ldct.inference import pick_device
+
+    with pytest.raises(ConfigError, match="config error at experiments.a.train.device: cuda asked for, but torch"):
+        pick_device("cuda", "experiments.a.train.device")
+    assert pick_device("auto").type == "cpu"

@@ -192,6 +192,18 @@ def test_an_experiments_nested_train_keys_add_to_the_global_ones():
     assert spec.train["budget"]["protocol"] == "equal_macs"
 
 
+def test_whole_number_floats_for_integer_keys_become_integers():
+    """seed: 1e3 or batch_size: 2.0 pass the schema (JSON's integers) but crashed numpy and torch
+    deep in a job; they are integers, the same spec as 1000 and 2; 2.5 is still refused."""
+    cfg = validate_config({"seed": "1e3", "train": {"batch_size": 2.0},
+                           "synthetic": {"n_subjects": 12.0}, "experiments": {"a": {"model": {"name": "edcnn"},
+                                                                                   "loss": {"name": "l1"}}}})
+    assert cfg["seed"] == 1000 and isinstance(cfg["seed"], int)
+    assert type(cfg["train"]["batch_size"]) is int and type(cfg["synthetic"]["n_subjects"]) is int
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        validate_config({"train": {"batch_size": 2.5}})
+
+
 def test_settings_a_training_never_reads_leave_its_spec_unchanged():
     """The spec is the training's rerun and resume key: a table's threshold (min_gain_db),
     patience outside `converged`, the compute once turned into steps, the sweep's grid when the

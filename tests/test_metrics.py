@@ -292,3 +292,26 @@ def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_pat
 
     assert mean_psnr(noisy, ref, "brain") == pytest.approx(m.loc[0, "psnr_brain"])
     assert np.isnan(mean_psnr(noisy[1:], ref[1:], "brain"))
+
+
+def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
+    """`<model>_ana` minus `<model>_l1` per subject; once the pair is gone from the run, the
+    table an earlier config left is removed rather than shown for experiments no longer there."""
+    from ldct.tables import TABLE2_COLUMNS, anatomical_effect
+
+    files, dice = {}, {}
+    for exp, shift in (("m_ana", 0.5), ("m_l1", 0.0)):
+        rows = [{"experiment": exp, "subject": f"s{s}", "slice": 0,
+                 **{c: 30.0 + shift + 0.01 * s for c, _ in TABLE2_COLUMNS}} for s in range(8)]
+        files[exp] = str(tmp_path / f"{exp}.csv")
+        pd.DataFrame(rows).to_csv(files[exp], index=False)
+        dice[exp] = str(tmp_path / f"{exp}_dice.csv")
+        pd.DataFrame([{"experiment": exp, "subject": f"s{s}", "slice": 0, "class": 1, "out_px": 10, "ndct_px": 10,
+                       "inter_ndct": 9, "truth_px": np.nan, "inter_truth": np.nan} for s in range(8)]
+                     ).to_csv(dice[exp], index=False)
+    prefix = str(tmp_path / "anatomical_effect")
+    table = anatomical_effect(files, dice, prefix).set_index("metric")
+    assert table.loc["psnr_brain", "mean_diff"] == pytest.approx(0.5) and table.loc["psnr_brain", "model"] == "m"
+    assert "| m | psnr_brain | +0.50 |" in (tmp_path / "anatomical_effect.md").read_text()
+    assert anatomical_effect({"m_l1": files["m_l1"]}, dice, prefix).empty
+    assert not (tmp_path / "anatomical_effect.md").exists() and not (tmp_path / "anatomical_effect.csv").exists()

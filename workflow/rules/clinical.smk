@@ -4,6 +4,9 @@
 
 CLINICAL_REFERENCES = [LDCT, NDCT, NOISELESS]  # rows without a model: one job
 CLINICAL_FLAGS = section_flags("synthetic", config["synthetic"]) + " " + section_flags("clinical", config["clinical"])
+# the scans do not depend on the observer's settings: changing those remeasures, it does not rescan
+SCAN_FLAGS = section_flags("synthetic", config["synthetic"]) + " " + section_flags(
+    "clinical", config["clinical"], exclude=("observer",))
 
 
 rule clinical_scans:
@@ -18,7 +21,7 @@ rule clinical_scans:
         str(RP.log("clinical/scans")),
     params:
         phantom=lambda wc, input: str(Path(input.phantoms[0]).parents[1]),
-        settings=CLINICAL_FLAGS,
+        settings=SCAN_FLAGS,
         seed=config["seed"],
     threads: 1  # like synthesize: one thread, so the scans do not depend on the thread count
     conda:

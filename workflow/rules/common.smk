@@ -90,7 +90,12 @@ def as_json(obj):
 
 
 def nifti_files(subjects, labels=False):
-    names = ["full.nii.gz", "low.nii.gz"] + (["labels.nii.gz"] if labels else [])
+    """The converted volumes a job reads: full and low dose, the labels where asked, and for
+    synthetic data the noiseless reconstruction and the repeat scan, which loading a subject
+    reads whenever they are there (an undeclared one deleted would silently drop the truth
+    columns, or the Noise2Noise target)."""
+    names = (["full.nii.gz", "low.nii.gz"] + (["labels.nii.gz"] if labels else [])
+             + (["truth.nii.gz", "repeat.nii.gz"] if SYNTHETIC else []))
     return [str(RP.nifti(s) / n) for s in subjects for n in names]
 
 

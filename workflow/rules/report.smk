@@ -64,6 +64,7 @@ rule figures:
         denoised=[str(RP.denoised(e, SPLITS["test"][0])) for e in EXPERIMENTS],
         segmenter=str(RP.segmenter),
         splits=str(RP.splits),
+        data=nifti_files(SPLITS["test"][:1], labels=SYNTHETIC),  # the first test subject's volumes
         phantom=str(RP.phantom(SPLITS["test"][0]) / "phantom.nii.gz") if SYNTHETIC else [],
     output:
         [report_figure(f) for f in FIGURES],
