@@ -117,19 +117,23 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
             steps = min(steps, _mac_steps(b, macs_step))
         train["epochs"], train["iters_per_epoch"] = _whole_rounds(steps, b["evaluations"])
         steps = train["epochs"] * train["iters_per_epoch"]
-    return _training_only(train), {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
-                                   "tera_macs": steps * macs_step / 1e12}
+    return training_only(train, model), {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
+                                         "tera_macs": steps * macs_step / 1e12}
 
 
-def _training_only(train: dict) -> dict:
+def training_only(train: dict, model: dict | None = None) -> dict:
     """The settings without those this run never reads, so that changing one (a table's
     threshold, budget.min_gain_db; patience outside `converged`; the compute once turned into
-    epochs; the sweep's grid when the rate is given; a crop's scale when nothing is cropped)
-    neither reruns nor restarts a training: the spec is the training's rerun and resume key."""
+    epochs; the sweep's grid when the rate is given, or for a calibrated model, which learns no
+    rate; a crop's scale when nothing is cropped) neither reruns nor restarts a training: the
+    spec is the training's rerun and resume key."""
+    import models
+
     train = dict(train)
+    calibrated = model is not None and getattr(models.REGISTRY.get(model["name"]), "calibrated", False)
     b = train["budget"]
     train["budget"] = {"protocol": b["protocol"], **({"patience": b["patience"]} if b["protocol"] == "converged" else {})}
-    if train.get("lr") != "auto":
+    if train.get("lr") != "auto" or calibrated:
         train.pop("lr_sweep", None)
     if not train.get("crop_prob"):
         train.pop("crop_scale", None)

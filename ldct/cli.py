@@ -313,6 +313,26 @@ def cmd_pretrain_segmenter(a) -> None:
                        checkpoint_dir=a.checkpoints)
 
 
+def spec_with_overrides(spec, given: dict):
+    """A workflow spec with `ldct train`'s own options over its training settings: validated
+    with the schema's defaults, then trimmed again to what the run reads (ldct.budget.training_only),
+    so the saved spec and the resume key are the workflow's; a setting the spec left out because
+    its run did not use it is refused rather than made up from a default."""
+    import copy
+    import dataclasses
+
+    from ldct.budget import training_only
+    from ldct.config import validate_section
+
+    train = training_only(validate_section("train", merge(copy.deepcopy(spec.train), given)), spec.model)
+    refilled = [k for k in ("lr_sweep", "crop_scale") if k in train and k not in spec.train and k not in given]
+    if refilled:
+        flags = {"lr_sweep": "--lr-sweep-candidates", "crop_scale": "--crop-scale"}
+        raise UsageError(f"{', '.join(flags[k] for k in refilled)}: this spec has no such setting (its run did not "
+                         "use one); give it too, or train from --config FILE --experiment NAME")
+    return dataclasses.replace(spec, train=train)
+
+
 @command("train", "train one experiment (--spec, or --config with --experiment)",
          *TRAINING_IO,
          arg("--checkpoints", required=True, help="folder for the resumable state"),
@@ -343,7 +363,7 @@ def cmd_train(a) -> None:
             raise UsageError(f"{', '.join(shaping)}: this spec's steps were set by "
                              f"its budget ({spec.budget.get('protocol')}, {spec.budget.get('steps')} steps); to "
                              "change them, train from --config FILE --experiment NAME")
-        spec = dataclasses.replace(spec, train=validate_section("train", merge(spec.train, given)))
+        spec = spec_with_overrides(spec, given)
     elif a.config:
         cfg = load_config(a.config)
         if a.experiment not in cfg["experiments"]:

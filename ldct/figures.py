@@ -219,7 +219,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
     spent = [h["tera_macs"][h["tera_macs"] > 0] for h in histories.values() if "val_psnr_brain" in h]
     spent = pd.concat(spent) if spent else pd.Series(dtype=float)
     if len(spent) and spent.max() > 30 * spent.min():  # a model with almost no MACs would sit at 0
-        ax.set_xscale("log")
+        ax.set_xscale("symlog", linthresh=float(spent.min()))  # logarithmic, and 0 (a calibrated row) still shown
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)

@@ -14,7 +14,7 @@ from ldct.errors import ConfigError, DataError, MissingFileError
 from ldct.hu import from_unit, to_unit
 
 
-def pick_device(name: str = "auto", key: str = "device") -> torch.device:
+def pick_device(name: str = "auto", key: str = "--device (in the workflow: train.device)") -> torch.device:
     """'auto' (CUDA when available), 'cpu' or 'cuda'; 'cuda' where there is none is a
     ConfigError naming `key` (the setting that asked for it), not torch's assertion."""
     if name == "auto":

@@ -285,9 +285,13 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
     subjects = allm["subject"].nunique()
     caption = ("Mean foreground Dice of the frozen segmentation U-Net on each output, over each test volume "
-               f"(mean over classes, then over {subjects} subjects). Best in bold; † significantly worse than the "
-               "best (subject-level Wilcoxon signed-rank, Holm p < 0.05 over the column's comparisons, "
-               "Hodges-Lehmann shift below 0). " + power_note(subjects, len(order) - 1))
+               f"(mean over classes, then over {subjects} subjects).")
+    if not bold:
+        caption += " Every row is marked: none is shown as best and none is compared."
+    elif len(order) > 1:
+        caption += (" Best in bold; † significantly worse than the best (subject-level Wilcoxon signed-rank, Holm "
+                    "p < 0.05 over the column's comparisons, Hodges-Lehmann shift below 0). "
+                    + power_note(subjects, len(order) - 1))
     md, tex = render(table, "experiment", cols, {}, bold, marks, f"{caption} {flag_note}".strip(), flags)
     write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV"
                 + (f", the tests in {Path(out_stats).name}" if out_stats else "") + f". {flag_note}".rstrip())

@@ -224,6 +224,26 @@ def test_settings_a_training_never_reads_leave_its_spec_unchanged():
     assert spec(lr="auto") != base
 
 
+def test_a_workflow_spec_trained_as_is_keeps_its_settings_and_key():
+    """`ldct train --spec` validates the spec (filling the schema's defaults) and trims it again:
+    the saved spec and the resume key are the workflow's, not 2 x 10^12 MACs and 400 steps from
+    the schema; an option needing a setting the spec left out is refused, not defaulted."""
+    from ldct.cli import spec_with_overrides
+    from ldct.errors import UsageError
+
+    cfg = validate_config({"train": {"lr": 1e-3, "budget": {"tera_macs": 1.0, "steps": 800, "evaluations": 8}},
+                           "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}},
+                                           "b": {"model": {"name": "bm3d"}, "loss": {"name": "l1"},
+                                                 "train": {"lr": "auto"}}}})
+    spec = ExperimentSpec.from_config(cfg, "a")
+    again = ExperimentSpec.from_json(spec.to_json())
+    assert spec_with_overrides(again, {}).to_json() == spec.to_json()
+    assert spec_with_overrides(again, {"lr": 2e-3}).train["lr"] == 2e-3
+    with pytest.raises(UsageError, match="--lr-sweep-candidates: this spec has no such setting"):
+        spec_with_overrides(again, {"lr": "auto"})
+    assert "lr_sweep" not in ExperimentSpec.from_config(cfg, "b").train  # calibrated (BM3D): no rate to sweep
+
+
 def test_an_experiment_cannot_set_its_own_budget():
     """The budget is the comparison's rule: one experiment with its own (a larger compute, more
     validations, another min_gain_db) would be ranked under a caption that is not its own."""
