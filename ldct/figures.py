@@ -140,6 +140,17 @@ def noise_vs_radius(images: dict[str, np.ndarray], reference: np.ndarray, pixel_
     save(fig, out)
 
 
+def loss_index(names: list[str]) -> dict[str, int]:
+    """Each experiment's place among those of its model (`{model}_{loss}`: featkpn_l1 0,
+    featkpn_ana 1), which tells rows of one model apart."""
+    seen: dict[str, int] = {}
+    out = {}
+    for n in names:
+        g = n.split("_", 1)[0]
+        out[n] = seen[g] = seen.get(g, -1) + 1
+    return out
+
+
 def experiment_styles(names: list[str]) -> dict[str, dict]:
     """Line style per experiment named `{model}_{loss}`: one colour per model (featkpn_l1 and
     featkpn_ana share one), one dash pattern per loss within it, then markers, so rows stay
@@ -148,12 +159,9 @@ def experiment_styles(names: list[str]) -> dict[str, dict]:
     cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
     dashes, markers = ["-", "--", "-.", ":"], [None, "o", "s", "^", "x", "D"]
     cycles = -(-len(groups) // cmap.N)  # colour cycles: the marker tells them apart, then the loss
-    seen: dict[str, int] = {}
     styles = {}
-    for n in names:
-        g = n.split("_", 1)[0]
-        k = seen[g] = seen.get(g, -1) + 1
-        gi = groups.index(g)
+    for n, k in loss_index(names).items():
+        gi = groups.index(n.split("_", 1)[0])
         styles[n] = {"color": cmap(gi % cmap.N), "ls": dashes[k % len(dashes)],
                      "marker": markers[(gi // cmap.N + cycles * (k // len(dashes))) % len(markers)], "ms": 3}
     return styles
@@ -377,16 +385,8 @@ def point_markers(rows: list[str]) -> dict[str, str]:
     """A marker per row for plots of points, where a line's dash cannot tell two rows apart:
     one per loss within a model (featkpn_l1 o, featkpn_ana s), the reference rows their own."""
     fixed = {"LDCT": "o", "NDCT": "P", "noiseless": "*"}
-    seen: dict[str, int] = {}
-    out = {}
-    for r in rows:
-        if r in fixed:
-            out[r] = fixed[r]
-            continue
-        g = r.split("_", 1)[0]
-        k = seen[g] = seen.get(g, -1) + 1
-        out[r] = ("o", "s", "^", "D", "v", "X")[k % 6]
-    return out
+    index = loss_index([r for r in rows if r not in fixed])
+    return {r: fixed[r] if r in fixed else ("o", "s", "^", "D", "v", "X")[index[r] % 6] for r in rows}
 
 
 def _row_styles(rows: list[str]) -> dict[str, dict]:

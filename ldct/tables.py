@@ -138,15 +138,10 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     table["seed"] = seed  # the run's seed (that of the bootstrap CIs too): `ldct seeds` checks it
     per_subject = allm.groupby(["experiment", "subject"])[cols].mean().reset_index()
     flags, flag_note = row_flags(training)
-    bold = {c: best_row(table.set_index("experiment")[c], flags) for c in cols}
-    bold = {c: e for c, e in bold.items() if e is not None}
-    if bold:  # the tests compare with the row shown in bold
-        st = compare_to_best(per_subject, list(bold), seed, best=bold)
-    else:
-        st = compare_to_best(per_subject, [], seed)
-        flag_note += " Every row is marked: none is shown as best and none is compared."
+    bold, st, marks = tested_best(table.set_index("experiment"), per_subject, cols, flags, seed)
+    if not bold:
+        flag_note += " " + EVERY_ROW_MARKED
     write_csv(out_stats, st)
-    marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
     marks.update(lr_edge_marks(training))
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
@@ -239,6 +234,21 @@ def row_flags(training: pd.DataFrame | None) -> tuple[dict[str, str], str]:
     return {e: f for e, f in flags.items() if f}, note
 
 
+EVERY_ROW_MARKED = "Every row is marked: none is shown as best and none is compared."
+
+
+def tested_best(means: pd.DataFrame, per_subject: pd.DataFrame, cols: list[str], flags: dict[str, str],
+                seed: int) -> tuple[dict[str, str], pd.DataFrame, dict[tuple[str, str], str]]:
+    """A table's bold row per column (best_row over `means`, indexed by experiment; a column
+    with no unmarked value has none), every other row tested against it on `per_subject`
+    (ldct.stats.compare_to_best: the tests compare with the row shown in bold), and the †
+    marks of those significantly worse: (bold, stats, marks)."""
+    bold = {c: best_row(means[c], flags) for c in cols}
+    bold = {c: e for c, e in bold.items() if e is not None}
+    st = compare_to_best(per_subject, list(bold), seed, best=bold)
+    return bold, st, {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
+
+
 def best_row(values: pd.Series, flags: dict[str, str]) -> str | None:
     """The row a table shows in bold for one column (`values` indexed by experiment, higher is
     better): the highest among the rows with no mark, or None where every row is marked."""
@@ -276,18 +286,15 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     per_class.columns = ["dice_" + re.sub(r"\W+", "_", CLASS_NAMES[c]).strip("_") for c in per_class.columns]
     table = table.join(per_class.reset_index(drop=True))
     flags, flag_note = row_flags(training)
-    bold = {c: best_row(table.set_index("experiment")[c], flags) for c, _ in cols}
-    bold = {c: e for c, e in bold.items() if e is not None}
-    tested = [c for c in bold if table[c].notna().any()]
-    st = compare_to_best(pd.concat(per_subject, axis=1).reset_index(), tested, seed, best=bold)
+    bold, st, marks = tested_best(table.set_index("experiment"), pd.concat(per_subject, axis=1).reset_index(),
+                                  [c for c, _ in cols], flags, seed)
     if out_stats:
         write_csv(out_stats, st)
-    marks = {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
     subjects = allm["subject"].nunique()
     caption = ("Mean foreground Dice of the frozen segmentation U-Net on each output, over each test volume "
                f"(mean over classes, then over {subjects} subjects).")
     if not bold:
-        caption += " Every row is marked: none is shown as best and none is compared."
+        caption += " " + EVERY_ROW_MARKED
     elif len(order) > 1:
         caption += (" Best in bold; † significantly worse than the best (subject-level Wilcoxon signed-rank, Holm "
                     "p < 0.05 over the column's comparisons, Hodges-Lehmann shift below 0). "

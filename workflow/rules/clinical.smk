@@ -3,10 +3,9 @@
 # subjects (ldct/clinical.py). Real data has no noiseless truth and skips the section.
 
 CLINICAL_REFERENCES = [LDCT, NDCT, NOISELESS]  # rows without a model: one job
-CLINICAL_FLAGS = section_flags("synthetic", config["synthetic"]) + " " + section_flags("clinical", config["clinical"])
+CLINICAL_FLAGS = f"{SYNTHETIC_FLAGS} {section_flags('clinical', config['clinical'])}"
 # the scans do not depend on the observer's settings: changing those remeasures, it does not rescan
-SCAN_FLAGS = section_flags("synthetic", config["synthetic"]) + " " + section_flags(
-    "clinical", config["clinical"], exclude=("observer",))
+SCAN_FLAGS = f"{SYNTHETIC_FLAGS} {section_flags('clinical', config['clinical'], exclude=('observer',))}"
 
 
 rule clinical_scans:

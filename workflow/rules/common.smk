@@ -32,6 +32,7 @@ if _weights and not os.path.isabs(_weights) and not os.path.exists(_weights):
 
 RP = ResultPaths(config["results"], config["dataset"]["name"])
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
+SYNTHETIC_FLAGS = section_flags("synthetic", config["synthetic"])  # the synthetic section, as job options
 # Jobs run `python -m ldct ...` with `python` = the interpreter running Snakemake (its folder
 # goes first on PATH), so a venv works without being activated. With `--sdm conda` each rule
 # uses workflow/envs/ldct.yaml instead; `python -m` then finds the project in the working

@@ -28,7 +28,7 @@ rule synthesize:
     log:
         str(RP.log("synthesize/{subject}")),
     params:
-        settings=section_flags("synthetic", config["synthetic"]),
+        settings=SYNTHETIC_FLAGS,
         seed=config["seed"],
         phantom=lambda wc, output: str(Path(output.truth).parent),
     threads: 1
