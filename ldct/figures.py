@@ -240,7 +240,7 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
             if c in ranks]
     seeds = sorted(ranks["seed"].unique())
     names = list(dict.fromkeys(ranks["experiment"]))
-    styles = experiment_styles(names)
+    styles = _row_styles(names)  # LDCT in its fixed style: the models keep the other figures' colours
     fig, ax = plt.subplots(1, len(cols), figsize=(5.2 * len(cols), 0.35 * len(names) + 2.5), squeeze=False)
     for a, (c, head) in zip(ax[0], cols):
         for n in names:

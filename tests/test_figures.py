@@ -117,3 +117,22 @@ def test_learning_curves_label_each_row_with_the_tables_marks(monkeypatch, tmp_p
                             str(tmp_path / "lc.png"), {"flat_l1": " §"})
     labels = [t.get_text() for t in drawn[0].get_legend().get_texts()]
     assert labels[:2] == ["good_l1", "flat_l1 §"] and "LDCT (validation input)" in labels
+
+
+def test_seed_ranks_colour_models_as_the_other_figures_do_with_ldct_a_row(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from ldct import figures
+
+    names = ["LDCT", "featkpn_l1", "featkpn_ana", "edcnn_l1"]
+    ranks = pd.DataFrame([{"experiment": n, "seed": s, "rank_psnr_brain": (i + s) % 4 + 1, "rank_ssim_brain": i + 1}
+                          for s in (42, 43) for i, n in enumerate(names)])
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig))
+    figures.seed_ranks(ranks, tmp_path / "ranks.png")
+    lines = {ln.get_label(): ln for ln in drawn[0].axes[0].get_lines()}
+    assert set(lines) == set(names)
+    models = experiment_styles(names[1:])  # as the training curves, without the LDCT row
+    for n in names[1:]:
+        assert lines[n].get_color() == models[n]["color"] and lines[n].get_linestyle() == models[n]["ls"]
+    assert lines["LDCT"].get_color() == figures.REFERENCE_STYLES["LDCT"]["color"]
