@@ -202,7 +202,7 @@ def sweep_note(training: pd.DataFrame | None) -> str:
     if not short.empty:
         text += (f" (fewer than {SHORT_SWEEP_STEPS} for " + ", ".join(f"{r.experiment} ({r.lr_sweep_steps})"
                                                                       for r in short.itertuples())
-                 + ": their rate was chosen on little evidence)")
+                 + ": their rate was chosen on little evidence; train.lr_sweep.min_steps lengthens a sweep)")
     text += "."
     edges = swept[swept["lr_at_edge"].isin(list(LR_EDGE_MARKS))]
     if not edges.empty:

@@ -353,6 +353,15 @@ def _calibrate(spec: ExperimentSpec, run: _Run, out_model: str, out_history: str
     return df
 
 
+def sweep_epochs(train: dict) -> int:
+    """Validation rounds each learning rate of the sweep trains: `lr_sweep.fraction` of the
+    run's, rounded, at least one, raised to cover `lr_sweep.min_steps`, at most the run's."""
+    sweep, epochs = train["lr_sweep"], int(train["epochs"])
+    share = max(1, round(epochs * sweep["fraction"]))
+    floor = -(-int(sweep.get("min_steps", 0)) // int(train["iters_per_epoch"]))
+    return min(epochs, max(share, floor))
+
+
 def _converged(spec: ExperimentSpec) -> bool:
     return spec.train.get("budget", {}).get("protocol") == "converged"
 
@@ -394,10 +403,11 @@ class _Run:
         return result, model_spec
 
     def sweep(self, checkpoint_dir: str) -> pd.DataFrame:
-        """`lr: auto`: each candidate trains `lr_sweep.fraction` of the run's epochs from the same
-        initialisation; the lowest best validation MSE [0, 80] HU is chosen."""
+        """`lr: auto`: each candidate trains `lr_sweep.fraction` of the run's epochs (and at
+        least `lr_sweep.min_steps` steps) from the same initialisation; the lowest best
+        validation MSE [0, 80] HU is chosen."""
         cfg = self.spec.train
-        epochs = max(1, round(cfg["epochs"] * cfg["lr_sweep"]["fraction"]))
+        epochs = sweep_epochs(cfg)
         rows = []
         for lr in cfg["lr_sweep"]["candidates"]:
             trial = replace(self.spec, train={**cfg, "lr": lr, "epochs": epochs})

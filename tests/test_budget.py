@@ -1,6 +1,7 @@
 """The budget protocol, convergence flags, the power statement and seed stability."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -334,3 +335,28 @@ def test_a_baseline_with_nothing_to_train_is_told_to_be_calibrated():
             ExperimentSpec.from_config(cfg, "b")
     finally:
         del models.REGISTRY._items["blank_probe"]
+
+
+def test_sweep_min_steps_lengthens_a_short_sweep_up_to_the_run():
+    """Each swept rate trains `fraction` of the run's rounds, raised to whole rounds that cover
+    `min_steps` (a large model's share under equal compute is a few steps), never past the run."""
+    from ldct.train import sweep_epochs
+
+    def train(epochs, iters, fraction, min_steps=0):
+        return {"epochs": epochs, "iters_per_epoch": iters, "lr_sweep": {"fraction": fraction, "min_steps": min_steps}}
+
+    assert sweep_epochs(train(8, 5, 0.15)) == 1  # RED-CNN in the default run: 5 steps per rate
+    assert sweep_epochs(train(8, 5, 0.15, min_steps=20)) == 4  # 20 steps
+    assert sweep_epochs(train(8, 5, 0.15, min_steps=21)) == 5  # whole rounds: 25 steps
+    assert sweep_epochs(train(8, 5, 0.15, min_steps=1000)) == 8  # at most the run
+    assert sweep_epochs(train(8, 56, 0.15, min_steps=20)) == 1  # the share already covers it
+    assert sweep_epochs({"epochs": 10, "iters_per_epoch": 4, "lr_sweep": {"fraction": 0.5}}) == 5  # older specs
+
+
+def test_sweep_min_steps_is_validated():
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    cfg["train"]["lr_sweep"]["min_steps"] = -1
+    with pytest.raises(ConfigError, match="lr_sweep.*min_steps"):
+        validate_config(cfg)
