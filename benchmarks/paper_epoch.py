@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
+from ldct.budget import resolve_pass  # noqa: E402
 from ldct.classes import NUM_CLASSES  # noqa: E402
 from ldct.config import load_config  # noqa: E402
 from ldct.engine import Adversary, build_optimizer, train_step  # noqa: E402
@@ -106,6 +107,9 @@ def main() -> None:
                     help="time this many steps and extrapolate (default: a whole epoch, iters_per_epoch steps)")
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--slices", type=int, default=4, help="phantom slices to sample from and to validate on")
+    ap.add_argument("--train-slices", type=int, default=1400,
+                    help="training slices an epoch of `iters_per_epoch: pass` passes over (default: the paper "
+                         "split's 40 cases x about 35)")
     ap.add_argument("--no-fp32", action="store_true", help="measure mixed precision only")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", help="also write the rows to this file")
@@ -132,7 +136,7 @@ def main() -> None:
         print(f"  {', '.join(calibrated)}: calibrated, not trained (no training step to time)", flush=True)
     a.experiments = [e for e in a.experiments if e not in calibrated]
     for exp in a.experiments:
-        spec = ExperimentSpec.from_config(config, exp)
+        spec = resolve_pass(ExperimentSpec.from_config(config, exp), a.train_slices)  # an epoch's steps
         cfg = spec.train
         for amp in precisions:
             r = measure(spec, seg_ck, low, full, device, amp, a.steps)

@@ -19,6 +19,8 @@ import math
 
 # Protocols under which an experiment may set its own epochs and steps per epoch.
 OWN_STEPS = ("converged", "fixed")
+# `iters_per_epoch: pass`: an epoch is one pass over the training slices (resolve_pass).
+ONE_PASS = "pass"
 
 
 def _probe(name: str, kwargs: dict, size: int):
@@ -109,8 +111,8 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     size = min(train["patch_size"] or slice_size, slice_size)  # the sampler's patches never exceed the slice
     macs_step = step_macs(model, segmenter, size, train["batch_size"])
     train = dict(train)
-    if b["protocol"] in OWN_STEPS:
-        steps = train["epochs"] * train["iters_per_epoch"]
+    if b["protocol"] in OWN_STEPS:  # one pass per epoch: the steps are known once the slices are counted
+        steps = None if train["iters_per_epoch"] == ONE_PASS else train["epochs"] * train["iters_per_epoch"]
     else:
         steps = b["steps"]
         if b["protocol"] == "equal_macs" and macs_step > 0:
@@ -118,7 +120,35 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
         train["epochs"], train["iters_per_epoch"] = _whole_rounds(steps, b["evaluations"])
         steps = train["epochs"] * train["iters_per_epoch"]
     return training_only(train, model), {"protocol": b["protocol"], "steps": steps, "macs_per_step": macs_step,
-                                         "tera_macs": steps * macs_step / 1e12}
+                                         "tera_macs": None if steps is None else steps * macs_step / 1e12}
+
+
+def resolve_pass(spec, n_slices: int):
+    """`spec` with `iters_per_epoch: pass` made the steps of one pass over `n_slices` training
+    slices (rounded down to whole batches: the last short batch is dropped, as the reference's
+    DataLoader(shuffle=True, drop_last=True) does), and its budget record's steps and compute
+    filled in; any other spec as it is."""
+    from dataclasses import replace
+
+    from ldct.errors import ConfigError
+
+    train = spec.train
+    if train.get("iters_per_epoch") != ONE_PASS:
+        return spec
+    iters = n_slices // train["batch_size"]
+    if iters < 1:
+        raise ConfigError(f"experiments.{spec.name}.train.iters_per_epoch: pass: {n_slices} training slices "
+                          f"do not fill one batch of {train['batch_size']}")
+    steps = train["epochs"] * iters
+    budget = {**spec.budget, "steps": steps, "tera_macs": steps * spec.budget.get("macs_per_step", 0.0) / 1e12}
+    return replace(spec, train={**train, "iters_per_epoch": iters}, budget=budget)
+
+
+def round_size(train: dict) -> str:
+    """A validation round's length in words: its steps, or one pass over the training slices."""
+    if train["iters_per_epoch"] == ONE_PASS:
+        return f"one pass over the training slices (in batches of {train['batch_size']}, the last short one dropped)"
+    return f"{train['iters_per_epoch']} steps"
 
 
 def training_only(train: dict, model: dict | None = None) -> dict:
@@ -172,10 +202,10 @@ def describe(train: dict) -> str:
         return ("Training budget: set per experiment (epochs, patch size and learning rate chosen by hand; the budgets "
                 "differ, so the ranking reflects them too; steps and rates in the CSV).")
     if b["patience"] >= train["epochs"]:  # never stalled long enough to stop: the reference's protocol
-        return (f"Training budget: {train['epochs']} rounds of {train['iters_per_epoch']} steps for every experiment, "
+        return (f"Training budget: {train['epochs']} rounds of {round_size(train)} for every experiment, "
                 f"keeping the round with the lowest validation MSE [0, 80] HU (no early stop), {common}.")
     return (f"Training budget: until converged, validation MSE [0, 80] HU not improved for {b['patience']} rounds "
-            f"of {train['iters_per_epoch']} steps (at most {train['epochs']} rounds), {common}.")
+            f"of {round_size(train)} (at most {train['epochs']} rounds), {common}.")
 
 
 def is_capped(b: dict, steps: int, tera_macs: float) -> bool:

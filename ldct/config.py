@@ -80,7 +80,7 @@ def coerce(schema: dict, inst):
     types = _types(schema)
     if isinstance(inst, str) and types and ("string" not in types or ("null" in types and inst in ("null", "~"))):
         inst = _from_text(inst)
-    elif isinstance(inst, str) and "number" in types:  # e.g. lr: a number or 'auto'
+    elif isinstance(inst, str) and ("number" in types or "integer" in types):  # lr: a number or 'auto'
         value = _from_text(inst)
         inst = value if isinstance(value, (int, float)) and not isinstance(value, bool) else inst
     if isinstance(inst, float) and inst.is_integer() and "integer" in types and "number" not in types:

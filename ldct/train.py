@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import losses
 import models
 from ldct import engine
+from ldct.budget import resolve_pass
 from ldct.data import REPEAT_NAME, stack_subjects
 from ldct.errors import DataError, TrainingError
 from ldct.hu import WINDOWS
@@ -61,8 +62,9 @@ class PatchSampler:
       then one HU offset, then a patch anywhere (when patch_size is set). No 90-degree turns, no
       head-centred patches. Slices come in shuffled passes, a new one at each epoch's start
       (`start_epoch`), as the reference's DataLoader(shuffle=True) gives them; an epoch longer
-      than a pass starts another, so a batch may straddle two passes (the reference's epoch is
-      exactly one pass, its short last batch dropped; this one is `iters_per_epoch` steps).
+      than a pass starts another, so a batch may straddle two passes. `iters_per_epoch: pass`
+      makes an epoch exactly one pass, its short last batch dropped, as the reference's is
+      (ldct.budget.resolve_pass).
     The project style draws each slice at random (with replacement)."""
 
     def __init__(self, low: np.ndarray, full: np.ndarray, patch: int | None, batch: int, augment: bool,
@@ -290,6 +292,7 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
     them, lr_sweep.csv (the learning-rate sweep of `lr: auto`, or the one rate given)."""
     device = pick_device(spec.train.get("device", "auto"), f"experiments.{spec.name}.train.device")
     data, val = load_training_data(nifti_dir, splits, spec.train.get("val_max_slices"), spec.train.get("target", "ndct"))
+    spec = resolve_pass(spec, len(data["low"]))  # iters_per_epoch: pass -> the steps of one pass
     if spec.needs_segmenter and not segmenter:
         raise TrainingError(f"experiment {spec.name} ({spec.model['name']} + {spec.loss['name']}) "
                             "needs the segmenter checkpoint (--segmenter)")

@@ -66,6 +66,15 @@ def test_equal_steps_and_converged():
     assert cfg["train"]["epochs"] == 4 and "4 rounds of 60 steps" in budget.describe(cfg["train"])
     assert "no early stop" in budget.describe(cfg["train"])
     assert "equal compute, 0.2 x 10^12" in budget.describe(config()["train"])
+    # an epoch of one pass (configs/paper.yaml): its steps are counted once the slices are
+    cfg["train"]["iters_per_epoch"] = "pass"
+    spec = ExperimentSpec.from_config(cfg, "redcnn_l1")
+    assert spec.budget["steps"] is None and spec.budget["tera_macs"] is None
+    assert "4 rounds of one pass over the training slices (in batches of 4" in budget.describe(cfg["train"])
+    run = budget.resolve_pass(spec, 30)  # 7 batches of 4, 2 slices left over
+    assert run.train["iters_per_epoch"] == 7 and run.budget["steps"] == 28
+    assert run.budget["tera_macs"] == pytest.approx(28 * spec.budget["macs_per_step"] / 1e12)
+    assert budget.resolve_pass(run, 30) == run
 
 
 def test_per_experiment_epochs_are_refused_under_a_fixed_budget():

@@ -62,6 +62,7 @@ def test_paper_config_is_the_protocol():
     assert cfg["segmenter"]["base_width"] == 64 and cfg["segmenter"]["weights"]
     t = cfg["train"]
     assert (t["epochs"], t["batch_size"], t["patch_size"], t["lr"], t["lr_decay"], t["amp"]) == (400, 1, None, 1e-4, 0.99, True)
+    assert t["iters_per_epoch"] == "pass"  # an epoch is one pass over the training slices, as the reference's
     exps = {n: ExperimentSpec.from_config(cfg, n) for n in cfg["experiments"]}
     denoisers = set(models.denoisers()) - {"unet"}
     assert {e.model["name"] for e in exps.values()} == denoisers

@@ -73,6 +73,26 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path, style):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+def test_an_epoch_of_one_pass_trains_the_slices_over_the_batch_size(dataset, tmp_path):
+    """`iters_per_epoch: pass` (configs/paper.yaml): an epoch is one pass over the training
+    slices in whole batches, the last short one dropped, as the reference's DataLoader; the
+    budget record counts the steps so made. Too few slices for one batch is a config error."""
+    from ldct.config import ConfigError
+
+    base, splits = dataset
+    n = len(load_training_data(str(base / "nifti"), splits, None)[0]["low"])
+    batch = 3 if n % 3 else 2  # a batch that leaves a short one over (when n is not a multiple of 6)
+    exp = {**EXPERIMENT, "train": {**EXPERIMENT["train"], "iters_per_epoch": "pass", "batch_size": batch,
+                                   "augment_style": "reference", "warmup_iters": 0}}
+    hist, out = train(dataset, "pass", tmp_path, experiment=exp)
+    iters = n // batch
+    assert list(hist["step"]) == [iters, 2 * iters, 3 * iters]
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert json.loads(saved["spec"])["train"]["iters_per_epoch"] == iters and saved["budget"]["steps"] == 3 * iters
+    with pytest.raises(ConfigError, match=f"iters_per_epoch: pass: {n} training slices do not fill one batch of {n + 1}"):
+        train(dataset, "none", tmp_path, experiment={**exp, "train": {**exp["train"], "batch_size": n + 1}})
+
+
 def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     ck = tmp_path / "ck"
     train(dataset, "x", tmp_path, ck=ck, stop_after_epochs=1)
