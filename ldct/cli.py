@@ -606,8 +606,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a cancelled Snakemake run, a SLURM time limit) exits as an error does, through
+    the `finally` of ldct.io.atomic_path, so no half-written temporary file is left behind."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _exit_on_sigterm()
     keep_large_allocations()
     a = build_parser().parse_args(argv)
     c = a.command_spec

@@ -119,13 +119,41 @@ class SubjectSeries:
     low: Path
 
 
+# Files a download or a file browser leaves beside the slices (NBIA's license and manifest
+# files, Windows' and macOS's thumbnails, notes): skipped with a warning, where anything else
+# that does not read as DICOM is an error naming it. Hidden files (".DS_Store") are skipped too.
+NOT_DICOM_NAMES = {"thumbs.db", "desktop.ini", "dicomdir"}
+NOT_DICOM_SUFFIXES = {".txt", ".md", ".rtf", ".pdf", ".html", ".htm", ".xml", ".json", ".csv", ".tcia", ".ini",
+                      ".db", ".log", ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".zip", ".nii", ".gz"}
+
+
+def _not_dicom(path: Path) -> bool:
+    return path.name.lower() in NOT_DICOM_NAMES or path.suffix.lower() in NOT_DICOM_SUFFIXES
+
+
+def series_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The files under `folder` that conversion reads as slices (what the workflow declares as
+    a conversion's inputs, so that replaced DICOM data reconverts): not hidden, not a known
+    non-DICOM file (NOT_DICOM_NAMES, NOT_DICOM_SUFFIXES)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and not _not_dicom(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _series_description(folder: Path) -> str:
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            try:
-                return str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesDescription"]).get("SeriesDescription", ""))
-            except Exception:
-                continue
+    """The first SeriesDescription a file of `folder` holds ("" if none does: a truncated
+    first file, with no tags, does not hide the series' name in the next ones)."""
+    for f in series_files(folder):
+        try:
+            text = str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesDescription"])
+                       .get("SeriesDescription", "")).strip()
+        except Exception:
+            continue
+        if text:
+            return text
     return ""
 
 
@@ -147,9 +175,7 @@ def find_series(subject_dir: Path, full_key: str = FULL_DESCRIPTION, low_key: st
     if not subject_dir.is_dir():
         raise DicomError(f"{subject_dir}: subject folder not found")
     found: dict[str, list[Path]] = {"full": [], "low": []}
-    files = (p for p in subject_dir.rglob("*")
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(subject_dir).parts))
-    for folder in sorted({p.parent for p in files}):
+    for folder in sorted({p.parent for p in series_files(subject_dir, recursive=True)}):
         kind = _classify(folder, full_key, low_key)
         if kind:
             found[kind].append(folder)
@@ -184,7 +210,10 @@ class Volume:
 
 def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     """Read every file of a series folder, checking that each is a CT slice with geometry tags."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    skipped = [p.name for p in folder.iterdir() if p.is_file() and _not_dicom(p)]
+    if skipped:
+        log.warning("%s: skipped files that are not DICOM slices: %s", folder, ", ".join(sorted(skipped)))
+    files = series_files(folder)
     if not files:
         raise DicomError(f"{folder}: no DICOM files found")
     slices = []

@@ -205,3 +205,22 @@ def test_cuda_without_a_gpu_names_the_setting():
     with pytest.raises(ConfigError, match="config error at experiments.a.train.device: cuda asked for, but torch"):
         pick_device("cuda", "experiments.a.train.device")
     assert pick_device("auto").type == "cpu"
+
+
+def test_sigterm_leaves_no_half_written_file(tmp_path):
+    """A cancelled run or a SLURM time limit sends SIGTERM: a command exits through the
+    `finally` of atomic_path, so neither the output nor its hidden temporary file is left."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal\n"
+              "from ldct.cli import _exit_on_sigterm\n"
+              "from ldct.io import atomic_path\n"
+              "_exit_on_sigterm()\n"
+              f"with atomic_path({str(tmp_path / 'full.nii.gz')!r}) as tmp:\n"
+              "    tmp.write_bytes(b'half a volume')\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    raise AssertionError('not stopped')\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []

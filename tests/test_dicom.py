@@ -303,6 +303,35 @@ def test_a_slice_unlike_the_rest_of_its_series_is_named(synthetic_subject, tmp_p
     _expect_error(subj, tmp_path / "out", message.format(name=victim.name))
 
 
+def test_files_a_download_leaves_beside_the_slices_are_skipped_and_named(synthetic_subject, tmp_path, caplog):
+    """Notes, thumbnails and hidden files in a series folder are not slices: skipped with a
+    warning naming them (the conversion is the same); an unreadable file of any other name is
+    still an error."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    convert_subject(subj, tmp_path / "clean")
+    full = series_dir(subj, "Full Dose")
+    for name in ("README.txt", "Thumbs.db", ".DS_Store", "LICENSE.pdf"):
+        (full / name).write_text("not a slice\n")
+    with caplog.at_level("WARNING"):
+        convert_subject(subj, tmp_path / "out")
+    assert "skipped files that are not DICOM slices: LICENSE.pdf, README.txt, Thumbs.db" in caplog.text
+    for name in ("full.nii.gz", "low.nii.gz"):
+        assert np.array_equal(nib.load(tmp_path / "out" / name).get_fdata(), nib.load(tmp_path / "clean" / name).get_fdata())
+    (full / "notes").write_text("not a slice either\n")
+    _expect_error(subj, tmp_path / "bad", "notes: not a readable DICOM file")
+
+
+def test_a_truncated_first_file_in_uid_named_folders_is_named(synthetic_subject, tmp_path):
+    """NBIA's classic layout names folders by UID, so the series is found by the files'
+    SeriesDescription: a truncated first file (no tags) does not hide it, and is named."""
+    subj = tmp_path / "N005"
+    for kind, uid in (("Full Dose", "1.3.6.1.4.1.9328.50.4.111"), ("Low Dose", "1.3.6.1.4.1.9328.50.4.222")):
+        shutil.copytree(series_dir(synthetic_subject["dicom"], kind), subj / "1.3.6.1.4.1.9328.50.4.1" / uid)
+    victim = sorted((subj / "1.3.6.1.4.1.9328.50.4.1" / "1.3.6.1.4.1.9328.50.4.111").glob("*.dcm"))[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: (not a readable DICOM file|missing .*: a truncated file)")
+
+
 def test_empty_series_folder_is_named(synthetic_subject, tmp_path):
     """Found by name in the TCIA layout it is no series; named explicitly (generic layout), an
     empty folder."""

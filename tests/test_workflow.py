@@ -205,6 +205,39 @@ def test_dry_run_on_a_tcia_layout_tree(standin_tcia, tmp_path):
     assert "--subject-dir" in out and "N030" in out and "synthesize" not in out
 
 
+def test_replaced_dicom_data_is_converted_again(standin_tcia, tmp_path):
+    """A conversion's inputs are the files it reads, not only the subject folder (whose time
+    does not change when a series two levels down is replaced); a notes file beside the
+    slices is skipped, not an error."""
+    import os
+    import shutil
+
+    import pydicom
+
+    tree = tmp_path / "tree"
+    shutil.copytree(standin_tcia, tree)
+    low = next(p for p in (tree / "N005").rglob("*Low Dose*") if p.is_dir())
+    (low / "README.txt").write_text("downloaded with the NBIA data retriever\n")
+    cfg = tmp_path / "real.yaml"
+    cfg.write_text(f"dataset: {{name: standin, source: dicom, dicom_root: '{tree}'}}\n"
+                   "split: {method: random, fractions: {train: 0.5, val: 0.25, test: 0.25}}\n" + weights_line(standin_tcia))
+    target = "results/standin/nifti/N005/low.nii.gz"
+    res = run(["--configfile", str(cfg), "--cores", "2", target], tmp_path)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    log = (tmp_path / "results/standin/logs/convert/N005.log").read_text()
+    assert "skipped files that are not DICOM slices: README.txt" in log
+    res = run(["-n", "--configfile", str(cfg), "--cores", "2", target], tmp_path)
+    assert "Nothing to be done" in res.stdout + res.stderr
+    first = sorted(low.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(first)  # a slice replaced (other pixels), two levels below the subject folder
+    ds.PixelData = (ds.pixel_array + 1).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(first)
+    later = os.stat(tmp_path / target).st_mtime + 5
+    os.utime(first, (later, later))
+    res = run(["-n", "--configfile", str(cfg), "--cores", "2", target], tmp_path)
+    assert "convert" in planned(res), (res.stdout + res.stderr)[-3000:]
+
+
 def test_dry_run_on_a_generic_layout(standin_tcia, tmp_path):
     full = next(p for p in (standin_tcia / "N005").rglob("*Full Dose*") if p.is_dir())
     low = next(p for p in (standin_tcia / "N005").rglob("*Low Dose*") if p.is_dir())

@@ -7,7 +7,7 @@ import sys
 
 from ldct.cli import SERIES_KEYS, TABLE_TRAIN_KEYS, section_flags
 from ldct.config import ConfigError, read_yaml, validate_config
-from ldct.dicom import discover_subjects
+from ldct.dicom import discover_subjects, series_files
 from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.paths import ResultPaths, dose_tag, low_dose_name
 from ldct.spec import ExperimentSpec
@@ -184,13 +184,20 @@ def sweep_metric_files():
 
 
 def convert_inputs(wc):
+    """A conversion's inputs: its series folders, and on real data every file it reads as a
+    slice (ldct.dicom.series_files): a folder's own time does not change when the files two
+    levels down are replaced, so without them new DICOM data would not be reconverted."""
+    code = {"code": code_files("dicom")}
     if SYNTHETIC:
-        return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz")}
+        return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz"), **code}
     root = Path(config["dataset"]["dicom_root"])
     if config["dataset"]["layout"] == "generic":
         folders = config["dataset"]["series"][wc.subject]
-        return {"full": str(root / folders["full"]), "low": str(root / folders["low"])}
-    return {"dicom": str(root / wc.subject)}
+        full, low = root / folders["full"], root / folders["low"]
+        return {"full": str(full), "low": str(low), "files": [str(p) for p in series_files(full) + series_files(low)],
+                **code}
+    return {"dicom": str(root / wc.subject), "files": [str(p) for p in series_files(root / wc.subject, recursive=True)],
+            **code}
 
 
 def series_args(wc, input):
