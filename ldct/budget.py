@@ -26,20 +26,24 @@ ONE_PASS = "pass"
 def _probe(name: str, kwargs: dict, size: int):
     """Model `name` built with `kwargs`, checked as the workflow needs it before any job runs:
     it builds, has something to train (or is calibrated), and maps a (1, 1, size, size) input
-    to that shape (run on the meta device: no computation). A ConfigError says what is wrong."""
-    import copy
-
+    to that shape (run on the meta device: no computation; complexity.dry_forward). A
+    ConfigError says what is wrong, naming the model's file."""
     import torch
 
     import models
+    from ldct.complexity import dry_forward
     from ldct.errors import ConfigError
 
+    cls = models.REGISTRY.get(name) if name in models.available() else None
+    where = f" ({cls.__module__.replace('.', '/')}.py)" if cls is not None else ""
     try:
         net = models.build(name, **kwargs)
     except ConfigError:
         raise
+    except TypeError as err:  # the registry's message names the model and the arguments
+        raise ConfigError(f"{err}{where}") from None
     except Exception as err:
-        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {type(err).__name__}: {err}") from None
+        raise ConfigError(f"model {name!r}{where} cannot be built with {kwargs}: {type(err).__name__}: {err}") from None
     calibrated = getattr(models.REGISTRY.get(name), "calibrated", False)
     if not calibrated and not any(p.requires_grad for p in net.parameters()):
         raise ConfigError(f"model {name!r} has no trainable parameters: a method with nothing to learn is a "
@@ -47,13 +51,12 @@ def _probe(name: str, kwargs: dict, size: int):
     if calibrated:
         return net
     try:
-        with torch.no_grad():
-            out = copy.deepcopy(net).to("meta").eval()(torch.zeros(1, 1, size, size, device="meta"))
+        out = dry_forward(net, size, eval_mode=True)[0]
     except Exception as err:
-        raise ConfigError(f"model {name!r} fails on a (1, 1, {size}, {size}) input: {type(err).__name__}: {err}") from None
+        raise ConfigError(f"model {name!r}{where} fails on a (1, 1, {size}, {size}) input: {type(err).__name__}: {err}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 1, size, size):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {name!r} returns {got} for a (1, 1, {size}, {size}) input; a denoiser returns "
+        raise ConfigError(f"model {name!r}{where} returns {got} for a (1, 1, {size}, {size}) input; a denoiser returns "
                           "one image of its input's shape (README: Add a baseline)")
     return net
 

@@ -9,6 +9,7 @@ size just before the forward pass, read from /proc on Linux).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import resource
@@ -28,14 +29,32 @@ def count_params(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
+def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bool = False, eval_mode: bool = False):
+    """A copy of `net` run once without gradients on a (1, in_channels, size, size) input, on the
+    meta device (shapes only, no computation); a model whose forward reads a value out of a
+    tensor (`.item()`, `float(t)`, numpy), which meta tensors do not hold, runs on the CPU with a
+    random input instead (its error, if it fails there too, is the one raised). The copy is in
+    eval mode with `eval_mode`. Returns (the output, the FlopCounterMode that counted the run
+    when `count`, else None)."""
+    for device in ("meta", "cpu"):
+        x = (torch.zeros(1, in_channels, size, size, device="meta") if device == "meta"
+             else torch.rand(1, in_channels, size, size, generator=torch.Generator().manual_seed(0)))
+        counter = FlopCounterMode(display=False) if count else None
+        try:
+            with torch.no_grad(), counter if counter is not None else contextlib.nullcontext():
+                copied = copy.deepcopy(net).to(device)
+                return (copied.eval() if eval_mode else copied)(x), counter
+        except Exception:
+            if device == "cpu":
+                raise
+
+
 def count_macs(net: torch.nn.Module, size: int, in_channels: int = 1, frozen: bool = False):
-    """Conv/matmul MACs of one forward pass, counted on the meta device (no computation); with
-    `frozen`, (all, those of the frozen submodules): the outermost submodules whose parameters
-    all have requires_grad off (SGDNet's segmentation U-Net), which training runs forward only."""
-    meta = copy.deepcopy(net).to("meta")
-    x = torch.zeros(1, in_channels, size, size, device="meta")
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        meta(x)
+    """Conv/matmul MACs of one forward pass, counted on the meta device (no computation; the
+    CPU for a model the meta device cannot run, dry_forward); with `frozen`, (all, those of the
+    frozen submodules): the outermost submodules whose parameters all have requires_grad off
+    (SGDNet's segmentation U-Net), which training runs forward only."""
+    fc = dry_forward(net, size, in_channels, count=True)[1]
     total = fc.get_total_flops() / 2.0
     if not frozen:
         return total

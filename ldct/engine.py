@@ -185,7 +185,14 @@ def train_step(net: torch.nn.Module, criterion: Callable, opt: torch.optim.Optim
         loss = criterion(out, y)
     terms = getattr(criterion, "last_terms", {})
     if not torch.isfinite(loss):
-        raise TrainingError(f"non-finite loss ({loss.item()}); lower train.lr or check the input data for NaN")
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            cause = "the batch holds NaN or inf: check the input data"
+        elif not torch.isfinite(out).all():
+            cause = ("the model's output is not finite (after updates: diverged weights, lower train.lr; at the "
+                     "first step: the model's forward)")
+        else:
+            cause = "the model's output is finite, the loss of it is not: check the loss"
+        raise TrainingError(f"non-finite loss ({loss.item()}); {cause}")
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
@@ -258,7 +265,8 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
                 losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp,
                                     adversary)
             except TrainingError as err:
-                raise TrainingError(f"{task.label}epoch {epoch + 1}, step {it + 1}: {err}") from None
+                first = " (the first step: no update yet, so not the learning rate)" if epoch * iters + it == 0 else ""
+                raise TrainingError(f"{task.label}epoch {epoch + 1}, step {it + 1}{first}: {err}") from None
             schedule.after_step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -424,7 +424,8 @@ class _Run:
                              "val_psnr_brain": math.nan, "source": f"sweep: {err}"})
         df = pd.DataFrame(rows)
         if not np.isfinite(df["val_mse_head"]).any():
-            raise TrainingError(f"every learning rate of the sweep diverged: {cfg['lr_sweep']['candidates']}")
+            raise TrainingError(f"every learning rate of the sweep diverged: {cfg['lr_sweep']['candidates']}; "
+                                + "; ".join(f"{r['lr']:g}: {r['source'].removeprefix('sweep: ')}" for r in rows))
         df["chosen"] = df.index == df["val_mse_head"].idxmin()
         print(f"lr sweep: chose {df.loc[df['chosen'], 'lr'].iloc[0]:g}", file=sys.stderr)
         return df

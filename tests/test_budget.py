@@ -315,17 +315,46 @@ def test_a_baseline_that_breaks_the_model_contract_stops_the_plan(body, message)
     import models
 
     name = f"broken{abs(hash(body)) % 10**6}"
-    ns = {"nn": nn, "torch": torch}
+    ns = {"nn": nn, "torch": torch, "__name__": f"models.{name}"}  # as if in models/{name}.py
     exec("class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
          "        self.conv = nn.Conv2d(1, 1, 3, padding=1)\n    def forward(self, x):\n        " + body, ns)
     models.REGISTRY._items[name] = ns["Net"]
     try:
         cfg = validate_config({"train": {"patch_size": 32},
                                "experiments": {"b_l1": {"model": {"name": name}, "loss": {"name": "l1"}}}})
-        with pytest.raises(ConfigError, match=f"config error at experiments.b_l1.model: model '{name}' {message}"):
+        with pytest.raises(ConfigError, match=f"config error at experiments.b_l1.model: model '{name}' "
+                                              f"\\(models/{name}.py\\) {message}"):
             ExperimentSpec.from_config(cfg, "b_l1")
     finally:
         del models.REGISTRY._items[name]
+
+
+def test_a_baseline_that_reads_a_value_from_a_tensor_is_planned_and_counted():
+    """A forward that calls .item() or float(t) cannot run on the meta device, which holds no
+    values: the probe and the MAC count run it on the CPU instead of refusing a valid model."""
+    from torch import nn
+
+    import models
+    from ldct.complexity import count_macs
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            s = max(float(x.abs().max()), 1e-6)
+            return x + self.conv(x / s) * s
+
+    models.REGISTRY._items["scaled_probe"] = Scaled
+    try:
+        cfg = validate_config({"train": {"patch_size": 32},
+                               "experiments": {"s": {"model": {"name": "scaled_probe"}, "loss": {"name": "l1"}}}})
+        spec = ExperimentSpec.from_config(cfg, "s")
+        assert spec.budget["macs_per_step"] > 0
+        assert count_macs(Scaled(), 32) == 9 * 32 * 32  # one 3x3 convolution per pixel
+    finally:
+        del models.REGISTRY._items["scaled_probe"]
 
 
 def test_a_baseline_with_nothing_to_train_is_told_to_be_calibrated():

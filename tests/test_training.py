@@ -170,6 +170,36 @@ def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
     assert not (tmp_path / "nan" / "model.pt").exists()
 
 
+def test_a_non_finite_loss_says_what_is_not_finite():
+    """The model's output at the first step (no update yet: not the learning rate), the data,
+    or the loss: each named, so a broken new model is not blamed on its rate."""
+    from ldct import engine
+
+    class NanNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x) * torch.log(x - x - 1.0)
+
+    x = torch.rand(2, 1, 8, 8)
+    task = engine.Task(NanNet(), torch.nn.L1Loss(), lambda: (x, x), lambda m: {"val": 0.0}, score="val")
+    cfg = {**EXPERIMENT["train"], "epochs": 1, "iters_per_epoch": 2, "amp": False}
+    with pytest.raises(TrainingError, match=r"epoch 1, step 1 \(the first step: no update yet, so not the learning "
+                                            r"rate\): non-finite loss \(nan\); the model's output is not finite"):
+        engine.fit(task, cfg, device=torch.device("cpu"), generator=torch.Generator(), key="k")
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="the batch holds NaN or inf: check the input data"):
+        engine.train_step(net, torch.nn.L1Loss(), opt, scaler, bad, x, False)
+    with pytest.raises(TrainingError, match="the model's output is finite, the loss of it is not"):
+        engine.train_step(net, lambda out, y: (out - y).abs().mean() / 0.0, opt, scaler, x, x, False)
+
+
 def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
     import models
     from ldct.anatomy import pretrain_segmenter
@@ -605,7 +635,8 @@ def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, 
         train(dataset, "ana", tmp_path, experiment=ana)
     wild = {**EXPERIMENT, "train": {**EXPERIMENT["train"], "lr": "auto",
                                     "lr_sweep": {"candidates": [1e30, 1e31], "fraction": 0.34}}}
-    with pytest.raises(TrainingError, match=r"every learning rate of the sweep diverged: \[1e\+30, 1e\+31\]"):
+    with pytest.raises(TrainingError, match=r"every learning rate of the sweep diverged: \[1e\+30, 1e\+31\]; "
+                                            r"1e\+30: epoch 1, step \d+.*non-finite loss"):
         train(dataset, "wild", tmp_path, experiment=wild)
     assert not (tmp_path / "ana" / "model.pt").exists() and not (tmp_path / "wild" / "model.pt").exists()
 
