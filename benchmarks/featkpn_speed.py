@@ -4,10 +4,11 @@ side by side in one run, on the same weights and inputs.
     python benchmarks/featkpn_speed.py [--threads 2] [--repeats 3] [--device cpu|cuda] [--amp]
 
 The reference (jiwoosong/FeatKPN-LDCT-enhancement, KPNfeat + kernel2d_conv) is re-stated here
-as a forward pass over this project's modules: the kernel branch first, each kernel head
-whole (its 1x1 conv and PReLU stored as full tensors), then the feature branch, and the
-filtering by unfolding every k x k neighbourhood, permuting it pixel-major and summing the
-products, as the reference does. The project's model (models/featkpn.py) fuses the kernel
+as a forward pass over this project's parameters, in plain torch ops and the reference's
+order: the kernel branch first, each kernel head whole (its 1x1 conv and PReLU stored as full
+tensors), then the feature branch, residual blocks summed out of place (identity + out *
+res_scale), and the filtering by unfolding every k x k neighbourhood, permuting it pixel-major
+and summing the products, as the reference does. The project's model (models/featkpn.py) fuses the kernel
 heads' tail into a filtering op that never stores the kernels.
 
 Three workloads, each variant in its own process (a fresh peak-memory mark):
@@ -17,12 +18,14 @@ Three workloads, each variant in its own process (a fresh peak-memory mark):
             ldct.engine.build_optimizer, as its training runs: torch's fused implementation)
   infer512  forward of one 512x512 slice without gradients (denoising the test set)
 Before timing, outputs and every parameter's gradient are compared between the two (float64,
-one 64x64 and one odd-sized input). Prints the median time, the peak memory (CPU: the
+one 64x64 and one odd-sized input); a difference above rounding (FLOAT64_TOLERANCE) stops the
+script before anything is timed. Prints the median time, the peak memory (CPU: the
 process's peak resident set and the peak above the resident set before the first pass;
 CUDA: torch's peak allocation) and the ratios reference / project. On the CPU also the time
 inside convolutions (the reference's include its kernel heads' 1x1 convs; the project's are the
-3x3 ones only, which both run alike: same layers, same oneDNN calls, near the CPU's peak rate):
-the reference's time over the project's is the ceiling on the time ratio.
+3x3 ones only, the same arithmetic, run as grouped pairs of the two branches' layers where the
+reference runs them one by one): the reference's time over the project's is the ceiling on the
+time ratio (what it would be if everything else in the project took no time).
 
 On the CPU each is run three times, under three allocator settings: glibc's defaults (how the
 reference runs), large allocations kept in the heap (ldct.allocator, how this project's jobs
@@ -53,6 +56,7 @@ from ldct.engine import build_optimizer  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 
 WORKLOADS = ("step512", "train64", "infer512")
+FLOAT64_TOLERANCE = 1e-10  # outputs and relative gradients, reference vs project: rounding only
 # CPU allocator settings: name -> what it means in the printed table
 ALLOCATORS = {"glibc": "glibc's defaults", "heap": "large allocations kept in the heap",
               "mapped": "every allocation mapped and returned on free"}
@@ -70,22 +74,46 @@ def reference_filter(feat: torch.Tensor, kernels: torch.Tensor, k: int) -> torch
     return (patches * ker).sum(-1).permute(0, 3, 1, 2).contiguous()
 
 
+def reference_block(block, x: torch.Tensor) -> torch.Tensor:
+    """The reference's ResBlock: identity + conv2(LeakyReLU(conv1(x))) * res_scale, out of place
+    (a new product and a new sum per block, where the project adds into the conv's output)."""
+    return x + block.conv2(F.leaky_relu(block.conv1(x), 0.2, inplace=True)) * block.res_scale
+
+
+def reference_stage(stage, x: torch.Tensor) -> torch.Tensor:
+    """conv_block (conv, LeakyReLU in place) and two ResBlocks: an encoder stage."""
+    return reference_block(stage[3], reference_block(stage[2], F.leaky_relu(stage[0](x), 0.2, inplace=True)))
+
+
+def reference_head(head, x: torch.Tensor) -> torch.Tensor:
+    """A dynamic_kernel head whole: conv_block (3x3 conv, PReLU), two ResBlocks, conv_block
+    (1x1 conv, PReLU), its kernels stored as a full tensor."""
+    x = reference_block(head[3], reference_block(head[2], head[1](head[0](x))))
+    return head[5](head[4](x))
+
+
 def reference_forward(net, x: torch.Tensor) -> torch.Tensor:
-    """KPNfeat.forward re-stated over this project's FeatKPN modules (same parameters)."""
+    """KPNfeat.forward re-stated in its order over this project's FeatKPN parameters (the same
+    weights; none of the project's fused or memory-saving ops): the kernel branch's three
+    stages, then its three heads, the feature branch's stages and projections, then the
+    filtering and decoding from the coarsest scale."""
     h, w = x.shape[-2:]
     xp = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate")
-    g, kernels = xp, []
-    for s in range(3):  # the kernel branch first, each head whole
-        g = net.kern_enc[s](g)
-        kernels.append(net.kern_head[s](g))
-    f, feats = xp, []
+    kfeat, ffeat, g, f = [], [], xp, xp
     for s in range(3):
-        f = net.feat_enc[s](f)
-        feats.append(net.feat_proj[s](f))
+        g = reference_stage(net.kern_enc[s], g)
+        kfeat.append(g)
+    kernels = [reference_head(net.kern_head[s], kfeat[s]) for s in range(3)]
+    for s in range(3):
+        f = reference_stage(net.feat_enc[s], f)
+        ffeat.append(f)
+    feats = [F.leaky_relu(net.feat_proj[s][0](ffeat[s]), 0.2, inplace=True) for s in range(3)]
     out = reference_filter(feats[2], kernels[2], net.k)
     for s in (1, 0):
-        out = net.dec[s](net.up[s](out) + reference_filter(feats[s], kernels[s], net.k))
-    return (xp + net.tail(out))[..., :h, :w]
+        skip = reference_filter(feats[s], kernels[s], net.k)
+        out = net.up[s](out) + skip  # conv, pixel shuffle, LeakyReLU in place (the reference's upconv)
+        out = reference_block(net.dec[s][1], reference_block(net.dec[s][0], out))
+    return (F.leaky_relu(net.tail[0](out), 0.2, inplace=True) + xp)[..., :h, :w]  # the reference keeps the padding
 
 
 def forward_fn(variant: str, net):
@@ -104,7 +132,8 @@ def check_identical(device: str = "cpu", dtype: torch.dtype = torch.float64, amp
         for variant in ("reference", "project"):
             net.zero_grad(set_to_none=True)
             with torch.autocast(device, enabled=amp):
-                y = forward_fn(variant, net)(x).float()
+                y = forward_fn(variant, net)(x)
+            y = y.float() if amp else y  # float64 compared as float64
             y.square().mean().backward()
             outs.append(y.detach())
             grads.append([p.grad.clone() for p in net.parameters()])
@@ -185,6 +214,9 @@ def main() -> None:
     diff = check_identical()
     print(f"reference vs project (CPU, float64): max |output difference| {diff['output']:.1e}, "
           f"max gradient difference {diff['gradient']:.1e} of the largest gradient")
+    if max(diff.values()) > FLOAT64_TOLERANCE:  # timing two different computations would mean nothing
+        sys.exit(f"the reference's re-statement and the project's model differ by more than {FLOAT64_TOLERANCE:g} "
+                 "in float64: not timed")
     if a.device == "cuda":
         for label, kw in (("float32", {"dtype": torch.float32}), ("mixed precision", {"dtype": torch.float32, "amp": True})):
             diff = check_identical("cuda", **kw)
@@ -200,7 +232,7 @@ def main() -> None:
             for alloc in allocators:
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", v, w, "--threads", str(a.threads),
                        "--repeats", str(a.repeats), "--device", a.device, "--allocator", alloc] + (["--amp"] if amp else [])
-                env = {**os.environ, "LDCT_KEEP_HEAP": "1"}  # the heap setting as this project runs it
+                env = {**os.environ, "LDCT_KEEP_HEAP": "1"}  # the "heap" rows keep the heap whatever the shell says
                 res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
                 if res.returncode:
                     sys.exit(f"{v} {w} failed:\n{res.stderr[-3000:]}")
