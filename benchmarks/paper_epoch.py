@@ -87,10 +87,10 @@ def measure(spec: ExperimentSpec, seg_ck: dict, low, full, device, amp: bool, st
     sync(device)
     step_s = (time.perf_counter() - t) / n
     net.eval()
-    predict_slices(net, low[:2], tuple(hu_range), device)
+    predict_slices(net, low[:2], tuple(hu_range), device, amp=use_amp)  # the row's precision
     sync(device)
     t = time.perf_counter()
-    predict_slices(net, low, tuple(hu_range), device)
+    predict_slices(net, low, tuple(hu_range), device, amp=use_amp)
     sync(device)
     infer = len(low) / (time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
@@ -148,7 +148,8 @@ def main() -> None:
                   f"{cfg['iters_per_epoch']} steps of batch {cfg['batch_size']})  "
                   f"{cfg['epochs']} epochs {r['run_h']:6.1f} h  val {r['val_slices_per_s']:6.1f} slices/s  "
                   f"peak GPU memory {gib(r['peak_gib'])}", flush=True)
-    print("\nexperiment      ms/step AMP   ms/step fp32   AMP speed-up   peak GiB AMP   peak GiB fp32")
+    first = "ms/step AMP" if device.type == "cuda" else "ms/step fp32 (CPU: no AMP)"
+    print(f"\nexperiment     {first:>12s}   ms/step fp32   AMP speed-up   peak GiB AMP   peak GiB fp32")
     for exp in a.experiments:
         amp = next(r for r in rows if r["experiment"] == exp and r["amp"] == (device.type == "cuda"))
         fp = next((r for r in rows if r["experiment"] == exp and not r["amp"]), None)

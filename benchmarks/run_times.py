@@ -3,7 +3,7 @@
     python benchmarks/run_times.py [LOG ...]
 
 LOG: a Snakemake log (`.snakemake/log/*.snakemake.log`, or the run's captured stderr); by
-default the newest log under `.snakemake/log/`. Each job's seconds are the time between its
+default the newest log under `.snakemake/log/` that ran jobs (not a dry run's or a lint's). Each job's seconds are the time between its
 start stamp and its `Finished jobid` stamp (one-second resolution; jobs that run beside each
 other each count their whole time, so the job-seconds add up to more than the wall time on
 several cores). Prints one table per log: rule, jobs, job-seconds, share, longest job.
@@ -64,12 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", nargs="*", type=Path)
     args = parser.parse_args(argv)
-    logs = args.logs or sorted(Path(".snakemake/log").glob("*.snakemake.log"))[-1:]
+    logs = args.logs or [p for p in sorted(Path(".snakemake/log").glob("*.snakemake.log"), reverse=True)
+                         if _ran_jobs(p)][:1]
     if not logs:
-        parser.error("no log given and none under .snakemake/log/")
+        parser.error("no log given and none under .snakemake/log/ that ran jobs")
     for path in logs:
-        print(report(path))
+        try:
+            print(report(path))
+        except ValueError as err:
+            parser.error(f"{path}: {err}")
     return 0
+
+
+def _ran_jobs(path: Path) -> bool:
+    """Whether a Snakemake log records a finished job (a dry run's or a lint's does not)."""
+    return any(FINISHED.match(line) for line in path.read_text(errors="replace").splitlines())
 
 
 if __name__ == "__main__":

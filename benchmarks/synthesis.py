@@ -1,5 +1,6 @@
 """Time to synthesize the default dataset (phantoms + dose simulation + DICOM) on this
-machine, subject by subject in one process, and the share of each stage.
+machine, subject by subject in one process on one thread: the template fields (once per
+process) and each subject's whole making, and the wall time the workflow's parallel jobs give.
 
     python benchmarks/synthesis.py [--config config.yaml] [--subjects N]
 """
@@ -14,6 +15,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
+
 from ldct.config import load_config  # noqa: E402
 from ldct.phantom import mni_fields  # noqa: E402
 from ldct.synthetic import make_subject, subject_ids  # noqa: E402
@@ -25,6 +28,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=None, help="default: synthetic.n_subjects")
     a = ap.parse_args()
     cfg = load_config(a.config)
+    torch.set_num_threads(1)  # one core, as one of the workflow's synthesis jobs per core
     n = a.subjects or cfg["synthetic"]["n_subjects"]
     t0 = time.perf_counter()
     mni_fields()

@@ -1,4 +1,7 @@
-"""Training and inference throughput of every registered denoiser on this machine, side by side.
+"""Training and inference throughput of the paper's CNNs (Feat-KPN with and without the
+anatomical loss, RED-CNN, EDCNN, SGDNet, DnCNN, KPN) and the Gaussian filter on this machine,
+side by side. The other families (Restormer, CoreDiff, BM3D) are timed where they run: their
+rows of `configs/families.yaml` (README "Baseline families").
 
     python benchmarks/throughput.py [--patch 64] [--batch 8] [--slice 128] [--steps 5] [--threads N]
 
