@@ -257,8 +257,9 @@ def main() -> None:
         for alloc, label in ALLOCATORS.items():
             print(f"  {'':10s} {ratio(rows[w, 'reference', alloc], rows[w, 'project', alloc])}   (both: {label})")
     if a.device == "cpu":
-        print("\nceiling on the time ratio: the reference's time over the project's time in 3x3 convolutions,"
-              "\nwhich both run alike (what the ratio would be if everything else in the project took no time):")
+        print("\nceiling on the time ratio: the reference's time over the project's time in 3x3 convolutions"
+              "\n(the same arithmetic, run as grouped pairs of the two branches' layers): what the ratio would be"
+              "\nif everything else in the project took no time:")
         for w in a.workloads:
             ref, own = rows[w, "reference", "glibc"], rows[w, "project", "heap"]
             print(f"  {w:10s} {ref['seconds'] / own['conv_seconds']:5.2f}x   (convolutions: {own['conv_seconds']:.3f} s "

@@ -415,7 +415,10 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
     if full.data.shape[:2] != low.data.shape[:2]:
         raise DicomError(f"{where}: full dose is {full.data.shape[:2]} pixels, low dose {low.data.shape[:2]}")
     if not np.allclose(full.affine[:3, :2], low.affine[:3, :2], atol=1e-3):
-        raise DicomError(f"{where}: full- and low-dose series differ in orientation or pixel spacing")
+        def columns(v):  # the affine's in-plane columns: direction times pixel spacing (mm)
+            return ", ".join(f"({' '.join(f'{x:.3g}' for x in v.affine[:3, j])})" for j in range(2))
+        raise DicomError(f"{where}: full- and low-dose series differ in orientation or pixel spacing: in-plane "
+                         f"steps (mm, RAS) full dose {columns(full)}, low dose {columns(low)}")
     if abs(fm["slice_spacing_mm"] - lm["slice_spacing_mm"]) > 1e-3 and min(len(full.positions), len(low.positions)) > 1:
         raise DicomError(f"{where}: slice spacing differs: full dose {fm['slice_spacing_mm']:g} mm, low dose "
                          f"{lm['slice_spacing_mm']:g} mm: the pair must be reconstructed alike")
@@ -426,7 +429,9 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
     fi = np.flatnonzero(near.min(axis=1) <= tol)
     li = near[fi].argmin(axis=1)
     if len(fi) == 0:
-        raise DicomError(f"{where}: full- and low-dose series share no slice position")
+        raise DicomError(f"{where}: full- and low-dose series share no slice position (full dose "
+                         f"{full.positions.min():.2f} to {full.positions.max():.2f} mm, low dose "
+                         f"{low.positions.min():.2f} to {low.positions.max():.2f} mm)")
     for name, idx in (("full", fi), ("low", li)):
         if np.any(np.diff(idx) != 1):
             gap = int(np.flatnonzero(np.diff(idx) != 1)[0])

@@ -316,6 +316,8 @@ def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
     for c, d in digits.items():
         if c in shown:
             shown[c] = shown[c].map(lambda v, d=d: _fmt(v, d))
+    if "gmacs" in shown:  # a small model's few MACs: two significant digits, not 0.00
+        shown["gmacs"] = [f"{v:.2g}" if isinstance(v, float) and 0 < v < 0.1 else t for v, t in zip(df["gmacs"], shown["gmacs"])]
     uncounted = df["gmacs"].isna() if "gmacs" in df else pd.Series(False, index=df.index)
     shown.loc[uncounted, "gmacs"] = "n/a"
     na = " GMACs n/a: not a torch model (runs in numpy), no MAC count." if uncounted.any() else ""

@@ -246,6 +246,8 @@ def test_a_multi_pass_sampler_is_charged_one_pass_per_training_step_and_bm3d_not
     complexity_table([row, model_complexity("gaussian", {"name": "gaussian"}, 24, 1), frozen], str(tmp_path / "t1"))
     md = (tmp_path / "t1.md").read_text()
     assert "| bm3d | 0 | n/a |" in md.replace("  ", " ") and "no MAC count" in md
+    gaussian = model_complexity("gaussian", {"name": "gaussian"}, 24, 1)["gmacs"]
+    assert 0 < gaussian < 0.005 and f"| {gaussian:.2g} |" in md  # a small model's MACs, not 0.00
     # the caption says what each column counts and how it was measured
     assert "segnet: 1.50 of its 2.00 are its frozen parts" in md and "Parameters: trainable ones only" in md
     assert f"median of 1 forward pass(es) after one warm-up, {row['threads']} thread(s)" in md
