@@ -395,6 +395,11 @@ def read_series(folder: str | Path) -> Volume:
     return Volume(data, affine, pos, _series_meta(f0, ds0, len(slices), shape, spacing, step))
 
 
+def _in_plane_steps(v: Volume) -> str:
+    """The affine's in-plane columns (direction times pixel spacing, mm), for messages."""
+    return ", ".join(f"({' '.join(f'{x:.3g}' for x in v.affine[:3, j])})" for j in range(2))
+
+
 def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume, list[float]]:
     """Keep the slice positions both series share; error if they are one series, of two
     patients, of different slice thickness, or their geometry differs."""
@@ -415,10 +420,8 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
     if full.data.shape[:2] != low.data.shape[:2]:
         raise DicomError(f"{where}: full dose is {full.data.shape[:2]} pixels, low dose {low.data.shape[:2]}")
     if not np.allclose(full.affine[:3, :2], low.affine[:3, :2], atol=1e-3):
-        def columns(v):  # the affine's in-plane columns: direction times pixel spacing (mm)
-            return ", ".join(f"({' '.join(f'{x:.3g}' for x in v.affine[:3, j])})" for j in range(2))
         raise DicomError(f"{where}: full- and low-dose series differ in orientation or pixel spacing: in-plane "
-                         f"steps (mm, RAS) full dose {columns(full)}, low dose {columns(low)}")
+                         f"steps (mm, RAS) full dose {_in_plane_steps(full)}, low dose {_in_plane_steps(low)}")
     if abs(fm["slice_spacing_mm"] - lm["slice_spacing_mm"]) > 1e-3 and min(len(full.positions), len(low.positions)) > 1:
         raise DicomError(f"{where}: slice spacing differs: full dose {fm['slice_spacing_mm']:g} mm, low dose "
                          f"{lm['slice_spacing_mm']:g} mm: the pair must be reconstructed alike")

@@ -265,8 +265,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
                 losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp,
                                     adversary)
             except TrainingError as err:
-                first = " (the first step: no update yet, so not the learning rate)" if epoch * iters + it == 0 else ""
-                raise TrainingError(f"{task.label}epoch {epoch + 1}, step {it + 1}{first}: {err}") from None
+                raise _where(err, task, epoch, it, iters) from None
             schedule.after_step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -285,6 +284,13 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
                                              best_state, adversary)
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
     return Result(history, best_state, _kept_row(history, task), done)
+
+
+def _where(err: TrainingError, task: Task, epoch: int, it: int, iters: int) -> TrainingError:
+    """A step's error with the epoch and step it happened at (at the very first step, before
+    any update, not the learning rate's doing)."""
+    first = " (the first step: no update yet, so not the learning rate)" if epoch * iters + it == 0 else ""
+    return TrainingError(f"{task.label}epoch {epoch + 1}, step {it + 1}{first}: {err}")
 
 
 def _kept_row(history: list[dict], task: Task) -> dict:
