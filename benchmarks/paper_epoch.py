@@ -148,8 +148,9 @@ def main() -> None:
                   f"{cfg['iters_per_epoch']} steps of batch {cfg['batch_size']})  "
                   f"{cfg['epochs']} epochs {r['run_h']:6.1f} h  val {r['val_slices_per_s']:6.1f} slices/s  "
                   f"peak GPU memory {gib(r['peak_gib'])}", flush=True)
-    first = "ms/step AMP" if device.type == "cuda" else "ms/step fp32 (CPU: no AMP)"
-    print(f"\nexperiment     {first:>12s}   ms/step fp32   AMP speed-up   peak GiB AMP   peak GiB fp32")
+    if device.type != "cuda":
+        print("\n(CPU: no mixed precision; the first column is fp32)")
+    print("\nexperiment      ms/step AMP   ms/step fp32   AMP speed-up   peak GiB AMP   peak GiB fp32")
     for exp in a.experiments:
         amp = next(r for r in rows if r["experiment"] == exp and r["amp"] == (device.type == "cuda"))
         fp = next((r for r in rows if r["experiment"] == exp and not r["amp"]), None)

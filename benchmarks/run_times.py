@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", nargs="*", type=Path)
     args = parser.parse_args(argv)
-    logs = args.logs or [p for p in sorted(Path(".snakemake/log").glob("*.snakemake.log"), reverse=True)
-                         if _ran_jobs(p)][:1]
+    newest = next((p for p in sorted(Path(".snakemake/log").glob("*.snakemake.log"), reverse=True) if _ran_jobs(p)),
+                  None)
+    logs = args.logs or ([newest] if newest else [])
     if not logs:
         parser.error("no log given and none under .snakemake/log/ that ran jobs")
     for path in logs:

@@ -109,7 +109,8 @@ def _mac_steps(b: dict, macs_step: float) -> int:
 
 def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple[dict, dict]:
     """The training settings with `epochs` and `iters_per_epoch` set by the protocol, and a
-    record of the budget: {'protocol', 'steps', 'macs_per_step', 'tera_macs'}."""
+    record of the budget: {'protocol', 'steps', 'macs_per_step', 'tera_macs'} (steps and
+    tera_macs None for `iters_per_epoch: pass` until the job counts its slices: resolve_pass)."""
     b = train["budget"]
     size = min(train["patch_size"] or slice_size, slice_size)  # the sampler's patches never exceed the slice
     macs_step = step_macs(model, segmenter, size, train["batch_size"])
@@ -168,6 +169,8 @@ def training_only(train: dict, model: dict | None = None) -> dict:
     train["budget"] = {"protocol": b["protocol"], **({"patience": b["patience"]} if b["protocol"] == "converged" else {})}
     if train.get("lr") != "auto" or calibrated:
         train.pop("lr_sweep", None)
+    elif not train["lr_sweep"].get("min_steps"):  # 0 changes no sweep: left out, as before the key existed
+        train["lr_sweep"] = {k: v for k, v in train["lr_sweep"].items() if k != "min_steps"}
     if not train.get("crop_prob"):
         train.pop("crop_scale", None)
     return train

@@ -360,8 +360,10 @@ def cmd_train(a) -> None:
         shaping = [_flag(k) for k in ("epochs", "iters_per_epoch", "batch_size", "patch_size") if k in given] \
             + [_flag("budget", k) for k in given.get("budget", {})]
         if spec.budget and shaping:  # the spec's budget record would no longer describe the run
+            steps = spec.budget.get("steps")
             raise UsageError(f"{', '.join(shaping)}: this spec's steps were set by "
-                             f"its budget ({spec.budget.get('protocol')}, {spec.budget.get('steps')} steps); to "
+                             f"its budget ({spec.budget.get('protocol')}, "
+                             f"{'one pass per epoch' if steps is None else f'{steps} steps'}); to "
                              "change them, train from --config FILE --experiment NAME")
         spec = spec_with_overrides(spec, given)
     elif a.config:
@@ -608,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _exit_on_sigterm() -> None:
     """SIGTERM (a cancelled Snakemake run, a SLURM time limit) exits as an error does, through
-    the `finally` of ldct.io.atomic_path, so no half-written temporary file is left behind."""
+    the `finally` of ldct.io.atomic_path, so no half-written temporary file is left behind
+    (a SIGKILL, e.g. SLURM's after its KillWait, cannot be caught). Returns the handler it
+    replaced (None off the main thread, where none is installed)."""
     import signal
     import threading
 
@@ -616,12 +620,23 @@ def _exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+        return signal.signal(signal.SIGTERM, stop)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    _exit_on_sigterm()
+    before = _exit_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if before is not None:  # a caller's own handler back (tests call main() in-process)
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: list[str] | None) -> int:
     keep_large_allocations()
     a = build_parser().parse_args(argv)
     c = a.command_spec

@@ -33,7 +33,8 @@ def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bo
     """A copy of `net` run once without gradients on a (1, in_channels, size, size) input, on the
     meta device (shapes only, no computation); a model whose forward reads a value out of a
     tensor (`.item()`, `float(t)`, numpy), which meta tensors do not hold, runs on the CPU with a
-    random input instead (its error, if it fails there too, is the one raised). The copy is in
+    random input instead (its error, if it fails there too, is the one raised; any other error
+    on the meta device is raised as it is). The copy is in
     eval mode with `eval_mode`. Returns (the output, the FlopCounterMode that counted the run
     when `count`, else None)."""
     for device in ("meta", "cpu"):
@@ -44,8 +45,8 @@ def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bo
             with torch.no_grad(), counter if counter is not None else contextlib.nullcontext():
                 copied = copy.deepcopy(net).to(device)
                 return (copied.eval() if eval_mode else copied)(x), counter
-        except Exception:
-            if device == "cpu":
+        except Exception as err:  # only what the meta device cannot do goes on to the CPU
+            if device == "cpu" or not (isinstance(err, NotImplementedError) or "meta" in str(err).lower()):
                 raise
 
 

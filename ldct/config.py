@@ -116,7 +116,19 @@ def _check(schema: dict, inst, where: str = "") -> None:
     if err is not None:
         path = ".".join(str(p) for p in err.absolute_path)
         key = ".".join(x for x in (where, path) if x) or "(top level)"
-        raise ConfigError(f"config error at {key}: {err.message}")
+        message = err.message
+        if err.validator == "anyOf":  # "not valid under any of the given schemas": say which are
+            options = [f"{o['const']!r}" if "const" in o else _describe_option(o) for o in err.validator_value]
+            message = f"{err.instance!r} is none of: {', '.join(options)}"
+        raise ConfigError(f"config error at {key}: {message}")
+
+
+def _describe_option(option: dict) -> str:
+    """One anyOf branch in words ('a number > 0', 'an integer >= 1')."""
+    kind = {"integer": "an integer", "number": "a number"}.get(option.get("type"), f"a {option.get('type', 'value')}")
+    bounds = [f"{op} {option[k]:g}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="))
+              if k in option]
+    return " ".join([kind, *bounds])
 
 
 def _reject_non_finite(inst, where: str = "") -> None:

@@ -393,6 +393,22 @@ def test_sweep_min_steps_lengthens_a_short_sweep_up_to_the_run():
     assert sweep_epochs({"epochs": 10, "iters_per_epoch": 4, "lr_sweep": {"fraction": 0.5}}) == 5  # older specs
 
 
+def test_sweep_min_steps_of_0_leaves_the_spec_as_it_was():
+    """min_steps 0 changes no sweep, so it stays out of the spec (the rerun and resume key):
+    trainings made before the key existed are neither rerun nor restarted."""
+    auto = {"train": {"lr": "auto", "budget": {"protocol": "equal_steps", "steps": 40, "evaluations": 4}},
+            "experiments": {"e": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}}
+    spec = ExperimentSpec.from_config(validate_config(auto), "e")
+    assert "min_steps" not in spec.train["lr_sweep"] and "fraction" in spec.train["lr_sweep"]
+    auto["train"]["lr_sweep"] = {"min_steps": 20}
+    assert ExperimentSpec.from_config(validate_config(auto), "e").train["lr_sweep"]["min_steps"] == 20
+
+
+def test_a_value_outside_every_choice_names_the_choices():
+    with pytest.raises(ConfigError, match=r"train.iters_per_epoch: 'pas' is none of: an integer >= 1, 'pass'"):
+        validate_config({"train": {"iters_per_epoch": "pas"}})
+
+
 def test_sweep_min_steps_is_validated():
     import yaml
 

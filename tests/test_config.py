@@ -188,7 +188,7 @@ def test_an_experiments_nested_train_keys_add_to_the_global_ones():
                            "experiments": {"a": {"model": {"name": "edcnn"}, "loss": {"name": "l1"},
                                                  "train": {"lr_sweep": {"fraction": 0.5}}}}})
     spec = ExperimentSpec.from_config(cfg, "a")
-    assert spec.train["lr_sweep"] == {"candidates": [1e-3, 1e-4], "fraction": 0.5, "min_steps": 0}
+    assert spec.train["lr_sweep"] == {"candidates": [1e-3, 1e-4], "fraction": 0.5}
     assert spec.train["budget"]["protocol"] == "equal_macs"
 
 
