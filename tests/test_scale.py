@@ -100,12 +100,21 @@ def featkpn_tree(tmp_path_factory, synthetic_subject):
 
 @pytest.mark.slow
 def test_paper_config_dry_runs_on_the_tcia_layout(featkpn_tree, tmp_path):
-    """The README's command: paths given with --config on top of configs/paper.yaml."""
-    res = run(["-n", "-p", "--configfile", str(PAPER), "--cores", "2", "--config",
-               f"dataset={{dicom_root: {featkpn_tree}}}", f"segmenter={{weights: {featkpn_tree.parent / 'model.pth'}}}"],
-              tmp_path)
+    """The README's command: paths given with --config on top of configs/paper.yaml; a case
+    the preset split does not name (the collection has more head cases) is not converted."""
+    import shutil
+
+    extra = featkpn_tree / "N999"
+    shutil.copytree(featkpn_tree / "N005", extra)
+    try:
+        res = run(["-n", "-p", "--configfile", str(PAPER), "--cores", "2", "--config",
+                   f"dataset={{dicom_root: {featkpn_tree}}}", f"segmenter={{weights: {featkpn_tree.parent / 'model.pth'}}}"],
+                  tmp_path)
+    finally:
+        shutil.rmtree(extra)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
+    assert "N999" not in res.stdout
     counts = job_counts(res.stdout)
     n_exp = len(yaml.safe_load(PAPER.read_text())["experiments"])
     assert counts["convert"] == 50 and counts["train"] == n_exp and counts["evaluate"] == n_exp + 1

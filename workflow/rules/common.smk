@@ -65,6 +65,8 @@ def find_subjects():
 
 SUBJECTS = find_subjects()
 SPLITS = make_splits(SUBJECTS, config["split"], config["seed"])
+if config["split"]["method"] == "preset":  # cases the preset does not name are not converted
+    SUBJECTS = [s for s in SUBJECTS if any(s in part for part in SPLITS.values())]
 EXPERIMENTS = list(config["experiments"])
 # One ExperimentSpec per experiment: what `ldct train --spec` receives (ldct/spec.py).
 try:  # builds and probes every model on the meta device (ldct.budget): a broken baseline stops here
