@@ -228,6 +228,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
     spent = pd.concat(spent) if spent else pd.Series(dtype=float)
     if len(spent) and spent.max() > 30 * spent.min():  # a model with almost no MACs would sit at 0
         ax.set_xscale("symlog", linthresh=float(spent.min()))  # logarithmic, and 0 (a calibrated row) still shown
+        ax.set_xlim(left=0)  # compute is never negative: no mirrored decades left of 0
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)

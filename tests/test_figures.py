@@ -117,6 +117,9 @@ def test_learning_curves_label_each_row_with_the_tables_marks(monkeypatch, tmp_p
                             str(tmp_path / "lc.png"), {"flat_l1": " §"})
     labels = [t.get_text() for t in drawn[0].get_legend().get_texts()]
     assert labels[:2] == ["good_l1", "flat_l1 §"] and "LDCT (validation input)" in labels
+    cheap = history([27.0, 27.0, 27.0]).assign(tera_macs=[1e-4, 2e-4, 3e-4])  # a Gaussian filter's compute
+    figures.learning_curves({"good_l1": history([28.0, 29.0, 29.05]), "gauss_l1": cheap}, str(tmp_path / "lc2.png"))
+    assert drawn[1].get_xscale() == "symlog" and drawn[1].get_xlim()[0] == 0  # no negative decades shown
 
 
 def test_seed_ranks_colour_models_as_the_other_figures_do_with_ldct_a_row(monkeypatch, tmp_path):
