@@ -12,6 +12,7 @@ segmenter are decided here and nowhere else.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -97,6 +98,10 @@ class ExperimentSpec:
                 raise ConfigError(f"config error at {where}.{part}.name: unknown {part} {name!r}; "
                                   f"available: {', '.join(reg.available())}")
             takes = reg.arguments(name)  # None: any argument
+            if takes is None and self.kwargs(part):  # **kwargs: a misspelled key would pass unseen
+                logging.getLogger(__name__).warning(
+                    "%s.%s: %s takes any keyword argument (**kwargs), so %s cannot be checked against it; "
+                    "a misspelled one is silently ignored", where, part, name, ", ".join(map(repr, self.kwargs(part))))
             bad = [k for k in self.kwargs(part) if k in INJECTED[part] or (takes is not None and k not in takes)]
             if bad:
                 own = [p for p in takes or [] if p not in INJECTED[part]]

@@ -359,6 +359,31 @@ def test_a_baseline_that_reads_a_value_from_a_tensor_is_planned_and_counted():
         del models.REGISTRY._items["scaled_probe"]
 
 
+def test_a_baseline_taking_any_keyword_is_warned_about(caplog):
+    """A constructor with **kwargs swallows a misspelled config key: said, not silent."""
+    from torch import nn
+
+    import models
+
+    class Loose(nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    models.REGISTRY._items["loose_probe"] = Loose
+    try:
+        cfg = validate_config({"train": {"patch_size": 32}, "experiments": {
+            "l": {"model": {"name": "loose_probe", "chanels": 8}, "loss": {"name": "l1"}}}})
+        with caplog.at_level("WARNING"):
+            ExperimentSpec.from_config(cfg, "l")
+        assert "experiments.l.model: loose_probe takes any keyword argument (**kwargs), so 'chanels'" in caplog.text
+    finally:
+        del models.REGISTRY._items["loose_probe"]
+
+
 def test_a_baseline_with_nothing_to_train_is_told_to_be_calibrated():
     from torch import nn
 
