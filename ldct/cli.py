@@ -574,14 +574,15 @@ def cmd_seeds(a) -> None:
     if len(set(a.seeds)) < 2:
         raise UsageError(f"--seeds {' '.join(map(str, a.seeds))}: give at least two different seeds "
                          "(stability is the spread across seeds and the agreement of their rankings)")
-    cfg = load_config(a.configfile or "config.yaml")
+    rest, overrides = stability.split_config_args(a.snakemake_args)  # a user's --config, merged into each seed's
+    cfg = merge(load_config(a.configfile or "config.yaml"), overrides)
     name, results = cfg["dataset"]["name"], Path(cfg["results"])
     # Snakemake's --configfile takes several values: it goes last, so a target given after `--` stays a target
-    args = ["--cores", a.cores] + a.snakemake_args + (["--configfile", a.configfile] if a.configfile else [])
+    args = ["--cores", a.cores] + rest + (["--configfile", a.configfile] if a.configfile else [])
     roots = {}
     for seed in a.seeds:
         if not a.no_run:
-            stability.run_seed(seed, name, cfg["seed"], args)
+            stability.run_seed(seed, name, cfg["seed"], args, overrides)
         roots[seed] = stability.seed_root(results, name, seed, cfg["seed"])
     stability.report(roots, results / f"{name}_stability")
 

@@ -236,7 +236,8 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
 
 def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
     """Each experiment's rank per seed (1 = best), for PSNR and SSIM in [-40, 120] HU: lines
-    that cross are experiments whose order depends on the seed."""
+    that cross are experiments whose order depends on the seed; a hollow point is a seed where
+    the row carries a convergence mark (ranks.csv's `marked`)."""
     cols = [(c, h) for c, h in (("rank_psnr_brain", "PSNR [-40,120]"), ("rank_ssim_brain", "SSIM [-40,120]"))
             if c in ranks]
     seeds = sorted(ranks["seed"].unique())
@@ -245,9 +246,14 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
     fig, ax = plt.subplots(1, len(cols), figsize=(5.2 * len(cols), 0.35 * len(names) + 2.5), squeeze=False)
     for a, (c, head) in zip(ax[0], cols):
         for n in names:
-            r = ranks[ranks["experiment"] == n].set_index("seed").reindex(seeds)[c]
-            a.plot(range(len(seeds)), r.to_numpy(), marker="o", label=n, **{k: v for k, v in styles[n].items()
-                                                                            if k != "marker"})
+            rows = ranks[ranks["experiment"] == n].set_index("seed").reindex(seeds)
+            r = rows[c]
+            line = a.plot(range(len(seeds)), r.to_numpy(), marker="o", label=n,
+                          **{k: v for k, v in styles[n].items() if k != "marker"})[0]
+            if "marked" in rows:  # a seed where the row carries ‡ or §: a hollow point (its tables do not rank it)
+                hollow = rows["marked"].fillna(False).astype(bool).to_numpy()
+                a.plot([i for i in range(len(seeds)) if hollow[i]], r.to_numpy()[hollow], "o", ms=6,
+                       markerfacecolor="white", markeredgecolor=line.get_color())
             a.annotate(n, (len(seeds) - 1, r.iloc[-1]), xytext=(6, 0), textcoords="offset points", fontsize=7,
                        va="center")
         a.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
@@ -256,6 +262,7 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
         a.set_title(f"rank by {head} across seeds", fontsize=9)
         a.set_xlim(-0.3, len(seeds) - 0.2 + 0.9)
         a.grid(alpha=0.3)
+    fig.suptitle("hollow point: the row carries ‡ or § in that seed (its tables do not rank it)", fontsize=8, y=0.995)
     save(fig, str(out))
 
 

@@ -24,6 +24,9 @@ from ldct.errors import DataError
 from ldct.io import write_csv, write_text
 from ldct.provenance import versions
 
+# Fewest rows shared by two seeds for which their Kendall's tau is reported in the caption: with
+# 2 rows tau can only be +-1, with 3 only +-1 or +-1/3 (p >= 0.33): it would say nothing.
+MIN_TAU_ROWS = 4
 METRICS = [("psnr_brain", "PSNR [-40,120]"), ("ssim_brain", "SSIM [-40,120]"), ("psnr_full", "PSNR [-1024,3072]"),
            ("ssim_full", "SSIM [-1024,3072]")]
 
@@ -32,11 +35,38 @@ def seed_root(results: Path, dataset: str, seed: int, config_seed: int) -> Path:
     return results / (dataset if seed == config_seed else f"{dataset}_seed{seed}")
 
 
-def run_seed(seed: int, dataset: str, config_seed: int, snakemake_args: list[str]) -> None:
-    """The whole workflow for one seed (the config's own seed keeps its results folder)."""
-    cmd = [sys.executable, "-m", "snakemake", *snakemake_args, "--config", f"seed={seed}"]
+def split_config_args(args: list[str]) -> tuple[list[str], dict]:
+    """Snakemake options without their `--config KEY=VALUE ...` items, and those items read as
+    Snakemake reads them (each VALUE as YAML): `ldct seeds` adds its own --config, and of
+    several, Snakemake keeps only the last."""
+    import yaml
+
+    rest, items, taking = [], {}, False
+    for arg in args:
+        if arg in ("--config", "-C"):
+            taking = True
+        elif taking and "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            items[key] = yaml.safe_load(value)
+        else:
+            taking = False
+            rest.append(arg)
+    return rest, items
+
+
+def run_seed(seed: int, dataset: str, config_seed: int, snakemake_args: list[str], overrides: dict | None = None) -> None:
+    """The whole workflow for one seed (the config's own seed keeps its results folder), with
+    the user's --config `overrides` merged into the seed's own."""
+    import yaml
+
+    from ldct.config import merge
+
+    items = {**(overrides or {}), "seed": seed}
     if seed != config_seed:
-        cmd.append(f"dataset={{name: {dataset}_seed{seed}}}")
+        items["dataset"] = merge(items.get("dataset") or {}, {"name": f"{dataset}_seed{seed}"})
+    flow = [f"{k}={yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+            for k, v in items.items()]
+    cmd = [sys.executable, "-m", "snakemake", *snakemake_args, "--config", *flow]
     print("running:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     if subprocess.run(cmd).returncode != 0:
         raise DataError(f"the workflow for seed {seed} failed (command above)")
@@ -78,8 +108,9 @@ def summarize(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     table = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd")).reindex(order).reset_index()
     table["seeds"] = long.groupby("experiment")["seed"].nunique().reindex(order).to_numpy()
     ranks = long.assign(**{f"rank_{c}": long.groupby("seed")[c].rank(ascending=False, method="min") for c in cols})
-    ranks = ranks[["seed", "experiment"] + [f"rank_{c}" for c in cols]]
     marked = _marked(long)
+    ranks = ranks[["seed", "experiment"] + [f"rank_{c}" for c in cols]]
+    ranks = ranks.assign(marked=[bool(marked.loc[e, s]) for e, s in zip(ranks["experiment"], ranks["seed"])])
     taus = []
     for c in cols:
         wide = long.pivot(index="experiment", columns="seed", values=c)
@@ -105,6 +136,18 @@ def swaps(a: pd.Series, b: pd.Series) -> list[str]:
     return out
 
 
+def tau_summary(taus: pd.DataFrame, rows: str) -> str:
+    """Each metric's mean tau over the seed pairs and how many rows the pairs share; n/a where a
+    pair shares fewer than MIN_TAU_ROWS rows (tau of 2 or 3 rows says nothing)."""
+    parts = []
+    for metric, sel in taus[taus["rows"] == rows].groupby("metric", sort=False):
+        n = sel["n_rows"]
+        span = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
+        parts.append(f"{metric} n/a ({span} rows shared: too few)" if n.min() < MIN_TAU_ROWS
+                     else f"{metric} {sel['tau'].mean():.2f} ({span} rows)")
+    return ", ".join(parts) or "n/a (fewer than 2 rows shared)"
+
+
 def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
     """stability.csv/.md, ranks.csv, tau.csv and fig_seed_ranks.png in `out_dir`."""
     from ldct import figures
@@ -119,16 +162,17 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
     md = ["| experiment | " + " | ".join(h for c, h in METRICS if c in cols) + " |", "|---|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         digits = lambda c: 2 if c.startswith("psnr") else 4  # noqa: E731
-        md.append(f"| {r['experiment']} | " + " | ".join(
-            f"{r[c + '_mean']:.{digits(c)}f} ± {r[c + '_sd']:.{digits(c)}f}" for c in cols) + " |")
-    def mean_tau(rows: str) -> str:
-        sel = taus[taus["rows"] == rows]
-        return ", ".join(f"{m} {t:.2f}" for m, t in sel.groupby("metric", sort=False)["tau"].mean().items()) or "n/a"
-
-    note = (f"Mean ± SD across {len(roots)} seeds ({', '.join(map(str, roots))}): data, split and initialisation "
-            "follow the seed. Kendall's tau between the seeds' rankings (mean over seed pairs), every row: "
-            + mean_tau("all") + "; the rows with no convergence mark (‡, §) in either seed, which the tables "
-            "rank: " + mean_tau("unmarked") + ". Pairs that swap places: tau.csv.")
+        fewer = f" (n = {int(r['seeds'])})" if r["seeds"] < len(roots) else ""
+        md.append(f"| {r['experiment']}{fewer} | " + " | ".join(
+            f"{r[c + '_mean']:.{digits(c)}f} ± " + ("–" if pd.isna(r[c + "_sd"]) else f"{r[c + '_sd']:.{digits(c)}f}")
+            for c in cols) + " |")
+    fewer = table[table["seeds"] < len(roots)]
+    note = (f"Mean ± SD (n - 1) across {len(roots)} seeds ({', '.join(map(str, roots))})"
+            + (f"; rows in fewer seeds say n (no SD with one)" if len(fewer) else "")
+            + ": data, split and initialisation follow the seed. Kendall's tau between the seeds' rankings "
+            "(mean over seed pairs), every row: " + tau_summary(taus, "all") + "; the rows with no convergence mark "
+            "(‡, §) in either seed, which the tables rank: " + tau_summary(taus, "unmarked")
+            + ". Per pair, with p and the pairs that swap places: tau.csv.")
     made = "Made with " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "."
     write_text(out_dir / "stability.md", "\n".join(md) + f"\n\n{note}\n\n{made}\n")
     figures.seed_ranks(ranks, out_dir / "fig_seed_ranks.png")

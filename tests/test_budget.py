@@ -197,6 +197,42 @@ def test_stability_summary_and_tau():
     every = taus[(taus["metric"] == "psnr_brain") & (taus["rows"] == "all")].set_index(["seed_a", "seed_b"])
     assert every.loc[(1, 2), "swapped_pairs"] == "a/d, b/c, b/d, c/d" and every.loc[(1, 2), "n_rows"] == 4
     assert set(ranks.loc[ranks["seed"] == 2, "rank_psnr_brain"]) == {1, 2, 3, 4}
+    assert ranks.set_index(["seed", "experiment"])["marked"].to_dict()[(2, "d")]  # hollow in the figure
+
+
+def test_stability_caption_gives_no_tau_of_too_few_rows_and_the_seeds_each_row_has(tmp_path):
+    """Kendall's tau of 2 or 3 shared rows can only be +-1 or +-1/3: the caption says n/a, not
+    1.00; a row missing from a seed says its n, with no SD from one seed."""
+    from ldct.stability import report
+
+    for seed, values in ((1, [30.0, 29.0, 28.0, 27.0, 26.0]), (2, [30.1, 28.8, 28.1, 27.2, 25.0])):
+        (tmp_path / f"s{seed}" / "tables").mkdir(parents=True)
+        exps = ["a", "b", "c", "d", "e"] if seed == 1 else ["a", "b", "c", "d", "x"]
+        pd.DataFrame({"experiment": exps, "psnr_brain": values, "seed": seed,
+                      "not_converged": [False, False, True, True, False]}).to_csv(
+            tmp_path / f"s{seed}" / "tables" / "table2_quantitative.csv", index=False)
+    report({1: tmp_path / "s1", 2: tmp_path / "s2"}, tmp_path / "out")
+    md = (tmp_path / "out" / "stability.md").read_text()
+    assert "every row: psnr_brain 1.00 (4 rows)" in md
+    assert "rank: psnr_brain n/a (2 rows shared: too few)" in md
+    assert "| e (n = 1) | 26.00 ± – |" in md and "rows in fewer seeds say n" in md
+
+
+def test_seeds_merges_a_users_config_overrides_into_each_seeds_own(monkeypatch):
+    """Snakemake keeps only the last --config: the user's, given after `--`, would be dropped."""
+    import subprocess
+
+    from ldct import stability
+
+    rest, items = stability.split_config_args(["-n", "--config", "train={budget: {tera_macs: 0.5}}",
+                                               "dataset={n_subjects: 4}", "--dry-run"])
+    assert rest == ["-n", "--dry-run"]
+    assert items == {"train": {"budget": {"tera_macs": 0.5}}, "dataset": {"n_subjects": 4}}
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd: ran.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    stability.run_seed(43, "synthetic", 42, rest, items)
+    config = ran[0][ran[0].index("--config") + 1:]
+    assert config == ["train={budget: {tera_macs: 0.5}}", "dataset={n_subjects: 4, name: synthetic_seed43}", "seed=43"]
 
 
 def test_stability_needs_two_seeds_and_results_of_the_seed_it_names(tmp_path, capfd):
