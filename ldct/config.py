@@ -222,8 +222,25 @@ def validate_config(config: dict) -> dict:
     if ds["source"] == "dicom" and not config["segmenter"]["weights"]:
         raise ConfigError("config error at segmenter.weights: real DICOM data has no labels to pre-train the "
                           "segmentation U-Net; give the converted HeadCTSegmentation weights (model.pth, base_width 64)")
+    _check_doses(config)
     _check_split(config["split"])
     return config
+
+
+def _check_doses(config: dict) -> None:
+    """A dose sweep is synthetic (real data has one low dose), and each fraction needs its own
+    name (files and series are named by percent: 0.1 and 0.1000001 would share one)."""
+    from ldct.paths import dose_tag
+
+    fractions = config["synthetic"]["dose_fractions"]
+    if config["dataset"]["source"] != "synthetic" and len(fractions) > 1:
+        raise ConfigError(f"config error at synthetic.dose_fractions: a dose sweep ({fractions}) simulates the doses, "
+                          "which needs dataset.source: synthetic; real DICOM data has its one low-dose series")
+    tags = [dose_tag(f) for f in fractions]
+    same = sorted({t for t in tags if tags.count(t) > 1})
+    if same:
+        raise ConfigError(f"config error at synthetic.dose_fractions: {fractions} name the same dose "
+                          f"({', '.join(t + ' %' for t in same)}): give fractions that differ at the percent's 6th digit")
 
 
 def _check_split(split: dict) -> None:

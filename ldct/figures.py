@@ -312,7 +312,7 @@ def phantom_overview(phantom: np.ndarray, truth: np.ndarray, full: np.ndarray, l
 
 def dose_sweep(table: pd.DataFrame, out: str) -> None:
     """PSNR and SSIM in [-40, 120] HU against NDCT versus dose fraction, one line per experiment
-    (the LDCT input in black); the dashed line marks the dose the models were trained at.
+    (the LDCT input in black, dashed); the dotted vertical line marks the dose the models were trained at.
     `table` is the long dose table (ldct.tables.dose_table): experiment, dose_fraction, ..."""
     panels = [("psnr_brain", f"PSNR {window_name_label('brain')} (dB)"), ("ssim_brain", f"SSIM {window_name_label('brain')}")]
     doses = sorted(table["dose_fraction"].unique())

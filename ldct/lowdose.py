@@ -118,25 +118,35 @@ def simulate_doses(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fract
     Each reduced dose is made from the full-dose acquisition itself, as the real Mayo
     quarter-dose images were (projection-domain noise insertion): its photon counts are a
     binomial thinning of the full-dose counts, which is exactly Poisson at the lower dose and
-    shares the full-dose noise, plus its own electronic noise. Lower fractions thin the next
-    higher one, so a dose sweep is nested. Key 0.0 holds the reconstruction of the noiseless
-    sinogram: the phantom at the scanner's resolution, the reference a perfect denoiser would
-    reach.
+    shares the full-dose noise (so its error against the full dose has variance ~ 1/k - 1, not
+    1/k), plus its own electronic noise. The first fraction (the training dose) is drawn from
+    `seed`'s generator right after the full dose; every other fraction from a generator of its
+    own (seed and fraction), so listing more doses changes none of the others. Key 0.0 holds
+    the reconstruction of the noiseless sinogram: the phantom at the scanner's resolution, the
+    reference a perfect denoiser would reach.
     """
     gen = torch.Generator().manual_seed(int(seed))
     mu = hu_to_mu(torch.as_tensor(hu, dtype=torch.float32))
     sino = geometry.project(mu)
     out: dict[float, np.ndarray] = {0.0: mu_to_hu(geometry.fbp(sino)).numpy()}
     photons = torch.poisson(i0 * torch.exp(-sino.double()), generator=gen)
-    prev = 1.0
-    for k in sorted({1.0, *map(float, dose_fractions)}, reverse=True):
-        if k < prev:
-            photons = torch.binomial(photons, torch.full_like(photons, k / prev), generator=gen)
-            prev = k
-        counts = photons + sigma_e * torch.randn(photons.shape, generator=gen, dtype=photons.dtype)
+
+    def acquire(k: float, g: torch.Generator) -> np.ndarray:
+        kept = photons if k == 1.0 else torch.binomial(photons, torch.full_like(photons, k), generator=g)
+        counts = kept + sigma_e * torch.randn(kept.shape, generator=g, dtype=kept.dtype)
         counts = torch.clamp(counts, min=1.0)  # a ray never reads fewer than one count (log safety)
-        out[k] = mu_to_hu(geometry.fbp((-torch.log(counts / (k * i0))).float())).numpy()
+        return mu_to_hu(geometry.fbp((-torch.log(counts / (k * i0))).float())).numpy()
+
+    out[1.0] = acquire(1.0, gen)
+    fractions = list(dict.fromkeys(float(k) for k in dose_fractions if float(k) != 1.0))
+    for i, k in enumerate(fractions):
+        out[k] = acquire(k, gen if i == 0 else torch.Generator().manual_seed(_dose_seed(seed, k)))
     return out
+
+
+def _dose_seed(seed: int, fraction: float) -> int:
+    """A generator seed of its own for an extra dose fraction (the same whatever else is listed)."""
+    return (int(seed) * 1_000_003 + round(fraction * 1e6)) % (2**63)
 
 
 def repeat_scan(hu: np.ndarray, geometry: ParallelBeam, i0: float, dose_fraction: float, sigma_e: float,
