@@ -44,7 +44,7 @@ def _probe(name: str, kwargs: dict, size: int):
         raise ConfigError(f"{err}{where}") from None
     except Exception as err:
         raise ConfigError(f"model {name!r}{where} cannot be built with {kwargs}: {type(err).__name__}: {err}") from None
-    calibrated = getattr(models.REGISTRY.get(name), "calibrated", False)
+    calibrated = getattr(cls, "calibrated", False)
     if not calibrated and not any(p.requires_grad for p in net.parameters()):
         raise ConfigError(f"model {name!r} has no trainable parameters: a method with nothing to learn is a "
                           "calibrated row (set `calibrated = True` on its class, as models/bm3d.py does)")

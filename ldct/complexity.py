@@ -34,9 +34,8 @@ def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bo
     meta device (shapes only, no computation); a model whose forward reads a value out of a
     tensor (`.item()`, `float(t)`, numpy), which meta tensors do not hold, runs on the CPU with a
     random input instead (its error, if it fails there too, is the one raised; any other error
-    on the meta device is raised as it is). The copy is in
-    eval mode with `eval_mode`. Returns (the output, the FlopCounterMode that counted the run
-    when `count`, else None)."""
+    on the meta device is raised as it is). The copy is in eval mode with `eval_mode`. Returns
+    (the output, the FlopCounterMode that counted the run when `count`, else None)."""
     for device in ("meta", "cpu"):
         x = (torch.zeros(1, in_channels, size, size, device="meta") if device == "meta"
              else torch.rand(1, in_channels, size, size, generator=torch.Generator().manual_seed(0)))

@@ -312,12 +312,12 @@ def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
             if c in df and df[c].notna().any()]
     shown = df.copy()
     shown["params"] = shown["params"].map(lambda v: f"{int(v):,}")
-    digits = {"gmacs": 2, "cpu_latency_s": 3, "peak_memory_mb": 0, "gpu_latency_s": 4}
+    digits = {"cpu_latency_s": 3, "peak_memory_mb": 0, "gpu_latency_s": 4}
     for c, d in digits.items():
         if c in shown:
             shown[c] = shown[c].map(lambda v, d=d: _fmt(v, d))
     if "gmacs" in shown:  # a small model's few MACs: two significant digits, not 0.00
-        shown["gmacs"] = [f"{v:.2g}" if isinstance(v, float) and 0 < v < 0.1 else t for v, t in zip(df["gmacs"], shown["gmacs"])]
+        shown["gmacs"] = shown["gmacs"].map(lambda v: f"{v:.2g}" if isinstance(v, float) and 0 < v < 0.1 else _fmt(v, 2))
     uncounted = df["gmacs"].isna() if "gmacs" in df else pd.Series(False, index=df.index)
     shown.loc[uncounted, "gmacs"] = "n/a"
     na = " GMACs n/a: not a torch model (runs in numpy), no MAC count." if uncounted.any() else ""
