@@ -39,6 +39,7 @@ from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.synthetic import subject_seed
 from ldct.ttf import insert_phantom, ttf_record
 
+MIN_SITES = 6  # lesion sites per condition: 3 to train the observer, 3 to score (ldct.stats.paired_dprime)
 TTF_REACH = 0.8  # the TTF's edge window, +- this fraction of the QA insert's radius (ldct.ttf.edge_spreads)
 
 
@@ -113,10 +114,11 @@ def make_scans(phantom_root: str | Path, subjects: list[str], synth: dict, cfg: 
     lesions = sites["kind"] == "lesion"
     counts = sites[lesions].groupby(["contrast_hu", "diameter_mm"]).size()
     for contrast, diameter in conditions(cfg):
-        if counts.get((contrast, diameter), 0) < 4:
+        if counts.get((contrast, diameter), 0) < MIN_SITES:
             raise DataError(f"clinical: the {contrast:g} HU, {diameter:g} mm lesions got "
                             f"{counts.get((contrast, diameter), 0)} sites on {len(subjects)} test subject(s); the "
-                            "observer needs at least 4 (2 to train, 2 to test): lower clinical.roi_px, raise "
+                            f"observer needs at least {MIN_SITES} ({MIN_SITES // 2} to train, {MIN_SITES // 2} to test, "
+                            "as Table 5's paired comparison does): lower clinical.roi_px, raise "
                             "clinical.lesions_per_slice, or configure fewer contrasts and diameters")
     # Observer halves: within each condition, alternate sites (in subject, slice order) train the
     # template and are scored, so both halves span every subject; a site's ROIs stay together.
@@ -241,7 +243,7 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
             out["conditions"].append(_noiseless_condition(contrast_hu, diameter, present, absent, pixel))
             continue
         res = cho(present, absent, channels, seed, cfg["observer"]["bootstrap"],
-                  n_train=int((grp["half"] == "train").sum()), scores=True)
+                  n_train=int((grp["half"] == "train").sum()), scores=True, paired=True)
         measured = lesion_contrast(present, absent, diameter, pixel)
         out["conditions"].append({"contrast_hu": contrast_hu, "diameter_mm": diameter, **res,
                                   "measured_contrast_hu": float(measured.mean()),

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import correlate1d
 
+from ldct.errors import DataError
 from ldct.hu import WINDOWS
 
 # torch, torchmetrics and scikit-image are imported where used: the table and figure jobs read
@@ -120,15 +121,30 @@ def stack_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, windows=("full", "bra
 def read_metrics(paths: Iterable) -> pd.DataFrame:
     """metrics.csv files, concatenated, ready to average: a PSNR of inf (slice identical to its
     reference in that window) becomes NaN, so means over slices and subjects leave it out, as
-    the reference's mean PSNR does (`MSE[MSE > 0]`); `infinite_psnr_note` tells how many."""
-    df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    the reference's mean PSNR does (`MSE[MSE > 0]`); `infinite_psnr_note` tells how many (the
+    counts are kept in the frame's attrs). Files that do not have the same columns (one without
+    the noiseless-truth columns, an evaluation by an older version) are a DataError naming them:
+    concatenated, the missing values read as NaN, and NaN PSNRs as infinite ones."""
+    frames = [(str(p), pd.read_csv(p)) for p in paths]
+    columns = list(dict.fromkeys(c for _, f in frames for c in f.columns))
+    for path, f in frames:
+        missing = [c for c in columns if c not in f.columns]
+        if missing:
+            other = next(q for q, g in frames if missing[0] in g.columns)
+            raise DataError(f"{path}: no column {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "
+                            f"that {other} has; the two were made by different evaluations: rerun the older one")
+    df = pd.concat([f for _, f in frames], ignore_index=True)
     psnr = [c for c in df if "psnr" in c]
+    infinite = {c: int(np.isinf(df[c]).sum()) for c in psnr}
     df[psnr] = df[psnr].replace([np.inf, -np.inf], np.nan)
+    df.attrs["infinite_psnr"] = infinite
     return df
 
 
 def infinite_psnr_note(df: pd.DataFrame, cols: Iterable[str]) -> str:
-    """A caption sentence when slices of `df` (read_metrics) were left out of a PSNR mean."""
-    n = int(sum(df[c].isna().sum() for c in cols if "psnr" in c and c in df))
+    """A caption sentence when slices of `df` (as read_metrics returned it) were left out of a
+    PSNR mean because their PSNR was infinite (a NaN for another reason is not counted)."""
+    counts = df.attrs.get("infinite_psnr", {})
+    n = sum(counts.get(c, 0) for c in cols if "psnr" in c)
     return (f"{n} slice-window PSNR value(s) were infinite (output identical to the reference in that window) and "
             "are left out of the means, as the reference's measure does." if n else "")

@@ -17,8 +17,9 @@ from ldct.errors import DataError
 
 def nps_2d(noise_rois: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """(NPS (h, w) in HU^2 mm^2 with zero frequency at the centre, frequencies (w,) in 1/mm of
-    the columns; rows alike for a square ROI) from (n, h, w) noise-only ROIs (output minus the
-    noiseless truth). Each ROI's own mean is removed."""
+    the columns; rows alike for a square ROI) from (n, h, w) noise-only ROIs (ldct.clinical's
+    difference method: a row's error in scan A less its error in scan B, over sqrt 2). Each ROI's
+    own mean is removed."""
     if noise_rois.ndim != 3 or len(noise_rois) == 0:
         raise DataError(f"noise ROIs: expected (n, h, w), got {noise_rois.shape}")
     if not np.isfinite(noise_rois).all():

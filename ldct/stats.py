@@ -89,7 +89,7 @@ def compare_to_best(per_subject: pd.DataFrame, metrics: list[str], seed: int = 0
 
 def paired_dprime(a: dict, b: dict, seed: int = 0, n_resamples: int = 2000) -> dict:
     """d'(a) - d'(b) of two channelized Hotelling observers on the same lesion sites, its
-    bootstrap 95 % CI and two-sided p-value.
+    bootstrap 95 % CI and two-sided p-value (NaN where either d' is not finite: nothing to test).
 
     a, b: what ldct.observer.cho returns with scores=True (the channel outputs of every site's
     lesion-present and lesion-absent ROI, training sites first, and the split); site i is the
@@ -112,6 +112,8 @@ def paired_dprime(a: dict, b: dict, seed: int = 0, n_resamples: int = 2000) -> d
     diff = dprime_rows(*hold_out_scores(v[0], v[1], h, h, idx)) - dprime_rows(*hold_out_scores(v[2], v[3], h, h, idx))
     diff = diff[np.isfinite(diff)]
     observed = float(dprime_rows(*hold_out_scores(v[0], v[1], h, h)) - dprime_rows(*hold_out_scores(v[2], v[3], h, h)))
+    if not np.isfinite(observed) or not len(diff):  # a d' with no spread to measure (a constant output): no test
+        return {"diff": observed, "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan")}
     tail = min((diff <= 0).sum(), (diff >= 0).sum())
     return {"diff": observed, "ci_low": float(np.percentile(diff, 2.5)), "ci_high": float(np.percentile(diff, 97.5)),
             "p": float(min(1.0, 2 * (tail + 1) / (len(diff) + 1)))}

@@ -126,6 +126,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     convergence flags, which mark the row. SSIM is the paper's definition
     (ldct.metrics.paper_ssim)."""
     allm = read_metrics(metric_files.values())
+    infinite = infinite_psnr_note(allm, [("truth_" if reference == "truth" else "") + c for c, _ in TABLE2_COLUMNS])
     if reference == "truth":
         allm = allm[["experiment", "subject", "slice"] + [c for c in allm if c.startswith("truth_")]]
         allm.columns = [c.removeprefix("truth_") for c in allm.columns]
@@ -145,7 +146,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     marks.update(lr_edge_marks(training))
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
-    power = " ".join(x for x in (power_note(n_subj, len(order) - 1), infinite_psnr_note(allm, cols)) if x)
+    power = " ".join(x for x in (power_note(n_subj, len(order) - 1), infinite) if x)
     protocol = " ".join(x for x in (protocol, sweep_note(training)) if x)
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
     digits.update({"steps": 0, "lr": "e", "val_gain_last_tenth_db": 2})
@@ -171,8 +172,8 @@ def power_note(n_subjects: int, comparisons: int) -> str:
     p_min = min(1.0, 2.0 / 2**n_subjects)
     holm_min = min(1.0, comparisons * p_min)
     verdict = "no difference can reach significance" if holm_min >= 0.05 else "differences can reach significance"
-    return (f"With {n_subjects} test subjects the smallest attainable p is {p_min:.3g} "
-            f"({holm_min:.3g} after Holm over {comparisons} comparisons): {verdict}.")
+    holm_text = f" ({holm_min:.3g} after Holm over {comparisons} comparisons)" if comparisons > 1 else ""
+    return f"With {n_subjects} test subjects the smallest attainable p is {p_min:.3g}{holm_text}: {verdict}."
 
 
 LR_EDGE_MARKS = {"lowest": "«", "highest": "»"}  # the lr cell's mark where the sweep chose an end of its grid
@@ -375,22 +376,24 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
             digits[key] = 2 if c.startswith("psnr") else 4
     flags, flag_note = row_flags(training)
     bold = {k: best_row(shown.set_index("experiment")[k], flags) for k, _ in cols}
+    untested = "bold: the highest mean per column, not tested (Table 2 tests the rows at the training dose)"
     md, tex = render(shown, "experiment", cols, digits, bold, {},
                      "Dose sweep: mean PSNR and SSIM in [-40, 120] HU against NDCT at each dose fraction; "
-                     f"models trained at the dose marked (train). {flag_note}".strip(), flags)
+                     f"models trained at the dose marked (train); {untested}. {flag_note}".strip(), flags)
     note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; "
             f"mean over {int(long['slices'].iloc[0])} test slices of {int(long['subjects'].iloc[0])} subjects. "
-            f"Best per column in bold; per-slice standard deviations in the CSV. {flag_note}".strip())
+            f"{untested[0].upper()}{untested[1:]}; per-slice standard deviations in the CSV. {flag_note}".strip())
     write_table(out_prefix, long, md, tex, note)
     return long
 
 
 def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], out_prefix: str,
-                      seed: int = 0) -> pd.DataFrame:
+                      seed: int = 0, training: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's claim, per model trained with and without the anatomical loss (experiments
     `<model>_ana` and `<model>_l1`): the paired per-subject difference (ana - l1) of PSNR and
     SSIM in [-40, 120] HU and of Dice against the NDCT segmentation, with its bootstrap 95 % CI
-    and Wilcoxon p."""
+    and Wilcoxon p; each run's convergence marks (`training`, row_flags) beside the model, the
+    smallest p the test can reach in the note."""
     from ldct.stats import paired_difference
 
     pairs = [(e[:-4], e, e[:-4] + "_l1") for e in metric_files if e.endswith("_ana") and e[:-4] + "_l1" in metric_files]
@@ -409,15 +412,22 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
             diff = (per_subject.loc[ana, metric] - per_subject.loc[l1, metric]).dropna().to_numpy()
             rows.append({"model": model, "metric": metric, **paired_difference(diff, seed)})
     table = pd.DataFrame(rows)
+    flags, flag_note = row_flags(training)
+    table["marks"] = [" ".join(f"{run}{flags[e]}" for run, e in (("ana", f"{m}_ana"), ("l1", f"{m}_l1")) if e in flags)
+                      for m in table["model"]]
     lines = ["| model | metric | ana - l1 (mean) | 95 % CI | Wilcoxon p | subjects |", "|---|---|---|---|---|---|"]
     for r in table.itertuples():
         d = 2 if r.metric.startswith("psnr") else 4
-        lines.append(f"| {r.model} | {r.metric} | {r.mean_diff:+.{d}f} | [{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}] | "
-                     f"{r.p_wilcoxon:.3g} | {r.n_subjects} |")
+        ci = ("n/a (all differences equal)" if r.ci_low == r.ci_high and r.n_subjects > 1
+              else "" if np.isnan(r.ci_low) else f"[{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}]")
+        model = f"{r.model} ({r.marks})" if r.marks else r.model
+        lines.append(f"| {model} | {r.metric} | {r.mean_diff:+.{d}f} | {ci} | {r.p_wilcoxon:.3g} | {r.n_subjects} |")
+    marked = "; a pair with a marked run (ana or l1) is not evidence for or against the loss: " + flag_note if flags else ""
     note = ("Effect of the anatomical perception loss: per test subject, the experiment trained with it minus the "
             "same model trained with L1 (PSNR and SSIM in [-40, 120] HU; Dice of the frozen segmenter against its "
             "NDCT segmentation, over each volume); mean, bootstrap 95 % CI and Wilcoxon signed-rank p over subjects "
-            "(not corrected for the number of rows).")
+            f"(not corrected for the number of rows{marked}). "
+            + power_note(int(table["n_subjects"].max()), 1))
     write_csv(out_prefix + ".csv", table)
     write_text(out_prefix + ".md", "\n".join(lines) + f"\n\n{note}\n")
     return table
@@ -449,7 +459,8 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
                            seed=seed, reference="truth", fidelity=fidelity, training=training, protocol=protocol)
     dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"), training,
                rp.table("dice_stats"), seed)
-    anatomical_effect(metric_files, {e: rp.dice(e) for e in experiments}, rp.table_prefix("anatomical_effect"), seed)
+    anatomical_effect(metric_files, {e: rp.dice(e) for e in experiments}, rp.table_prefix("anatomical_effect"), seed,
+                      training)
 
 
 def _condition_name(c: dict) -> str:
@@ -464,7 +475,8 @@ def _best_dprime(results: dict[str, dict], compared: list[str], i: int, flags: d
 def clinical_comparisons(results: dict[str, dict], compared: list[str], baseline: str, seed: int = 0,
                          n_resamples: int = 2000, flags: dict[str, str] | None = None) -> pd.DataFrame:
     """Per lesion condition: every compared row's d' against the best compared row's (the
-    highest among rows with no convergence mark, `flags`; significantly worse: †) and every row
+    highest among rows with no convergence mark, `flags`; significantly worse, †: Holm p < 0.05
+    and a lower d' — a marked row significantly above the bold one is not worse) and every row
     other than `baseline` against the baseline (the LDCT input: significantly lower ↓ or
     higher ↑), by a paired bootstrap over the lesion sites, training and test, the templates learnt
     again in each replicate (ldct.stats.paired_dprime),
@@ -482,9 +494,11 @@ def clinical_comparisons(results: dict[str, dict], compared: list[str], baseline
             for c, padj in zip(comps, holm([c["p"] for c in comps]) if comps else []):
                 c["p_holm"] = padj
                 c["significant"] = padj < 0.05
+                c["significantly_worse"] = c["significant"] and c["diff"] < 0
             rows += comps
     return pd.DataFrame(rows, columns=["condition", "contrast_hu", "diameter_mm", "against", "experiment",
-                                       "reference", "diff", "ci_low", "ci_high", "p", "p_holm", "significant"])
+                                       "reference", "diff", "ci_low", "ci_high", "p", "p_holm", "significant",
+                                       "significantly_worse"])
 
 
 def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
@@ -510,6 +524,19 @@ def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
                 rec[f"{k}_{t['contrast_hu']:g}"] = t.get(k, float("nan"))
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def _undefined_as_na(table: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Table 5's display copy with "n/a" where a d' or f50 is NaN (undefined: a blank cell
+    said nothing), and the rows that have one."""
+    shown = table.copy()
+    rows = []
+    for c in columns:
+        na = shown[c].isna()
+        if na.any():
+            shown[c] = shown[c].astype(object).where(~na, "n/a")
+            rows += [r for r in shown.loc[na, "experiment"] if r not in rows]
+    return shown, rows
 
 
 def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, baseline: str,
@@ -539,7 +566,8 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
     digits.update({f"f50_{t['contrast_hu']:g}": 3 for t in base["ttf"]})
     index = {_condition_name(c): i for i, c in enumerate(conds)}
     marks: dict[tuple[str, str], str] = {}
-    for r in stats_df[stats_df["significant"]].itertuples():
+    shown = stats_df["significantly_worse"] | (stats_df["significant"] & (stats_df["against"] == "input"))
+    for r in stats_df[shown].itertuples():
         col = f"dprime_{index[r.condition]}"
         sym = "†" if r.against == "best" else ("↓" if r.diff < 0 else "↑")
         marks[(r.experiment, col)] = marks.get((r.experiment, col), "") + sym
@@ -563,6 +591,10 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
             "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "
             "differences inside them are noise); ROI bias: "
             "mean output minus truth in the lesion ROIs (HU). " + flag_note)
-    md, tex = render(table, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what, flags)
+    shown, undefined = _undefined_as_na(table, [c for c, _ in cols if c.startswith(("dprime_", "f50_"))])
+    if undefined:
+        what += (" n/a: undefined for that row (" + ", ".join(undefined) + "): its lesion scores have no spread or "
+                 "its QA inserts no edge, as a constant output gives.")
+    md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what, flags)
     write_table(out_prefix, table, md, tex, what)
     return table, stats_df

@@ -101,12 +101,17 @@ def _ttf_of_esf(r: np.ndarray, esf: np.ndarray, pixel_mm: float) -> tuple[np.nda
     spectrum = np.abs(np.fft.rfft(lsf, n=n_fft))
     freqs = np.fft.rfftfreq(n_fft, d=step)
     keep = freqs <= 0.5 / pixel_mm
+    if not spectrum[0] > 0:  # no step at all (a constant output): no TTF, not a perfect one
+        return freqs[keep], np.full(keep.sum(), np.nan)
     return freqs[keep], spectrum[keep] / spectrum[0]
 
 
 def f50(freqs: np.ndarray, curve: np.ndarray) -> float:
     """The first frequency where the TTF falls to 0.5 (linear interpolation); inf where it stays
-    above 0.5 up to the last frequency (Nyquist: f50 beyond it), NaN where it starts below 0.5."""
+    above 0.5 up to the last frequency (Nyquist: f50 beyond it), NaN where it starts below 0.5
+    or is not finite (an image with no edge has no TTF: it was read as f50 beyond Nyquist)."""
+    if not np.isfinite(curve).all():
+        return float("nan")
     below = np.nonzero(curve < 0.5)[0]
     if not len(below):
         return float("inf")

@@ -69,6 +69,43 @@ def test_cho_refuses_bad_rois():
         cho(bad, ok, chans)
 
 
+def test_paired_cho_resamples_sites_so_a_shared_site_error_does_not_widen_its_interval():
+    """present[i] and absent[i] are one site read twice: an error they share (the row's error
+    on that site's anatomy) cancels in d' but, resampled apart, widened the CI (~20 %)."""
+    rng = np.random.default_rng(6)
+    n = 300
+    site_error = 12.0 * rng.standard_normal((n, SIZE, SIZE))
+    present = gaussian_signal(4.0) + site_error + SIGMA * rng.standard_normal((n, SIZE, SIZE))
+    absent = site_error + SIGMA * rng.standard_normal((n, SIZE, SIZE))
+    chans = laguerre_gauss_channels(SIZE, 6, WIDTH)
+    apart, paired = (cho(present, absent, chans, n_resamples=300, paired=p) for p in (False, True))
+    assert apart["dprime"] == paired["dprime"]  # the estimate is the same; only its interval differs
+    width = lambda o: o["dprime_ci_high"] - o["dprime_ci_low"]  # noqa: E731
+    assert paired["dprime_ci_low"] < paired["dprime"] < paired["dprime_ci_high"] and width(paired) < 0.9 * width(apart)
+    with pytest.raises(DataError, match="paired sites"):
+        cho(present, absent[:-2], chans, paired=True)
+
+
+def test_an_output_with_no_signal_gets_no_dprime_interval_test_or_f50():
+    """A constant output (a collapsed network): d' is 0/0, not a number with a finite CI; the
+    TTF of an edge-less image is undefined, not 'above 0.5 up to Nyquist' (f50 = inf, read as
+    perfect resolution); a paired test of such a d' is not made."""
+    from ldct.stats import paired_dprime
+    from ldct.ttf import insert_phantom, ttf_record
+
+    chans = laguerre_gauss_channels(SIZE, 6, WIDTH)
+    flat = np.zeros((12, SIZE, SIZE))
+    out = cho(flat, flat, chans, n_resamples=50, scores=True, paired=True)
+    assert np.isnan(out["dprime"]) and np.isnan(out["dprime_ci_low"]) and np.isnan(out["dprime_ci_high"])
+    rng = np.random.default_rng(7)
+    real = cho(gaussian_signal(4.0) + SIGMA * rng.standard_normal((12, SIZE, SIZE)),
+               SIGMA * rng.standard_normal((12, SIZE, SIZE)), chans, n_resamples=50, scores=True, paired=True)
+    assert np.isnan(paired_dprime(out, real, n_resamples=50)["p"])
+    _, centres = insert_phantom(128, 1.0, [100.0, 40.0], insert_mm=20.0, body_mm=120.0)
+    record = ttf_record(np.zeros((4, 128, 128)), centres[0], 10.0, 1.0)
+    assert np.isnan(record["f50"]) and np.isnan(record["curve"]).all()
+
+
 def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
     rng = np.random.default_rng(2)
     pixel = 0.5
@@ -427,12 +464,16 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     assert "†↓" in line
     sharp_line = next(x for x in md.splitlines() if x.startswith("| sharp_l1 ‡ "))
     assert "**" not in sharp_line and "↑" in sharp_line  # higher than LDCT, but not the best
+    assert "†" not in sharp_line  # significantly above the bold row: not "worse than the best" (it was †↑)
     assert next(x for x in md.splitlines() if x.startswith("| LDCT ")).startswith("| LDCT | **")
     noiseless = next(x for x in md.splitlines() if x.startswith("| noiseless "))
     assert "∞" in noiseless and "†" not in noiseless
     stats_df = pd.read_csv(rp.table("clinical_stats"))
     assert set(stats_df["experiment"]) == {"blind_l1", "sharp_l1"}  # LDCT the best; references never compared
     assert set(stats_df.loc[stats_df["against"] == "best", "reference"]) == {"LDCT"}
+    best_kind = stats_df[stats_df["against"] == "best"].set_index("experiment")
+    assert best_kind.loc["sharp_l1", "significant"].any() and not best_kind.loc["sharp_l1", "significantly_worse"].any()
+    assert best_kind.loc["blind_l1", "significantly_worse"].any()
     t5tex = rp.table("table5_clinical", "tex").read_text()
     assert "$^\\dagger$$^\\downarrow$" in t5tex and t5tex.isascii()
     assert rp.figure("fig_detectability").stat().st_size > 10_000
@@ -451,11 +492,43 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
         assert rp.figure(f).stat().st_size > 10_000 and rp.figure(f, "pdf").is_file()
 
 
+def test_a_row_with_undefined_dprime_and_f50_reads_na_and_is_not_compared(clinical_run, tmp_path):
+    """A constant output's d' and f50 are NaN: Table 5 says n/a (a blank cell said nothing) and
+    why, and marks nothing on them."""
+    import copy
+    import json
+
+    from ldct.clinical_report import report
+    from ldct.paths import ResultPaths
+
+    rows = copy.deepcopy(clinical_run["rows"])
+    flat = copy.deepcopy(rows["LDCT"])
+    for c in flat["conditions"]:
+        c["channels_present"] = c["channels_absent"] = np.zeros_like(np.asarray(c["channels_absent"])).tolist()
+        c["dprime"] = c["dprime_ci_low"] = c["dprime_ci_high"] = float("nan")
+    for t in flat["ttf"]:
+        t["f50"] = t["f50_ci_low"] = t["f50_ci_high"] = float("nan")
+    rows = {"LDCT": rows["LDCT"], "flat_l1": flat, "NDCT": rows["NDCT"], "noiseless": rows["noiseless"]}
+    rp = ResultPaths(tmp_path, "d")
+    for name, res in rows.items():
+        rp.clinical(name).parent.mkdir(parents=True, exist_ok=True)
+        rp.clinical(name).write_text(json.dumps(res))
+    report(rp, list(rows), n_resamples=100)
+    md = rp.table("table5_clinical", "md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| flat_l1 "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    n_conditions, n_inserts = len(flat["conditions"]), len(flat["ttf"])
+    assert cells[1:1 + n_conditions] == ["n/a"] * n_conditions and cells.count("n/a") == n_conditions + n_inserts
+    assert "n/a: undefined for that row (flat_l1)" in md
+    stats_df = pd.read_csv(rp.table("clinical_stats"))
+    assert stats_df.loc[stats_df["experiment"] == "flat_l1", "p"].isna().all()
+
+
 def test_too_few_lesion_sites_is_a_clear_error(clinical_run, tmp_path):
     from ldct import clinical
 
     cfg = {**clinical_run["cfg"], "lesions_per_slice": 1, "contrasts_hu": [-5.0, -10.0, -20.0]}
-    with pytest.raises(DataError, match="observer needs at least 4"):
+    with pytest.raises(DataError, match="observer needs at least 6"):
         clinical.make_scans(clinical_run["root"] / "phantom", ["S001"], clinical_run["synth"], cfg, 5,
                             tmp_path / "s.npz", tmp_path / "s.csv")
     assert not (tmp_path / "s.npz").exists()

@@ -263,13 +263,15 @@ def test_the_dose_table_does_not_rank_a_marked_row(tmp_path):
     md = (tmp_path / "t4.md").read_text()
     assert next(x for x in md.splitlines() if x.startswith("| good |")).count("**") == 8  # bold in all 4 columns
     assert "**" not in next(x for x in md.splitlines() if x.startswith("| unconv ‡ |"))
+    assert "not tested (Table 2 tests the rows at the training dose)" in md  # bold is not a significance claim
 
 
 def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_path):
     """An all-air slice clips to the same image in the brain window: its PSNR is inf, which made
     the row's mean inf. The reference's measure averages PSNR over slices with MSE > 0; the
     table does the same and its caption says how many values it left out."""
-    from ldct.metrics import read_metrics
+    from ldct.errors import DataError
+    from ldct.metrics import infinite_psnr_note, read_metrics
     from ldct.tables import quantitative_table
 
     ref = np.stack([brain_image(48, 0), np.full((48, 48), -1000.0)])
@@ -287,6 +289,15 @@ def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_pat
     table = quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))
     assert table.loc[0, "psnr_brain"] == pytest.approx(m.loc[0, "psnr_brain"])  # the finite slice alone
     assert "2 slice-window PSNR value(s) were infinite" in (tmp_path / "t2.md").read_text()
+    # a NaN that is not an infinite PSNR is not counted as one; files from different evaluations
+    # (one without the truth columns) are an error, not NaN cells called "infinite PSNRs"
+    odd = pd.read_csv(files["model"])
+    odd.loc[0, "psnr_full"] = np.nan
+    odd.to_csv(tmp_path / "odd.csv", index=False)
+    assert infinite_psnr_note(read_metrics([tmp_path / "odd.csv"]), ["psnr_full"]) == ""
+    odd.drop(columns=["psnr_head"]).to_csv(tmp_path / "older.csv", index=False)
+    with pytest.raises(DataError, match=r"older.csv: no column psnr_head that .*LDCT.csv has"):
+        read_metrics([files["LDCT"], tmp_path / "older.csv"])
     # validation during training too: an inf LDCT level marked every row "no gain over input"
     from ldct.metrics import mean_psnr
 
@@ -312,6 +323,14 @@ def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
     prefix = str(tmp_path / "anatomical_effect")
     table = anatomical_effect(files, dice, prefix).set_index("metric")
     assert table.loc["psnr_brain", "mean_diff"] == pytest.approx(0.5) and table.loc["psnr_brain", "model"] == "m"
-    assert "| m | psnr_brain | +0.50 |" in (tmp_path / "anatomical_effect.md").read_text()
+    md = (tmp_path / "anatomical_effect.md").read_text()
+    assert "| m | psnr_brain | +0.50 |" in md and "smallest attainable p is 0.00781: differences can" in md
+    assert "| m | dice_vs_ndct | +0.0000 | n/a (all differences equal) |" in md  # not a CI of [+0, +0]
+    # the runs' convergence marks, as in every table: a pair with an unconverged run is no evidence
+    training = pd.DataFrame({"experiment": ["m_ana", "m_l1"], "not_converged": [True, True],
+                             "no_gain_over_input": [False, True], "min_gain_db": 0.1})
+    anatomical_effect(files, dice, prefix, training=training)
+    md = (tmp_path / "anatomical_effect.md").read_text()
+    assert "| m (ana ‡ l1 ‡ §) | psnr_brain | +0.50 |" in md and "is not evidence for or against the loss" in md
     assert anatomical_effect({"m_l1": files["m_l1"]}, dice, prefix).empty
     assert not (tmp_path / "anatomical_effect.md").exists() and not (tmp_path / "anatomical_effect.csv").exists()
