@@ -78,6 +78,23 @@ class Registry:
 PROJECT_PACKAGES = ("models", "losses")  # the packages whose files a trained model's code is read from
 
 
+def imported_names(path: str | Path, package: str) -> list[str]:
+    """Every module name a Python file imports, anywhere in it (absolute; relative imports
+    resolved against `package`, the file's own package), with `module.name` for each name taken
+    from a module (`from models import _blocks` may import a module)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            # `from ._blocks import x` (level 1) is models._blocks: resolved against the package
+            base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+            module = ".".join(x for x in (base, node.module) if x)
+            if module:
+                names += [module] + [f"{module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return names
+
+
 def source_files(*objs: Callable[..., Any]) -> list[str]:
     """The files of the modules defining `objs` (registered classes) and of every models/ or
     losses/ module they import, transitively, with the packages' __init__.py: a trained model's
@@ -98,17 +115,22 @@ def source_files(*objs: Callable[..., Any]) -> list[str]:
         found[name] = spec.origin
         todo.append(name.split(".")[0])  # the package's __init__.py
         package = name if spec.origin.endswith("__init__.py") else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
-                # `from ._blocks import x` (level 1) is models._blocks: resolved against the package
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
-                module = ".".join(x for x in (base, node.module) if x)
-                if not module:
-                    continue
-                names = [module] + [f"{module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            todo += [n for n in names if n.split(".")[0] in PROJECT_PACKAGES]
+        todo += [n for n in imported_names(spec.origin, package) if n.split(".")[0] in PROJECT_PACKAGES]
+    return sorted(found.values())
+
+
+def library_files(root: str | Path, *modules: str) -> list[str]:
+    """`root`/ldct/<module>.py for each of `modules` and for every ldct module they import,
+    transitively (ldct/__init__.py left out): the library code a workflow rule's output depends
+    on, listed as its inputs so that editing any of it (a metric's window in ldct/hu.py, the
+    tables' averaging in ldct/metrics.py) reruns the rule."""
+    folder = Path(root, "ldct")
+    todo, found = list(modules), {}
+    while todo:
+        name = todo.pop()
+        path = folder / f"{name}.py"
+        if name in found or not path.is_file():  # `from ldct.io import write_csv`: write_csv is not a module
+            continue
+        found[name] = str(path)
+        todo += [n.split(".")[1] for n in imported_names(path, "ldct") if n.startswith("ldct.")]
     return sorted(found.values())

@@ -73,3 +73,17 @@ def test_a_relative_import_of_a_shared_helper_counts_as_the_models_code(tmp_path
         monkeypatch.delitem(sys.modules, name)
     net = importlib.import_module("models.net").Net
     assert {Path(p).name for p in source_files(net)} == {"__init__.py", "_helper.py", "net.py"}
+
+
+def test_a_rule_depends_on_the_library_modules_its_code_imports():
+    """library_files (the code inputs of the workflow's rules) follows ldct imports, at the top
+    and inside functions: the tables rule listed tables.py and stats.py only, so a change to
+    how metrics.py averages infinite PSNRs, or to a window in hu.py, reran no table."""
+    from ldct.registry import library_files
+
+    names = lambda *m: {Path(p).stem for p in library_files(ROOT, *m)}  # noqa: E731
+    assert {"tables", "stats", "metrics", "hu", "classes", "budget", "observer"} <= names("tables")
+    assert names("metrics") == {"metrics", "hu", "errors"}
+    assert {"evaluate", "metrics", "hu", "data"} <= names("evaluate")
+    assert "__init__" not in names("tables") and "train" not in names("evaluate")
+    assert names("dicom") == {"dicom", "errors", "io"}

@@ -12,7 +12,7 @@ rule clinical_scans:
     input:
         splits=str(RP.splits),
         phantoms=[str(RP.phantom(s) / f) for s in CLINICAL_SUBJECTS for f in ("phantom.nii.gz", "labels.nii.gz")],
-        code=code_files("clinical", "lesion_task", "lowdose", "ttf"),
+        code=code_files("clinical"),
     output:
         scans=str(RP.clinical_scans),
         sites=str(RP.clinical_sites),
@@ -35,7 +35,7 @@ rule clinical_measure:
         scans=str(RP.clinical_scans),
         sites=str(RP.clinical_sites),
         model=str(RP.model("{experiment}")),
-        code=code_files("clinical", "lesion_task", "observer", "nps", "ttf"),
+        code=code_files("clinical"),
     output:
         str(RP.clinical("{experiment}")),
     log:
@@ -61,7 +61,7 @@ rule clinical_references:
     input:
         scans=str(RP.clinical_scans),
         sites=str(RP.clinical_sites),
-        code=code_files("clinical", "lesion_task", "observer", "nps", "ttf"),
+        code=code_files("clinical"),
     output:
         [str(RP.clinical(r)) for r in CLINICAL_REFERENCES],
     log:
@@ -82,7 +82,7 @@ rule clinical_report:
         rows=[str(RP.clinical(r)) for r in CLINICAL_ROWS],
         metrics=[str(RP.metrics(e)) for e in ROWS],
         training=str(RP.table("training")),
-        code=code_files("clinical_report", "tables", "figures", "stats"),
+        code=code_files("clinical_report"),
     output:
         [report_table("table5_clinical", e) for e in ("csv", "md", "tex")],
         stats=str(RP.table("clinical_stats")),

@@ -10,6 +10,7 @@ from ldct.config import ConfigError, read_yaml, validate_config
 from ldct.dicom import discover_subjects, series_files
 from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.paths import ResultPaths, dose_tag, low_dose_name
+from ldct.registry import library_files
 from ldct.spec import ExperimentSpec
 from ldct.splits import make_splits, preset_file
 from ldct.synthetic import subject_ids
@@ -84,8 +85,9 @@ EXTRA_DOSES = [dose_tag(f) for f in DOSES[1:]]  # as in the folder names (0.1 ->
 
 
 def code_files(*modules):
-    """Library modules a rule's output depends on: listed as inputs, so editing them reruns it."""
-    return [str(Path(workflow.basedir, "ldct", f"{m}.py")) for m in modules]
+    """Library modules a rule's output depends on, with every ldct module they import
+    (ldct.registry.library_files): listed as inputs, so editing any of them reruns it."""
+    return library_files(workflow.basedir, *modules)
 
 
 def as_json(obj):
@@ -173,7 +175,7 @@ def dose_sweep_outputs():
 
 def dose_evaluate_inputs(wc):
     test = SPLITS["test"]
-    inp = {"splits": str(RP.splits), "data": nifti_files(test, labels=SYNTHETIC), "code": code_files("metrics"),
+    inp = {"splits": str(RP.splits), "data": nifti_files(test, labels=SYNTHETIC), "code": code_files("evaluate"),
            "low": [str(RP.low_dose(s, f)) for f in DOSES[1:] for s in test]}
     if wc.experiment != LDCT:
         inp["denoised"] = [str(RP.dose_denoised(t, wc.experiment, s)) for t in EXTRA_DOSES for s in test]
@@ -212,7 +214,7 @@ def series_args(wc, input):
 def evaluate_inputs(wc):
     inp = {"splits": str(RP.splits), "segmenter": str(RP.segmenter),
            "ndct_seg": [str(RP.ndct_segmentation(s)) for s in SPLITS["test"]],
-           "data": nifti_files(SPLITS["test"], labels=SYNTHETIC), "code": code_files("metrics")}
+           "data": nifti_files(SPLITS["test"], labels=SYNTHETIC), "code": code_files("evaluate")}
     if wc.experiment != LDCT:
         inp["denoised"] = [str(RP.denoised(wc.experiment, s)) for s in SPLITS["test"]]
     return inp

@@ -17,7 +17,7 @@ rule template_fields:
 rule synthesize:
     input:
         fields=str(RP.phantom() / "mni_fields.npz"),
-        code=code_files("phantom", "lowdose", "synthetic", "dicom"),
+        code=code_files("synthetic"),
     output:
         dicom=directory(str(RP.dicom("{subject}"))),
         phantom=str(RP.phantom("{subject}") / "phantom.nii.gz"),

@@ -26,11 +26,10 @@ rule complexity:
 rule tables:
     input:
         metrics=[str(RP.metrics(e)) for e in ROWS],
-        code=code_files("tables", "stats"),
+        code=code_files("tables"),
         dice=[str(RP.dice(e)) for e in ROWS],
         histories=[str(RP.history(e)) for e in EXPERIMENTS],
         sweeps=[str(RP.lr_sweep(e)) for e in EXPERIMENTS],
-        budget=code_files("budget"),
     output:
         [report_table(t, e) for t in TABLES[1:] for e in ("csv", "md", "tex")],
         stats=str(RP.table("stats")),
@@ -60,7 +59,7 @@ rule figures:
         metrics=[str(RP.metrics(e)) for e in ROWS],
         histories=[str(RP.history(e)) for e in EXPERIMENTS],
         training=str(RP.table("training")),
-        code=code_files("figures", "tables"),  # tables: the rows' marks
+        code=code_files("figures"),
         denoised=[str(RP.denoised(e, SPLITS["test"][0])) for e in EXPERIMENTS],
         segmenter=str(RP.segmenter),
         splits=str(RP.splits),
