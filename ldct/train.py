@@ -37,7 +37,7 @@ from ldct.inference import (
 )
 from ldct.io import save_torch, write_csv
 from ldct.metrics import mean_psnr
-from ldct.provenance import versions
+from ldct.provenance import machine, versions
 from ldct.spec import ExperimentSpec
 
 
@@ -323,7 +323,8 @@ def _save_model(out_model: str, state: dict, model_spec: dict, spec: ExperimentS
                            "epoch": best["epoch"], "val_mse_head": best["val_mse_head"],
                            "val_psnr_brain": best["val_psnr_brain"], "val_psnr_brain_ldct": run.ldct_psnr,
                            "lr": spec.train["lr"], "budget": spec.budget, "target": spec.train.get("target", "ndct"),
-                           "spec": spec.to_json(), "versions": versions()})
+                           "spec": spec.to_json(), "versions": versions(),
+                           "machine": machine(str(run.device))})
 
 
 def _calibrate(spec: ExperimentSpec, run: _Run, out_model: str, out_history: str) -> pd.DataFrame:

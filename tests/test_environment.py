@@ -28,3 +28,25 @@ def test_environment_yml_installs_the_project():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert any(p.startswith("-e .") for p in pip)
     assert any(str(d).startswith("python=3.11") for d in env["dependencies"])
+
+
+def test_the_recorded_commit_says_whether_tracked_files_were_changed(tmp_path, monkeypatch):
+    """versions()["ldct"]: the package version with the checkout's commit, `+dirty` where a
+    tracked file differs from it; the bare version where ldct is not in a git checkout."""
+    import subprocess
+
+    from ldct import __version__, provenance
+
+    provenance.project_commit.cache_clear()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    expected = f"{__version__} ({head}" if head else __version__  # CI may test an export without .git
+    assert provenance.versions()["ldct"].startswith(expected)
+    provenance.project_commit.cache_clear()
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    assert provenance.project_commit() == __version__
+    provenance.project_commit.cache_clear()

@@ -57,6 +57,7 @@ def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layo
     assert lt.shape == (2, 17, 32, 48) and torch.allclose(torch.rot90(lp, 1, (-2, -1)), lt, atol=1e-5)
     assert all(torch.allclose(torch.rot90(a, 1, (-2, -1)), b, atol=1e-5) for a, b in zip(fp, ft))
     save_segmenter(tmp_path / "seg.pt", turned, "test")
+    assert load_checkpoint(tmp_path / "seg.pt")["machine"]["cpu"]  # the machine that wrote it
     assert load_segmenter(tmp_path / "seg.pt", torch.device("cpu")).turns == 1
     cfg = {"base_width": 4, "norm": "instance"}
     assert load_weights(tmp_path / "seg.pt", {**cfg, "orientation": "dcm2niix"}).turns == 1

@@ -55,6 +55,10 @@ def test_same_seed_same_history_and_weights(dataset, tmp_path):
     pd.testing.assert_frame_equal(h1[cols], h2[cols])
     w1, w2 = weights(o1 / "model.pt"), weights(o2 / "model.pt")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    # what made it, loadable without unpickling code: the versions, the project's commit, the machine
+    saved = torch.load(o1 / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["versions"]["torch"] == torch.__version__ and saved["versions"]["ldct"].startswith("0.")
+    assert saved["machine"]["torch_threads"] >= 1 and saved["machine"]["cpu"] and "gpu" not in saved["machine"]
 
 
 @pytest.mark.parametrize("style", ["project", "reference"])
