@@ -138,22 +138,40 @@ def _upstream(shape, k: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.sin(0.11 * np.arange(n) + k).reshape(shape).astype(np.float32))
 
 
+def _featkpn_parameter_gradients(g: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Feat-KPN's output, its input's gradient and every parameter's (the reference's names)
+    for the golden input and upstream gradient, computed in `dtype`."""
+    net = reference_model("featkpn", load("featkpn")).to(dtype)
+    x = torch.from_numpy(g["x"]).to(dtype).requires_grad_(True)
+    y = net(x)
+    (_upstream(y.shape).to(dtype) * y).sum().backward()
+    return y, x.grad, {net.reference_key(n): p.grad.double() for n, p in net.named_parameters()}
+
+
 def test_featkpn_gradients_match_reference():
     """Backward through the fused kernel op (kernels recomputed, never stored) gives the
-    reference's gradients: of the input and of every parameter, named as the reference names them."""
+    reference's gradients: of the input and of every parameter, named as the reference names them.
+
+    A weight's or bias's gradient is a float32 sum over every pixel, whose rounding depends on
+    the CPU's kernels: the golden values (the reference's float32 on the machine that made them)
+    are up to 1.4e-4 from the exact sums on an AVX-512 EPYC, and this project's float32 up to
+    8e-5 from them (5e-5 on AVX2 machines). So the parameters are compared in float64 against
+    the golden (the golden's own rounding), and this project's float32 against its float64 (its
+    own rounding); a wrong operation is off by far more than either. The exact (float64)
+    agreement with the reference's arithmetic is checked to 1e-10 by benchmarks/featkpn_speed.py
+    (tests/test_scale.py runs it)."""
     g = load("featkpn_grad")
-    net = reference_model("featkpn", load("featkpn"))
-    x = torch.from_numpy(g["x"]).requires_grad_(True)
-    y = net(x)
+    y, dx, named32 = _featkpn_parameter_gradients(g, torch.float32)
     assert max_rel_diff(y, g["y"]) < TOL
-    (_upstream(y.shape) * y).sum().backward()
-    assert max_rel_diff(x.grad, g["dx"]) < TOL
-    named = {net.reference_key(n): p.grad for n, p in net.named_parameters()}
-    assert set(named) == {k.removeprefix("grad:") for k in g if k.startswith("grad:")}
-    # a PReLU slope's gradient is one sum over a whole kernel tensor (~10^6 terms): the reference's
-    # own float32 sum is 1.4e-4 from the exact (float64) one there, so scalars get 5e-4
-    for k, grad in named.items():
-        assert max_rel_diff(grad, g[f"grad:{k}"]) < (5e-4 if grad.numel() == 1 else 5e-5), k
+    assert max_rel_diff(dx, g["dx"]) < TOL
+    _, _, named64 = _featkpn_parameter_gradients(g, torch.float64)
+    assert set(named64) == {k.removeprefix("grad:") for k in g if k.startswith("grad:")}
+    # a PReLU slope's gradient is one sum over a whole kernel tensor (~10^6 terms): float32
+    # rounding reaches ~5e-4 of it, so scalars get 1e-3
+    for k, grad in named64.items():
+        scalar = grad.numel() == 1
+        assert max_rel_diff(grad, g[f"grad:{k}"]) < (1e-3 if scalar else 3e-4), k
+        assert max_rel_diff(named32[k], grad.numpy()) < (1e-3 if scalar else 1e-4), k
 
 
 def test_unet_gradient_matches_reference():
