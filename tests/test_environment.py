@@ -23,6 +23,23 @@ def test_every_dependency_is_pinned():
     assert all("==" in p for p in pins())
 
 
+def test_constraints_pin_what_the_dependencies_pull_in_and_every_install_uses_them():
+    """constraints.txt: exact versions of the indirect packages only (a direct one is pinned in
+    pyproject.toml, one fact in one place), used by the README's install, CI and environment.yml."""
+    import re
+
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    lines = [x for x in (ROOT / "constraints.txt").read_text().splitlines() if x and not x.startswith("#")]
+    assert len(lines) > 50 and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][\w.+]*", x) for x in lines)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = {norm(d.split("==")[0]) for d in pins() + project["optional-dependencies"]["test"]}
+    assert not {norm(x.split("==")[0]) for x in lines} & direct
+    install = 'pip install -e ".[test]" -c constraints.txt'
+    assert install in (ROOT / "README.md").read_text() and install in (ROOT / ".ci" / "run").read_text()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "-c constraints.txt" in next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+
+
 def test_environment_yml_installs_the_project():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
