@@ -20,7 +20,7 @@ from ldct.data import stack_subjects
 from ldct.errors import ConfigError, DataError
 from ldct.inference import load_checkpoint, pick_device, segment
 from ldct.io import save_torch, write_csv
-from ldct.provenance import machine, versions
+from ldct.provenance import versions
 
 # Pre-training shifts each batch by up to this many HU: robustness to scanner calibration
 # (a few HU), small enough to keep the absolute 10-30 HU tissue contrasts meaningful.
@@ -95,11 +95,11 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def save_segmenter(path: str | Path, net: torch.nn.Module, source: str, **meta) -> None:
     """segmenter.pt: the weights with what rebuilds the network (width, norm), their origin and
-    the package versions and the machine that wrote it."""
-    device = str(next(net.parameters()).device)
+    the package versions that wrote it (not the project's commit nor the machine: the same
+    weights give the same bytes, which the trainings using them resume by, ldct.io.save_torch)."""
     save_torch(path, {"state_dict": net.state_dict(), "base_width": net.conv1A.out_channels, "norm": net.norm,
-                      "turns": net.turns, "num_classes": NUM_CLASSES, "source": source, "versions": versions(),
-                      "machine": machine(device), **meta})
+                      "turns": net.turns, "num_classes": NUM_CLASSES, "source": source,
+                      "versions": versions(commit=False), **meta})
 
 
 def _turns(cfg: dict) -> int:

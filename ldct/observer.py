@@ -111,7 +111,8 @@ def cho(present: np.ndarray, absent: np.ndarray, channels: np.ndarray, seed: int
     same ROIs need (ldct.stats.paired_dprime). `paired`: present[i] and absent[i] are one site's
     two readings (they share the row's error on that site's anatomy), so a replicate resamples
     sites, both ROIs together (drawn apart, the CI was ~20 % too wide). A d' that is not finite
-    (scores with no spread: a constant output) gets no CI (NaN), not one from its replicates."""
+    (scores with no spread: a constant output, 0/0; or classes apart with no spread, inf) gets no
+    CI (NaN), not one from its replicates; the AUC stays defined (0.5 for all ties)."""
     _check_rois(present, absent, channels)
     u = channels.reshape(len(channels), -1)
     v1 = present.reshape(len(present), -1) @ u.T
@@ -133,6 +134,6 @@ def cho(present: np.ndarray, absent: np.ndarray, channels: np.ndarray, seed: int
         idx = (tr1, tr0, te1, te0)
     r1, r0 = hold_out_scores(v1, v0, h1, h0, idx)
     for key, values in (("dprime", dprime_rows(r1, r0)), ("auc", auc_rows(r1, r0))):
-        ci = np.nanpercentile(values, [2.5, 97.5]) if np.isfinite(out["dprime"]) else [np.nan, np.nan]
+        ci = np.nanpercentile(values, [2.5, 97.5]) if np.isfinite(out[key]) else [np.nan, np.nan]
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = (float(v) for v in ci)
     return out

@@ -14,10 +14,12 @@ PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-image", "torchmetrics",
             "nilearn", "bm3d", "bm4d", "PyWavelets")
 
 
-def versions() -> dict[str, str]:
-    """Python's, the project's (its git commit, `+dirty` with uncommitted changes to tracked
-    files) and every result-changing package's version."""
-    out = {"python": platform.python_version(), "ldct": project_commit()}
+def versions(commit: bool = True) -> dict[str, str]:
+    """Python's, the project's (with `commit`, its git commit, `+dirty` with uncommitted changes
+    to tracked files) and every result-changing package's version."""
+    from ldct import __version__
+
+    out = {"python": platform.python_version(), "ldct": project_commit() if commit else __version__}
     for p in PACKAGES:
         try:
             out[p] = metadata.version(p)
@@ -37,7 +39,10 @@ def project_commit() -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20,
                               check=True).stdout.strip()
 
-    try:
+    try:  # the checkout must be ldct's own, with this file tracked (not a repository that holds a copy)
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return __version__
+        git("ls-files", "--error-unmatch", "ldct/provenance.py")
         commit = git("rev-parse", "--short=12", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):

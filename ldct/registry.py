@@ -125,6 +125,9 @@ def library_files(root: str | Path, *modules: str) -> list[str]:
     on, listed as its inputs so that editing any of it (a metric's window in ldct/hu.py, the
     tables' averaging in ldct/metrics.py) reruns the rule."""
     folder = Path(root, "ldct")
+    missing = [m for m in modules if not (folder / f"{m}.py").is_file()]
+    if missing:
+        raise LdctError(f"library_files: no module {', '.join(missing)} in {folder}")
     todo, found = list(modules), {}
     while todo:
         name = todo.pop()

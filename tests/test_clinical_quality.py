@@ -97,6 +97,14 @@ def test_an_output_with_no_signal_gets_no_dprime_interval_test_or_f50():
     flat = np.zeros((12, SIZE, SIZE))
     out = cho(flat, flat, chans, n_resamples=50, scores=True, paired=True)
     assert np.isnan(out["dprime"]) and np.isnan(out["dprime_ci_low"]) and np.isnan(out["dprime_ci_high"])
+    assert out["auc"] == out["auc_ci_low"] == out["auc_ci_high"] == 0.5  # all ties: the AUC is defined
+    # the test ROIs of each class all alike, the classes apart: d' infinite, and no CI [inf, inf]
+    rng = np.random.default_rng(8)
+    train_present = gaussian_signal(4.0) + SIGMA * rng.standard_normal((6, SIZE, SIZE))
+    train_absent = SIGMA * rng.standard_normal((6, SIZE, SIZE))
+    apart = cho(np.concatenate([train_present, np.repeat(gaussian_signal(4.0)[None], 6, 0)]),
+                np.concatenate([train_absent, np.zeros((6, SIZE, SIZE))]), chans, n_resamples=50, paired=True)
+    assert np.isinf(apart["dprime"]) and np.isnan(apart["dprime_ci_low"]) and np.isnan(apart["dprime_ci_high"])
     rng = np.random.default_rng(7)
     real = cho(gaussian_signal(4.0) + SIGMA * rng.standard_normal((12, SIZE, SIZE)),
                SIGMA * rng.standard_normal((12, SIZE, SIZE)), chans, n_resamples=50, scores=True, paired=True)

@@ -3,6 +3,8 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 60
 REASON = "Long because"  # a function may pass the limit when its docstring says why
@@ -87,3 +89,27 @@ def test_a_rule_depends_on_the_library_modules_its_code_imports():
     assert {"evaluate", "metrics", "hu", "data"} <= names("evaluate")
     assert "__init__" not in names("tables") and "train" not in names("evaluate")
     assert names("dicom") == {"dicom", "errors", "io"}
+    from ldct.errors import LdctError
+
+    with pytest.raises(LdctError, match="no module tabels"):  # a misspelled rule input, not an empty list
+        library_files(ROOT, "tabels")
+
+
+def test_the_workflow_lists_each_rules_library_code():
+    """Which rules list ldct code (README, on reruns): every rule after training and the
+    split, their imports' closure; the data rules their own modules only (a shared helper's edit
+    would retrain everything); the trainings none."""
+    import re
+
+    text = {p.name: p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk")}
+    rules = {}
+    for body in text.values():
+        for m in re.finditer(r"^ *rule (\w+):\n(.*?)(?=^ *rule |\Z)", body, re.S | re.M):
+            rules[m[1]] = m[2]
+    closure = {r for r, b in rules.items() if "code=code_files(" in b}
+    own = {r for r, b in rules.items() if "code=data_code_files(" in b}
+    assert {"denoise", "segment_ndct", "complexity", "tables", "figures", "split", "clinical_report"} <= closure
+    assert {"template_fields", "synthesize", "convert_doses"} <= own
+    assert not {"train", "pretrain_segmenter"} & (closure | own)
+    common = text["common.smk"]
+    assert 'code_files("evaluate")' in common and 'data_code_files("dicom")' in common  # evaluate and convert inputs

@@ -90,6 +90,13 @@ def code_files(*modules):
     return library_files(workflow.basedir, *modules)
 
 
+def data_code_files(*modules):
+    """The data rules' own modules only (synthesis, conversion), not the helpers they import
+    (ldct/io.py, ldct/errors.py): their volumes feed every training, so a helper's edit (or a
+    helper newly listed) would retrain the whole benchmark; `--forcerun convert` after such an edit."""
+    return [str(Path(workflow.basedir, "ldct", f"{m}.py")) for m in modules]
+
+
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
@@ -191,7 +198,7 @@ def convert_inputs(wc):
     """A conversion's inputs: its series folders, and on real data every file it reads as a
     slice (ldct.dicom.series_files): a folder's own time does not change when the files two
     levels down are replaced, so without them new DICOM data would not be reconverted."""
-    code = {"code": code_files("dicom")}
+    code = {"code": data_code_files("dicom")}
     if SYNTHETIC:
         return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz"), **code}
     root = Path(config["dataset"]["dicom_root"])

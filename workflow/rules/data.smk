@@ -3,7 +3,7 @@
 
 rule template_fields:
     input:
-        code=code_files("phantom"),
+        code=data_code_files("phantom"),
     output:
         str(RP.phantom() / "mni_fields.npz"),
     log:
@@ -17,7 +17,7 @@ rule template_fields:
 rule synthesize:
     input:
         fields=str(RP.phantom() / "mni_fields.npz"),
-        code=code_files("synthetic"),
+        code=data_code_files("phantom", "lowdose", "synthetic", "dicom"),
     output:
         dicom=directory(str(RP.dicom("{subject}"))),
         phantom=str(RP.phantom("{subject}") / "phantom.nii.gz"),
@@ -82,7 +82,7 @@ if DOSE_SWEEP:  # extra reduced-dose series of the test subjects
     rule convert_doses:
         input:
             dicom=str(RP.dicom("{subject}")),
-            code=code_files("dicom"),
+            code=data_code_files("dicom"),
         output:
             [str(RP.low_dose("{subject}", f)) for f in DOSES[1:]],
         log:

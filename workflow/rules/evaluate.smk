@@ -6,6 +6,7 @@ rule denoise:
         model=str(RP.model("{experiment}")),
         splits=str(RP.splits),
         data=nifti_files(SPLITS["test"]),
+        code=code_files("evaluate"),
     output:
         [str(RP.denoised("{experiment}", s)) for s in SPLITS["test"]],
     log:
@@ -33,6 +34,7 @@ rule segment_ndct:
         segmenter=str(RP.segmenter),
         splits=str(RP.splits),
         data=nifti_files(SPLITS["test"]),
+        code=code_files("evaluate"),
     output:
         [str(RP.ndct_segmentation(s)) for s in SPLITS["test"]],
     log:
@@ -83,6 +85,7 @@ if DOSE_SWEEP:
             model=str(RP.model("{experiment}")),
             splits=str(RP.splits),
             data=nifti_files(SPLITS["test"]),
+            code=code_files("evaluate"),
             low=[str(RP.low_dose(s, f)) for f in DOSES[1:] for s in SPLITS["test"]],
         output:
             [str(RP.dose_denoised(t, "{experiment}", s)) for t in EXTRA_DOSES for s in SPLITS["test"]],

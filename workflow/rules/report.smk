@@ -4,6 +4,7 @@
 rule complexity:
     input:
         source=model_sources(complexity_models().values()),
+        code=code_files("complexity", "tables"),
     output:
         [report_table("table1_complexity", e) for e in ("csv", "md", "tex")],
     log:
