@@ -4,7 +4,6 @@
 rule split:
     input:
         preset=[preset_file(config["split"]["preset"])] if config["split"]["method"] == "preset" else [],
-        code=code_files("splits"),
     output:
         str(RP.splits),
     log:
