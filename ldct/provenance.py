@@ -28,6 +28,11 @@ def versions(commit: bool = True) -> dict[str, str]:
     return out
 
 
+def made_with() -> str:
+    """The sentence every table ends with: the versions and the commit it was made with."""
+    return "Made with " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "."
+
+
 @functools.lru_cache(maxsize=1)
 def project_commit() -> str:
     """The git commit of the checkout this ldct was imported from, `+dirty` where tracked files

@@ -22,7 +22,7 @@ from scipy import stats
 
 from ldct.errors import DataError
 from ldct.io import write_csv, write_text
-from ldct.provenance import versions
+from ldct.provenance import made_with
 
 # Fewest rows shared by two seeds for which their Kendall's tau is reported in the caption: with
 # 2 rows tau can only be +-1, with 3 only +-1 or +-1/3 (p >= 0.33): it would say nothing.
@@ -173,7 +173,7 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
             "(mean over seed pairs), every row: " + tau_summary(taus, "all") + "; the rows with no convergence mark "
             "(‡, §) in either seed, which the tables rank: " + tau_summary(taus, "unmarked")
             + ". Per pair, with p and the pairs that swap places: tau.csv.")
-    made = "Made with " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "."
+    made = made_with()
     write_text(out_dir / "stability.md", "\n".join(md) + f"\n\n{note}\n\n{made}\n")
     figures.seed_ranks(ranks, out_dir / "fig_seed_ranks.png")
     return table

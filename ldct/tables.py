@@ -12,7 +12,7 @@ import pandas as pd
 from ldct.classes import CLASS_NAMES
 from ldct.io import write_csv, write_text
 from ldct.metrics import infinite_psnr_note, read_metrics
-from ldct.provenance import versions
+from ldct.provenance import made_with
 from ldct.stats import compare_to_best, holm
 
 TABLE2_COLUMNS = [  # (column, header) in the paper's layout
@@ -83,7 +83,7 @@ def write_table(out_prefix: str | Path, df: pd.DataFrame, md: str, tex: str, not
     """The table as CSV, Markdown (with its note) and LaTeX; the last two say the package
     versions they were made with."""
     out_prefix = str(out_prefix)
-    made = "Made with " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "."
+    made = made_with()
     write_csv(out_prefix + ".csv", df)
     write_text(out_prefix + ".md", md + (f"\n{note}\n" if note else "") + f"\n{made}\n")
     write_text(out_prefix + ".tex", f"% {made}\n" + tex)
@@ -218,9 +218,10 @@ FLAGS = {"not_converged": ("‡", "not converged (validation PSNR [-40,120] stil
                                      "above the LDCT level, or below it)")}
 
 
-def row_flags(training: pd.DataFrame | None) -> tuple[dict[str, str], str]:
+def row_flags(training: pd.DataFrame | None, ranked: bool = True) -> tuple[dict[str, str], str]:
     """Marks appended to an experiment's name in every table, and the sentence explaining them.
-    A marked row is shown but not ranked: it is never the best row (`best_row`)."""
+    A marked row is shown but not ranked: it is never the best row (`best_row`; `ranked`: the
+    table ranks its rows, and the sentence says so)."""
     if training is None or training.empty:
         return {}, ""
     flags = {}
@@ -229,7 +230,7 @@ def row_flags(training: pd.DataFrame | None) -> tuple[dict[str, str], str]:
     t = f"{training['min_gain_db'].iloc[0]:g} dB" if "min_gain_db" in training else "the configured threshold"
     used = [f"{sym} {text.format(t=t)}" for col, (sym, text) in FLAGS.items()
             if col in training and training[col].astype(bool).any()]
-    note = ("; ".join(used) + "; a marked row is not ranked (never in bold)." if used else
+    note = ("; ".join(used) + ("; a marked row is not ranked (never in bold)." if ranked else ".") if used else
             f"No row marked: every learned model's validation PSNR [-40,120] moved by at most {t} over the last "
             f"tenth of training and ends at least {t} above its input.")
     return {e: f for e, f in flags.items() if f}, note
@@ -412,7 +413,7 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
             diff = (per_subject.loc[ana, metric] - per_subject.loc[l1, metric]).dropna().to_numpy()
             rows.append({"model": model, "metric": metric, **paired_difference(diff, seed)})
     table = pd.DataFrame(rows)
-    flags, flag_note = row_flags(training)
+    flags, flag_note = row_flags(training, ranked=False)
     table["marks"] = [" ".join(f"{run}{flags[e]}" for run, e in (("ana", f"{m}_ana"), ("l1", f"{m}_l1")) if e in flags)
                       for m in table["model"]]
     lines = ["| model | metric | ana - l1 (mean) | 95 % CI | Wilcoxon p | subjects |", "|---|---|---|---|---|---|"]
@@ -422,14 +423,13 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
               else "" if np.isnan(r.ci_low) else f"[{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}]")
         model = f"{r.model} ({r.marks})" if r.marks else r.model
         lines.append(f"| {model} | {r.metric} | {r.mean_diff:+.{d}f} | {ci} | {r.p_wilcoxon:.3g} | {r.n_subjects} |")
-    marked = "; a pair with a marked run (ana or l1) is not evidence for or against the loss: " + flag_note if flags else ""
+    marked = f"A pair with a marked run (ana or l1) is not evidence for or against the loss: {flag_note} " if flags else ""
     note = ("Effect of the anatomical perception loss: per test subject, the experiment trained with it minus the "
             "same model trained with L1 (PSNR and SSIM in [-40, 120] HU; Dice of the frozen segmenter against its "
             "NDCT segmentation, over each volume); mean, bootstrap 95 % CI and Wilcoxon signed-rank p over subjects "
-            f"(not corrected for the number of rows{marked}). "
-            + power_note(int(table["n_subjects"].max()), 1))
+            f"(not corrected for the number of rows). {marked}" + power_note(int(table["n_subjects"].max()), 1))
     write_csv(out_prefix + ".csv", table)
-    write_text(out_prefix + ".md", "\n".join(lines) + f"\n\n{note}\n")
+    write_text(out_prefix + ".md", "\n".join(lines) + f"\n\n{note}\n\n{made_with()}\n")
     return table
 
 
@@ -585,7 +585,7 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
             "replicate: a conservative test; Holm p < 0.05 within each condition and comparison kind, not across "
             "conditions; CIs in clinical_stats.csv). "
             f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
-            "unbounded). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
+            "unbounded and it has no NPS). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
             "noise-only images (difference method: the row's error in scan A less its error in scan B, over sqrt 2, "
             "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast over that noise SD; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233; ∞: the TTF stays above "
             "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "

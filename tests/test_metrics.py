@@ -332,5 +332,6 @@ def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
     anatomical_effect(files, dice, prefix, training=training)
     md = (tmp_path / "anatomical_effect.md").read_text()
     assert "| m (ana ‡ l1 ‡ §) | psnr_brain | +0.50 |" in md and "is not evidence for or against the loss" in md
+    assert "never in bold" not in md and "\nMade with python " in md  # nothing is ranked here; its versions, as every table
     assert anatomical_effect({"m_l1": files["m_l1"]}, dice, prefix).empty
     assert not (tmp_path / "anatomical_effect.md").exists() and not (tmp_path / "anatomical_effect.csv").exists()
