@@ -79,7 +79,7 @@ def qualitative_grid(images: dict[str, np.ndarray], reference: np.ndarray, out: 
     ax[2, 0].set_ylabel("output - NDCT (HU)", fontsize=8)
     ax[0, -1].axis("off")
     ax[1, -1].axis("off")
-    fig.colorbar(err, cax=ax[2, -1], label="HU")
+    fig.colorbar(err, cax=ax[2, -1], label="HU (clipped at ±40)", extend="both")
     if title:
         fig.suptitle(title, fontsize=10)
     save(fig, out)
@@ -266,8 +266,9 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
     save(fig, str(out))
 
 
-def metric_distributions(metrics: pd.DataFrame, out: str) -> None:
-    """Box plots of the per-slice metrics, one row per experiment (shared), in the tables' order."""
+def metric_distributions(metrics: pd.DataFrame, out: str, marks: dict[str, str] | None = None) -> None:
+    """Box plots of the per-slice metrics, one row per experiment (shared), in the tables' order,
+    each named with its convergence marks (`marks`, ldct.tables.row_flags) as in the tables."""
     cols = [("psnr_brain", "PSNR [-40,120] (dB)"), ("ssim_brain", "SSIM [-40,120]"), ("psnr_full", "PSNR [-1024,3072] (dB)")]
     order = list(dict.fromkeys(metrics["experiment"]))
     fig, ax = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.8 + 0.1 * len(order)), sharey=True)
@@ -275,7 +276,7 @@ def metric_distributions(metrics: pd.DataFrame, out: str) -> None:
         a.boxplot([metrics.loc[metrics["experiment"] == e, c].to_numpy() for e in order], vert=False, showfliers=True)
         a.set_xlabel(label)
         a.grid(alpha=0.3, axis="x")
-    ax[0].set_yticks(range(1, len(order) + 1), order, fontsize=7)
+    ax[0].set_yticks(range(1, len(order) + 1), [e + (marks or {}).get(e, "") for e in order], fontsize=7)
     ax[0].invert_yaxis()  # the tables' order, top to bottom
     fig.suptitle("per-slice metrics on the test set", fontsize=10)
     save(fig, out)
@@ -300,7 +301,7 @@ def phantom_overview(phantom: np.ndarray, truth: np.ndarray, full: np.ndarray, l
         a.axis("off")
     mask = (truth > lo) & (truth < hi)
     for name, im in (("LDCT", low), ("NDCT", full)):
-        ax[5].plot(*radial_noise(im - truth, mask, pixel_mm), marker="o", ms=3, label=name)
+        ax[5].plot(*radial_noise(im - truth, mask, pixel_mm), marker="o", ms=3, label=name, **REFERENCE_STYLES[name])
     ax[5].set_xlabel("distance from centre (mm)")
     ax[5].set_ylabel("noise std vs noiseless recon (HU)")
     ax[5].legend(fontsize=7)
@@ -362,14 +363,14 @@ def draw_all(rp, experiments: list[str]) -> None:
     for e in trained:
         vols[e] = to_slices(read_nifti(rp.denoised(e, subject))[0])
     pixel = float(abs(sv.affine[0, 0]))
-    qualitative_grid({k: v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
+    marks = row_flags(pd.read_csv(rp.table("training")))[0] if rp.table("training").is_file() else {}
+    qualitative_grid({k + marks.get(k, ""): v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
                      f"{subject}, slice {s}")
     reference, ref_name = (sv.truth, "noiseless recon") if sv.truth is not None else (sv.full, "NDCT")
-    marks = row_flags(pd.read_csv(rp.table("training")))[0] if rp.table("training").is_file() else {}
     noise_vs_radius(vols, reference, pixel, rp.figure("fig_noise_radius"), ref_name,
                     f"{subject}: error against the {ref_name} by distance from the head centre", marks)
     seg = load_segmenter(rp.segmenter, torch.device("cpu"))
-    maps = {k: segment(seg, v[s:s + 1], torch.device("cpu"))[0] for k, v in vols.items()}
+    maps = {k + marks.get(k, ""): segment(seg, v[s:s + 1], torch.device("cpu"))[0] for k, v in vols.items()}
     maps["NDCT"] = segment(seg, sv.full[s:s + 1], torch.device("cpu"))[0]
     if sv.labels is not None:
         maps["true labels"] = sv.labels[s].astype(np.uint8)
@@ -378,15 +379,18 @@ def draw_all(rp, experiments: list[str]) -> None:
     training_curves(histories, rp.figure("fig_training_curves"), marks)
     learning_curves(histories, rp.figure("fig_learning_curves"), marks)
     metrics = read_metrics(rp.metrics(e) for e in experiments)
-    metric_distributions(metrics, rp.figure("fig_metric_distributions"))
+    metric_distributions(metrics, rp.figure("fig_metric_distributions"), marks)
     if sv.truth is not None and sv.labels is not None:
         phantom = to_slices(read_nifti(rp.phantom(subject) / "phantom.nii.gz")[0])
         phantom_overview(phantom, sv.truth, sv.full, sv.low, sv.labels, pixel, rp.figure("fig_phantom"),
                          f"synthetic subject {subject}")
 
 
-REFERENCE_STYLES = {"LDCT": {"color": "black", "ls": "-", "lw": 2.0}, "NDCT": {"color": "0.45", "ls": "--", "lw": 1.6},
-                    "noiseless": {"color": "0.7", "ls": ":", "lw": 1.6}}
+# zorder: the reference rows drawn above the experiments (LDCT, the baseline, was hidden under the
+# rows that learned nothing, whose curves are its own)
+REFERENCE_STYLES = {"LDCT": {"color": "black", "ls": "-", "lw": 1.4, "zorder": 3},
+                    "NDCT": {"color": "0.45", "ls": "--", "lw": 1.6, "zorder": 3},
+                    "noiseless": {"color": "0.7", "ls": ":", "lw": 1.6, "zorder": 3}}
 
 
 def point_markers(rows: list[str]) -> dict[str, str]:
@@ -460,9 +464,12 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
     condition: each row's d' change against the LDCT input (`changes`: paired difference and
     its 95 % CI, ldct.tables.clinical_comparisons; else the plain difference) against its PSNR
     gain over the input; the shaded quadrant gains PSNR and loses detectability. `marks` as in
-    nps_curves."""
+    nps_curves. A row with no finite d' in any condition (the noiseless reconstruction: d' = ∞)
+    is not drawn, and the figure says so; one undefined in some conditions keeps the others.
+    The right panel's points are hollow: rows that learned nothing sit on one another at (0, 0)."""
     marks = marks or {}
-    rows = [r for r in results if np.isfinite(results[r]["conditions"][0]["dprime"])]
+    rows = [r for r in results if any(np.isfinite(c["dprime"]) for c in results[r]["conditions"])]
+    left_out = [r for r in results if r not in rows]
     styles = _row_styles(rows)
     points = point_markers(rows)
     conds = results[rows[0]]["conditions"]
@@ -491,7 +498,7 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
             dd, lo, hi = (changes or {}).get(r) or (results[r]["conditions"][0]["dprime"] - base,) * 3
             st = styles[r]
             ax[1].errorbar(psnr_gain[r], dd, yerr=[[dd - lo], [hi - dd]], fmt=points[r], color=st["color"],
-                           ms=5, capsize=2, lw=1)
+                           ms=6, capsize=2, lw=1, mfc="none", mew=1.3)
         ax[1].axhline(0, color="0.5", lw=0.8)
         ax[1].axvline(0, color="0.5", lw=0.8)
         x0, x1 = ax[1].get_xlim()
@@ -501,6 +508,9 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
         ax[1].set_ylim(y0, y1)
         ax[1].text(0.02, 0.98, "shaded: gains PSNR, loses detectability\nbars: paired 95 % CI (bootstrap over the lesion sites)",
                    transform=ax[1].transAxes, ha="left", va="top", fontsize=7, color="firebrick")
+    if left_out:
+        fig.text(0.01, 0.01, "not drawn: " + ", ".join(left_out) + " (d′ = ∞ or undefined in every condition)",
+                 fontsize=7, color="0.35")
     ax[1].set_xlabel("PSNR gain over LDCT, [-40,120] (dB)")
     ax[1].set_ylabel(f"d′ change over LDCT ({hard})")
     ax[1].set_title(f"hardest lesion ({hard}): detectability vs PSNR")
