@@ -436,11 +436,24 @@ def test_ndct_shows_the_lesions_better_than_ldct_and_the_noiseless_row_perfectly
         assert t_low["f50"] == pytest.approx(t_clean["f50"], rel=0.25)
 
 
+def _report_rows(rp, rows: dict, n_resamples: int) -> str:
+    """Each row's clinical measurements written where the report reads them, Table 5 made from
+    them (ldct.clinical_report.report); its Markdown."""
+    import json
+
+    from ldct.clinical_report import report
+
+    for name, res in rows.items():
+        rp.clinical(name).parent.mkdir(parents=True, exist_ok=True)
+        rp.clinical(name).write_text(json.dumps(res))
+    report(rp, list(rows), n_resamples=n_resamples)
+    return rp.table("table5_clinical", "md").read_text()
+
+
 def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_path):
     """A row made from LDCT with its lesion scores shuffled (an observer that lost the lesion)
     is significantly worse than the best and lower than LDCT; the references are not compared."""
     import copy
-    import json
 
     from ldct.clinical_report import report
     from ldct.observer import dprime_rows, hold_out_scores
@@ -463,11 +476,7 @@ def test_clinical_table_marks_a_row_that_loses_detectability(clinical_run, tmp_p
     rp.table("training").parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"experiment": ["blind_l1", "sharp_l1"], "not_converged": [False, True],
                   "no_gain_over_input": [False, False], "min_gain_db": 0.1}).to_csv(rp.table("training"), index=False)
-    for name, res in rows.items():
-        rp.clinical(name).parent.mkdir(parents=True, exist_ok=True)
-        rp.clinical(name).write_text(json.dumps(res))
-    report(rp, list(rows), n_resamples=300)
-    md = rp.table("table5_clinical", "md").read_text()
+    md = _report_rows(rp, rows, 300)
     line = next(x for x in md.splitlines() if x.startswith("| blind_l1 "))
     assert "†↓" in line
     sharp_line = next(x for x in md.splitlines() if x.startswith("| sharp_l1 ‡ "))
@@ -504,9 +513,7 @@ def test_a_row_with_undefined_dprime_and_f50_reads_na_and_is_not_compared(clinic
     """A constant output's d' and f50 are NaN: Table 5 says n/a (a blank cell said nothing) and
     why, and marks nothing on them."""
     import copy
-    import json
 
-    from ldct.clinical_report import report
     from ldct.paths import ResultPaths
 
     rows = copy.deepcopy(clinical_run["rows"])
@@ -518,11 +525,7 @@ def test_a_row_with_undefined_dprime_and_f50_reads_na_and_is_not_compared(clinic
         t["f50"] = t["f50_ci_low"] = t["f50_ci_high"] = float("nan")
     rows = {"LDCT": rows["LDCT"], "flat_l1": flat, "NDCT": rows["NDCT"], "noiseless": rows["noiseless"]}
     rp = ResultPaths(tmp_path, "d")
-    for name, res in rows.items():
-        rp.clinical(name).parent.mkdir(parents=True, exist_ok=True)
-        rp.clinical(name).write_text(json.dumps(res))
-    report(rp, list(rows), n_resamples=100)
-    md = rp.table("table5_clinical", "md").read_text()
+    md = _report_rows(rp, rows, 100)
     line = next(x for x in md.splitlines() if x.startswith("| flat_l1 "))
     cells = [c.strip() for c in line.strip("|").split("|")]
     n_conditions, n_inserts = len(flat["conditions"]), len(flat["ttf"])
