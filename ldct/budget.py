@@ -200,7 +200,8 @@ def describe(train: dict) -> str:
         steps = rounds * per_round
     if b["protocol"] == "equal_macs":
         return (f"Training budget: equal compute, {b['tera_macs']:g} x 10^12 multiply-accumulates per experiment "
-                f"(3 x the model's forward MACs per step, its frozen parts 1 x; rounded to whole validation rounds; at most "
+                f"(3 x the model's forward MACs per step, its frozen parts 1 x, a loss's own networks such as the "
+                f"anatomical loss's U-Net not counted; rounded to whole validation rounds; at most "
                 f"{steps} steps), {common}, validated at most {b['evaluations']} times.")
     if b["protocol"] == "equal_steps":
         return f"Training budget: equal steps, {steps} per experiment, {common}, validated {rounds} times."
@@ -224,8 +225,8 @@ def is_capped(b: dict, steps: int, tera_macs: float) -> bool:
 
 def spent_note(train: dict, training) -> str:
     """Under equal compute: the range of compute the trained experiments really spent
-    (training.csv's tera_macs), leaving out those the step cap stopped first (models with
-    almost no MACs) and calibrated rows (no training)."""
+    (training.csv's tera_macs), and apart from it that of the rows the step cap stopped first
+    (cheap models: they spent less); calibrated rows (no training) left out."""
     b = train["budget"]
     if b["protocol"] != "equal_macs" or training is None or "tera_macs" not in training:
         return ""
@@ -234,28 +235,37 @@ def spent_note(train: dict, training) -> str:
     full = trained["tera_macs"][[not c for c in capped]]
     if full.empty:
         return ""
-    n_capped = sum(capped)
+    low = trained["tera_macs"][capped]
     return (f"Compute spent: {full.min():.3g}-{full.max():.3g} x 10^12 MACs"
-            + (f" ({n_capped} experiment(s) reached the step cap first)." if n_capped else "."))
+            + (f"; {len(low)} experiment(s) reached the step cap first and spent less "
+               f"({low.min():.3g}-{low.max():.3g} x 10^12)." if len(low) else "."))
 
 
-def last_tenth_gain(steps: list[float], scores: list[float]) -> float:
-    """The change of a validation score over the last tenth of training (interpolated; negative
-    when it fell), or NaN with fewer than two validations."""
-    if len(steps) < 2:
+LATE_FRACTION = 0.25  # the last part of training whose progress decides "not converged"
+
+
+def late_gain(steps: list[float], scores: list[float]) -> float:
+    """How much the best validation score so far rose over the last quarter of training: the
+    best of all validations minus the best of those at or before 75 % of the steps (NaN with
+    fewer than two validations, or none that early). The best so far, not the last score: a
+    fall after the kept epoch (overfitting, or an unstable end) leaves the kept model the best
+    on validation and is no sign that more training would help; a whole quarter, not a tenth:
+    with 8-10 validations a tenth falls inside the last round, and one flat round after a
+    steady climb read as converged."""
+    cut = (1 - LATE_FRACTION) * steps[-1] if steps else 0.0
+    early = [s for t, s in zip(steps, scores) if t <= cut]
+    if len(steps) < 2 or not early:
         return math.nan
-    import numpy as np
-
-    return float(scores[-1] - np.interp(0.9 * steps[-1], steps, scores))
+    return float(max(scores) - max(early))
 
 
 def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
     """Per experiment: steps and compute spent, the learning rate used (with `lr_at_edge`:
     "lowest" / "highest" where the sweep chose the lowest / highest rate it tried, and
     `lr_sweep_steps`, the steps each swept rate trained; 0 without a sweep), the kept epoch's
-    validation PSNR [-40, 120] and the input's, the gain over the last tenth of training, and
-    the two flags every table shows: `not_converged` (the score still moving: rising, or falling
-    as an unstable run does, by more than `min_gain_db` over the last tenth) and
+    validation PSNR [-40, 120] and the input's, the rise of its best over the last quarter of
+    training (`late_gain`), and the two flags every table shows: `not_converged` (the best
+    score still rising by more than `min_gain_db` over the last quarter) and
     `no_gain_over_input` (the kept model less than `min_gain_db` above its input on validation,
     or below it: a model that never left its near-identity start is not called converged).
     `min_gain_db` is recorded beside them, so the tables can state it."""
@@ -264,7 +274,7 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
     rows = []
     for exp, h in histories.items():
         kept = h[h["best"]].iloc[-1] if h["best"].any() else h.iloc[-1]
-        gain = last_tenth_gain(h["step"].tolist(), h["val_psnr_brain"].tolist())
+        gain = late_gain(h["step"].tolist(), h["val_psnr_brain"].tolist())
         sweep = sweeps.get(exp)
         lr = float(sweep.loc[sweep["chosen"], "lr"].iloc[0]) if sweep is not None else float(h["lr"].iloc[0])
         swept = sweep[sweep["source"].astype(str).str.startswith("sweep")] if sweep is not None else None
@@ -278,10 +288,10 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
                      "lr_at_edge": edge, "lr_sweep_steps": sweep_steps,
                      "kept_epoch": int(kept["epoch"]), "val_psnr_brain": float(kept["val_psnr_brain"]),
                      "val_psnr_brain_ldct": float(h["val_psnr_brain_ldct"].iloc[0]),
-                     "val_gain_last_tenth_db": gain,
+                     "val_gain_last_quarter_db": gain,
                      # trained but validated too rarely to tell counts as not converged; a calibrated
                      # (untrained, step 0) row has nothing to converge
-                     "not_converged": bool(h["step"].iloc[-1] > 0 and not abs(gain) <= min_gain_db),
+                     "not_converged": bool(h["step"].iloc[-1] > 0 and not gain <= min_gain_db),
                      "no_gain_over_input": bool(not over_input >= min_gain_db),  # NaN: flagged
                      "min_gain_db": float(min_gain_db)})
     return pd.DataFrame(rows)

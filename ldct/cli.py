@@ -186,6 +186,7 @@ def _test_subjects(path: str) -> list[str]:
 
 
 SERIES_KEYS = ("full_series", "low_series")
+CONVERT_KEYS = (*SERIES_KEYS, "unpaired_slices")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def cmd_template_fields(a) -> None:
                                 "folder's name with --full and --low)"),
          arg("--out", required=True, help="the subject's NIfTI folder"),
          arg("--phantom", help="synthetic truth folder whose labels, truth and repeat scan are copied along"),
-         sections={"dataset": SERIES_KEYS})
+         sections={"dataset": CONVERT_KEYS})
 def cmd_convert(a) -> None:
     import dataclasses
 
@@ -239,7 +240,8 @@ def cmd_convert(a) -> None:
     for path in phantom:  # before anything is written
         if not path.is_file():
             raise MissingFileError(f"{path}: synthetic truth file not found (--phantom)")
-    convert_subject(a.subject_dir, a.out, series=series, companions=tuple(phantom))  # all files or none
+    convert_subject(a.subject_dir, a.out, series=series, companions=tuple(phantom),  # all files or none
+                    unpaired=cfg["unpaired_slices"])
 
 
 @command("convert-doses", "convert a subject's extra reduced-dose series (dose sweep)",

@@ -250,6 +250,16 @@ def _check_split(split: dict) -> None:
         raise ConfigError(f"config error at split.preset: {split['preset']!r} is used only with split.method: preset "
                           f"(now {split['method']!r}); set the method or remove the preset")
     fr = split["fractions"]
+    if split["method"] == "random":
+        if fr["val"] <= 0:
+            raise ConfigError("config error at split.fractions.val: must be > 0 (the validation subjects choose the "
+                              "learning rate and the checkpoint; the split gives at least one)")
+        if fr["test"] <= 0 and not split["val_as_test"]:
+            raise ConfigError("config error at split.fractions.test: must be > 0 (set split.val_as_test: true to "
+                              "evaluate on the validation subjects instead, the paper's protocol)")
+        held_out = fr["val"] + (0.0 if split["val_as_test"] else fr["test"])
+        if held_out >= 1:
+            raise ConfigError(f"config error at split.fractions: val + test = {held_out:g} leaves no training subjects")
     if fr.get("train") is not None and abs(fr["train"] + fr["val"] + fr["test"] - 1) > 1e-6:
         raise ConfigError(f"config error at split.fractions: train + val + test = "
                           f"{fr['train'] + fr['val'] + fr['test']:g}, not 1 (set train: null, or leave it out, and it "

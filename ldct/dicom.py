@@ -313,15 +313,18 @@ def _order_slices(folder: Path, slices: list[tuple[Path, pydicom.Dataset]], norm
     if len(pos) <= 1:
         return slices, pos, _optional_number(slices[0][0], ds0, "SliceThickness", 1.0) or 1.0
     steps = np.diff(pos)
-    step = float(np.median(steps))
-    bad = np.where(np.abs(steps - step) > max(0.01 * step, 1e-3))[0]
+    # checked against the most common step (the smaller on a tie): against the median, a 10-mm
+    # series missing one of its four slices (steps 20, 10) read "expected 15 mm"
+    values, counts = np.unique(np.round(steps, 3), return_counts=True)
+    usual = float(values[np.flatnonzero(counts == counts.max())[0]])
+    bad = np.where(np.abs(steps - usual) > max(0.01 * usual, 1e-3))[0]
     if len(bad):
         i = bad[0]
         raise DicomError(
             f"{folder}: non-uniform slice spacing: {steps[i]:.3f} mm between {slices[i][0].name} and "
-            f"{slices[i + 1][0].name} (expected {step:.3f} mm; a slice is missing?)"
+            f"{slices[i + 1][0].name} (expected {usual:.3f} mm; a slice is missing?)"
         )
-    return slices, pos, step
+    return slices, pos, float(np.median(steps))
 
 
 def _slice_hu(f: Path, ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray:
@@ -400,9 +403,22 @@ def _in_plane_steps(v: Volume) -> str:
     return ", ".join(f"({' '.join(f'{x:.3g}' for x in v.affine[:3, j])})" for j in range(2))
 
 
-def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume, list[float]]:
-    """Keep the slice positions both series share; error if they are one series, of two
-    patients, of different slice thickness, or their geometry differs."""
+UNPAIRED = ("error", "drop")  # dataset.unpaired_slices
+
+
+def _unpaired_message(where: str, series: tuple) -> str:
+    """The error for slice positions found in one series only ((name, volume, positions) each)."""
+    def listed(name: str, v: Volume, only: list[float]) -> str:
+        shown = ", ".join(f"{p:g}" for p in only[:6]) + (", ..." if len(only) > 6 else "")
+        return f"{len(only)} of the {name}-dose series' {len(v.positions)} slices ({shown} mm)"
+    which = " and ".join(listed(*s) for s in series if s[2])
+    return (f"{where}: {which} have no partner in the other series (files missing from a series, e.g. an "
+            "interrupted download?). If the series really cover different ranges, set dataset.unpaired_slices: "
+            "drop (ldct convert --unpaired-slices drop) to keep the shared slices")
+
+
+def _check_pair_headers(full: Volume, low: Volume, where: str) -> None:
+    """Two different series of one patient, reconstructed at one slice thickness."""
     fm, lm = full.meta, low.meta
     if fm.get("series_uid") and fm.get("series_uid") == lm.get("series_uid"):
         raise DicomError(f"{where}: full- and low-dose are the same series ({fm['series_uid']}): two different scans are needed")
@@ -414,9 +430,21 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
                          f"{lm['slice_thickness_mm']:g} mm: the pair must be reconstructed alike")
     if fm.get("frame_of_reference_uid") and lm.get("frame_of_reference_uid") \
             and fm["frame_of_reference_uid"] != lm["frame_of_reference_uid"]:
-        # simulated low-dose series may carry their own frame UID: the geometry checks below decide
+        # simulated low-dose series may carry their own frame UID: pair_volumes' geometry checks decide
         log.warning("%s: full- and low-dose series have different FrameOfReferenceUIDs; pairing them by "
                     "patient coordinates", where)
+
+
+def pair_volumes(full: Volume, low: Volume, where: str, unpaired: str = "error") -> tuple[Volume, Volume, list[float]]:
+    """Keep the slice positions both series share; error if they are one series, of two
+    patients, of different slice thickness, or their geometry differs. Positions in only one
+    series are an error (a series with missing files, e.g. an interrupted download, would
+    otherwise convert to a shorter volume) unless `unpaired` is "drop": then they are dropped
+    and returned."""
+    if unpaired not in UNPAIRED:
+        raise ValueError(f"unpaired must be one of {UNPAIRED}, got {unpaired!r}")
+    _check_pair_headers(full, low, where)
+    fm, lm = full.meta, low.meta
     if full.data.shape[:2] != low.data.shape[:2]:
         raise DicomError(f"{where}: full dose is {full.data.shape[:2]} pixels, low dose {low.data.shape[:2]}")
     if not np.allclose(full.affine[:3, :2], low.affine[:3, :2], atol=1e-3):
@@ -441,8 +469,11 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
             raise DicomError(f"{where}: the slices both series share are not contiguous in the {name}-dose series "
                              f"(between {full.positions[fi[gap]]:.3f} and {full.positions[fi[gap + 1]]:.3f} mm); "
                              "the volume would have a gap its affine does not show")
-    dropped = sorted([round(float(p), 3) for p in np.delete(full.positions, fi)]
-                     + [round(float(p), 3) for p in np.delete(low.positions, li)])
+    only_full = [round(float(p), 3) for p in np.delete(full.positions, fi)]
+    only_low = [round(float(p), 3) for p in np.delete(low.positions, li)]
+    if (only_full or only_low) and unpaired == "error":
+        raise DicomError(_unpaired_message(where, (("full", full, only_full), ("low", low, only_low))))
+    dropped = sorted(only_full + only_low)
 
     def keep(v: Volume, idx: np.ndarray) -> Volume:
         aff = v.affine.copy()
@@ -464,7 +495,7 @@ def pair_volumes(full: Volume, low: Volume, where: str) -> tuple[Volume, Volume,
 
 def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_key: str = FULL_DESCRIPTION,
                     low_key: str = LOW_DESCRIPTION, series: SubjectSeries | None = None,
-                    companions: tuple[Path, ...] = ()) -> dict:
+                    companions: tuple[Path, ...] = (), unpaired: str = "error") -> dict:
     """Convert one subject's full/low pair to full.nii.gz / low.nii.gz with its manifest.json
     (and copies of `companions`, e.g. a synthetic subject's labels and truth); return the
     manifest row.
@@ -479,7 +510,7 @@ def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_ke
         if not Path(folder).is_dir():
             raise DicomError(f"{folder}: {kind}-dose series folder of {series.subject} not found")
     full, low = read_series(series.full), read_series(series.low)
-    full, low, dropped = pair_volumes(full, low, where)
+    full, low, dropped = pair_volumes(full, low, where, unpaired)
     if dropped:
         log.warning("%s: dropped slice positions present in only one series: %s", where, dropped)
     ratio = None

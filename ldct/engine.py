@@ -328,8 +328,13 @@ class _Checkpoint:
         fresh = {"history": [], "epoch": 0, "best": None, "best_state": None}
         if self.path is None or not self.path.exists():
             return fresh
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("key") != self.key:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # damaged on disk (it is written by rename, so not by a killed job)
+            print(f"{self.path}: unreadable checkpoint ({type(err).__name__}: {str(err).strip()[:200]}): "
+                  "starting fresh", file=sys.stderr)
+            return fresh
+        if not isinstance(state, dict) or state.get("key") != self.key:
             print(f"settings or inputs changed since {self.path} was written: starting fresh", file=sys.stderr)
             return fresh
         net.load_state_dict(state["model"])

@@ -20,7 +20,7 @@ from ldct.inference import (
     predict_slices,
     segment,
 )
-from ldct.io import read_nifti, write_csv, write_nifti, write_niftis
+from ldct.io import read_nifti, write_csv, write_niftis
 from ldct.metrics import stack_metrics
 from ldct.paths import LDCT
 
@@ -49,10 +49,30 @@ def segment_ndct(nifti_dir: str, subjects: list[str], segmenter: str, out_dir: s
     of in each evaluation job."""
     dev = pick_device(device)
     seg = load_segmenter(segmenter, dev)
+    volumes = {}
     for subject in tqdm(subjects, desc="segment NDCT", file=sys.stderr, disable=False):
         sv = load_subject(nifti_dir, subject, with_labels=False)
-        write_nifti(Path(out_dir) / f"{subject}.nii.gz", from_slices(segment(seg, sv.full, dev)), sv.affine,
-                    dtype=np.uint8)
+        volumes[Path(out_dir) / f"{subject}.nii.gz"] = (from_slices(segment(seg, sv.full, dev)), sv.affine)
+    write_niftis(volumes, dtype=np.uint8)  # all together: a failure leaves the folder as it was
+
+
+def read_like_subject(path: Path, sv, remedy: str) -> np.ndarray:
+    """A volume made from a subject (its denoised output, its NDCT segmentation) as slices,
+    checked against the subject's NDCT: 3-D, the same grid and affine (a flipped or shifted
+    volume would be scored voxel by voxel against the wrong anatomy), finite values."""
+    vol, affine = read_nifti(path)
+    if vol.ndim != 3:
+        raise DataError(f"{path}: a {vol.ndim}-D volume {vol.shape}; expected a 3-D volume like the NDCT; {remedy}")
+    slices = to_slices(vol)
+    if slices.shape != sv.full.shape:
+        raise DataError(f"{path}: shape {slices.shape} (slices, rows, columns) differs from the NDCT's "
+                        f"{sv.full.shape}; {remedy}")
+    if not np.allclose(affine, sv.affine, atol=1e-3):
+        raise DataError(f"{path}: its affine differs from the NDCT's (another orientation, spacing or "
+                        f"position of the same grid); {remedy}")
+    if not np.isfinite(slices).all():
+        raise DataError(f"{path}: contains NaN or inf in {int((~np.isfinite(slices)).sum())} voxels; {remedy}")
+    return slices
 
 
 def _ndct_labels(seg, sv, subject: str, ndct_seg_dir: str | None, dev) -> np.ndarray:
@@ -60,12 +80,7 @@ def _ndct_labels(seg, sv, subject: str, ndct_seg_dir: str | None, dev) -> np.nda
     if ndct_seg_dir is None:
         return segment(seg, sv.full, dev)
     path = Path(ndct_seg_dir) / f"{subject}.nii.gz"
-    vol, _ = read_nifti(path)
-    labels = to_slices(vol).astype(np.uint8)
-    if labels.shape != sv.full.shape:
-        raise DataError(f"{path}: shape {labels.shape} differs from the NDCT's {sv.full.shape}; "
-                        "segment the NDCT again (ldct segment-ndct)")
-    return labels
+    return read_like_subject(path, sv, "segment the NDCT again (ldct segment-ndct)").astype(np.uint8)
 
 
 DICE_COLUMNS = ["experiment", "subject", "slice", "class", "out_px", "ndct_px", "truth_px", "inter_ndct",
@@ -112,11 +127,8 @@ def evaluate_experiment(experiment: str, nifti_dir: str, subjects: list[str], de
         if experiment == LDCT:
             out = sv.low
         else:
-            path = Path(denoised_dir) / f"{subject}.nii.gz"
-            vol, _ = read_nifti(path)
-            out = to_slices(vol)
-            if out.shape != sv.full.shape:
-                raise DataError(f"{path}: shape {out.shape} differs from the reference {sv.full.shape}")
+            out = read_like_subject(Path(denoised_dir) / f"{subject}.nii.gz", sv,
+                                    f"denoise the test subjects with {experiment} again")
         vs_full = stack_metrics(out, sv.full)
         vs_truth = stack_metrics(out, sv.truth, prefix="truth_") if sv.truth is not None else [{}] * len(out)
         rows += [{"experiment": experiment, "subject": subject, "slice": s, **m, **t}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import models
-from ldct.errors import ConfigError, DataError, MissingFileError
+from ldct.errors import ConfigError, DataError, LdctError, MissingFileError
 from ldct.hu import from_unit, to_unit
 
 
@@ -57,9 +57,18 @@ def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
 def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """A trained denoiser from model.pt and the file's dictionary (spec, hu_range, epoch...)."""
     ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or "state_dict" not in ck:
+        keys = ", ".join(map(str, ck)) if isinstance(ck, dict) else type(ck).__name__
+        raise DataError(f"{path}: not a denoiser written by `ldct train` (model.pt holds 'model', 'state_dict', "
+                        f"'hu_range', ...; this file holds: {keys[:200]})")
     spec = dict(ck["model"])
-    net = models.build(spec.pop("name"), **spec)
-    net.load_state_dict(ck["state_dict"])
+    name = spec.pop("name", None)
+    try:
+        net = models.build(name, **spec)
+        net.load_state_dict(ck["state_dict"])
+    except (LdctError, TypeError, RuntimeError, KeyError) as err:  # another architecture, a renamed model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: its weights do not fit model {name!r} {spec} as the code builds it now: {first}") from None
     return net.to(device).eval(), ck
 
 

@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import pkgutil
 from pathlib import Path
+from types import UnionType
 from typing import Any, Callable
 
 from ldct.errors import LdctError
@@ -65,6 +66,36 @@ class Registry:
             owner = next((c for c in getattr(obj, "__mro__", ()) if "__init__" in vars(c)), None)
             return [] if owner is not None and owner.__module__.startswith("torch.") else None
         return [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+    def type_errors(self, name: str, kwargs: dict) -> list[str]:
+        """Arguments whose value does not fit the constructor's annotation, as messages:
+        a float (int accepted) must be a finite number, an int an integer, a bool true/false,
+        a str a string; `X | None` also takes null. Other annotations (lists, tuples, modules)
+        are the constructor's to check."""
+        import math
+        import typing
+
+        try:
+            hints = typing.get_type_hints(self.get(name).__init__)
+        except Exception:  # an annotation that cannot be evaluated: nothing to check against
+            return []
+        scalar = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+        out = []
+        for key, value in kwargs.items():
+            hint = hints.get(key)
+            options = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, UnionType) else {hint}
+            optional = type(None) in options
+            kinds = [t for t in options - {type(None)}]
+            if len(kinds) != 1 or kinds[0] not in scalar or (value is None and optional):
+                continue
+            kind = kinds[0]
+            ok = (isinstance(value, bool) if kind is bool else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  if kind is float else
+                  isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, str))
+            if not ok:
+                out.append(f"{key} must be {scalar[kind]}{' or null' if optional else ''}, got {value!r}")
+        return out
 
     def available(self) -> list[str]:
         return sorted(self._items)

@@ -107,6 +107,9 @@ class ExperimentSpec:
                 own = [p for p in takes or [] if p not in INJECTED[part]]
                 raise ConfigError(f"config error at {where}.{part}: {name} does not take "
                                   f"{', '.join(map(repr, bad))}; it takes: {', '.join(own) or 'nothing'}")
+            wrong = reg.type_errors(name, self.kwargs(part))
+            if wrong:
+                raise ConfigError(f"config error at {where}.{part}: {name}: {'; '.join(wrong)}")
         check = getattr(losses.REGISTRY.get(self.loss["name"]), "check_config", None)
         if check is not None:  # a loss may need more than the schema can say (e.g. a weights file)
             try:

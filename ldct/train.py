@@ -38,6 +38,7 @@ from ldct.inference import (
 from ldct.io import save_torch, write_csv
 from ldct.metrics import mean_psnr
 from ldct.provenance import machine, versions
+from ldct.registry import library_files
 from ldct.spec import ExperimentSpec
 
 
@@ -306,15 +307,17 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
         return _calibrate(spec, run, out_model, out_history)
     sweep = run.sweep(checkpoint_dir) if spec.train["lr"] == "auto" else pd.DataFrame(
         [{"lr": spec.train["lr"], "steps": spec.budget.get("steps"), "chosen": True, "source": "given"}])
-    write_csv(Path(out_model).with_name("lr_sweep.csv"), sweep)
     spec = replace(spec, train={**spec.train, "lr": float(sweep.loc[sweep["chosen"], "lr"].iloc[0])})
     result, model_spec = run.fit(spec, checkpoint_dir, stop_after_epochs,
                                  patience=spec.train["budget"]["patience"] if _converged(spec) else None)
     df = pd.DataFrame(result.history).assign(target=spec.train.get("target", "ndct"))
     if not result.complete:
         return df
-    _save_model(out_model, result.best_state, model_spec, spec, result.best_row, run)
+    # written together at the end (the sweep's runs are kept in checkpoint_dir meanwhile): a run
+    # that fails leaves no new lr_sweep.csv beside an older model.pt
+    write_csv(Path(out_model).with_name("lr_sweep.csv"), sweep)
     write_csv(out_history, df)
+    _save_model(out_model, result.best_state, model_spec, spec, result.best_row, run)
     return df
 
 
@@ -376,7 +379,11 @@ class _Run:
     def __init__(self, spec: ExperimentSpec, data: dict, val: dict, seg_ck: dict | None, device: torch.device,
                  files: list, splits: dict):
         self.spec, self.data, self.val, self.seg_ck, self.device = spec, data, val, seg_ck, device
-        self.inputs = engine.fingerprint([data, val], files, (models, losses))
+        # the training code too (ldct's modules train.py imports, models/, losses/): a killed run
+        # resumes only under the code that began it (the workflow does not rerun a training
+        # when ldct/ changes, so a finished model is kept; a half-trained one starts fresh)
+        self.inputs = engine.fingerprint([data, val], [*files, *library_files(Path(__file__).parents[1], "train")],
+                                         (models, losses))
         self.splits = {k: splits[k] for k in ("train", "val")}
         self.reported = val.get("ndct", val["full"])  # validation PSNR's reference: NDCT for every row
         self.ldct_psnr = mean_psnr(val["low"], self.reported, "brain")
@@ -398,7 +405,10 @@ class _Run:
         net, criterion, model_spec = build_experiment(spec, self.seg_ck, self.device)
         gen = torch.Generator().manual_seed(spec.seed)
         sampler = PatchSampler.from_config(self.data["low"], self.data["full"], cfg, spec.hu_range, gen)
-        key = engine.settings_hash({"spec": spec.to_json(), **self.splits, "inputs": self.inputs})
+        # on the CPU the thread count changes the sums' order, hence the weights: a run resumed
+        # with other threads (another --cores, another cpus-per-task) would go on another path
+        threads = torch.get_num_threads() if self.device.type == "cpu" else None
+        key = engine.settings_hash({"spec": spec.to_json(), **self.splits, "inputs": self.inputs, "threads": threads})
         task = engine.Task(net, criterion, sampler.sample, self.validate, score="val_mse_head",
                            start_epoch=sampler.start_epoch)
         result = engine.fit(task, cfg, device=self.device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,

@@ -21,13 +21,19 @@ class _Anatomical(TermsLoss):
 
     def __init__(self, segmenter: nn.Module, hu_range: tuple[float, float], ana_weight: float = 0.01):
         super().__init__()
-        if not 0.0 <= ana_weight <= 1.0:
-            raise ConfigError(f"ana_weight must be in [0, 1], got {ana_weight}")
+        _Anatomical.check_config({"ana_weight": ana_weight})
         self.segmenter = segmenter.eval()
         for p in self.segmenter.parameters():
             p.requires_grad_(False)
         self.hu_range = tuple(hu_range)
         self.w = ana_weight
+
+    @staticmethod
+    def check_config(kwargs: dict) -> None:
+        """The weight of the anatomical term (config validation; the types are checked there)."""
+        w = kwargs.get("ana_weight", 0.01)
+        if not 0.0 <= w <= 1.0:
+            raise ConfigError(f"ana_weight must be in [0, 1], got {w}")
 
     def train(self, mode: bool = True):  # the segmenter stays in eval mode
         super().train(mode)
@@ -61,11 +67,12 @@ class AnatomicalLogitsLoss(_Anatomical):
     def __init__(self, segmenter: nn.Module, hu_range: tuple[float, float], ana_weight: float = 0.01,
                  classes: list[int] | None = None):
         super().__init__(segmenter, hu_range, ana_weight)
-        self.check_config({"classes": classes})
+        self.check_config({"ana_weight": ana_weight, "classes": classes})
         self.classes = list(classes) if classes else None
 
     @staticmethod
     def check_config(kwargs: dict) -> None:
+        _Anatomical.check_config(kwargs)
         bad = [c for c in kwargs.get("classes") or [] if not isinstance(c, int) or not 0 <= c < NUM_CLASSES]
         if bad:
             raise ConfigError(f"classes {bad} are not class ids of the segmenter (0-{NUM_CLASSES - 1}: "

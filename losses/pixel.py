@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ldct.errors import ConfigError
 from ldct.hu import WINDOWS, to_unit
 from losses import TermsLoss, register
 
@@ -31,9 +32,17 @@ class WeightedL1(TermsLoss):
 
     def __init__(self, weight: float | None = None, hu_range: tuple[float, float] = (-1024.0, 3072.0)):
         super().__init__()
+        self.check_config({"weight": weight})
         lo, hi = WINDOWS["head"]
         self.weight = (hu_range[1] - hu_range[0]) / (hi - lo) if weight is None else weight
         self.bounds = (to_unit(lo, *hu_range), to_unit(hi, *hu_range))
+
+    @staticmethod
+    def check_config(kwargs: dict) -> None:
+        """A negative weight would reward error in the head window (config validation)."""
+        if kwargs.get("weight") is not None and kwargs["weight"] < 0:
+            raise ConfigError(f"weight must be >= 0 (or null: the scaling range over the head window's width), "
+                              f"got {kwargs['weight']}")
 
     def terms(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         diff = (pred - target).abs()

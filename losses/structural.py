@@ -36,12 +36,19 @@ class MSSSIML1(TermsLoss):
     def __init__(self, alpha: float = 0.025, scale: float = 200.0,
                  sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0), repeats: int = 3):
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+        self.check_config({"alpha": alpha, "scale": scale})
         self.alpha, self.scale, self.repeats = alpha, scale, repeats
         self.pad = int(2 * sigmas[-1])
         self.register_buffer("masks", gaussian_masks(tuple(sigmas)), persistent=False)
         self.c1, self.c2 = 0.01**2, 0.03**2
+
+    @staticmethod
+    def check_config(kwargs: dict) -> None:
+        """The mix of the two terms and their scale (config validation)."""
+        if not 0.0 <= kwargs.get("alpha", 0.025) <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {kwargs['alpha']}")
+        if kwargs.get("scale", 200.0) <= 0:
+            raise ConfigError(f"scale must be > 0, got {kwargs['scale']}")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The reference's arithmetic (one mean of the mixed map); the terms are logged apart."""

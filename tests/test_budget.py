@@ -40,16 +40,18 @@ def test_the_caption_states_the_compute_each_experiment_really_spent():
     training = pd.DataFrame({"experiment": ["featkpn_l1", "redcnn_l1", "gaussian_l1"], "steps": [480, 95, 1000],
                              "tera_macs": [0.199, 0.1931, 0.0001]})
     note = budget.spent_note(train, training)
-    assert note == "Compute spent: 0.193-0.199 x 10^12 MACs (1 experiment(s) reached the step cap first)."
+    assert note == ("Compute spent: 0.193-0.199 x 10^12 MACs; 1 experiment(s) reached the step cap first and spent less "
+                    "(0.0001-0.0001 x 10^12).")
     # a calibrated row (BM3D: 0 steps, 0 MACs) spent nothing and is not part of the range
     calibrated = pd.concat([training, pd.DataFrame({"experiment": ["bm3d"], "steps": [0], "tera_macs": [0.0]})])
     assert budget.spent_note(train, calibrated) == note
     # the cap is told by the compute a row would have had, not by its steps (rounded to whole
     # validation rounds, a capped row can end a few steps under the cap)
     under = pd.DataFrame({"experiment": ["featkpn_l1", "gaussian_l1"], "steps": [480, 995], "tera_macs": [0.199, 0.0001]})
-    assert budget.spent_note(train, under) == "Compute spent: 0.199-0.199 x 10^12 MACs (1 experiment(s) reached the step cap first)."
+    assert budget.spent_note(train, under).startswith("Compute spent: 0.199-0.199 x 10^12 MACs; 1 experiment(s) reached")
     assert budget.spent_note(config("equal_steps")["train"], training) == ""
     assert "equal compute, 0.2 x 10^12" in budget.describe(train) and "rounded to whole validation rounds" in budget.describe(train)
+    assert "the anatomical loss's U-Net not counted" in budget.describe(train)
 
 
 def test_equal_steps_and_converged():
@@ -98,18 +100,29 @@ def test_training_summary_flags_rows_still_moving_or_no_better_than_their_input(
     identity = history([27.02] * 10)  # never left its near-identity start: settled, but learned nothing
     rising = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 32.0])
     worse = history([26.0, 26.2, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3, 26.3])
+    # peaked in the last quarter and fell: the kept epoch is the best, which still rose late
     falling = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 30.0], best=[True] * 9 + [False])
+    # a steady climb whose last round is flat: one flat round is no plateau (a tenth saw only it)
+    climb_then_flat = history([27, 28, 29, 30, 31, 32, 33, 34, 35.0, 35.05])
+    # peaked early and then fell (overfitting, kept at its best): converged, not "still moving"
+    overfit = history([28.0, 30.0, 31.0, 31.0, 30.8, 30.6, 30.4, 30.2, 30.0, 29.8],
+                      best=[False, False, True] + [False] * 7)
     sweep = pd.DataFrame({"lr": [1e-4, 1e-3], "steps": 30, "chosen": [False, True], "source": "sweep"})
     s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse, "falling": falling,
-                                  "identity": identity}, {"rising": sweep}, 0.1).set_index("experiment")
-    assert s.loc["rising", "val_gain_last_tenth_db"] == pytest.approx(0.5)
-    assert s.loc["falling", "val_gain_last_tenth_db"] == pytest.approx(-1.5)
-    assert list(s["not_converged"]) == [False, True, False, True, False]  # rising, or falling at the end: still moving
-    assert list(s["no_gain_over_input"]) == [False, False, True, False, True]  # below, or within 0.1 dB of, its input
+                                  "identity": identity, "climb_then_flat": climb_then_flat, "overfit": overfit},
+                                 {"rising": sweep}, 0.1).set_index("experiment")
+    # best of steps 10..70 (<= 75 % of 100) against the best of all
+    assert s.loc["rising", "val_gain_last_quarter_db"] == pytest.approx(1.5)
+    assert s.loc["falling", "val_gain_last_quarter_db"] == pytest.approx(1.0)
+    assert s.loc["climb_then_flat", "val_gain_last_quarter_db"] == pytest.approx(2.05)
+    assert s.loc["overfit", "val_gain_last_quarter_db"] == 0.0
+    assert list(s["not_converged"]) == [False, True, False, True, False, True, False]
+    assert list(s["no_gain_over_input"]) == [False, False, True, False, True, False, False]  # within 0.1 dB of its input, or below
     assert (s["min_gain_db"] == 0.1).all()  # the threshold travels with the flags
-    assert s.loc["falling", "val_psnr_brain"] == 31.5  # the kept (best) epoch
+    assert s.loc["falling", "val_psnr_brain"] == 31.5 and s.loc["overfit", "kept_epoch"] == 3  # the kept (best) epoch
     assert s.loc["rising", "lr"] == 1e-3 and s.loc["flat", "steps"] == 100
-    assert math.isnan(budget.last_tenth_gain([10], [1.0]))
+    assert math.isnan(budget.late_gain([10], [1.0]))
+    assert math.isnan(budget.late_gain([80, 90, 100], [1.0, 2.0, 3.0]))  # no validation in the first 75 %
     # one validation of a trained row: convergence cannot be told, so it is not claimed; a
     # calibrated row (step 0, nothing trained) has nothing to converge
     once, calibrated = history([28.0]), history([28.0]).assign(step=0)

@@ -85,6 +85,11 @@ def test_every_schema_key_has_default_and_description():
      "experiments.x.train.crop_scale"),
     ({"normalization": {"hu_min": 100.0, "hu_max": -100.0}}, "normalization"),
     ({"train": {"device": "gpu"}}, "train.device"),
+    ({"split": {"fractions": {"val": 0.6, "test": 0.6}}}, "split.fractions"),  # no training subjects left
+    ({"dataset": {"name": ".."}}, "dataset.name"),  # results/.. : the results would land beside results/
+    ({"experiments": {"..": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}}, "experiments"),
+    ({"split": {"fractions": {"val": 0.0}}}, "split.fractions.val"),  # was one validation subject anyway
+    ({"split": {"fractions": {"test": 0.0}}}, "split.fractions.test"),  # was one test subject anyway
     ({"segmenter": {"device": "cuda0"}}, "segmenter.device"),
 ])
 def test_invalid_config_names_the_key(patch, key):
@@ -97,6 +102,30 @@ def test_misspelt_model_argument_names_what_the_model_takes():
     cfg = {"experiments": {"x": {"model": {"name": "redcnn", "channnels": 32}, "loss": {"name": "l1"}}}}
     with pytest.raises(ConfigError, match="redcnn does not take 'channnels'; it takes: channels"):
         validate_config(cfg)
+
+
+def test_a_test_fraction_of_zero_is_accepted_with_val_as_test():
+    cfg = validate_config({"split": {"fractions": {"val": 0.3, "test": 0.0}, "val_as_test": True}})
+    assert cfg["split"]["fractions"]["test"] == 0.0
+
+
+@pytest.mark.parametrize("model, loss, message", [
+    ({"name": "edcnn"}, {"name": "l1_weighted", "weight": -50}, r"experiments.x.loss: weight must be >= 0"),
+    ({"name": "edcnn"}, {"name": "l1_weighted", "weight": "x"}, r"experiments.x.loss: l1_weighted: weight must be a number or null, got 'x'"),
+    ({"name": "edcnn"}, {"name": "l1_l1ana_1", "ana_weight": -5}, r"experiments.x.loss: ana_weight must be in \[0, 1\], got -5"),
+    ({"name": "edcnn"}, {"name": "l1_l1ana_1", "ana_weight": "big"}, r"experiments.x.loss: l1_l1ana_1: ana_weight must be a number, got 'big'"),
+    ({"name": "edcnn"}, {"name": "l1_l1ana_2", "ana_weight": 2.0, "classes": [1]}, r"experiments.x.loss: ana_weight must be in"),
+    ({"name": "edcnn"}, {"name": "ssim_l1", "scale": 0}, r"experiments.x.loss: scale must be > 0"),
+    ({"name": "edcnn"}, {"name": "dugan", "spectral": "maybe"}, r"experiments.x.loss: dugan: spectral must be true or false"),
+    ({"name": "edcnn", "channels": 8.5}, {"name": "l1"}, r"experiments.x.model: edcnn: channels must be an integer, got 8.5"),
+])
+def test_model_and_loss_arguments_are_checked_at_validation(model, loss, message):
+    """A loss weight of the wrong sign or type passed validation and trained (a negative
+    head-window weight maximises the error there) or failed at the first step with a traceback."""
+    with pytest.raises(ConfigError, match=message):
+        validate_config({"experiments": {"x": {"model": model, "loss": loss}}})
+    ok = validate_config({"experiments": {"x": {"model": {"name": "edcnn"}, "loss": {"name": "l1_weighted", "weight": None}}}})
+    assert ok["experiments"]["x"]["loss"]["weight"] is None
 
 
 def test_experiment_overrides_merge_with_training_defaults():

@@ -99,7 +99,8 @@ def test_non_ct_modality_is_named(synthetic_subject, tmp_path):
 def test_missing_slice_is_reported(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[1].unlink()
-    _expect_error(subj, tmp_path / "out", "non-uniform slice spacing")
+    step = synthetic_subject["row"]["slice_spacing_mm"]  # steps 2 x step, step: the usual one is expected
+    _expect_error(subj, tmp_path / "out", f"non-uniform slice spacing: {2 * step:.3f} mm .*expected {step:.3f} mm")
 
 
 def test_mixed_series_in_one_folder(synthetic_subject, tmp_path):
@@ -130,11 +131,28 @@ def test_mismatched_full_low_geometry(synthetic_subject, tmp_path):
     _expect_error(subj, tmp_path / "out", "orientation or pixel spacing")
 
 
-def test_extra_slices_are_dropped_and_logged(synthetic_subject, tmp_path, caplog):
+def test_slices_in_only_one_series_stop_the_conversion(synthetic_subject, tmp_path):
+    """A series missing its last files (an interrupted download) converted to a shorter
+    volume with a warning: now an error naming the counts and the setting that allows it."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    for f in sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[-2:]:
+        f.unlink()
+    with pytest.raises(DicomError, match=r"S001: 2 of the low-dose series' 4 slices \(\S+, \S+ mm\) have no partner") as err:
+        convert_subject(subj, tmp_path / "out")
+    assert "full-dose series'" not in str(err.value) and "unpaired_slices: drop" in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_extra_slices_are_dropped_and_logged_when_asked(synthetic_subject, tmp_path, caplog):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     files = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))
     files[-1].unlink()
-    row = convert_subject(subj, tmp_path / "out")
+    from ldct.cli import main
+
+    assert main(["convert", "--subject-dir", str(subj), "--out", str(tmp_path / "cli")]) == 1  # the default: error
+    assert main(["convert", "--subject-dir", str(subj), "--out", str(tmp_path / "cli"), "--unpaired-slices", "drop"]) == 0
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["dropped_positions"] == 1
+    row = convert_subject(subj, tmp_path / "out", unpaired="drop")
     assert row["slices"] == 3 and row["dropped_positions"] == 1
     assert "dropped slice positions" in caplog.text
     full = nib.load(str(tmp_path / "out" / "full.nii.gz"))

@@ -136,7 +136,7 @@ def test_a_marked_row_is_shown_but_never_the_best(tmp_path):
                        "ndct_px": 10, "inter_ndct": {"unconv": 10, "good": 9, "LDCT": 8}[exp], "truth_px": np.nan,
                        "inter_truth": np.nan} for s in range(10)]).to_csv(dice_files[exp], index=False)
     training = pd.DataFrame({"experiment": ["good", "unconv"], "steps": [100, 100], "tera_macs": [1.0, 1.0],
-                             "lr": [1e-3, 1e-3], "val_gain_last_tenth_db": [0.0, 2.5],
+                             "lr": [1e-3, 1e-3], "val_gain_last_quarter_db": [0.0, 2.5],
                              "not_converged": [False, True], "no_gain_over_input": [False, False],
                              "min_gain_db": 0.1})
     quantitative_table(files, str(tmp_path / "t2"), str(tmp_path / "stats.csv"), training=training)
@@ -335,3 +335,17 @@ def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
     assert "never in bold" not in md and "\nMade with python " in md  # nothing is ranked here; its versions, as every table
     assert anatomical_effect({"m_l1": files["m_l1"]}, dice, prefix).empty
     assert not (tmp_path / "anatomical_effect.md").exists() and not (tmp_path / "anatomical_effect.csv").exists()
+
+
+def test_table_2_says_when_the_checkpoints_were_chosen_on_the_test_subjects(tmp_path):
+    """split.val_as_test (configs/paper.yaml): the best of 400 validations was kept on the
+    subjects Table 2 scores, and the caption did not say so."""
+    import json
+
+    from ldct.tables import selection_note
+
+    f = tmp_path / "splits.json"
+    f.write_text(json.dumps({"train": ["A"], "val": ["B", "C"], "test": ["C", "B"]}))
+    assert "test subjects are the validation subjects" in selection_note(f)
+    f.write_text(json.dumps({"train": ["A"], "val": ["B"], "test": ["C"]}))
+    assert selection_note(f) == "" and selection_note(tmp_path / "missing.json") == ""

@@ -107,6 +107,51 @@ def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     assert list(hist["epoch"]) == [1, 2, 3]
 
 
+def test_other_thread_count_or_training_code_starts_fresh(dataset, tmp_path, capfd, monkeypatch):
+    """On the CPU the thread count changes the weights (the sums' order): a run stopped under
+    one count and resumed under another went on silently on another path. So did a run
+    resumed after an edit of the training code (ldct/engine.py, ...)."""
+    import ldct.train
+
+    threads = torch.get_num_threads()
+    ck = tmp_path / "ck"
+    train(dataset, "x", tmp_path, ck=ck, stop_after_epochs=1)
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        hist, _ = train(dataset, "y", tmp_path, ck=ck, stop_after_epochs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert "starting fresh" in capfd.readouterr().err and list(hist["epoch"]) == [1, 2]
+    train(dataset, "w", tmp_path, ck=ck, stop_after_epochs=1)  # the thread count of the start again
+    capfd.readouterr()
+    edited = tmp_path / "edited.py"
+    edited.write_text("# an edit of the training code\n")
+    real = ldct.train.library_files
+    monkeypatch.setattr(ldct.train, "library_files", lambda *a: [*real(*a), str(edited)])
+    hist, _ = train(dataset, "z", tmp_path, ck=ck)
+    assert "starting fresh" in capfd.readouterr().err and list(hist["epoch"]) == [1, 2, 3]
+
+
+def test_damaged_checkpoint_starts_fresh_and_a_wrong_model_file_is_named(dataset, tmp_path, capfd):
+    """A damaged last.pt stopped every rerun with torch's zip-reader traceback (no path); a
+    model.pt that is not a denoiser of this architecture failed with a bare KeyError or a
+    state-dict mismatch."""
+    from ldct.inference import load_denoiser
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "last.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    hist, out = train(dataset, "x", tmp_path, ck=ck)
+    assert f"{ck / 'last.pt'}: unreadable checkpoint" in capfd.readouterr().err and list(hist["epoch"]) == [1, 2, 3]
+    saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    torch.save({"state_dict": saved["state_dict"]}, tmp_path / "no_spec.pt")  # e.g. segmenter.pt passed as --model
+    with pytest.raises(DataError, match="no_spec.pt: not a denoiser written by `ldct train`.*holds: state_dict"):
+        load_denoiser(tmp_path / "no_spec.pt", torch.device("cpu"))
+    torch.save({**saved, "model": {**saved["model"], "channels": 8}}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="other.pt: its weights do not fit model 'edcnn'"):
+        load_denoiser(tmp_path / "other.pt", torch.device("cpu"))
+
+
 def test_remade_data_start_fresh(dataset, tmp_path, capfd):
     """Same settings, other training data (e.g. the dataset was resynthesized): the finished
     checkpoint of the old data is not reused as the new model."""
@@ -624,6 +669,10 @@ def test_evaluation_reads_the_ndct_segmentation_made_once(dataset, tmp_path):
         evaluate_experiment("LDCT", nifti, test, None, seg, str(tmp_path / "bad.csv"), str(tmp_path / "bad_dice.csv"),
                             "cpu", ndct_seg_dir=str(tmp_path / "bad"))
     assert not (tmp_path / "bad.csv").exists()
+    # all subjects or none: a failure on a later subject left the earlier ones rewritten
+    with pytest.raises(DataError, match="NOPE"):
+        segment_ndct(nifti, [*test, "NOPE"], seg, str(tmp_path / "partial"), "cpu")
+    assert not (tmp_path / "partial" / f"{test[0]}.nii.gz").exists()
 
 
 def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, tmp_path):
@@ -663,9 +712,20 @@ def test_runs_that_cannot_give_a_result_stop_clearly_and_write_nothing(dataset, 
 
     full, affine = read_nifti(base / "nifti" / "S002" / "full.nii.gz")
     write_nifti(tmp_path / "den" / "S002.nii.gz", full[:-2], affine)
-    with pytest.raises(DataError, match=r"den/S002.nii.gz: shape .* differs from the reference"):
+    with pytest.raises(DataError, match=r"den/S002.nii.gz: shape .* differs from the NDCT.s"):
         evaluate_experiment("x", str(base / "nifti"), ["S002"], str(tmp_path / "den"), segmenter=None,
                             out_metrics=str(tmp_path / "m.csv"), out_dice=None, device="cpu")
+    assert not (tmp_path / "m.csv").exists()
+    # a NaN slice was scored (its PSNR NaN, left out of the means), and a volume flipped with a
+    # matching affine (the same image in the world) was scored voxel by voxel against the NDCT
+    bad = {"nan": (np.where(np.arange(full.shape[2]) == 1, np.nan, full), affine, "contains NaN or inf"),
+           "flipped": (full[::-1], affine @ np.diag([-1.0, 1, 1, 1]), "its affine differs from the NDCT's"),
+           "4d": (full[..., None], affine, "a 4-D volume")}
+    for name, (vol, aff, message) in bad.items():
+        write_nifti(tmp_path / name / "S002.nii.gz", vol, aff, dtype=np.float32)
+        with pytest.raises(DataError, match=f"{name}/S002.nii.gz: {message}"):
+            evaluate_experiment("x", str(base / "nifti"), ["S002"], str(tmp_path / name), segmenter=None,
+                                out_metrics=str(tmp_path / "m.csv"), out_dice=None, device="cpu")
     assert not (tmp_path / "m.csv").exists()
 
 

@@ -203,6 +203,9 @@ def test_dry_run_on_a_tcia_layout_tree(standin_tcia, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "--subject-dir" in out and "N030" in out and "synthesize" not in out
+    assert "--unpaired-slices" not in out  # the default (error) adds nothing: existing runs' commands stay the same
+    drop = run(["-n", "--configfile", str(cfg), "--cores", "2", "--config", "dataset={unpaired_slices: drop}"], tmp_path)
+    assert drop.returncode == 0 and (drop.stdout + drop.stderr).count("--unpaired-slices drop") >= 1, drop.stderr[-3000:]
 
 
 def test_replaced_dicom_data_is_converted_again(standin_tcia, tmp_path):

@@ -53,7 +53,9 @@ rule convert:
     log:
         str(RP.log("convert/{subject}")),
     params:
-        settings=section_flags("dataset", config["dataset"], SERIES_KEYS),
+        # unpaired_slices only when it is not the default: the command of existing runs stays the same
+        settings=section_flags("dataset", config["dataset"], SERIES_KEYS)
+        + (" --unpaired-slices drop" if config["dataset"]["unpaired_slices"] == "drop" else ""),
         out=lambda wc, output: str(Path(output.full).parent),
         series=series_args,
         phantom=lambda wc, input: f"--phantom {shlex.quote(str(Path(input.labels).parent))}" if SYNTHETIC else "",
