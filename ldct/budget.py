@@ -251,12 +251,14 @@ def late_gain(steps: list[float], scores: list[float]) -> float:
     fall after the kept epoch (overfitting, or an unstable end) leaves the kept model the best
     on validation and is no sign that more training would help; a whole quarter, not a tenth:
     with 8-10 validations a tenth falls inside the last round, and one flat round after a
-    steady climb read as converged."""
-    cut = (1 - LATE_FRACTION) * steps[-1] if steps else 0.0
-    early = [s for t, s in zip(steps, scores) if t <= cut]
+    steady climb read as converged. Non-finite scores (a validation whose predictions were
+    not finite) are left out, wherever they fall."""
+    pairs = [(t, s) for t, s in zip(steps, scores) if math.isfinite(s)]
+    cut = (1 - LATE_FRACTION) * steps[-1] if len(steps) else 0.0
+    early = [s for t, s in pairs if t <= cut]
     if len(steps) < 2 or not early:
         return math.nan
-    return float(max(scores) - max(early))
+    return float(max(s for _, s in pairs) - max(early))
 
 
 def training_summary(histories: dict, sweeps: dict, min_gain_db: float):

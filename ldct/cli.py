@@ -267,7 +267,7 @@ def cmd_convert_doses(a) -> None:
         series = find_series(subject_dir, a.settings["dataset"]["full_series"], low_description(fraction, a.primary))
         if full is None:
             full = read_series(series.full)
-        _, low, dropped = pair_volumes(full, read_series(series.low), str(subject_dir))
+        _, low, dropped = pair_volumes(full, read_series(series.low), str(subject_dir), unpaired="drop")
         if dropped:
             raise DicomError(f"{series.low}: slice positions differ from the full-dose series: {dropped}")
         volumes[Path(a.out) / low_dose_name(fraction)] = (low.data, low.affine)

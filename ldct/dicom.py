@@ -313,18 +313,19 @@ def _order_slices(folder: Path, slices: list[tuple[Path, pydicom.Dataset]], norm
     if len(pos) <= 1:
         return slices, pos, _optional_number(slices[0][0], ds0, "SliceThickness", 1.0) or 1.0
     steps = np.diff(pos)
-    # checked against the most common step (the smaller on a tie): against the median, a 10-mm
-    # series missing one of its four slices (steps 20, 10) read "expected 15 mm"
-    values, counts = np.unique(np.round(steps, 3), return_counts=True)
-    usual = float(values[np.flatnonzero(counts == counts.max())[0]])
-    bad = np.where(np.abs(steps - usual) > max(0.01 * usual, 1e-3))[0]
+    step = float(np.median(steps))
+    bad = np.where(np.abs(steps - step) > max(0.01 * step, 1e-3))[0]
     if len(bad):
-        i = bad[0]
+        # the message expects the most common step (the smaller on a tie): the median of a
+        # 10-mm series missing one of its four slices (steps 20, 10) said "expected 15 mm"
+        values, counts = np.unique(np.round(steps, 3), return_counts=True)
+        usual = float(values[np.flatnonzero(counts == counts.max())[0]])
+        i = next((j for j in bad if abs(steps[j] - usual) > max(0.01 * usual, 1e-3)), bad[0])
         raise DicomError(
             f"{folder}: non-uniform slice spacing: {steps[i]:.3f} mm between {slices[i][0].name} and "
             f"{slices[i + 1][0].name} (expected {usual:.3f} mm; a slice is missing?)"
         )
-    return slices, pos, float(np.median(steps))
+    return slices, pos, step
 
 
 def _slice_hu(f: Path, ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarray:

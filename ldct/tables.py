@@ -232,8 +232,8 @@ def row_flags(training: pd.DataFrame | None, ranked: bool = True) -> tuple[dict[
     used = [f"{sym} {text.format(t=t)}" for col, (sym, text) in FLAGS.items()
             if col in training and training[col].astype(bool).any()]
     note = ("; ".join(used) + ("; a marked row is not ranked (never in bold)." if ranked else ".") if used else
-            f"No row marked: every learned model's validation PSNR [-40,120] moved by at most {t} over the last "
-            f"tenth of training and ends at least {t} above its input.")
+            f"No row marked: every learned model's best validation PSNR [-40,120] rose by at most {t} over the "
+            f"last quarter of training and ends at least {t} above its input.")
     return {e: f for e, f in flags.items() if f}, note
 
 

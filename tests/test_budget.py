@@ -490,3 +490,23 @@ def test_sweep_min_steps_is_validated():
     cfg["train"]["lr_sweep"]["min_steps"] = -1
     with pytest.raises(ConfigError, match="lr_sweep.*min_steps"):
         validate_config(cfg)
+
+
+def test_late_gain_leaves_out_non_finite_validations_wherever_they_fall():
+    """max() with a NaN gave NaN when the NaN came first and skipped it otherwise."""
+    steps = [10, 20, 30, 40, 50, 60, 70, 80]
+    clean = [27, 28, 29, 30, 31, 32, 33, 34]
+    for i in (0, 1, 7):
+        scores = list(clean)
+        scores[i] = float("nan")
+        expected = max(s for s in scores if s == s) - max(s for t, s in zip(steps, scores) if t <= 60 and s == s)
+        assert budget.late_gain(steps, scores) == pytest.approx(expected), i
+
+
+def test_the_caption_states_the_convergence_rule_when_no_row_is_marked():
+    from ldct.tables import row_flags
+
+    training = pd.DataFrame({"experiment": ["a"], "not_converged": [False], "no_gain_over_input": [False],
+                             "min_gain_db": [0.1]})
+    flags, note = row_flags(training)
+    assert flags == {} and "best validation PSNR [-40,120] rose by at most 0.1 dB over the last quarter" in note

@@ -96,6 +96,46 @@ def test_non_ct_modality_is_named(synthetic_subject, tmp_path):
     _expect_error(subj, tmp_path / "out", f"{victim.name}: modality is 'MR'")
 
 
+def test_slice_positions_jittered_within_a_percent_convert(synthetic_subject, tmp_path):
+    """Checked against the most common rounded step, every step of a jittered series differed
+    and the smallest was 'expected': a series the median accepted was refused."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    step = synthetic_subject["row"]["slice_spacing_mm"]
+    for name in ("Full Dose", "Low Dose"):
+        for k, f in enumerate(sorted(series_dir(subj, name).glob("*.dcm"))):
+            ds = pydicom.dcmread(f)
+            ipp = [float(v) for v in ds.ImagePositionPatient]
+            ipp[2] += (0.0, 0.006, 0.003, -0.003)[k] * step  # steps 1.006, 0.997, 0.994 x the spacing
+            ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp]
+            ds.save_as(f)
+    assert convert_subject(subj, tmp_path / "out")["slices"] == 4
+
+
+def test_a_short_extra_dose_series_is_named_by_convert_doses(synthetic_subject, tmp_path, capsys):
+    """convert-doses' own message names the short series (the conversion's advice to set
+    dataset.unpaired_slices does not apply to it)."""
+    from pydicom.uid import generate_uid
+
+    from ldct.cli import main
+
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    low = series_dir(subj, "Low Dose")
+    extra = low.with_name(low.name.replace("Low Dose Images", "Low Dose Images 10%"))
+    shutil.copytree(low, extra)
+    uid = generate_uid()
+    for f in sorted(extra.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription, ds.SeriesInstanceUID = "Low Dose Images 10%", uid
+        ds.save_as(f)
+    sorted(extra.glob("*.dcm"))[-1].unlink()
+    out = tmp_path / "out"
+    assert main(["convert-doses", "--subject-dir", str(subj), "--fractions", "0.1", "--primary", "0.25",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{extra}: slice positions differ from the full-dose series" in err and "unpaired_slices" not in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_missing_slice_is_reported(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[1].unlink()
