@@ -2,8 +2,10 @@
 every table and figure."""
 
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,29 +15,24 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODULE = '''
-import torch.nn as nn
-from models import register
 
-
-@register("{name}")
-class TmpNet(nn.Module):
-    def __init__(self, channels: int = 4):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, 1, 3, padding=1))
-
-    def forward(self, x):
-        return x + self.body(x)
-'''
+def readme_example() -> tuple[str, dict]:
+    """The model file and the experiment entry exactly as README's "Add a baseline" shows them."""
+    section = (ROOT / "README.md").read_text().split("## Add a baseline", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    entry = yaml.safe_load(textwrap.dedent(re.search(r"```yaml\n(.*?)```", section, re.S).group(1)))
+    return textwrap.dedent(code), entry["experiments"]["mynet_l1"]
 
 
 def test_one_file_and_one_config_entry(tmp_path):
     name = f"tmpbaseline{os.getpid()}"
     module = ROOT / "models" / f"{name}.py"
-    module.write_text(MODULE.format(name=name))
+    code, entry = readme_example()
+    assert '@register("mynet")' in code and entry["model"]["name"] == "mynet"
+    module.write_text(code.replace('"mynet"', f'"{name}"'))
     try:
         cfg = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
-        cfg["experiments"][f"{name}_l1"] = {"model": {"name": name, "channels": 4}, "loss": {"name": "l1"}}
+        cfg["experiments"][f"{name}_l1"] = {**entry, "model": {**entry["model"], "name": name}}
         cfgfile = tmp_path / "cfg.yaml"
         cfgfile.write_text(yaml.safe_dump(cfg, sort_keys=False))
         res = subprocess.run([sys.executable, "-c", f"import models, torch; m = models.build('{name}'); "
@@ -48,6 +45,31 @@ def test_one_file_and_one_config_entry(tmp_path):
         assert f"results/tiny/train/{name}_l1/model.pt" in out            # trained
         assert f"results/tiny/eval/{name}_l1/metrics.csv" in out          # evaluated -> Table 2, figures
         assert f"--experiments LDCT featkpn_ana edcnn_l1 {name}_l1" in out  # a row of tables and figures
-        assert f'"{name}": {{"channels": 4, "name": "{name}"}}' in out    # a row of Table 1
+        assert f'"{name}": {{"channels": 64, "depth": 4, "name": "{name}"}}' in out    # a row of Table 1
     finally:
         module.unlink()
+
+
+def test_the_readme_example_gets_the_compute_budget_not_the_step_cap(tmp_path):
+    """The README's example (and its numbers: 480 steps, 0.99 x 10^12 MACs under config.yaml)
+    trains on the same compute as the default rows; a model the step cap stops is no example."""
+    from ldct.config import load_config, validate_config
+    from ldct.spec import ExperimentSpec
+
+    name = f"tmpbaseline{os.getpid()}b"
+    code, entry = readme_example()
+    module = ROOT / "models" / f"{name}.py"
+    module.write_text(code.replace('"mynet"', f'"{name}"'))
+    import models
+
+    try:
+        models.REGISTRY.import_all("models", models.__path__)
+        cfg = load_config(ROOT / "config.yaml")
+        cfg["experiments"]["mynet_l1"] = {**entry, "model": {**entry["model"], "name": name}}
+        spec = ExperimentSpec.from_config(validate_config(cfg), "mynet_l1")
+    finally:
+        module.unlink()
+        models.REGISTRY._items.pop(name, None)  # later tests see the registry as shipped
+        sys.modules.pop(f"models.{name}", None)
+    assert spec.budget["steps"] == 480 and spec.budget["tera_macs"] == pytest.approx(0.99, abs=0.01)
+    assert spec.budget["steps"] < cfg["train"]["budget"]["steps"]
