@@ -244,6 +244,14 @@ def spent_note(train: dict, training) -> str:
 LATE_FRACTION = 0.25  # the last part of training whose progress decides "not converged"
 
 
+def late_tolerance(min_gain_db: float) -> float:
+    """How far the best validation score may still rise over the last quarter of a converged
+    run: `min_gain_db` per tenth of training (0.1 dB -> 0.25 dB), the slope the earlier
+    last-tenth rule allowed, now measured over a window long enough to span several
+    validations."""
+    return min_gain_db * LATE_FRACTION / 0.1
+
+
 def late_gain(steps: list[float], scores: list[float]) -> float:
     """How much the best validation score so far rose over the last quarter of training: the
     best of all validations minus the best of those at or before 75 % of the steps (NaN with
@@ -267,7 +275,7 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
     `lr_sweep_steps`, the steps each swept rate trained; 0 without a sweep), the kept epoch's
     validation PSNR [-40, 120] and the input's, the rise of its best over the last quarter of
     training (`late_gain`), and the two flags every table shows: `not_converged` (the best
-    score still rising by more than `min_gain_db` over the last quarter) and
+    score still rising over the last quarter by more than `late_tolerance(min_gain_db)`) and
     `no_gain_over_input` (the kept model less than `min_gain_db` above its input on validation,
     or below it: a model that never left its near-identity start is not called converged).
     `min_gain_db` is recorded beside them, so the tables can state it."""
@@ -293,7 +301,7 @@ def training_summary(histories: dict, sweeps: dict, min_gain_db: float):
                      "val_gain_last_quarter_db": gain,
                      # trained but validated too rarely to tell counts as not converged; a calibrated
                      # (untrained, step 0) row has nothing to converge
-                     "not_converged": bool(h["step"].iloc[-1] > 0 and not gain <= min_gain_db),
+                     "not_converged": bool(h["step"].iloc[-1] > 0 and not gain <= late_tolerance(min_gain_db)),
                      "no_gain_over_input": bool(not over_input >= min_gain_db),  # NaN: flagged
                      "min_gain_db": float(min_gain_db)})
     return pd.DataFrame(rows)

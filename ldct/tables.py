@@ -214,7 +214,7 @@ def sweep_note(training: pd.DataFrame | None) -> str:
 
 
 FLAGS = {"not_converged": ("‡", "not converged (its best validation PSNR [-40,120] still rose by more than "
-                                "{t} over the last quarter of training, or validated too rarely to tell)"),
+                                "{q} over the last quarter of training, {t} per tenth, or validated too rarely to tell)"),
          "no_gain_over_input": ("§", "no better than its own input on validation (the kept model less than {t} "
                                      "above the LDCT level, or below it)")}
 
@@ -228,12 +228,16 @@ def row_flags(training: pd.DataFrame | None, ranked: bool = True) -> tuple[dict[
     flags = {}
     for _, r in training.iterrows():
         flags[r["experiment"]] = "".join(" " + sym for col, (sym, _) in FLAGS.items() if bool(r.get(col)))
-    t = f"{training['min_gain_db'].iloc[0]:g} dB" if "min_gain_db" in training else "the configured threshold"
-    used = [f"{sym} {text.format(t=t)}" for col, (sym, text) in FLAGS.items()
+    from ldct.budget import late_tolerance
+
+    gain = training["min_gain_db"].iloc[0] if "min_gain_db" in training else None
+    t = f"{gain:g} dB" if gain is not None else "the configured threshold"
+    q = f"{late_tolerance(gain):g} dB" if gain is not None else "2.5 x that"
+    used = [f"{sym} {text.format(t=t, q=q)}" for col, (sym, text) in FLAGS.items()
             if col in training and training[col].astype(bool).any()]
     note = ("; ".join(used) + ("; a marked row is not ranked (never in bold)." if ranked else ".") if used else
-            f"No row marked: every learned model's best validation PSNR [-40,120] rose by at most {t} over the "
-            f"last quarter of training and ends at least {t} above its input.")
+            f"No row marked: every learned model's best validation PSNR [-40,120] rose by at most {q} over the "
+            f"last quarter of training ({t} per tenth) and ends at least {t} above its input.")
     return {e: f for e, f in flags.items() if f}, note
 
 

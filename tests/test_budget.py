@@ -104,20 +104,24 @@ def test_training_summary_flags_rows_still_moving_or_no_better_than_their_input(
     falling = history([27.5, 28.0, 28.5, 29.0, 29.5, 30.0, 30.5, 31.0, 31.5, 30.0], best=[True] * 9 + [False])
     # a steady climb whose last round is flat: one flat round is no plateau (a tenth saw only it)
     climb_then_flat = history([27, 28, 29, 30, 31, 32, 33, 34, 35.0, 35.05])
+    # still rising slowly, within 0.25 dB over the last quarter (0.1 dB per tenth): converged
+    slow = history([27.0, 28.0, 28.5, 28.8, 29.0, 29.1, 29.15, 29.2, 29.25, 29.3])
     # peaked early and then fell (overfitting, kept at its best): converged, not "still moving"
     overfit = history([28.0, 30.0, 31.0, 31.0, 30.8, 30.6, 30.4, 30.2, 30.0, 29.8],
                       best=[False, False, True] + [False] * 7)
     sweep = pd.DataFrame({"lr": [1e-4, 1e-3], "steps": 30, "chosen": [False, True], "source": "sweep"})
     s = budget.training_summary({"flat": flat, "rising": rising, "worse": worse, "falling": falling,
-                                  "identity": identity, "climb_then_flat": climb_then_flat, "overfit": overfit},
+                                  "identity": identity, "climb_then_flat": climb_then_flat, "overfit": overfit,
+                                  "slow": slow},
                                  {"rising": sweep}, 0.1).set_index("experiment")
     # best of steps 10..70 (<= 75 % of 100) against the best of all
     assert s.loc["rising", "val_gain_last_quarter_db"] == pytest.approx(1.5)
     assert s.loc["falling", "val_gain_last_quarter_db"] == pytest.approx(1.0)
     assert s.loc["climb_then_flat", "val_gain_last_quarter_db"] == pytest.approx(2.05)
     assert s.loc["overfit", "val_gain_last_quarter_db"] == 0.0
-    assert list(s["not_converged"]) == [False, True, False, True, False, True, False]
-    assert list(s["no_gain_over_input"]) == [False, False, True, False, True, False, False]  # within 0.1 dB of its input, or below
+    assert s.loc["slow", "val_gain_last_quarter_db"] == pytest.approx(0.15)
+    assert list(s["not_converged"]) == [False, True, False, True, False, True, False, False]
+    assert list(s["no_gain_over_input"]) == [False, False, True, False, True, False, False, False]  # within 0.1 dB of its input, or below
     assert (s["min_gain_db"] == 0.1).all()  # the threshold travels with the flags
     assert s.loc["falling", "val_psnr_brain"] == 31.5 and s.loc["overfit", "kept_epoch"] == 3  # the kept (best) epoch
     assert s.loc["rising", "lr"] == 1e-3 and s.loc["flat", "steps"] == 100
@@ -509,4 +513,7 @@ def test_the_caption_states_the_convergence_rule_when_no_row_is_marked():
     training = pd.DataFrame({"experiment": ["a"], "not_converged": [False], "no_gain_over_input": [False],
                              "min_gain_db": [0.1]})
     flags, note = row_flags(training)
-    assert flags == {} and "best validation PSNR [-40,120] rose by at most 0.1 dB over the last quarter" in note
+    assert flags == {} and "best validation PSNR [-40,120] rose by at most 0.25 dB over the last quarter" in note
+    assert "(0.1 dB per tenth)" in note and budget.late_tolerance(0.1) == pytest.approx(0.25)
+    flags, note = row_flags(training.assign(not_converged=True))
+    assert flags == {"a": " ‡"} and "still rose by more than 0.25 dB over the last quarter of training, 0.1 dB per tenth" in note
