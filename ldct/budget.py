@@ -261,10 +261,11 @@ def late_gain(steps: list[float], scores: list[float]) -> float:
     with 8-10 validations a tenth falls inside the last round, and one flat round after a
     steady climb read as converged. Non-finite scores (a validation whose predictions were
     not finite) are left out, wherever they fall."""
+    if len(steps) < 2:
+        return math.nan
     pairs = [(t, s) for t, s in zip(steps, scores) if math.isfinite(s)]
-    cut = (1 - LATE_FRACTION) * steps[-1] if len(steps) else 0.0
-    early = [s for t, s in pairs if t <= cut]
-    if len(steps) < 2 or not early:
+    early = [s for t, s in pairs if t <= (1 - LATE_FRACTION) * steps[-1]]
+    if not early:
         return math.nan
     return float(max(s for _, s in pairs) - max(early))
 

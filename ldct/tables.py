@@ -232,7 +232,7 @@ def row_flags(training: pd.DataFrame | None, ranked: bool = True) -> tuple[dict[
 
     gain = training["min_gain_db"].iloc[0] if "min_gain_db" in training else None
     t = f"{gain:g} dB" if gain is not None else "the configured threshold"
-    q = f"{late_tolerance(gain):g} dB" if gain is not None else "2.5 x that"
+    q = f"{late_tolerance(gain):g} dB" if gain is not None else f"{late_tolerance(1.0):g} x that"
     used = [f"{sym} {text.format(t=t, q=q)}" for col, (sym, text) in FLAGS.items()
             if col in training and training[col].astype(bool).any()]
     note = ("; ".join(used) + ("; a marked row is not ranked (never in bold)." if ranked else ".") if used else

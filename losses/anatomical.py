@@ -67,7 +67,7 @@ class AnatomicalLogitsLoss(_Anatomical):
     def __init__(self, segmenter: nn.Module, hu_range: tuple[float, float], ana_weight: float = 0.01,
                  classes: list[int] | None = None):
         super().__init__(segmenter, hu_range, ana_weight)
-        self.check_config({"ana_weight": ana_weight, "classes": classes})
+        self.check_config({"classes": classes})  # ana_weight: checked by _Anatomical.__init__
         self.classes = list(classes) if classes else None
 
     @staticmethod
