@@ -255,6 +255,7 @@ def cmd_convert_doses(a) -> None:
     from ldct.dicom import (
         DicomError,
         find_series,
+        hu_storage_dtype,
         low_description,
         pair_volumes,
         read_series,
@@ -271,7 +272,7 @@ def cmd_convert_doses(a) -> None:
         if dropped:
             raise DicomError(f"{series.low}: slice positions differ from the full-dose series: {dropped}")
         volumes[Path(a.out) / low_dose_name(fraction)] = (low.data, low.affine)
-    write_niftis(volumes)
+    write_niftis(volumes, dtype=hu_storage_dtype(*(data for data, _ in volumes.values())))
 
 
 @command("manifest", "gather per-subject manifest rows into one CSV",

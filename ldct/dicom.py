@@ -404,6 +404,17 @@ def _in_plane_steps(v: Volume) -> str:
     return ", ".join(f"({' '.join(f'{x:.3g}' for x in v.affine[:3, j])})" for j in range(2))
 
 
+def hu_storage_dtype(*volumes: np.ndarray) -> type:
+    """int16 when every HU value is whole and fits (the usual slope 1: compact, and what dcm2niix
+    stores); float32 otherwise, so a fractional RescaleSlope (0.5 -> 40.5 HU) or an extended-range
+    series (above 32767 HU) is kept as the DICOM says instead of rounded or clipped."""
+    info = np.iinfo(np.int16)
+    for v in volumes:
+        if v.size and (v.min() < info.min or v.max() > info.max or not np.array_equal(v, np.rint(v))):
+            return np.float32
+    return np.int16
+
+
 UNPAIRED = ("error", "drop")  # dataset.unpaired_slices
 
 
@@ -532,5 +543,5 @@ def convert_subject(subject_dir: str | Path | None, out_dir: str | Path, full_ke
     for src in companions:
         also[out_dir / Path(src).name] = lambda tmp, src=src: shutil.copyfile(src, tmp)
     write_niftis({out_dir / "full.nii.gz": (full.data, full.affine), out_dir / "low.nii.gz": (low.data, low.affine)},
-                 also=also)
+                 dtype=hu_storage_dtype(full.data, low.data), also=also)
     return row

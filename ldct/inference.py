@@ -11,7 +11,7 @@ import torch
 
 import models
 from ldct.errors import ConfigError, DataError, LdctError, MissingFileError
-from ldct.hu import from_unit, to_unit
+from ldct.hu import WINDOWS, from_unit, to_unit
 
 
 def pick_device(name: str = "auto", key: str = "--device (in the workflow: train.device)") -> torch.device:
@@ -102,9 +102,14 @@ def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[flo
 
 @torch.no_grad()
 def segment(net: torch.nn.Module, hu: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:
-    """(S, H, W) HU -> (S, H, W) class ids."""
+    """(S, H, W) HU -> (S, H, W) class ids, of the HU clipped to the full window [-1024, 3072]:
+    the range of the denoisers' outputs and of the reference's inputs (its loader clips every
+    slice), so an NDCT or LDCT with scanner padding (-2000, -3024 HU outside the reconstruction
+    circle) is segmented on the same footing as a denoised output (the padding otherwise shifts
+    the U-Net's normalisation and relabels tissue inside the circle)."""
+    lo, hi = WINDOWS["full"]
     out = np.empty(hu.shape, np.uint8)
     for s in range(0, len(hu), batch):
-        x = torch.from_numpy(hu[s:s + batch]).float()[:, None].to(device)
+        x = torch.from_numpy(hu[s:s + batch]).float().clamp(lo, hi)[:, None].to(device)
         out[s:s + batch] = net(x).argmax(1).cpu().numpy()
     return out

@@ -215,6 +215,32 @@ def test_read_series_orders_slices_and_applies_rescale(synthetic_subject):
     assert vol.affine[2, 2] == pytest.approx(10.0)
 
 
+@pytest.mark.parametrize("slope, intercept, dtype", [(1.0, -1024.0, np.int16), (0.5, -1024.0, np.float32),
+                                                      (20.0, -1024.0, np.float32)])
+def test_hu_is_stored_as_the_dicom_says_not_rounded_or_clipped(synthetic_subject, tmp_path, slope, intercept, dtype):
+    """Whole HU within int16 is stored as int16 (as dcm2niix does); a fractional RescaleSlope
+    (x.5 HU) or values beyond 32767 HU (slope 20 on the phantom's bone) as float32, unrounded, unclipped."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    expected = {}
+    for kind in ("Full Dose", "Low Dose"):
+        for f in sorted(series_dir(subj, kind).glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+            ds.save_as(f)
+            expected.setdefault(kind, []).append(ds.pixel_array.astype(np.float64) * slope + intercept)
+    convert_subject(subj, tmp_path / "out")
+    for kind, name in (("Full Dose", "full.nii.gz"), ("Low Dose", "low.nii.gz")):
+        img = nib.load(str(tmp_path / "out" / name))
+        assert img.get_data_dtype() == dtype
+        want = read_series(series_dir(subj, kind)).data
+        assert np.array_equal(np.asarray(img.dataobj, dtype=np.float64), want.astype(np.float64))
+        assert sorted(np.unique(want))[-1] == max(e.max() for e in expected[kind])
+    if slope == 0.5:
+        assert not np.array_equal(want, np.rint(want)), "the case must hold fractional HU"
+    if slope == 20.0:
+        assert want.max() > 32767, "the case must exceed the int16 range"
+
+
 def test_rle_compressed_series_decodes_identically(synthetic_subject, tmp_path):
     from pydicom.uid import RLELossless
 

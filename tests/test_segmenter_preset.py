@@ -37,6 +37,19 @@ def test_shipped_segmenter_segments_an_unseen_synthetic_subject():
     assert np.nanmean(dice[1:]) >= 0.7, np.round(dice, 2)
     assert dice[1] > 0.85 and dice[10] > 0.6  # brain parenchyma, ventricles
 
+    # scanner padding outside the reconstruction circle (-3024 HU, as GE writes) is segmented as
+    # the clipped volume (every denoised output is clipped to [-1024, 3072]); fed raw, it would
+    # relabel tissue inside the circle, the case this guards
+    n = ndct.shape[-1]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    padded = np.where((np.hypot(yy, xx) > 0.47 * n) & (ndct < -900), -3024.0, ndct).astype(np.float32)
+    assert (padded == -3024).any()
+    labels = segment(net, padded, torch.device("cpu"))
+    assert np.array_equal(labels, segment(net, np.maximum(padded, -1024), torch.device("cpu")))
+    with torch.no_grad():
+        raw = net(torch.from_numpy(padded)[:, None]).argmax(1).numpy()
+    assert (raw != labels).sum() > 0.001 * labels.size
+
 
 def test_a_turned_segmenter_sees_the_slice_turned_and_answers_in_the_slices_layout(tmp_path):
     """orientation dcm2niix: the U-Net sees each slice turned a quarter clockwise (the published
