@@ -41,61 +41,66 @@ def test_every_schema_key_has_default_and_description():
 
 
 @pytest.mark.parametrize("patch, key", [
-    ({"train": {"lr": -1}}, "train.lr"),
-    ({"synthetic": {"matrix": "big"}}, "synthetic.matrix"),
-    ({"dataset": {"source": "ftp"}}, "dataset.source"),
-    ({"unknown_key": 1}, "(top level)"),
-    ({"experiments": {"x": {"model": {"name": "nonexistent"}, "loss": {"name": "l1"}}}}, "experiments.x.model.name"),
-    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l9"}}}}, "experiments.x.loss.name"),
+    ({"train": {"lr": -1}}, "train.lr: less than or equal to the minimum of 0"),
+    ({"synthetic": {"matrix": "big"}}, "synthetic.matrix: is not of type 'integer'"),
+    ({"dataset": {"source": "ftp"}}, "dataset.source: is not one of"),
+    ({"unknown_key": 1}, "(top level): 'unknown_key' was unexpected"),
+    ({"experiments": {"x": {"model": {"name": "nonexistent"}, "loss": {"name": "l1"}}}},
+     "experiments.x.model.name: unknown model 'nonexistent'"),
+    ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l9"}}}},
+     "experiments.x.loss.name: unknown loss 'l9'"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"lr": 0}}}},
-     "experiments.x.train.lr"),
+     "experiments.x.train.lr: less than or equal to the minimum of 0"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"lrr": 1}}}},
-     "experiments.x.train"),
-    ({"dataset": {"source": "dicom"}}, "dataset.dicom_root"),
-    ({"dataset": {"source": "dicom", "dicom_root": "/data"}}, "segmenter.weights"),
-    ({"split": {"method": "preset"}}, "split.preset"),
+     "experiments.x.train: 'lrr' was unexpected"),
+    ({"dataset": {"source": "dicom"}}, "dataset.dicom_root: required when dataset.source is 'dicom'"),
+    ({"dataset": {"source": "dicom", "dicom_root": "/data"}}, "segmenter.weights: no labels to pre-train"),
+    ({"split": {"method": "preset"}}, "split.preset: required when split.method is 'preset'"),
     ({"dataset": {"source": "dicom", "dicom_root": "/data", "layout": "generic"}, "segmenter": {"weights": "w.pth"}},
-     "dataset.series"),
+     "dataset.series: the generic layout needs"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_2", "classes": [10, 17]}}}},
-     "experiments.x.loss"),
+     "experiments.x.loss: classes [17] are not class ids"),
     ({"experiments": {"x": {"model": {"name": "redcnn", "channnels": 32}, "loss": {"name": "l1"}}}},
-     "experiments.x.model"),
+     "experiments.x.model: redcnn does not take 'channnels'"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_1", "weight": 0.1}}}},
-     "experiments.x.loss"),
+     "experiments.x.loss: l1_l1ana_1 does not take 'weight'"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_1", "segmenter": "x"}}}},
-     "experiments.x.loss"),
+     "experiments.x.loss: l1_l1ana_1 does not take 'segmenter'"),
     ({"dataset": {"source": "dicom", "dicom_root": "/data"}, "segmenter": {"weights": "w.pth"},
       "experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"target": "repeat"}}}},
-     "experiments.x.train.target"),
-    ({"train": {"lr": float("nan")}}, "train.lr"),
+     "experiments.x.train.target: repeat (Noise2Noise) needs a second"),
+    ({"train": {"lr": float("nan")}}, "train.lr: nan is not a finite number"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1", "weight": 0.5}}}},
-     "experiments.x.loss"),  # l1 has no __init__ of its own: torch's Module(**kwargs) took anything
-    ({"experiments": [{"name": "x", "model": {"name": "redcnn"}, "loss": {"name": "l1"}}]}, "experiments"),
-    ({"train": [1, 2]}, "train"),
-    ({"seed": -1}, "seed"),
-    ({"train": {"budget": {"tera_macs": float("inf")}}}, "train.budget.tera_macs"),
+     "experiments.x.loss: l1 does not take 'weight'"),  # l1 has no __init__: torch's Module(**kwargs) took anything
+    ({"experiments": [{"name": "x", "model": {"name": "redcnn"}, "loss": {"name": "l1"}}]},
+     "experiments: must be a mapping"),
+    ({"train": [1, 2]}, "train: must be a mapping"),
+    ({"seed": -1}, "seed: less than the minimum of 0"),
+    ({"train": {"budget": {"tera_macs": float("inf")}}}, "train.budget.tera_macs: inf is not a finite number"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"lr": float("nan")}}}},
-     "experiments.x.train.lr"),
-    ({"synthetic": {"dose_fractions": [0.25, float("nan")]}}, "synthetic.dose_fractions.1"),
-    ({"synthetic": {"dose_fractions": [1.0]}}, "synthetic.dose_fractions.0"),
-    ({"synthetic": {"dose_fractions": [0.25, 0.25]}}, "synthetic.dose_fractions"),
-    ({"synthetic": {"z_range_mm": [40.0, -20.0]}}, "synthetic.z_range_mm"),
-    ({"train": {"crop_scale": [1.0, 0.5]}}, "train.crop_scale"),
+     "experiments.x.train.lr: nan is not a finite number"),
+    ({"synthetic": {"dose_fractions": [0.25, float("nan")]}}, "synthetic.dose_fractions.1: nan is not a finite number"),
+    ({"synthetic": {"dose_fractions": [1.0]}}, "synthetic.dose_fractions.0: greater than or equal to the maximum of 1"),
+    ({"synthetic": {"dose_fractions": [0.25, 0.25]}}, "synthetic.dose_fractions: non-unique elements"),
+    ({"synthetic": {"z_range_mm": [40.0, -20.0]}}, "synthetic.z_range_mm: is not [low, high]"),
+    ({"train": {"crop_scale": [1.0, 0.5]}}, "train.crop_scale: is not [low, high]"),
     ({"experiments": {"x": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}, "train": {"crop_scale": [0.9, 0.6]}}}},
-     "experiments.x.train.crop_scale"),
-    ({"normalization": {"hu_min": 100.0, "hu_max": -100.0}}, "normalization"),
-    ({"train": {"device": "gpu"}}, "train.device"),
-    ({"split": {"fractions": {"val": 0.6, "test": 0.6}}}, "split.fractions"),  # no training subjects left
-    ({"dataset": {"name": ".."}}, "dataset.name"),  # results/.. : the results would land beside results/
-    ({"experiments": {"..": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}}, "experiments"),
-    ({"split": {"fractions": {"val": 0.0}}}, "split.fractions.val"),  # was one validation subject anyway
-    ({"split": {"fractions": {"test": 0.0}}}, "split.fractions.test"),  # was one test subject anyway
-    ({"segmenter": {"device": "cuda0"}}, "segmenter.device"),
+     "experiments.x.train.crop_scale: is not [low, high]"),
+    ({"normalization": {"hu_min": 100.0, "hu_max": -100.0}}, "normalization: must be below hu_max"),
+    ({"train": {"device": "gpu"}}, "train.device: 'gpu' does not match"),
+    ({"split": {"fractions": {"val": 0.6, "test": 0.6}}}, "split.fractions: leaves no training subjects"),
+    ({"dataset": {"name": ".."}}, "dataset.name: '..' does not match"),  # results/..: beside results/
+    ({"experiments": {"..": {"model": {"name": "edcnn"}, "loss": {"name": "l1"}}}}, "experiments: '..' does not match"),
+    ({"split": {"fractions": {"val": 0.0}}}, "split.fractions.val: must be > 0"),  # was one validation subject anyway
+    ({"split": {"fractions": {"test": 0.0}}}, "split.fractions.test: must be > 0"),  # was one test subject anyway
+    ({"segmenter": {"device": "cuda0"}}, "segmenter.device: 'cuda0' does not match"),
 ])
 def test_invalid_config_names_the_key(patch, key):
+    """`key` is 'the key: part of the reason': an error at the same key for another reason fails."""
+    key, reason = key.split(": ", 1)
     with pytest.raises(ConfigError) as err:
         validate_config(copy.deepcopy(patch))
-    assert f"config error at {key}" in str(err.value)
+    assert f"config error at {key}: " in str(err.value) and reason in str(err.value)
 
 
 def test_misspelt_model_argument_names_what_the_model_takes():

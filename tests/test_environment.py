@@ -67,3 +67,33 @@ def test_the_recorded_commit_says_whether_tracked_files_were_changed(tmp_path, m
     monkeypatch.setattr(provenance.subprocess, "run", no_git)
     assert provenance.project_commit() == __version__
     provenance.project_commit.cache_clear()
+
+
+def test_a_changed_tracked_file_marks_the_commit_dirty_and_an_untracked_one_does_not(tmp_path):
+    """In a checkout of its own (the package copied into a fresh git repository, so the test
+    holds where CI tests an export without .git): clean -> '(<commit>)', a tracked file edited
+    -> '(<commit>+dirty)', only an untracked file added -> clean again."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ldct import __version__
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "ldct", repo / "ldct", ignore=shutil.ignore_patterns("__pycache__", "presets"))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "ldct"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    def recorded() -> str:
+        code = "from ldct.provenance import project_commit; print(project_commit())"
+        return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert recorded() == f"{__version__} ({head})"
+    (repo / "ldct" / "hu.py").write_text((repo / "ldct" / "hu.py").read_text() + "\n# edited\n")
+    assert recorded() == f"{__version__} ({head}+dirty)"
+    subprocess.run(git + ["checkout", "-q", "ldct/hu.py"], check=True)
+    (repo / "ldct" / "new_module.py").write_text("x = 1\n")
+    assert recorded() == f"{__version__} ({head})"

@@ -81,11 +81,29 @@ def test_noiseless_fbp_reconstructs_the_phantom():
 
 
 def test_insert_noise_on_a_full_dose_image():
+    """insert_noise adds only the extra variance of the lower dose: with one seed, the added noise
+    at 25 % is sqrt(3) x that at 50 % ((1-k)/k: 3 vs 1; the total variance 1/k would give
+    sqrt(2)), it is as large as simulate_doses' low-minus-full difference (the same physics made
+    by thinning counts), and the electronic term raises both alike where it matters (i0 5e4,
+    sigma_e 20 vs 0)."""
     hu, r, px = water_cylinder(96)
     low = insert_noise(hu, px, 0.25, i0=2.5e5, seed=0)
     added = low - hu
     assert low.shape == hu.shape
-    assert abs(added[r < 30].mean()) < 2.0 and added[r < 30].std() > 3.0
+    assert abs(added[r < 30].mean()) < 2.0
+    vol = np.repeat(hu[None], 4, 0)
+    centre = np.broadcast_to(r < 30, vol.shape)
+    quarter, half = (insert_noise(vol, px, k, i0=2.5e5, seed=0) - vol for k in (0.25, 0.5))
+    assert quarter[centre].std() / half[centre].std() == pytest.approx(np.sqrt(3), rel=0.02)
+    sd = {}
+    for sigma_e in (0.0, 20.0):
+        inserted = insert_noise(vol, px, 0.25, i0=5e4, sigma_e=sigma_e, seed=0) - vol
+        sim = simulate_doses(vol, ParallelBeam(96, px, 360), 5e4, [0.25], sigma_e, seed=3)
+        sd[sigma_e] = inserted[centre].std(), (sim[0.25] - sim[1.0])[centre].std()
+        assert sd[sigma_e][0] == pytest.approx(sd[sigma_e][1], rel=0.1)
+    gain_inserted, gain_simulated = (sd[20.0][i] / sd[0.0][i] for i in (0, 1))
+    assert gain_inserted > 1.3 and gain_simulated > 1.3
+    assert gain_inserted == pytest.approx(gain_simulated, rel=0.1)
     with pytest.raises(ValueError, match="dose_fraction"):
         insert_noise(hu, px, 1.5)
 

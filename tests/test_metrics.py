@@ -93,7 +93,7 @@ def test_vif_agrees_with_its_definition_on_a_gain_distortion():
         ours = window_metrics(dist_hu, ref, "brain")["vif"]
         definition = vif_single_scale(r, mean + gain * (r - mean))
         values.append((ours, definition))
-        assert ours == pytest.approx(definition, abs=0.1)
+        assert ours == pytest.approx(definition, abs=0.02)  # sigma_n^2 0.5 instead of 2 is off by 0.05
     assert values[0][0] > values[1][0]
 
 
@@ -212,6 +212,10 @@ def test_compare_to_best_finds_a_real_difference():
     assert row["best"] == "good" and row["experiment"] == "bad" and row["significantly_worse"]
     assert row["ci_low"] < row["mean_diff"] < row["ci_high"] < 0
     assert row["mean_diff"] == pytest.approx(-2.0, abs=0.1)
+    wide = pd.DataFrame(rows).pivot(index="subject", columns="experiment", values="psnr")
+    diff = (wide["bad"] - wide["good"]).to_numpy()
+    normal_95 = 2 * 1.96 * diff.std(ddof=1) / np.sqrt(len(diff))  # a 95 % interval's width (a 50 % one: 0.34 x)
+    assert row["ci_high"] - row["ci_low"] == pytest.approx(normal_95, rel=0.25)
 
 
 def test_anatomical_dice_table_scores_whole_volumes(tmp_path):

@@ -215,6 +215,35 @@ def test_sgdnet_counts_only_its_own_parameters_and_keeps_the_segmenter_frozen():
     assert not small.segmenter.training
 
 
+def test_gaussian_row_is_scipys_gaussian_filter():
+    """The classical row: a normalised separable Gaussian, edges replicated, taps out to
+    `radius` (scipy's gaussian_filter with mode 'nearest' and truncate = radius / sigma)."""
+    from scipy.ndimage import gaussian_filter
+
+    x = torch.rand(2, 1, 33, 29, dtype=torch.float64)
+    for sigma, radius in ((0.8, 4), (1.7, 5)):
+        net = models.build("gaussian", sigma=sigma, radius=radius)
+        with torch.no_grad():
+            y = net(x).numpy()
+        for i in range(len(x)):
+            want = gaussian_filter(x[i, 0].numpy(), sigma, mode="nearest", truncate=radius / sigma)
+            assert abs(y[i, 0] - want).max() < 1e-6
+    with torch.no_grad():
+        assert torch.allclose(net(torch.full((1, 1, 9, 9), 0.3)), torch.full((1, 1, 9, 9), 0.3))
+
+
+def test_dncnn_subtracts_the_noise_its_body_predicts():
+    """DnCNN's output is the input minus the body's prediction: with the last conv giving a
+    constant 0.1, the output is the input less 0.1 (neither the body alone nor input + body)."""
+    net = models.build("dncnn", **SMALL["dncnn"]).eval()
+    last = net.body[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(0.1)
+        x = torch.rand(2, 1, 20, 24)
+        assert torch.allclose(net(x), x - 0.1, atol=1e-6)
+
+
 def test_near_identity_init_is_an_option_and_the_reference_init_the_default():
     x = torch.rand(1, 1, 24, 28)
     torch.manual_seed(0)
