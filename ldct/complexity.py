@@ -112,10 +112,14 @@ def _probe(spec: dict, size: int, repeats: int, device: str) -> dict:
     net = models.build(spec.pop("name"), **spec).eval().to(device)
     x = torch.rand(1, 1, size, size, device=device)
     base = _reset_peak_rss_mb()
+    if device == "cuda":  # as on the CPU: the passes' own memory, above the weights and the input
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_base = torch.cuda.memory_allocated()
     with torch.no_grad():
         out = {"latency_s": median_seconds(lambda: net(x), repeats, device)}
     if device == "cuda":
-        out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["peak_memory_mb"] = (torch.cuda.max_memory_allocated() - gpu_base) / 2**20
     else:
         out["peak_memory_mb"] = _peak_rss_mb() - base
     return out

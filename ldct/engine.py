@@ -238,7 +238,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
     adversary = Adversary.of(task.criterion, cfg, use_amp)
     print(f"{task.label}{cfg.get('optimizer', 'adamw')} at lr {cfg['lr']:g}, {schedule.name} schedule, {epochs} x {iters} "
           f"steps on {device} (mixed precision: {'on' if use_amp else 'off'})", file=sys.stderr)
-    state = _Checkpoint(checkpoint_dir, key).resume(task.net, opt, schedule, generator, scaler, adversary)
+    state = _Checkpoint(checkpoint_dir, key, device).resume(task.net, opt, schedule, generator, scaler, adversary)
     history, best_state = state["history"], state["best_state"]
     better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
     best = state["best"] if state["best"] is not None else (-math.inf if task.maximize else math.inf)
@@ -280,7 +280,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
         history[-1].update(step=(epoch + 1) * iters, tera_macs=(epoch + 1) * iters * macs_per_step / 1e12)
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
               f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
-        _Checkpoint(checkpoint_dir, key).save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best,
+        _Checkpoint(checkpoint_dir, key, device).save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best,
                                              best_state, adversary)
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
     return Result(history, best_state, _kept_row(history, task), done)
@@ -319,9 +319,25 @@ def _history_row(epoch: int, sums: dict, iters: int, val: dict, lr: float, secon
 class _Checkpoint:
     """`last.pt` in the checkpoint folder: everything needed to continue after an epoch."""
 
-    def __init__(self, folder: str | Path | None, key: str):
+    def __init__(self, folder: str | Path | None, key: str, device: torch.device = torch.device("cpu")):
         self.path = Path(folder) / "last.pt" if folder else None
         self.key = key
+        self.device = device
+
+    def _cuda_rng(self):
+        """The random state of the training GPU only (not of every visible one: a run killed
+        where two GPUs were visible resumes where one is, e.g. under SLURM --gpus=1)."""
+        return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    def _set_cuda_rng(self, saved) -> None:
+        if saved is None or self.device.type != "cuda":
+            return
+        if isinstance(saved, (list, tuple)):  # older last.pt: one state per visible GPU
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            if index >= len(saved):
+                return
+            saved = saved[index]
+        torch.cuda.set_rng_state(saved, self.device)
 
     def resume(self, net, opt, schedule: Schedule, gen: torch.Generator, scaler: torch.amp.GradScaler,
                adversary: Adversary | None = None) -> dict:
@@ -342,8 +358,7 @@ class _Checkpoint:
         schedule.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():  # diffusion steps, GAN penalties on CUDA
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._set_cuda_rng(state.get("cuda_rng"))  # diffusion steps, GAN penalties on CUDA
         if state.get("scaler"):  # checkpoints written before the scaler was saved lack it
             scaler.load_state_dict(state["scaler"])
         if adversary is not None:
@@ -358,7 +373,7 @@ class _Checkpoint:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         save_torch(self.path, {"key": self.key, "model": net.state_dict(), "opt": opt.state_dict(),
                                "sched": schedule.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                               "cuda_rng": self._cuda_rng(),
                                "scaler": scaler.state_dict(), "history": history, "epoch": epoch, "best": best,
                                "best_state": best_state,
                                "adversary": adversary.state_dict() if adversary is not None else None})

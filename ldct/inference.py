@@ -79,7 +79,12 @@ def to_input(hu: np.ndarray | torch.Tensor, hu_range: tuple[float, float]) -> to
 
 
 def checkpoint_amp(ck: dict) -> bool:
-    """Whether the model was trained (and validated) in mixed precision: its spec's train.amp."""
+    """Whether the model was trained (and validated) in mixed precision: its spec's train.amp,
+    on a GPU (the engine uses mixed precision on CUDA only, so a model trained on a CPU ran in
+    float32 whatever its spec says, and is denoised in float32 on a GPU too)."""
+    machine = ck.get("machine")
+    if isinstance(machine, dict) and "gpu" not in machine:  # trained on a CPU (provenance.machine)
+        return False
     try:
         return bool(json.loads(ck["spec"])["train"].get("amp", True))
     except (KeyError, TypeError, ValueError):

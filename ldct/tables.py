@@ -342,7 +342,9 @@ def complexity_table(rows: list[dict], out_prefix: str) -> pd.DataFrame:
         caption += (f" CPU latency: {runs}, without gradients; peak memory: the CPU process's peak resident set "
                     "during those passes, above its size before them (each model in its own process).")
     if "gpu_latency_s" in df and df["gpu_latency_s"].notna().any():
-        caption += " GPU latency: median of at least 10 passes, CUDA synchronised."
+        caption += (" GPU latency: median of at least 10 passes, CUDA synchronised, in float32 without autocast "
+                    "(convolutions in TF32 where the GPU has it, PyTorch's default; training and denoising on a "
+                    "GPU use mixed precision, train.amp).")
     caption += na
     md, tex = render(shown.astype({c: str for c, _ in cols}), "model", cols, {}, {}, {}, caption)
     write_table(out_prefix, df, md, tex, caption)

@@ -304,6 +304,11 @@ def test_a_multi_pass_sampler_is_charged_one_pass_per_training_step_and_bm3d_not
     # the caption says what each column counts and how it was measured
     assert "segnet: 1.50 of its 2.00 are its frozen parts" in md and "Parameters: trainable ones only" in md
     assert f"median of 1 forward pass(es) after one warm-up, {row['threads']} thread(s)" in md
+    assert "GPU latency" not in md  # no GPU column without a GPU
+    on_gpu = {**frozen, "gpu_latency_s": 0.002, "gpu_peak_memory_mb": 40.0}
+    complexity_table([on_gpu], str(tmp_path / "t1gpu"))
+    md = (tmp_path / "t1gpu.md").read_text()
+    assert "| 0.0020 |" in md and "in float32 without autocast" in md and "TF32" in md  # the precision timed
 
 
 def test_a_frozen_submodule_is_charged_its_forward_pass_only():

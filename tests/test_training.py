@@ -182,10 +182,13 @@ def test_model_file_holds_the_best_validation_epoch(dataset, tmp_path, monkeypat
     assert saved["epoch"] == 2 and saved["val_mse_head"] == 1.0
     from ldct.inference import checkpoint_amp  # inference runs in the precision the model was trained in
 
-    assert checkpoint_amp(saved) == json.loads(saved["spec"])["train"]["amp"]
+    assert json.loads(saved["spec"])["train"]["amp"] and "gpu" not in saved["machine"]
+    assert checkpoint_amp(saved) is False  # amp asked for, but trained on the CPU: float32
+    on_gpu = {**saved, "machine": {**saved["machine"], "gpu": "NVIDIA H100"}}
+    assert checkpoint_amp(on_gpu) is True
     off = json.loads(saved["spec"])
     off["train"]["amp"] = False
-    assert checkpoint_amp({**saved, "spec": json.dumps(off)}) is False and checkpoint_amp({}) is True
+    assert checkpoint_amp({**on_gpu, "spec": json.dumps(off)}) is False and checkpoint_amp({}) is True
     # the same run stopped after epoch 2: its weights are the ones kept
     scores = iter([3.0, 1.0])
     monkeypatch.setattr(ldct.train, "head_window_mse", lambda pred, full: next(scores))
@@ -477,6 +480,39 @@ def test_mixed_precision_training_on_cuda(dataset, tmp_path, capfd):
     init = models.build("edcnn", channels=4, stages=2).state_dict()
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
     assert not all(torch.equal(saved[k], init[k]) for k in init)  # the scaled steps did update the weights
+
+
+def test_a_cuda_checkpoint_keeps_the_training_gpus_random_state_only(tmp_path, monkeypatch):
+    """last.pt holds the random state of the GPU it trained on, not one per visible GPU: a run
+    killed where two GPUs were visible resumes where one is (restoring every state indexed
+    GPUs the node does not have). An older last.pt's list gives the training GPU's entry, or
+    nothing where that GPU is not there. CUDA is faked: this checks which state goes where."""
+    from ldct import engine
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([device.index or 0, 7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state.tolist(), str(device))))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every GPU's state saved"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("every GPU's state restored"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    net = torch.nn.Linear(2, 2)
+    opt = engine.build_optimizer(net.parameters(), {"lr": 1e-3})
+    args = (engine.Schedule(opt, {"lr": 1e-3}, 1, 1), torch.Generator(), torch.amp.GradScaler("cuda", enabled=False))
+    checkpoint = engine._Checkpoint(tmp_path, "k", torch.device("cuda:1"))
+    checkpoint.save(net, opt, *args, [], 1, 0.0, {})
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["cuda_rng"].tolist() == [1, 7]
+    checkpoint.resume(net, opt, *args)
+    assert restored == [([1, 7], "cuda:1")]
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state["cuda_rng"] = [torch.tensor([0, 9], dtype=torch.uint8), torch.tensor([1, 9], dtype=torch.uint8)]
+    torch.save(state, tmp_path / "last.pt")  # as written before: every visible GPU's state
+    for device, expected in (("cuda", [([0, 9], "cuda")]), ("cuda:1", [([1, 9], "cuda:1")]), ("cuda:3", [])):
+        restored.clear()
+        assert engine._Checkpoint(tmp_path, "k", torch.device(device)).resume(net, opt, *args)["epoch"] == 1
+        assert restored == expected
+    restored.clear()
+    engine._Checkpoint(tmp_path, "k").resume(net, opt, *args)  # resumed on the CPU: no GPU state to set
+    assert restored == []
 
 
 @pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
