@@ -522,3 +522,55 @@ def test_the_caption_states_the_convergence_rule_when_no_row_is_marked():
     assert "(0.1 dB per tenth)" in note and budget.late_tolerance(0.1) == pytest.approx(0.25)
     flags, note = row_flags(training.assign(not_converged=True))
     assert flags == {"a": " ‡"} and "still rose by more than 0.25 dB over the last quarter of training, 0.1 dB per tenth" in note
+
+
+def test_a_row_carrying_either_mark_in_either_seed_is_left_out_of_the_unmarked_tau():
+    """Either mark (not converged, no gain over its input), in either seed, drops the row from the ranked tau."""
+    from ldct.stability import summarize
+
+    rows = []
+    for seed, values in ((1, [30, 29, 28, 27, 26, 25.0]), (2, [30.2, 28.9, 29.1, 27.5, 25.0, 26.5])):
+        rows += [{"seed": seed, "experiment": e, "psnr_brain": v, "not_converged": e == "d" and seed == 1,
+                  "no_gain_over_input": e == "e"} for e, v in zip("abcdef", values)]
+    _, ranks, taus = summarize(pd.DataFrame(rows))
+    unmarked = taus[taus["rows"] == "unmarked"].iloc[0]
+    assert unmarked["n_rows"] == 4 and unmarked["swapped_pairs"] == "b/c"  # d (seed 1 only) and e are out
+    assert taus[taus["rows"] == "all"].iloc[0]["n_rows"] == 6
+    marked = ranks.set_index(["seed", "experiment"])["marked"]
+    assert marked[(1, "d")] and not marked[(2, "d")] and marked[(1, "e")] and not marked[(1, "f")]  # per seed
+
+
+def test_each_seeds_ranks_give_the_best_experiment_rank_1():
+    """ranks.csv ranks the highest metric 1 (better is higher for PSNR and SSIM)."""
+    from ldct.stability import summarize
+
+    rows = [{"seed": s, "experiment": e, "psnr_brain": v, "ssim_brain": v / 100}
+            for s in (1, 2) for e, v in zip("abc", [27.0, 31.0, 29.0])]
+    ranks = summarize(pd.DataFrame(rows))[1].set_index(["seed", "experiment"])
+    assert ranks.loc[1, "rank_psnr_brain"].to_dict() == {"a": 3, "b": 1, "c": 2}
+    assert ranks.loc[2, "rank_ssim_brain"].to_dict() == {"a": 3, "b": 1, "c": 2}
+
+
+def test_tau_summary_is_na_when_any_seed_pair_shares_too_few_rows():
+    """One pair sharing fewer than MIN_TAU_ROWS rows makes the metric's mean tau n/a, not a mean."""
+    from ldct.stability import tau_summary
+
+    taus = pd.DataFrame({"metric": "psnr_brain", "rows": "all", "n_rows": [3, 5, 5], "tau": [1.0, 0.2, 0.6]})
+    assert tau_summary(taus, "all") == "psnr_brain n/a (3-5 rows shared: too few)"
+    assert tau_summary(taus.assign(n_rows=[4, 5, 5]), "all") == "psnr_brain 0.60 (4-5 rows)"
+
+
+def test_whole_rounds_never_runs_more_rounds_than_steps():
+    """Fewer steps than evaluations: one step per round, as many rounds as steps (not one per evaluation)."""
+    assert budget._whole_rounds(3, 10) == (3, 1)
+    assert budget._whole_rounds(1, 5) == (1, 1)
+    assert budget._whole_rounds(1000, 5) == (5, 200)
+
+
+def test_the_sweep_steps_reported_are_the_longest_trials_not_a_diverged_rates():
+    """lr_sweep_steps is the steps each rate trained: a rate stopped early on divergence does not shorten it."""
+    h = history([27.5, 28.0, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.1, 28.12])
+    sweep = pd.DataFrame({"lr": [1e-4, 1e-3, 1e-2], "steps": [40, 40, 7], "chosen": [False, True, False],
+                          "source": ["sweep", "sweep", "sweep: diverged"]})
+    s = budget.training_summary({"x": h}, {"x": sweep}, 0.1)
+    assert s["lr_sweep_steps"].tolist() == [40] and s["lr_at_edge"].tolist() == [""]

@@ -570,3 +570,77 @@ def test_bad_clinical_inputs_are_named(clinical_run, tmp_path):
     rp = ResultPaths(tmp_path / "results", "d")
     with pytest.raises(DataError, match=r"LDCT.json: clinical measurements of row 'LDCT' not found"):
         report(rp, ["LDCT"])
+
+
+def test_bootstrap_indices_draw_training_and_test_rois_each_within_its_half():
+    """A replicate's training indices lie in [0, h) and its test indices in [h, n): the halves never mix."""
+    from ldct.observer import bootstrap_indices
+
+    tr, te = bootstrap_indices(np.random.default_rng(0), 500, 10, 4)
+    assert tr.shape == (500, 4) and te.shape == (500, 6)
+    assert tr.min() == 0 and tr.max() < 4 <= te.min() and te.max() == 9  # every index of each half is drawn
+
+
+def test_laguerre_gauss_channels_follow_their_documented_formula():
+    """u_j(r) = exp(-pi r^2 / a^2) L_j(2 pi r^2 / a^2), each of unit norm: channels 0 and 1 by hand."""
+    chans = laguerre_gauss_channels(SIZE, 2, WIDTH)
+    c = np.arange(SIZE) - SIZE // 2
+    x = np.pi * (c[None, :] ** 2 + c[:, None] ** 2) / WIDTH ** 2
+    for got, want in zip(chans, (np.exp(-x), np.exp(-x) * (1 - 2 * x))):
+        np.testing.assert_allclose(got, want / np.linalg.norm(want), atol=1e-12)
+
+
+def _paired_sites(seed: int, n: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    noise = SIGMA * rng.standard_normal((2, n, SIZE, SIZE))
+    return gaussian_signal(4.0) + noise[0], noise[1]
+
+
+def test_cho_and_paired_dprime_intervals_are_the_2_5_and_97_5_percentiles_of_their_replicates():
+    """The 95 % CIs: the 2.5 / 97.5 percentiles of the documented replicates (sites resampled within each half)."""
+    from ldct.observer import auc_rows, bootstrap_indices, dprime_rows, hold_out_scores
+    from ldct.stats import paired_dprime
+
+    chans = laguerre_gauss_channels(SIZE, 4, WIDTH)
+    present, absent = _paired_sites(11)
+    out = cho(present, absent, chans, seed=5, n_resamples=200, scores=True, paired=True)
+    v1, v0, h = np.array(out["channels_present"]), np.array(out["channels_absent"]), out["n_train_present"]
+    tr, te = bootstrap_indices(np.random.default_rng(5), 200, len(v1), h)
+    r1, r0 = hold_out_scores(v1, v0, h, h, (tr, tr, te, te))
+    for key, values in (("dprime", dprime_rows(r1, r0)), ("auc", auc_rows(r1, r0))):
+        expected = np.percentile(values, [2.5, 97.5])
+        assert [out[f"{key}_ci_low"], out[f"{key}_ci_high"]] == pytest.approx(expected, rel=1e-9), key
+    other = cho(*_paired_sites(12), chans, n_resamples=10, scores=True, paired=True)
+    u = [np.array(o[k]) for o in (out, other) for k in ("channels_present", "channels_absent")]
+    tr, te = bootstrap_indices(np.random.default_rng(3), 300, len(v1), h)
+    idx = (tr, tr, te, te)
+    diff = dprime_rows(*hold_out_scores(u[0], u[1], h, h, idx)) - dprime_rows(*hold_out_scores(u[2], u[3], h, h, idx))
+    test = paired_dprime(out, other, seed=3, n_resamples=300)
+    assert [test["ci_low"], test["ci_high"]] == pytest.approx(np.percentile(diff, [2.5, 97.5]), rel=1e-9)
+
+
+def test_f50_interval_is_the_2_5_and_97_5_percentiles_of_the_resampled_realisations():
+    """The 95 % f50 interval: percentiles 2.5 / 97.5 of f50 of each resample's mean edge (same seed)."""
+    from ldct.ttf import f50, f50_interval, insert_phantom, ttf
+
+    pixel, radius, n, resamples = 2.0, 15.0, 5, 60
+    hu, centres = insert_phantom(96, pixel, [40.0], insert_mm=2 * radius, body_mm=160.0)
+    noise = 15.0 * np.random.default_rng(9).standard_normal((n, 96, 96))
+    noisy = ndimage.gaussian_filter(hu.astype(np.float64), 1.5) + noise
+    picks = np.random.default_rng(2).integers(0, n, size=(resamples, n))
+    values = [f50(*ttf(noisy[p], centres[0], radius, pixel, reach_mm=12.0)) for p in picks]
+    assert np.isfinite(values).all() and max(values) < 0.5 / pixel  # no censoring at Nyquist to model
+    got = f50_interval(noisy, centres[0], radius, pixel, reach_mm=12.0, n_resamples=resamples, seed=2)
+    assert list(got) == pytest.approx(np.percentile(values, [2.5, 97.5]), rel=1e-9)
+
+
+def test_nps_removes_each_rois_own_mean():
+    """A different constant on each ROI (e.g. a slow drift between ROIs) leaves the NPS and the noise SD unchanged."""
+    rng = np.random.default_rng(5)
+    pixel = 0.5
+    rois = SIGMA * rng.standard_normal((8, 16, 16))
+    shifted = rois + np.array([-40.0, 0, 5, 17, 100, -3, 60, 2])[:, None, None]
+    nps, _ = nps_2d(rois, pixel)
+    nps_shifted, _ = nps_2d(shifted, pixel)
+    np.testing.assert_allclose(nps_shifted, nps, rtol=1e-9, atol=1e-9)
+    assert nps_summary(nps_shifted, pixel)["noise_sd"] == pytest.approx(nps_summary(nps, pixel)["noise_sd"], rel=1e-9)

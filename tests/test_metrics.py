@@ -353,3 +353,145 @@ def test_table_2_says_when_the_checkpoints_were_chosen_on_the_test_subjects(tmp_
     assert "test subjects are the validation subjects" in selection_note(f)
     f.write_text(json.dumps({"train": ["A"], "val": ["B"], "test": ["C"]}))
     assert selection_note(f) == "" and selection_note(tmp_path / "missing.json") == ""
+
+
+def test_a_row_significant_before_holm_but_not_after_is_not_marked_worse():
+    """compare_to_best marks a row worse on Holm's adjusted p, not on the raw Wilcoxon p."""
+    rows = []
+    for s in range(8):
+        rows.append({"experiment": "best", "subject": f"s{s}", "psnr": 30.0})
+        for k, e in enumerate("abcd"):  # worse in 7 of 8 subjects: exact p 0.0156 each, Holm over 4: 0.0625
+            loss = 0.1 + 0.01 * s + 0.002 * k if s < 7 else -0.05
+            rows.append({"experiment": e, "subject": f"s{s}", "psnr": 30.0 - loss})
+    st = compare_to_best(pd.DataFrame(rows), ["psnr"])
+    assert set(st["best"]) == {"best"} and len(st) == 4
+    assert st["p_wilcoxon"].to_numpy() == pytest.approx(0.015625)
+    assert st["p_holm"].tolist() == pytest.approx(holm(st["p_wilcoxon"].tolist()))
+    assert (st["p_holm"] >= 0.05).all() and (st["hl_diff"] < 0).all() and not st["significantly_worse"].any()
+
+
+def test_wilcoxon_p_is_exact_for_few_subjects():
+    """paired_difference's Wilcoxon p is the exact one: 8 subjects all worse give 2 / 2^8."""
+    from ldct.stats import paired_difference
+
+    r = paired_difference(-0.01 * np.arange(1, 9))
+    assert r["p_wilcoxon"] == pytest.approx(2 / 2**8, rel=1e-9)  # the normal approximation gives 0.0117
+
+
+def test_paired_difference_ci_is_scipys_95_percent_bca_bootstrap():
+    """paired_difference's interval is scipy's BCa bootstrap at 95 % (2000 resamples, the given seed)."""
+    from scipy import stats as sst
+
+    from ldct.stats import paired_difference
+
+    diff = np.random.default_rng(4).normal(-0.5, 1.0, 10)
+    r = paired_difference(diff, seed=7)
+    ci = sst.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000, method="BCa",
+                       random_state=np.random.default_rng(7)).confidence_interval
+    assert r["ci_low"] == pytest.approx(ci.low, rel=1e-12) and r["ci_high"] == pytest.approx(ci.high, rel=1e-12)
+
+
+def test_power_note_multiplies_the_smallest_p_by_the_comparisons():
+    """power_note: Holm's smallest p is comparisons x 2 / 2^n, and the verdict follows it."""
+    from ldct.tables import power_note
+
+    assert power_note(6, 3) == ("With 6 test subjects the smallest attainable p is 0.0312 (0.0938 after Holm over 3 "
+                                "comparisons): no difference can reach significance.")
+
+
+def test_table_2_averages_slices_and_tests_per_subject_means(tmp_path):
+    """Table 2: means (not medians) over slices and per subject, n-1 comparisons, and the slice count per row."""
+    from ldct.tables import TABLE2_COLUMNS, quantitative_table
+
+    files, skew = {}, np.array([0.0, 0.0, 3.0])  # per subject: mean 1, median 0
+    for exp, shift in (("A", 0.0), ("B", -0.2), ("C", -0.4)):
+        rows = [{"experiment": exp, "subject": f"s{s}", "slice": k,
+                 **{c: 30.0 + 0.1 * s + shift + (skew[k] * (1 + 0.1 * s) if exp == "A" else 0.0)
+                    for c, _ in TABLE2_COLUMNS}} for s in range(8) for k in range(3)]
+        files[exp] = str(tmp_path / f"{exp}.csv")
+        pd.DataFrame(rows).to_csv(files[exp], index=False)
+    table = quantitative_table(files, str(tmp_path / "t2"), str(tmp_path / "st.csv")).set_index("experiment")
+    s = np.arange(8)
+    a_subject = 30.0 + 0.1 * s + (1 + 0.1 * s)  # the mean of A's three slices per subject
+    assert table.loc["A", "psnr_brain"] == pytest.approx(a_subject.mean())
+    assert table.loc["B", "psnr_brain"] == pytest.approx(30.0 + 0.1 * s.mean() - 0.2)
+    st = pd.read_csv(tmp_path / "st.csv").set_index(["metric", "experiment"])
+    assert st.loc[("psnr_brain", "B"), "best"] == "A"
+    assert st.loc[("psnr_brain", "B"), "mean_diff"] == pytest.approx((30.0 + 0.1 * s - 0.2 - a_subject).mean())
+    md = (tmp_path / "t2.md").read_text()
+    assert "mean over 24 test slices of 8 subjects" in md
+    assert "(0.0156 after Holm over 2 comparisons)" in md
+
+
+def test_dice_table_averages_classes_and_counts_its_comparisons(tmp_path):
+    """Table 3: Dice is the mean over classes (not the sum); 3 rows make 2 comparisons."""
+    from ldct.tables import dice_table
+
+    files = {}
+    for exp, inter in (("A", (9, 5)), ("B", (8, 4)), ("C", (7, 3))):
+        rows = [{"experiment": exp, "subject": f"s{s}", "slice": 0, "class": c, "out_px": 10, "ndct_px": 10,
+                 "inter_ndct": inter[c - 1], "truth_px": np.nan, "inter_truth": np.nan}
+                for s in range(3) for c in (1, 2)]
+        files[exp] = str(tmp_path / f"{exp}.csv")
+        pd.DataFrame(rows).to_csv(files[exp], index=False)
+    table = dice_table(files, str(tmp_path / "t3")).set_index("experiment")
+    assert table["dice_vs_ndct"].tolist() == pytest.approx([0.7, 0.6, 0.5])  # (0.9 + 0.5) / 2, ...
+    assert "(0.5 after Holm over 2 comparisons)" in (tmp_path / "t3.md").read_text()
+
+
+def test_the_not_converged_caption_scales_with_min_gain():
+    """row_flags' ‡ sentence gives late_tolerance(min_gain_db): 0.5 dB for 0.2 dB, not 0.1's 0.25 dB."""
+    from ldct.tables import row_flags
+
+    training = pd.DataFrame({"experiment": ["a"], "not_converged": [True], "no_gain_over_input": [False],
+                             "min_gain_db": [0.2]})
+    flags, note = row_flags(training)
+    assert flags == {"a": " ‡"}
+    assert "rose by more than 0.5 dB over the last quarter of training, 0.2 dB per tenth" in note
+
+
+def _clinical_results(n_rows: int = 4) -> dict:
+    """Minimal clinical.measure results: LDCT, n_rows - 1 rows and NDCT, two lesion conditions."""
+    names = ["LDCT"] + [f"m{k}_l1" for k in range(1, n_rows)] + ["NDCT"]
+    results = {}
+    for k, name in enumerate(names):
+        conds = [{"contrast_hu": -15.0, "diameter_mm": 6.0, "dprime": 1.0 + 0.1 * k, "measured_contrast_hu": -12.0,
+                  "cnr": 0.5 + k, "auc": 0.6 + 0.01 * k, "n_test": 40},
+                 {"contrast_hu": -40.0, "diameter_mm": 12.0, "dprime": 3.0 + 0.1 * k, "measured_contrast_hu": -35.0,
+                  "cnr": 5.0 + k, "auc": 0.9 + 0.01 * k, "n_test": 44}]
+        results[name] = {"conditions": conds, "nps": {"noise_sd": 10.0 - k, "mean_frequency": 0.25 + 0.05 * k},
+                         "roi": {"bias": 0.1 * k}, "ttf": [{"contrast_hu": 340.0, "f50": 0.3}],
+                         "subjects": ["S001"], "channels": 6}
+    return results
+
+
+def test_clinical_table_marks_only_holm_significant_rows(tmp_path, monkeypatch):
+    """Table 5 marks a d' difference on Holm's p: raw p 0.02 in 3 comparisons (Holm 0.06) is no mark."""
+    import ldct.stats
+    from ldct.tables import clinical_table
+
+    lower = {"diff": -0.5, "ci_low": -0.9, "ci_high": -0.1, "p": 0.02}  # every row below its reference, raw p 0.02
+    monkeypatch.setattr(ldct.stats, "paired_dprime", lambda a, b, seed=0, n_resamples=2000: dict(lower))
+    _, st = clinical_table(_clinical_results(4), str(tmp_path / "t5"), str(tmp_path / "st.csv"), "LDCT", ["NDCT"])
+    assert len(st) == 2 * 2 * 3  # 2 conditions x (against best, against input) x 3 rows
+    assert st["p_holm"].to_numpy() == pytest.approx(0.06) and not st["significant"].any()
+    lines = [x for x in (tmp_path / "t5.md").read_text().splitlines() if x.startswith(("| LDCT", "| m"))]
+    assert len(lines) == 4 and not any(sym in x for x in lines for sym in "†↓↑")
+
+
+def test_clinical_table_columns_and_site_count(tmp_path, monkeypatch):
+    """Table 5: AUC/CNR of the first (hardest) condition, NPS shift 100 (f / f_LDCT - 1), sites n_test / 2."""
+    import ldct.stats
+    from ldct.tables import clinical_table
+
+    same = {"diff": 0.1, "ci_low": -0.9, "ci_high": 1.0, "p": 0.5}
+    monkeypatch.setattr(ldct.stats, "paired_dprime", lambda a, b, seed=0, n_resamples=2000: dict(same))
+    results = _clinical_results(2)
+    table, _ = clinical_table(results, str(tmp_path / "t5"), str(tmp_path / "st.csv"), "LDCT", ["NDCT"])
+    table = table.set_index("experiment")
+    assert table["auc_hardest"].tolist() == pytest.approx([0.6, 0.61, 0.62])
+    assert table["cnr_hardest"].tolist() == pytest.approx([0.5, 1.5, 2.5])
+    assert table.loc["m1_l1", "nps_shift_pct"] == pytest.approx(20.0) and table.loc["LDCT", "nps_shift_pct"] == 0
+    md = (tmp_path / "t5.md").read_text()
+    assert "| m1_l1 | **1.10** | **3.10** | 0.610 | 1.50 | 9.00 | 0.300 | 20.0 |" in md
+    assert "on 20-22 held-out lesion sites per condition" in md
