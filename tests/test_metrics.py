@@ -495,3 +495,11 @@ def test_clinical_table_columns_and_site_count(tmp_path, monkeypatch):
     md = (tmp_path / "t5.md").read_text()
     assert "| m1_l1 | **1.10** | **3.10** | 0.610 | 1.50 | 9.00 | 0.300 | 20.0 |" in md
     assert "on 20-22 held-out lesion sites per condition" in md
+
+
+def test_hodges_lehmann_is_the_median_of_the_walsh_averages_with_each_difference_itself():
+    """Walsh averages (d_i + d_j) / 2 over i <= j (the signed-rank test's), not i < j only."""
+    from ldct.stats import hodges_lehmann
+
+    assert hodges_lehmann(np.array([1.0, 2.0, 10.0])) == pytest.approx(3.75)  # i < j only: 5.5
+    assert hodges_lehmann(np.array([-0.3])) == pytest.approx(-0.3) and np.isnan(hodges_lehmann(np.array([])))
