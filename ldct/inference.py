@@ -108,10 +108,11 @@ def predict_slices(net: torch.nn.Module, low_hu: np.ndarray, hu_range: tuple[flo
 @torch.no_grad()
 def segment(net: torch.nn.Module, hu: np.ndarray, device: torch.device, batch: int = 4) -> np.ndarray:
     """(S, H, W) HU -> (S, H, W) class ids, of the HU clipped to the full window [-1024, 3072]:
-    the range of the denoisers' outputs and of the reference's inputs (its loader clips every
-    slice), so an NDCT or LDCT with scanner padding (-2000, -3024 HU outside the reconstruction
-    circle) is segmented on the same footing as a denoised output (the padding otherwise shifts
-    the U-Net's normalisation and relabels tissue inside the circle)."""
+    the range of the reference's inputs (its loader clips every slice) and of the denoisers'
+    outputs under the default normalization, so an NDCT or LDCT with scanner padding (-2000,
+    -3024 HU outside the reconstruction circle) is segmented on the same footing as a denoised
+    output (the padding otherwise shifts the U-Net's normalisation and relabels tissue inside
+    the circle)."""
     lo, hi = WINDOWS["full"]
     out = np.empty(hu.shape, np.uint8)
     for s in range(0, len(hu), batch):

@@ -81,7 +81,7 @@ def test_a_changed_tracked_file_marks_the_commit_dirty_and_an_untracked_one_does
 
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "ldct", repo / "ldct", ignore=shutil.ignore_patterns("__pycache__", "presets"))
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     for args in (["init", "-q"], ["add", "ldct"], ["commit", "-q", "-m", "x"]):
         subprocess.run(git + args, check=True, capture_output=True)
     head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
