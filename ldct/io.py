@@ -91,9 +91,9 @@ def write_niftis(volumes: dict, dtype=np.int16, also: dict | None = None) -> Non
     images = {}
     for path, (data, affine) in volumes.items():
         arr = np.asarray(data)
-        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-            raise DataError(f"{path}: refusing to write non-finite values")
         if np.issubdtype(np.dtype(dtype), np.integer) and not np.issubdtype(arr.dtype, np.integer):
+            if not np.isfinite(arr).all():
+                raise DataError(f"{path}: refusing to write non-finite values")
             info = np.iinfo(dtype)
             arr = np.clip(np.rint(arr), info.min, info.max)
         img = nib.Nifti1Image(arr.astype(dtype), affine)

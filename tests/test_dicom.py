@@ -311,8 +311,6 @@ def test_non_finite_volume_is_not_written(tmp_path):
 
     with pytest.raises(ValueError, match="x.nii.gz: refusing to write non-finite values"):
         write_nifti(tmp_path / "x.nii.gz", np.full((2, 2, 2), np.nan), np.eye(4))
-    with pytest.raises(ValueError, match="y.nii.gz: refusing to write non-finite values"):  # float32 too
-        write_nifti(tmp_path / "y.nii.gz", np.array([[[0.5, np.inf]]]), np.eye(4), dtype=np.float32)
     assert not list(tmp_path.iterdir())
 
 
