@@ -136,6 +136,29 @@ def test_a_short_extra_dose_series_is_named_by_convert_doses(synthetic_subject, 
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_an_extra_dose_with_fractional_hu_is_stored_as_float32_by_convert_doses(synthetic_subject, tmp_path):
+    """convert-doses stores its volumes as the conversion does: x.5 HU (RescaleSlope 0.5) as float32."""
+    from pydicom.uid import generate_uid
+
+    from ldct.cli import main
+
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    low = series_dir(subj, "Low Dose")
+    extra = low.with_name(low.name.replace("Low Dose Images", "Low Dose Images 10%"))
+    shutil.copytree(low, extra)
+    uid = generate_uid()
+    for f in sorted(extra.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription, ds.SeriesInstanceUID, ds.RescaleSlope = "Low Dose Images 10%", uid, 0.5
+        ds.save_as(f)
+    out = tmp_path / "out"
+    assert main(["convert-doses", "--subject-dir", str(subj), "--fractions", "0.1", "--primary", "0.25",
+                 "--out", str(out)]) == 0
+    img = nib.load(str(next(out.glob("low_*.nii.gz"))))
+    assert img.get_data_dtype() == np.float32
+    assert np.array_equal(np.asarray(img.dataobj), read_series(extra).data)
+
+
 def test_missing_slice_is_reported(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[1].unlink()
