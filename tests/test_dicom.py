@@ -111,14 +111,11 @@ def test_slice_positions_jittered_within_a_percent_convert(synthetic_subject, tm
     assert convert_subject(subj, tmp_path / "out")["slices"] == 4
 
 
-def test_a_short_extra_dose_series_is_named_by_convert_doses(synthetic_subject, tmp_path, capsys):
-    """convert-doses' own message names the short series (the conversion's advice to set
-    dataset.unpaired_slices does not apply to it)."""
+def _extra_dose_series(subj: Path, **tags) -> Path:
+    """A copy of the subject's low-dose series as a 10 % series of its own (description, UID),
+    with `tags` set on every file: the input of `ldct convert-doses`."""
     from pydicom.uid import generate_uid
 
-    from ldct.cli import main
-
-    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     low = series_dir(subj, "Low Dose")
     extra = low.with_name(low.name.replace("Low Dose Images", "Low Dose Images 10%"))
     shutil.copytree(low, extra)
@@ -126,7 +123,19 @@ def test_a_short_extra_dose_series_is_named_by_convert_doses(synthetic_subject, 
     for f in sorted(extra.glob("*.dcm")):
         ds = pydicom.dcmread(f)
         ds.SeriesDescription, ds.SeriesInstanceUID = "Low Dose Images 10%", uid
+        for tag, value in tags.items():
+            setattr(ds, tag, value)
         ds.save_as(f)
+    return extra
+
+
+def test_a_short_extra_dose_series_is_named_by_convert_doses(synthetic_subject, tmp_path, capsys):
+    """convert-doses' own message names the short series (the conversion's advice to set
+    dataset.unpaired_slices does not apply to it)."""
+    from ldct.cli import main
+
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    extra = _extra_dose_series(subj)
     sorted(extra.glob("*.dcm"))[-1].unlink()
     out = tmp_path / "out"
     assert main(["convert-doses", "--subject-dir", str(subj), "--fractions", "0.1", "--primary", "0.25",
@@ -138,19 +147,10 @@ def test_a_short_extra_dose_series_is_named_by_convert_doses(synthetic_subject, 
 
 def test_an_extra_dose_with_fractional_hu_is_stored_as_float32_by_convert_doses(synthetic_subject, tmp_path):
     """convert-doses stores its volumes as the conversion does: x.5 HU (RescaleSlope 0.5) as float32."""
-    from pydicom.uid import generate_uid
-
     from ldct.cli import main
 
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
-    low = series_dir(subj, "Low Dose")
-    extra = low.with_name(low.name.replace("Low Dose Images", "Low Dose Images 10%"))
-    shutil.copytree(low, extra)
-    uid = generate_uid()
-    for f in sorted(extra.glob("*.dcm")):
-        ds = pydicom.dcmread(f)
-        ds.SeriesDescription, ds.SeriesInstanceUID, ds.RescaleSlope = "Low Dose Images 10%", uid, 0.5
-        ds.save_as(f)
+    extra = _extra_dose_series(subj, RescaleSlope=0.5)
     out = tmp_path / "out"
     assert main(["convert-doses", "--subject-dir", str(subj), "--fractions", "0.1", "--primary", "0.25",
                  "--out", str(out)]) == 0
