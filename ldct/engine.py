@@ -238,7 +238,8 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
     adversary = Adversary.of(task.criterion, cfg, use_amp)
     print(f"{task.label}{cfg.get('optimizer', 'adamw')} at lr {cfg['lr']:g}, {schedule.name} schedule, {epochs} x {iters} "
           f"steps on {device} (mixed precision: {'on' if use_amp else 'off'})", file=sys.stderr)
-    state = _Checkpoint(checkpoint_dir, key, device).resume(task.net, opt, schedule, generator, scaler, adversary)
+    checkpoint = _Checkpoint(checkpoint_dir, key, device)
+    state = checkpoint.resume(task.net, opt, schedule, generator, scaler, adversary)
     history, best_state = state["history"], state["best_state"]
     better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
     best = state["best"] if state["best"] is not None else (-math.inf if task.maximize else math.inf)
@@ -280,8 +281,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
         history[-1].update(step=(epoch + 1) * iters, tera_macs=(epoch + 1) * iters * macs_per_step / 1e12)
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
               f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
-        _Checkpoint(checkpoint_dir, key, device).save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best,
-                                             best_state, adversary)
+        checkpoint.save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best, best_state, adversary)
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
     return Result(history, best_state, _kept_row(history, task), done)
 
