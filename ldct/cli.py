@@ -249,9 +249,11 @@ def cmd_convert(a) -> None:
          arg("--fractions", type=float, nargs="+", required=True, help="dose fractions to convert"),
          arg("--primary", type=float, required=True, help="the primary dose fraction (series 'Low Dose Images')"),
          arg("--out", required=True, help="the subject's NIfTI folder"),
-         sections={"dataset": ("full_series",)})
+         sections={"dataset": CONVERT_KEYS})
 def cmd_convert_doses(a) -> None:
-    """Each extra series -> low_<pct>pct.nii.gz, paired with the full dose as `convert` pairs."""
+    """Each extra series -> low_<pct>pct.nii.gz on full.nii.gz's slices: the full dose is paired
+    with the primary low dose first, as `convert` pairs them (dataset.unpaired_slices), so an
+    extra volume has the converted full dose's slices even where `convert` dropped some."""
     from ldct.dicom import (
         DicomError,
         find_series,
@@ -263,14 +265,18 @@ def cmd_convert_doses(a) -> None:
     from ldct.io import write_niftis
     from ldct.paths import low_dose_name
 
-    subject_dir, full, volumes = Path(a.subject_dir), None, {}
+    cfg, subject_dir, volumes = a.settings["dataset"], Path(a.subject_dir), {}
+    primary = find_series(subject_dir, cfg["full_series"], cfg["low_series"])
+    full, _, _ = pair_volumes(read_series(primary.full), read_series(primary.low), str(subject_dir),
+                              unpaired=cfg["unpaired_slices"])
+    converted = {round(float(p), 3) for p in full.positions}
     for fraction in a.fractions:  # every series read and paired before any is written
-        series = find_series(subject_dir, a.settings["dataset"]["full_series"], low_description(fraction, a.primary))
-        if full is None:
-            full = read_series(series.full)
+        series = find_series(subject_dir, cfg["full_series"], low_description(fraction, a.primary))
         _, low, dropped = pair_volumes(full, read_series(series.low), str(subject_dir), unpaired="drop")
-        if dropped:
-            raise DicomError(f"{series.low}: slice positions differ from the full-dose series: {dropped}")
+        missing = [p for p in dropped if round(p, 3) in converted]  # full.nii.gz has them, the extra not
+        if missing or (dropped and cfg["unpaired_slices"] == "error"):
+            raise DicomError(f"{series.low}: slice positions differ from the full-dose series: "
+                             f"{missing or dropped}" + (" (missing here)" if missing else ""))
         volumes[Path(a.out) / low_dose_name(fraction)] = (low.data, low.affine)
     write_niftis(volumes, dtype=hu_storage_dtype(*(data for data, _ in volumes.values())))
 

@@ -159,6 +159,26 @@ def test_an_extra_dose_with_fractional_hu_is_stored_as_float32_by_convert_doses(
     assert np.array_equal(np.asarray(img.dataobj), read_series(extra).data)
 
 
+def test_extra_doses_go_on_the_slices_convert_kept(synthetic_subject, tmp_path):
+    """Where `convert` dropped a slice the primary low dose lacks (unpaired_slices: drop), the
+    extra dose was paired with the whole full-dose series: one slice longer than full.nii.gz,
+    refused later by every job that loads the subject. Now it has full.nii.gz's slices."""
+    from ldct.cli import main
+
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    extra = _extra_dose_series(subj)
+    primary = [p for p in subj.rglob("*") if p.is_dir() and "Low Dose Images-" in p.name][0]
+    sorted(primary.glob("*.dcm"))[-1].unlink()
+    out, drop = tmp_path / "out", ["--unpaired-slices", "drop"]
+    assert main(["convert", "--subject-dir", str(subj), "--out", str(out), *drop]) == 0
+    doses = ["convert-doses", "--subject-dir", str(subj), "--fractions", "0.1", "--primary", "0.25", "--out", str(out)]
+    assert main(doses) == 1  # the default (error), as `convert`'s
+    assert main([*doses, *drop]) == 0
+    full, low = nib.load(str(out / "full.nii.gz")), nib.load(str(next(out.glob("low_*.nii.gz"))))
+    assert full.shape == low.shape and full.shape[2] == 3 and np.array_equal(full.affine, low.affine)
+    assert np.array_equal(np.asarray(low.dataobj), read_series(extra).data[:, :, :3])
+
+
 def test_missing_slice_is_reported(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[1].unlink()

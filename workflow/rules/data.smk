@@ -40,6 +40,12 @@ rule synthesize:
 
 
 
+# The pairing settings of `convert` and `convert-doses`; unpaired_slices only when it is not the
+# default: the command of existing runs stays the same.
+CONVERT_FLAGS = section_flags("dataset", config["dataset"], SERIES_KEYS) + (
+    " --unpaired-slices drop" if config["dataset"]["unpaired_slices"] == "drop" else "")
+
+
 rule convert:
     input:
         unpack(convert_inputs),
@@ -53,9 +59,7 @@ rule convert:
     log:
         str(RP.log("convert/{subject}")),
     params:
-        # unpaired_slices only when it is not the default: the command of existing runs stays the same
-        settings=section_flags("dataset", config["dataset"], SERIES_KEYS)
-        + (" --unpaired-slices drop" if config["dataset"]["unpaired_slices"] == "drop" else ""),
+        settings=CONVERT_FLAGS,
         out=lambda wc, output: str(Path(output.full).parent),
         series=series_args,
         phantom=lambda wc, input: f"--phantom {shlex.quote(str(Path(input.labels).parent))}" if SYNTHETIC else "",
@@ -90,7 +94,7 @@ if DOSE_SWEEP:  # extra reduced-dose series of the test subjects
         log:
             str(RP.log("convert_doses/{subject}")),
         params:
-            settings=section_flags("dataset", config["dataset"], ["full_series"]),
+            settings=CONVERT_FLAGS,  # the extra doses go on the slices `convert` kept
             out=lambda wc, output: str(Path(output[0]).parent),
             fractions=DOSES[1:],
             primary=DOSES[0],
