@@ -559,13 +559,13 @@ def cmd_dose_sweep(a) -> None:
     import pandas as pd
 
     from ldct import figures
-    from ldct.tables import dose_table
+    from ldct.tables import dose_table, row_flags
 
     rp = ResultPaths.at(a.root)
     files = {(e, d): rp.sweep_metrics(e, d, a.doses[0]) for e in a.experiments for d in a.doses}
     training = pd.read_csv(rp.table("training")) if rp.table("training").is_file() else None
     table = dose_table(files, rp.table_prefix("table4_dose_sweep"), training_dose=a.doses[0], training=training)
-    figures.dose_sweep(table, rp.figure("fig_dose_sweep"))
+    figures.dose_sweep(table, rp.figure("fig_dose_sweep"), row_flags(training)[0])
 
 
 @command("seeds", "repeat the whole benchmark for several seeds; write the stability table",

@@ -120,20 +120,38 @@ def radial_noise(diff: np.ndarray, mask: np.ndarray, pixel_mm: float, ring_mm: f
     return mids, stds
 
 
+SKULL_HU = 300  # bone: the skull that `intracranial` fills
+
+
+def intracranial(reference: np.ndarray) -> tuple[np.ndarray, str]:
+    """Brain-range voxels inside the skull (bone > SKULL_HU, filled slice by slice), and the
+    words for them: scalp, head holder and pads are brain-range too, and outside the skull
+    their edges (partial volume, blur) are not brain noise. A slice whose skull is not closed
+    (skull base) adds nothing; where none is closed, the whole head's brain-range voxels."""
+    from scipy.ndimage import binary_fill_holes
+
+    lo, hi = WINDOWS["brain"]
+    brain = (reference > lo) & (reference < hi)
+    inside = brain & np.stack([binary_fill_holes(b) for b in reference > SKULL_HU])
+    if inside.any():
+        return inside, "brain-range tissue inside the skull"
+    return brain, "brain-range tissue (no closed skull: whole head)"
+
+
 def noise_vs_radius(images: dict[str, np.ndarray], reference: np.ndarray, pixel_mm: float, out: str,
                     reference_name: str = "NDCT", title: str = "", marks: dict[str, str] | None = None) -> None:
-    """Std of (image - reference) in rings around the head centre, inside brain-range tissue:
-    the non-uniform noise the paper motivates, and what each model leaves of it (its error
-    against the reference: noise and any bias or blur). `marks` as in nps_curves."""
-    lo, hi = WINDOWS["brain"]
-    mask = (reference > lo) & (reference < hi)
+    """Std of (image - reference) in rings around the head centre, in brain-range tissue
+    inside the skull (`intracranial`): the non-uniform noise the paper motivates, and what each
+    model leaves of it (its error against the reference: noise and any bias or blur). `marks`
+    as in nps_curves."""
+    mask, region = intracranial(reference)
     styles = _row_styles(list(images))
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for n, im in images.items():
         mids, stds = radial_noise(im - reference, mask, pixel_mm)
         ax.plot(mids, stds, label=n + (marks or {}).get(n, ""), **{"marker": "o", "ms": 3, **styles[n]})
     ax.set_xlabel("distance from head centre (mm)")
-    ax.set_ylabel(f"std of (image - {reference_name}) (HU)\nnoise and error, brain-range tissue", fontsize=8)
+    ax.set_ylabel(f"std of (image - {reference_name}) (HU)\nnoise and error, {region}", fontsize=8)
     ax.set_title(title or f"error against the {reference_name} by distance from the head centre", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -216,7 +234,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
         ax.plot(x, h["val_psnr_brain"], label=label, **styles[n])
         best = h[h["best"]].iloc[-1] if h["best"].any() else h.iloc[-1]
         ax.plot(best["tera_macs"] if h["tera_macs"].max() > 0 else best["step"], best["val_psnr_brain"], "o",
-                color=styles[n].get("color"), ms=4)
+                color=styles[n].get("color"), ms=4, clip_on=False)  # a calibrated row's dot sits on x = 0
         ldct = h["val_psnr_brain_ldct"].iloc[0]
     if ldct is not None:
         ax.axhline(ldct, color="k", ls=":", lw=1.2, label="LDCT (validation input)")
@@ -224,11 +242,9 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
     ax.set_ylabel("validation PSNR [-40, 120] HU (dB)")
     ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80]; "
                  "‡ not converged, § no better than its input)", fontsize=9)
-    spent = [h["tera_macs"][h["tera_macs"] > 0] for h in histories.values() if "val_psnr_brain" in h]
-    spent = pd.concat(spent) if spent else pd.Series(dtype=float)
-    if len(spent) and spent.max() > 30 * spent.min():  # a model with almost no MACs would sit at 0
-        ax.set_xscale("symlog", linthresh=float(spent.min()))  # logarithmic, and 0 (a calibrated row) still shown
-        ax.set_xlim(left=0)  # compute is never negative: no mirrored decades left of 0
+    # a linear axis: the trained rows share one budget, and a logarithmic one (for a calibrated
+    # row's near-zero compute) squeezed them into its last decade; a calibrated row is its dot at 0
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)
@@ -299,11 +315,11 @@ def phantom_overview(phantom: np.ndarray, truth: np.ndarray, full: np.ndarray, l
     ax[4].set_title("labels", fontsize=9)
     for a in ax[:5]:
         a.axis("off")
-    mask = (truth > lo) & (truth < hi)
+    mask, region = intracranial(truth)
     for name, im in (("LDCT", low), ("NDCT", full)):
         ax[5].plot(*radial_noise(im - truth, mask, pixel_mm), marker="o", ms=3, label=name, **REFERENCE_STYLES[name])
     ax[5].set_xlabel("distance from centre (mm)")
-    ax[5].set_ylabel("noise std vs noiseless recon (HU)")
+    ax[5].set_ylabel(f"noise std vs noiseless recon (HU)\n{region}", fontsize=8)
     ax[5].legend(fontsize=7)
     ax[5].grid(alpha=0.3)
     if title:
@@ -311,10 +327,11 @@ def phantom_overview(phantom: np.ndarray, truth: np.ndarray, full: np.ndarray, l
     save(fig, out)
 
 
-def dose_sweep(table: pd.DataFrame, out: str) -> None:
+def dose_sweep(table: pd.DataFrame, out: str, marks: dict[str, str] | None = None) -> None:
     """PSNR and SSIM in [-40, 120] HU against NDCT versus dose fraction, one line per experiment
     (the LDCT input in black, dashed); the dotted vertical line marks the dose the models were trained at.
-    `table` is the long dose table (ldct.tables.dose_table): experiment, dose_fraction, ..."""
+    `table` is the long dose table (ldct.tables.dose_table): experiment, dose_fraction, ...;
+    `marks` as in learning_curves."""
     panels = [("psnr_brain", f"PSNR {window_name_label('brain')} (dB)"), ("ssim_brain", f"SSIM {window_name_label('brain')}")]
     doses = sorted(table["dose_fraction"].unique())
     trained = table.loc[table["training_dose"].astype(bool), "dose_fraction"].unique()
@@ -326,7 +343,7 @@ def dose_sweep(table: pd.DataFrame, out: str) -> None:
             t = t.sort_values("dose_fraction")
             kw = {"lw": 1.3, "zorder": 2, **styles[exp]}
             kw.update(marker=kw.get("marker") or "o", ms=4)  # a point at every dose
-            a.plot(t["dose_fraction"], t[c], label=exp, **kw)
+            a.plot(t["dose_fraction"], t[c], label=exp + (marks or {}).get(exp, ""), **kw)
         for d in trained:
             a.axvline(d, color="grey", ls=":", lw=1)
         a.set_xscale("log")
@@ -335,7 +352,7 @@ def dose_sweep(table: pd.DataFrame, out: str) -> None:
         a.set_xlabel("dose fraction (of full dose)")
         a.set_ylabel(label)
         a.grid(alpha=0.3)
-    ax[1].legend(fontsize=7)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if len(trained):
         fig.suptitle(f"dose sweep: models trained at {', '.join(f'{d * 100:g}%' for d in trained)} dose "
                      "(dotted line), applied at every dose", fontsize=10)
@@ -487,8 +504,10 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
     ax[0].set_ylabel("d′ (channelized Hotelling observer)")
     ax[0].set_title("lesion detectability (95 % CI)")
     ax[0].grid(alpha=0.3, axis="y")
-    ax[0].legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.85, -0.16),
-                 title="rows (both panels; right: d′ change, paired 95 % CI)", title_fontsize=7)
+    title = "rows (both panels; right: d′ change, paired 95 % CI)"
+    if left_out:  # in the legend's title: a note of its own overlapped the tick labels
+        title += "\nnot drawn: " + ", ".join(left_out) + " (d′ = ∞ or undefined in every condition)"
+    ax[0].legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.85, -0.16), title=title, title_fontsize=7)
     hard = f"{conds[0]['contrast_hu']:g} HU, {conds[0]['diameter_mm']:g} mm"
     if "LDCT" in results:
         base = results["LDCT"]["conditions"][0]["dprime"]
@@ -508,9 +527,6 @@ def detectability(results: dict[str, dict], psnr_gain: dict[str, float], out: st
         ax[1].set_ylim(y0, y1)
         ax[1].text(0.02, 0.98, "shaded: gains PSNR, loses detectability\nbars: paired 95 % CI (bootstrap over the lesion sites)",
                    transform=ax[1].transAxes, ha="left", va="top", fontsize=7, color="firebrick")
-    if left_out:
-        fig.text(0.01, 0.01, "not drawn: " + ", ".join(left_out) + " (d′ = ∞ or undefined in every condition)",
-                 fontsize=7, color="0.35")
     ax[1].set_xlabel("PSNR gain over LDCT, [-40,120] (dB)")
     ax[1].set_ylabel(f"d′ change over LDCT ({hard})")
     ax[1].set_title(f"hardest lesion ({hard}): detectability vs PSNR")

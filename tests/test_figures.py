@@ -119,7 +119,52 @@ def test_learning_curves_label_each_row_with_the_tables_marks(monkeypatch, tmp_p
     assert labels[:2] == ["good_l1", "flat_l1 §"] and "LDCT (validation input)" in labels
     cheap = history([27.0, 27.0, 27.0]).assign(tera_macs=[1e-4, 2e-4, 3e-4])  # a Gaussian filter's compute
     figures.learning_curves({"good_l1": history([28.0, 29.0, 29.05]), "gauss_l1": cheap}, str(tmp_path / "lc2.png"))
-    assert drawn[1].get_xscale() == "symlog" and drawn[1].get_xlim()[0] == 0  # no negative decades shown
+    # linear from 0: a logarithmic axis (for the near-zero row) squeezed the trained rows into its last decade
+    assert drawn[1].get_xscale() == "linear" and drawn[1].get_xlim()[0] == 0
+    assert drawn[1].get_xlim()[1] == pytest.approx(0.3, rel=0.1)
+
+
+def test_dose_sweep_legend_carries_the_marks_outside_the_axes(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from ldct import figures
+
+    rows = [{"experiment": e, "dose_fraction": d, "psnr_brain": 25.0, "ssim_brain": 0.9, "training_dose": d == 0.25}
+            for e in ("LDCT", "flat_l1") for d in (0.1, 0.25)]
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig.axes))
+    figures.dose_sweep(pd.DataFrame(rows), str(tmp_path / "sweep.png"), {"flat_l1": " ‡ §"})
+    legend = drawn[0][1].get_legend()
+    assert {t.get_text() for t in legend.get_texts()} == {"LDCT", "flat_l1 ‡ §"}  # as Table 4 labels it
+    assert legend.get_bbox_to_anchor().transformed(drawn[0][1].transAxes.inverted()).x0 > 1  # beside, not over, the lines
+
+
+def _head(n=64, scalp_noise=0.0, bone=1000.0, seed=0):
+    """(reference, image) slices of a round head: brain (40 HU) inside a closed skull (`bone`),
+    brain-range scalp outside it, air beyond; the image adds noise of SD 5 HU in the brain and
+    `scalp_noise` in the scalp."""
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - n / 2 + 0.5, xx - n / 2 + 0.5)
+    ref = np.where(r < 20, 40.0, np.where(r < 23, bone, np.where(r < 28, 40.0, -1000.0)))[None].repeat(3, 0)
+    rng = np.random.default_rng(seed)
+    noise = np.where(r < 20, 5.0, np.where((r >= 23) & (r < 28), scalp_noise, 0.0))
+    return ref, ref + noise * rng.standard_normal(ref.shape)
+
+
+def test_noise_rings_stop_at_the_skull(monkeypatch, tmp_path):
+    """Scalp, pads and head holder are brain-range too: rings past the skull measured their edges
+    (a blurring model's error peaked there), not brain noise."""
+    from ldct import figures
+
+    ref, image = _head(scalp_noise=60.0)
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig.axes[0]))
+    figures.noise_vs_radius({"LDCT": image}, ref, 2.0, str(tmp_path / "r.png"))
+    radius, stds = drawn[0].get_lines()[0].get_data()
+    assert max(radius) < 20 * 2.0 and max(stds) < 7  # brain only: SD 5, no scalp ring (SD 60)
+    assert "inside the skull" in drawn[0].get_ylabel()
+    mask, region = figures.intracranial(_head(bone=40.0)[0])  # no skull: the whole head, and said so
+    assert mask.sum() == (_head(bone=40.0)[0] == 40).sum() and "whole head" in region
 
 
 def test_seed_ranks_colour_models_as_the_other_figures_do_with_ldct_a_row(monkeypatch, tmp_path):
@@ -139,3 +184,21 @@ def test_seed_ranks_colour_models_as_the_other_figures_do_with_ldct_a_row(monkey
     for n in names[1:]:
         assert lines[n].get_color() == models[n]["color"] and lines[n].get_linestyle() == models[n]["ls"]
     assert lines["LDCT"].get_color() == figures.REFERENCE_STYLES["LDCT"]["color"]
+
+
+def test_detectability_names_the_rows_it_leaves_out_in_its_legend(monkeypatch, tmp_path):
+    """The note was a text of its own at the figure's corner, drawn over the tick labels once the
+    legend below the axes grew the saved area."""
+    from ldct import figures
+
+    def row(d):
+        return {"conditions": [{"dprime": d, "dprime_ci_low": d - 0.1, "dprime_ci_high": d + 0.1, "contrast_hu": -5,
+                                "diameter_mm": 8}]}
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig))
+    figures.detectability({"LDCT": row(1.0), "edcnn_l1": row(1.2), "noiseless": row(np.inf)},
+                          {"LDCT": 0.0, "edcnn_l1": 3.0}, tmp_path / "d.png")
+    fig = drawn[0]
+    assert "not drawn: noiseless" in fig.axes[0].get_legend().get_title().get_text()
+    assert not fig.texts  # no loose note
