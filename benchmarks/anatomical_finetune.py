@@ -10,7 +10,9 @@ model of a results tree (`--start`, usually the L1 one) and continues training i
 `--steps` steps with each loss variant (`name` or `name:ana_weight`; the first is the control,
 `l1` by default). Every variant starts from the same weights and draws the same batches (the
 sampler and torch are reseeded per variant) from the training subjects, with flips, 90-degree
-turns and a shared +-20 HU offset (no rotation or crop); AdamW at `--lr`, no decay.
+turns and a shared +-20 HU offset (no rotation or crop); AdamW at a constant `--lr`, weight
+decay 0.01 (the training default). On a GPU in mixed precision only where the start model was
+trained so (ldct.inference.checkpoint_amp), as the workflow denoises it; else in float32.
 
 Before training and after every `--every` steps it scores the test subjects as the workflow
 does: the frozen segmenter's mean foreground Dice against its segmentation of NDCT (over each
@@ -29,6 +31,7 @@ Table 3 either. `--csv` writes every row.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -49,7 +52,7 @@ from ldct.paths import ResultPaths  # noqa: E402
 from ldct.allocator import keep_large_allocations  # noqa: E402
 from ldct.provenance import versions  # noqa: E402
 from ldct.engine import build_optimizer, prepare, train_step  # noqa: E402
-from ldct.inference import pick_device, predict_slices, segment, to_input  # noqa: E402
+from ldct.inference import checkpoint_amp, pick_device, predict_slices, segment, to_input  # noqa: E402
 from ldct.spec import ExperimentSpec  # noqa: E402
 from ldct.train import PatchSampler, build_experiment  # noqa: E402
 
@@ -62,9 +65,10 @@ def parse_variant(text: str) -> dict:
 class Scorer:
     """The test subjects' scores of a set of outputs (one HU volume per subject)."""
 
-    def __init__(self, test: list, anatomical, hu_range, device):
-        """`anatomical`: an l1_l1ana_1 loss, whose frozen segmenter also segments."""
-        self.test, self.anatomical, self.hu_range, self.device = test, anatomical, hu_range, device
+    def __init__(self, test: list, anatomical, hu_range, device, amp: bool):
+        """`anatomical`: an l1_l1ana_1 loss, whose frozen segmenter also segments; `amp`: denoise
+        in mixed precision (on CUDA), as the start model was trained."""
+        self.test, self.anatomical, self.hu_range, self.device, self.amp = test, anatomical, hu_range, device, amp
         self.seg = anatomical.segmenter
         self.seg_ndct = [segment(self.seg, sv.full, device) for sv in test]
 
@@ -83,14 +87,16 @@ class Scorer:
 
     def model(self, net) -> dict:
         net.eval()
-        row = self([predict_slices(net, sv.low, self.hu_range, self.device) for sv in self.test])
+        row = self([predict_slices(net, sv.low, self.hu_range, self.device, amp=self.amp) for sv in self.test])
         net.train()
         return row
 
 
 def gradient_ratio(net, criterion, x: torch.Tensor, y: torch.Tensor) -> float:
-    """|w grad A| / |(1 - w) grad L1| on the output for one batch (l1_l1ana_1's two terms)."""
-    pred = net(x).detach().requires_grad_(True)
+    """|w grad A| / |(1 - w) grad L1| on the output for one batch (l1_l1ana_1's two terms), from a
+    copy of `net`: its forward pass in train mode would move a BatchNorm's running statistics, and
+    the variants would no longer start alike."""
+    pred = copy.deepcopy(net)(x).detach().requires_grad_(True)
     g_ana, = torch.autograd.grad(criterion.w * criterion.term(pred, y), pred)
     g_l1, = torch.autograd.grad((1 - criterion.w) * (pred - y).abs().mean(), pred)
     return float(g_ana.norm() / g_l1.norm())
@@ -126,6 +132,7 @@ class Setup:
     hu_range: tuple
     seg_ck: dict
     device: torch.device
+    amp: bool
     train: dict
     test: list
     score: Scorer
@@ -146,7 +153,8 @@ def load_setup(a: argparse.Namespace) -> Setup:
     test = [load_subject(rp.nifti(), s, with_labels=False) for s in splits["test"]]
     spec = ExperimentSpec("anatomical", dict(start["model"]), {"name": "l1_l1ana_1"}, {}, hu_range=hu_range)
     anatomical = build_experiment(spec, seg_ck, device)[1]  # its term() is A, its segmenter the frozen one
-    return Setup(splits, start, hu_range, seg_ck, device, train, test, Scorer(test, anatomical, hu_range, device))
+    amp = device.type == "cuda" and checkpoint_amp(start)
+    return Setup(splits, start, hu_range, seg_ck, device, amp, train, test, Scorer(test, anatomical, hu_range, device, amp))
 
 
 def reference_rows(setup: Setup) -> list[dict]:
@@ -170,7 +178,7 @@ def run_variant(text: str, a: argparse.Namespace, setup: Setup, first: dict | No
     net, criterion, _ = build_experiment(spec, setup.seg_ck, setup.device)
     net.load_state_dict(setup.start["state_dict"])
     opt = build_optimizer([p for p in net.parameters() if p.requires_grad], spec.train)
-    scaler = torch.amp.GradScaler("cuda", enabled=setup.device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=setup.amp)
     sampler = PatchSampler(setup.train["low"], setup.train["full"], a.patch or None, a.batch, True, 20.0,
                            setup.hu_range, torch.Generator().manual_seed(a.seed))
     first = first or setup.score.model(net)
@@ -181,7 +189,7 @@ def run_variant(text: str, a: argparse.Namespace, setup: Setup, first: dict | No
         if step == 1 and spec.loss["name"] == "l1_l1ana_1" and criterion.w < 1:
             print(f"  {text:<24}  anatomical gradient {gradient_ratio(net, criterion, x, y):.2f}x the L1 "
                   "gradient on the output (first batch)", flush=True)
-        train_step(net, criterion, opt, scaler, x, y, setup.device.type == "cuda")
+        train_step(net, criterion, opt, scaler, x, y, setup.amp)
         if step % a.every == 0 or step == a.steps:
             rows.append({"variant": text, "step": step, **setup.score.model(net),
                          "seconds": round(time.perf_counter() - t0, 1)})
@@ -214,7 +222,7 @@ def main() -> None:
     setup = load_setup(a)
     print(f"continuing {a.start} (epoch {setup.start['epoch']}) for {a.steps} steps with each of "
           f"{', '.join(a.variants)}; {'whole slices' if not a.patch else f'{a.patch}x{a.patch} patches'}, "
-          f"batch {a.batch}, lr {a.lr}, on {setup.device}; test subjects {', '.join(setup.splits['test'])}", flush=True)
+          f"batch {a.batch}, lr {a.lr}, on {setup.device} ({'mixed precision' if setup.amp else 'float32'}); test subjects {', '.join(setup.splits['test'])}", flush=True)
     refs = reference_rows(setup)
     rows: list[dict] = []
     first = None

@@ -13,7 +13,8 @@ not its weights, is measured. Mixed precision and float32 are measured side by s
 
 Prints, per experiment and precision: ms per step, seconds per epoch (`iters_per_epoch`
 steps, measured when --steps is not given, extrapolated otherwise), the whole run's training
-time (x epochs), validation slices per second, and peak GPU memory; then AMP vs fp32 ratios.
+time (x epochs), validation slices per second, and peak GPU memory of the training steps and,
+apart, of validation (whole slices in batches of 4); then AMP vs fp32 ratios.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def gib(x: float) -> str:
     return "-" if x != x else f"{x:.2f} GiB"
 
 
+def config_experiments(path: str) -> list[str]:
+    return list(load_config(path)["experiments"])
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -86,6 +91,9 @@ def measure(spec: ExperimentSpec, seg_ck: dict, low, full, device, amp: bool, st
         train_step(net, criterion, opt, scaler, x.to(device), y.to(device), use_amp, adversary)
     sync(device)
     step_s = (time.perf_counter() - t) / n
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    if device.type == "cuda":  # validation's own peak: its batch of whole slices, not training's
+        torch.cuda.reset_peak_memory_stats(device)
     net.eval()
     predict_slices(net, low[:2], tuple(hu_range), device, amp=use_amp)  # the row's precision
     sync(device)
@@ -93,10 +101,10 @@ def measure(spec: ExperimentSpec, seg_ck: dict, low, full, device, amp: bool, st
     predict_slices(net, low, tuple(hu_range), device, amp=use_amp)
     sync(device)
     infer = len(low) / (time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    val_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"step_ms": 1000 * step_s, "steps_timed": n, "epoch_s": step_s * cfg["iters_per_epoch"],
             "run_h": step_s * cfg["iters_per_epoch"] * cfg["epochs"] / 3600, "val_slices_per_s": infer,
-            "peak_gib": peak, "measured_epoch": steps is None}
+            "peak_gib": peak, "val_peak_gib": val_peak, "measured_epoch": steps is None}
 
 
 def main() -> None:
@@ -114,6 +122,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
+    unknown = [e for e in a.experiments if e not in config_experiments(a.config)]
+    if unknown:
+        ap.error(f"{', '.join(unknown)}: not an experiment of {a.config} ({', '.join(config_experiments(a.config))})")
     keep_large_allocations()  # as the workflow's jobs run (ldct.allocator)
     config = load_config(a.config)
     device = pick_device(a.device)
@@ -135,6 +146,8 @@ def main() -> None:
     if calibrated:
         print(f"  {', '.join(calibrated)}: calibrated, not trained (no training step to time)", flush=True)
     a.experiments = [e for e in a.experiments if e not in calibrated]
+    if not a.experiments:
+        sys.exit("no experiment with a training step to time")
     for exp in a.experiments:
         spec = resolve_pass(ExperimentSpec.from_config(config, exp), a.train_slices)  # an epoch's steps
         cfg = spec.train
@@ -147,7 +160,7 @@ def main() -> None:
                   f"epoch {r['epoch_s']:8.1f} s ({'measured' if r['measured_epoch'] else 'extrapolated'}, "
                   f"{cfg['iters_per_epoch']} steps of batch {cfg['batch_size']})  "
                   f"{cfg['epochs']} epochs {r['run_h']:6.1f} h  val {r['val_slices_per_s']:6.1f} slices/s  "
-                  f"peak GPU memory {gib(r['peak_gib'])}", flush=True)
+                  f"peak GPU memory: training {gib(r['peak_gib'])}, validation {gib(r['val_peak_gib'])}", flush=True)
     if device.type != "cuda":
         print("\n(CPU: no mixed precision; the first column is fp32)")
     print("\nexperiment      ms/step AMP   ms/step fp32   AMP speed-up   peak GiB AMP   peak GiB fp32")

@@ -18,10 +18,11 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
-START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):$")
+# leading spaces allowed: Snakemake indents the jobs of a group job (the SLURM profile's bundles)
+STAMP = re.compile(r"^\s*\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+START = re.compile(r"^\s*(?:local)?(?:rule|checkpoint) (\S+):$")
 JOBID = re.compile(r"^\s+jobid: (\d+)$")
-FINISHED = re.compile(r"^Finished jobid: (\d+)")
+FINISHED = re.compile(r"^\s*Finished jobid: (\d+)")
 
 
 def parse(lines: list[str]) -> tuple[dict[str, list[float]], float]:

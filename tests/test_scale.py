@@ -237,3 +237,53 @@ def test_featkpn_benchmark_prints_the_ratios():
     assert res.returncode == 0, res.stderr[-3000:]
     assert "train64    reference" in res.stdout and "train64    project" in res.stdout
     assert "train64    time" in res.stdout and "peak memory" in res.stdout
+
+
+def test_run_times_counts_the_jobs_of_a_group_job():
+    """Snakemake indents the jobs of a group job (the SLURM profile bundles evaluate): they were
+    left out, and such a run read '0 jobs'."""
+    from benchmarks.run_times import parse
+
+    log = """[Mon Dec  7 10:00:00 2026]
+Group job bundle (jobs in lexicogr. order):
+    [Mon Dec  7 10:00:00 2026]
+    rule evaluate:
+        jobid: 3
+    [Mon Dec  7 10:00:00 2026]
+    rule evaluate:
+        jobid: 4
+[Mon Dec  7 10:00:30 2026]
+Finished jobid: 3 (Rule: evaluate)
+Finished jobid: 4 (Rule: evaluate)
+[Mon Dec  7 10:00:31 2026]
+localrule tables:
+    jobid: 5
+[Mon Dec  7 10:00:41 2026]
+Finished jobid: 5 (Rule: tables)
+"""
+    per_rule, wall = parse(log.splitlines())
+    assert dict(per_rule) == {"evaluate": [30.0, 30.0], "tables": [10.0]} and wall == 41.0
+
+
+def test_the_finetune_gradient_probe_leaves_the_model_as_it_was():
+    """benchmarks/anatomical_finetune.py probes the anatomical gradient on the first batch of
+    each anatomical variant: its forward pass in train mode moved a BatchNorm's running
+    statistics (DnCNN), so those variants no longer started from the control's weights."""
+    import torch
+
+    from benchmarks.anatomical_finetune import gradient_ratio
+
+    class Criterion:
+        w = 0.5
+
+        @staticmethod
+        def term(pred, y):
+            return ((pred - y) ** 2).mean()
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1))
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    assert gradient_ratio(net, Criterion(), x, y) > 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
