@@ -120,7 +120,20 @@ def _check(schema: dict, inst, where: str = "") -> None:
         if err.validator == "anyOf":  # "not valid under any of the given schemas": say which are
             options = [f"{o['const']!r}" if "const" in o else _describe_option(o) for o in err.validator_value]
             message = f"{err.instance!r} is none of: {', '.join(options)}"
+        elif err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            strays = [k for k, v in err.instance.items() if isinstance(v, dict) and "model" in v
+                      and k not in schema_at(schema, err.absolute_path).get("properties", {})]
+            if strays:  # an experiment appended at the end of config.yaml lands in its last section
+                message += (f"; {', '.join(map(repr, strays))} looks like an experiment: put it under "
+                            "experiments:, above the next section")
         raise ConfigError(f"config error at {key}: {message}")
+
+
+def schema_at(schema: dict, path) -> dict:
+    """The sub-schema at a path of object keys (list indices and free-form maps: {})."""
+    for key in path:
+        schema = schema.get("properties", {}).get(key, {}) if isinstance(key, str) else {}
+    return schema
 
 
 def _describe_option(option: dict) -> str:
@@ -315,7 +328,10 @@ def load_config(path: str | Path) -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (dataset:, train:, ...), "
                           f"not a {type(cfg).__name__}")
-    return validate_config(cfg)
+    try:
+        return validate_config(cfg)
+    except ConfigError as err:  # the file it came from, as the reading errors name it
+        raise ConfigError(f"{path}: {err}") from None
 
 
 if __name__ == "__main__":

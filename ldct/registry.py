@@ -30,6 +30,7 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Callable[..., Any]] = {}
+        self._silent: dict[str, str] = {}  # module name -> file, of the package's modules that register nothing
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,8 +46,11 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._items:
+            hint = ""
+            if name in self._silent:  # the file of that name is there, its decorator is not
+                hint = f" ({self._silent[name]} registers nothing: decorate its class with @register({name!r}))"
             raise RegistryError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}"
+                f"unknown {self.kind} {name!r}{hint}; available: {', '.join(self.available())}"
             )
         return self._items[name]
 
@@ -101,9 +105,13 @@ class Registry:
         return sorted(self._items)
 
     def import_all(self, package: str, path: list[str]) -> None:
-        """Import every module of `package` so their decorators run."""
+        """Import every module of `package` so their decorators run; a public module that
+        registers nothing is remembered, for the error naming its name (`get`)."""
         for info in pkgutil.iter_modules(path):
-            importlib.import_module(f"{package}.{info.name}")
+            before = len(self._items)
+            module = importlib.import_module(f"{package}.{info.name}")
+            if len(self._items) == before and not info.name.startswith("_"):
+                self._silent[info.name] = getattr(module, "__file__", info.name)
 
 
 PROJECT_PACKAGES = ("models", "losses")  # the packages whose files a trained model's code is read from

@@ -67,9 +67,13 @@ def test_the_readme_example_gets_the_compute_budget_not_the_step_cap(tmp_path):
         cfg = load_config(ROOT / "config.yaml")
         cfg["experiments"]["mynet_l1"] = {**entry, "model": {**entry["model"], "name": name}}
         spec = ExperimentSpec.from_config(validate_config(cfg), "mynet_l1")
+        # the README's cheaper variant, which the step cap stops first (it said 0.0127 x 10^12)
+        cfg["experiments"]["mynet_l1"]["model"]["depth"] = 2
+        two = ExperimentSpec.from_config(validate_config(cfg), "mynet_l1")
     finally:
         module.unlink()
         models.REGISTRY._items.pop(name, None)  # later tests see the registry as shipped
         sys.modules.pop(f"models.{name}", None)
     assert spec.budget["steps"] == 480 and spec.budget["tera_macs"] == pytest.approx(0.99, abs=0.01)
     assert spec.budget["steps"] < cfg["train"]["budget"]["steps"]
+    assert two.budget["steps"] == 800 and two.budget["tera_macs"] == pytest.approx(0.0255, abs=0.00005)

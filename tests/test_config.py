@@ -152,6 +152,25 @@ def test_missing_or_broken_config_file(tmp_path):
     listed.write_text("- dataset: {name: x}\n")
     with pytest.raises(ConfigError, match="listed.yaml: the top level must be a mapping of sections .*not a list"):
         load_config(listed)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train: {batchsize: 4}\n")  # the file named, as the reading errors name it
+    with pytest.raises(ConfigError, match=r"typo.yaml: config error at train: .*'batchsize' was unexpected"):
+        load_config(typo)
+
+
+def test_an_experiment_appended_under_the_last_section_is_named_as_one(tmp_path):
+    """Appended at the end of config.yaml, a new experiment lands under complexity: the error
+    said only that complexity takes no such key."""
+    text = (ROOT / "config.yaml").read_text()
+    assert list(yaml.safe_load(text))[-1] == "complexity"  # the section it lands in
+    cfg = tmp_path / "appended.yaml"
+    cfg.write_text(text + "  mynet_l1:\n    model: {name: edcnn}\n    loss: {name: l1}\n")
+    with pytest.raises(ConfigError, match=r"at complexity: .*'mynet_l1' looks like an experiment: put it under experiments:"):
+        load_config(cfg)
+    cfg.write_text(text + "  typo: 3\n")  # a mere misspelling gets no such hint
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert "looks like an experiment" not in str(err.value)
 
 
 def test_strings_from_the_command_line_are_read_as_the_schema_types():

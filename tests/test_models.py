@@ -404,3 +404,24 @@ def test_residual_block_sum_keeps_the_wider_dtype_under_autocast():
     assert out.dtype == torch.float32 and torch.equal(out, x + y)
     plain = block(x)
     assert torch.equal(plain, x + block.conv2(block.act(block.conv1(x))))
+
+
+def test_a_model_file_that_registers_nothing_is_named(tmp_path, monkeypatch):
+    """A file named like the model without its @register: 'unknown model' alone left a newcomer
+    to find out why."""
+    from ldct.registry import Registry, RegistryError
+
+    pkg = tmp_path / "zoo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mynet.py").write_text("class MyNet:\n    pass\n")
+    (pkg / "_helpers.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("model")
+    reg.import_all("zoo", [str(pkg)])
+    with pytest.raises(RegistryError, match=r"unknown model 'mynet' \(.*mynet.py registers nothing: decorate its "
+                                            r"class with @register\('mynet'\)\)"):
+        reg.get("mynet")
+    with pytest.raises(RegistryError) as err:  # no file of that name: no hint
+        reg.get("other")
+    assert "registers nothing" not in str(err.value)

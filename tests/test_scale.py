@@ -65,6 +65,8 @@ def test_paper_config_is_the_protocol():
     assert t["iters_per_epoch"] == "pass"  # an epoch is one pass over the training slices, as the reference's
     exps = {n: ExperimentSpec.from_config(cfg, n) for n in cfg["experiments"]}
     denoisers = set(models.denoisers()) - {"unet"}
+    missing = denoisers - {e.model["name"] for e in exps.values()}
+    assert not missing, f"{missing}: a registered model without a row in configs/paper.yaml (README, Add a baseline, step 3)"
     assert {e.model["name"] for e in exps.values()} == denoisers
     for name in PAPER_CNNS:  # the paper's comparison: each CNN with L1 and with the anatomical loss
         assert {e.loss["name"] for e in exps.values() if e.model["name"] == name} >= {"l1", "l1_l1ana_1"}

@@ -61,7 +61,17 @@ def test_invalid_config_stops_with_the_key(tmp_path):
     bad.write_text("train:\n  lr: -1\n")
     res = run(["-n", "--configfile", str(bad)], tmp_path)
     assert res.returncode != 0
-    assert "config error at train.lr" in res.stdout + res.stderr
+    assert f"{bad}: config error at train.lr" in res.stdout + res.stderr  # the file named
+    over = run(["-n", "--configfile", str(bad), "--config", "seed=2"], tmp_path)
+    assert f"{bad} + --config: config error at train.lr" in over.stdout + over.stderr
+
+
+def test_a_missing_dicom_root_stops_the_plan_in_one_line(tmp_path):
+    """A data error while planning (the DICOM root not found) printed frames of ldct/dicom.py."""
+    res = run(["-n", "--config", "dataset={source: dicom, name: mayo, dicom_root: /nope/LDCT}"], tmp_path)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0 and "/nope/LDCT: DICOM root folder not found" in text
+    assert "dicom.py" not in text and "Traceback" not in text, text[-2000:]
 
 
 def test_command_line_config_overrides_are_typed(tmp_path):

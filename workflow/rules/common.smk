@@ -7,6 +7,7 @@ import sys
 
 from ldct.cli import SERIES_KEYS, TABLE_TRAIN_KEYS, section_flags
 from ldct.config import ConfigError, read_yaml, validate_config
+from ldct.errors import LdctError
 from ldct.dicom import discover_subjects, series_files
 from ldct.paths import LDCT, NDCT, NOISELESS
 from ldct.paths import ResultPaths, dose_tag, low_dose_name
@@ -19,8 +20,10 @@ try:
     for _file in workflow.configfiles:  # Snakemake's YAML reading keeps the last of a repeated key
         read_yaml(_file)
     validate_config(config)
-except ConfigError as err:
-    raise WorkflowError(str(err))
+except ConfigError as err:  # named by where the config came from: its files, and --config if given
+    _given = any(a in ("--config", "-C") or a.startswith("--config=") for a in sys.argv)
+    _sources = [str(f) for f in workflow.configfiles] + (["--config"] if _given else [])
+    raise WorkflowError(f"{' + '.join(_sources) or 'config'}: {err}") from None
 
 # A relative segmenter.weights not found in the working directory is looked up in the project
 # folder, where config.yaml's shipped file (ldct/presets/segmenter_synthetic.pt) lives.
@@ -64,8 +67,11 @@ def find_subjects():
     return found
 
 
-SUBJECTS = find_subjects()
-SPLITS = make_splits(SUBJECTS, config["split"], config["seed"])
+try:  # a missing DICOM root or split preset: one line, as a config error, not a traceback
+    SUBJECTS = find_subjects()
+    SPLITS = make_splits(SUBJECTS, config["split"], config["seed"])
+except LdctError as err:
+    raise WorkflowError(str(err)) from None
 if config["split"]["method"] == "preset":  # cases the preset does not name are not converted
     SUBJECTS = [s for s in SUBJECTS if any(s in part for part in SPLITS.values())]
 EXPERIMENTS = list(config["experiments"])
