@@ -236,9 +236,13 @@ def spent_note(train: dict, training) -> str:
     if full.empty:
         return ""
     low = trained["tera_macs"][capped]
-    return (f"Compute spent: {full.min():.3g}-{full.max():.3g} x 10^12 MACs"
+
+    def span(x) -> str:  # one number where every row spent the same
+        lo, hi = f"{x.min():.3g}", f"{x.max():.3g}"
+        return lo if lo == hi else f"{lo}-{hi}"
+    return (f"Compute spent: {span(full)} x 10^12 MACs"
             + (f"; {len(low)} experiment(s) reached the step cap first and spent less "
-               f"({low.min():.3g}-{low.max():.3g} x 10^12)." if len(low) else "."))
+               f"({span(low)} x 10^12)." if len(low) else "."))
 
 
 LATE_FRACTION = 0.25  # the last part of training whose progress decides "not converged"

@@ -222,7 +222,8 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
     channels = laguerre_gauss_channels(roi, cfg["observer"]["channels"], cfg["observer"]["channel_width_mm"] / pixel)
     lesions = sites[sites["kind"] == "lesion"]
     nps_rois = noise_rois(errors, sites[sites["kind"] == "nps"], cfg["nps_roi_px"])
-    noise_sd = float(np.sqrt(nps_rois.var(axis=(1, 2), ddof=1).mean()))  # the CNR's noise (the NPS's SD up to ddof)
+    out_nps = {**nps_summary(nps_2d(nps_rois, pixel)[0], pixel), "n_rois": len(nps_rois)}
+    noise_sd = out_nps["noise_sd"]  # the CNR's noise: the noise SD of the table (the NPS's integral)
     lesion_errors = np.concatenate([extract_rois(errors, _sites(lesions, column), roi)
                                     for column in ("absent_image", "present_image")])
     out = {"row": row, "subjects": sorted(sites["subject"].unique()), "pixel_mm": pixel, "roi_px": roi,
@@ -248,7 +249,7 @@ def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str
         out["conditions"].append({"contrast_hu": contrast_hu, "diameter_mm": diameter, **res,
                                   "measured_contrast_hu": float(measured.mean()),
                                   "cnr": float(abs(measured.mean()) / noise_sd) if noise_sd > 0 else float("inf")})
-    out["nps"] = {**nps_summary(nps_2d(nps_rois, pixel)[0], pixel), "n_rois": len(nps_rois)}
+    out["nps"] = out_nps
     qa = cfg["qa"]
     qa_hu, radius = qa_images.astype(np.float64), qa["insert_mm"] / 2
     out["ttf"] = []

@@ -27,11 +27,16 @@ CLASS_CMAP = ListedColormap(CLASS_COLORS)
 
 
 def save(fig: plt.Figure, path: str | Path) -> None:
-    """Write the figure as PNG at `path` and as PDF beside it (both atomically)."""
+    """Write the figure as PNG at `path` and as PDF beside it (both atomically), each naming
+    the versions and commit it was made with; the PDF without a creation date, so the same
+    figure is the same bytes."""
+    from ldct.provenance import made_with
+
     path = Path(path)
+    meta = {"png": {"Software": made_with()}, "pdf": {"Creator": made_with(), "CreationDate": None}}
     for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=fmt)
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=fmt, metadata=meta[fmt])
     plt.close(fig)
 
 

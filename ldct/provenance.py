@@ -16,7 +16,7 @@ PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-image", "torchmetrics",
 
 def versions(commit: bool = True) -> dict[str, str]:
     """Python's, the project's (with `commit`, its git commit, `+dirty` with uncommitted changes
-    to tracked files) and every result-changing package's version."""
+    to tracked files or untracked code files) and every result-changing package's version."""
     from ldct import __version__
 
     out = {"python": platform.python_version(), "ldct": project_commit() if commit else __version__}
@@ -36,7 +36,8 @@ def made_with() -> str:
 @functools.lru_cache(maxsize=1)
 def project_commit() -> str:
     """The git commit of the checkout this ldct was imported from, `+dirty` where tracked files
-    differ from it; the package version where it is not a git checkout (an installed wheel)."""
+    differ from it or code files are untracked (_changes_results); the package version where it
+    is not a git checkout (an installed wheel)."""
     root = Path(__file__).resolve().parents[1]
     from ldct import __version__
 
@@ -49,18 +50,32 @@ def project_commit() -> str:
             return __version__
         git("ls-files", "--error-unmatch", "ldct/provenance.py")
         commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = any(_changes_results(line) for line in git("status", "--porcelain", "--untracked-files=all").splitlines())
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__} ({commit}{'+dirty' if dirty else ''})"
 
 
+CODE_PATHS = ("ldct/", "models/", "losses/", "workflow/", "Snakefile")  # where an untracked file is code that runs
+
+
+def _changes_results(status_line: str) -> bool:
+    """A `git status --porcelain` line that makes the checkout differ from its commit: any
+    tracked change, or an untracked file among the code (models/ and losses/ import every file
+    in them: a new model never committed would otherwise be recorded as the clean commit)."""
+    if not status_line.startswith("??"):
+        return True
+    return status_line[3:].strip('"').startswith(CODE_PATHS)
+
+
 def machine(device: str | None = None) -> dict[str, str | int]:
-    """The machine a job ran on: OS, CPU model, torch's thread count and, on CUDA, the GPU and
-    the CUDA and cuDNN versions."""
+    """The machine a job ran on: OS, CPU model and the instruction set torch's kernels use,
+    torch's thread count and, on CUDA, the GPU and the CUDA and cuDNN versions."""
     import torch
 
     out: dict[str, str | int] = {"platform": platform.platform(), "cpu": _cpu_model(),
+                                 # AVX2 or AVX512: the kernels torch picks, which change the numbers
+                                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                  "torch_threads": torch.get_num_threads()}
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         out.update(gpu=torch.cuda.get_device_name(torch.device(device)), cuda=str(torch.version.cuda),

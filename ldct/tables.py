@@ -33,7 +33,21 @@ def _fmt(v, digits: int | str) -> str:
         return "∞" if v > 0 else "-∞"
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return ""
-    return f"{v:.2g}" if digits == "e" else f"{v:.{digits}f}"  # "e": two significant digits (learning rates)
+    return unsigned_zero(f"{v:.2g}" if digits == "e" else f"{v:.{digits}f}")  # "e": two significant digits (learning rates)
+
+
+def unsigned_zero(text: str) -> str:
+    """'-0.00' (a small negative value rounded to zero) as '0.00', '+0.0' as '0.0': no sign on a shown zero."""
+    return text[1:] if text[:1] in "+-" and not text.strip("+-0.") else text
+
+
+def shown_digits(base: int, ci_low: float, ci_high: float) -> int:
+    """Decimals for a difference and its CI: `base`, or more (at most 3 more) where the CI is
+    narrower than two digits at `base` would show ([-0.01, -0.01] for -0.0144 to -0.0120)."""
+    width = ci_high - ci_low
+    if not np.isfinite(width) or width <= 0:
+        return base
+    return int(max(base, min(base + 3, 1 - np.floor(np.log10(width)))))
 
 
 TEX_SYMBOLS = {"«": "$^{<}$", "»": "$^{>}$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", "§": "\\S{}",
@@ -159,7 +173,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
             "Best in bold; † significantly "
             "worse than the best (subject-level Wilcoxon signed-rank, two-sided, Holm p < 0.05 over this metric's "
-            "comparisons, Hodges-Lehmann shift below 0); CIs in stats.csv. "
+            f"comparisons, Hodges-Lehmann shift below 0); CIs in {Path(out_stats).name}. "
             + " ".join(x for x in (power, protocol, flag_note) if x) + " "
             "SSIM as the paper computes it (11x11 Gaussian window, sigma 1.5, zero padding; "
             "scikit-image's default SSIM is `ssim_skimage_*` in metrics.csv). " + fidelity)
@@ -425,11 +439,12 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
                       for m in table["model"]]
     lines = ["| model | metric | ana - l1 (mean) | 95 % CI | Wilcoxon p | subjects |", "|---|---|---|---|---|---|"]
     for r in table.itertuples():
-        d = 2 if r.metric.startswith("psnr") else 4
-        ci = ("n/a (all differences equal)" if r.ci_low == r.ci_high and r.n_subjects > 1
-              else "" if np.isnan(r.ci_low) else f"[{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}]")
+        d = shown_digits(2 if r.metric.startswith("psnr") else 4, r.ci_low, r.ci_high)
+        ci = ("n/a (all differences equal)" if r.ci_low == r.ci_high and r.n_subjects > 1 else "" if np.isnan(r.ci_low)
+              else f"[{unsigned_zero(f'{r.ci_low:+.{d}f}')}, {unsigned_zero(f'{r.ci_high:+.{d}f}')}]")
         model = f"{r.model} ({r.marks})" if r.marks else r.model
-        lines.append(f"| {model} | {r.metric} | {r.mean_diff:+.{d}f} | {ci} | {r.p_wilcoxon:.3g} | {r.n_subjects} |")
+        lines.append(f"| {model} | {r.metric} | {unsigned_zero(f'{r.mean_diff:+.{d}f}')} | {ci} | {r.p_wilcoxon:.3g} "
+                     f"| {r.n_subjects} |")
     marked = f"A pair with a marked run (ana or l1) is not evidence for or against the loss: {flag_note} " if flags else ""
     note = ("Effect of the anatomical perception loss: per test subject, the experiment trained with it minus the "
             "same model trained with L1 (PSNR and SSIM in [-40, 120] HU; Dice of the frozen segmenter against its "
@@ -456,9 +471,13 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
         sweeps = {e: pd.read_csv(rp.lr_sweep(e)) for e in trained if rp.lr_sweep(e).exists()}
         training = budget.training_summary({e: pd.read_csv(rp.history(e)) for e in trained}, sweeps,
                                            train_cfg["budget"]["min_gain_db"])
+        made = {e: trained_with(rp.model(e)) for e in training["experiment"]}
+        training["trained_with"] = [made[e][0] for e in training["experiment"]]
+        training["trained_on"] = [made[e][1] for e in training["experiment"]]
         write_csv(rp.table("training"), training)
         protocol = " ".join(x for x in (budget.describe(train_cfg), budget.spent_note(train_cfg, training),
-                                        budget.own_settings_note(own_train), selection_note(rp.splits)) if x)
+                                        budget.own_settings_note(own_train), selection_note(rp.splits),
+                                        trained_with_note(training)) if x)
     quantitative_table(metric_files, rp.table_prefix("table2_quantitative"), rp.table("stats"), seed=seed,
                        fidelity=fidelity, training=training, protocol=protocol)
     if "truth_psnr_full" in pd.read_csv(metric_files[experiments[0]], nrows=1):
@@ -468,6 +487,35 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
                rp.table("dice_stats"), seed)
     anatomical_effect(metric_files, {e: rp.dice(e) for e in experiments}, rp.table_prefix("anatomical_effect"), seed,
                       training)
+
+
+def trained_with(model_file: Path) -> tuple[str, str]:
+    """The project version (commit) a model.pt was trained with and the machine it ran on, in
+    words (a table's own "Made with" line names the commit that drew it, which may be later:
+    training is not rerun for a change to ldct/); "" where the file does not record them."""
+    import torch
+
+    if not Path(model_file).is_file():
+        return "", ""
+    ck = torch.load(model_file, map_location="cpu", weights_only=True, mmap=True)
+    m = ck.get("machine") or {}
+    where = m.get("gpu") or " ".join(x for x in (m.get("cpu", ""), f"({m['cpu_capability']})" if m.get("cpu_capability")
+                                                  else "") if x)
+    threads = f", {m['torch_threads']} threads" if m.get("torch_threads") and not m.get("gpu") else ""
+    return str((ck.get("versions") or {}).get("ldct", "")), f"{where}{threads}" if where else ""
+
+
+def trained_with_note(training: pd.DataFrame) -> str:
+    """The caption's sentence on where the models come from: one commit and machine, or how many
+    rows each (models of one table trained at several commits or on several machines)."""
+    parts = []
+    for col, what in (("trained_with", "ldct"), ("trained_on", "on")):
+        counts = training.loc[training[col] != "", col].value_counts()
+        if len(counts) == 1:
+            parts.append(f"{what} {counts.index[0]}")
+        elif len(counts) > 1:
+            parts.append(f"{what} " + ", ".join(f"{v} ({n} rows)" for v, n in counts.items()))
+    return f"Models trained with {' '.join(parts)} (training.csv)." if parts else ""
 
 
 def selection_note(splits_file: Path) -> str:

@@ -41,14 +41,14 @@ def test_the_caption_states_the_compute_each_experiment_really_spent():
                              "tera_macs": [0.199, 0.1931, 0.0001]})
     note = budget.spent_note(train, training)
     assert note == ("Compute spent: 0.193-0.199 x 10^12 MACs; 1 experiment(s) reached the step cap first and spent less "
-                    "(0.0001-0.0001 x 10^12).")
+                    "(0.0001 x 10^12).")  # one value, not a range from it to itself
     # a calibrated row (BM3D: 0 steps, 0 MACs) spent nothing and is not part of the range
     calibrated = pd.concat([training, pd.DataFrame({"experiment": ["bm3d"], "steps": [0], "tera_macs": [0.0]})])
     assert budget.spent_note(train, calibrated) == note
     # the cap is told by the compute a row would have had, not by its steps (rounded to whole
     # validation rounds, a capped row can end a few steps under the cap)
     under = pd.DataFrame({"experiment": ["featkpn_l1", "gaussian_l1"], "steps": [480, 995], "tera_macs": [0.199, 0.0001]})
-    assert budget.spent_note(train, under).startswith("Compute spent: 0.199-0.199 x 10^12 MACs; 1 experiment(s) reached")
+    assert budget.spent_note(train, under).startswith("Compute spent: 0.199 x 10^12 MACs; 1 experiment(s) reached")
     assert budget.spent_note(config("equal_steps")["train"], training) == ""
     assert "equal compute, 0.2 x 10^12" in budget.describe(train) and "rounded to whole validation rounds" in budget.describe(train)
     assert "the anatomical loss's U-Net not counted" in budget.describe(train)

@@ -427,6 +427,11 @@ def test_ndct_shows_the_lesions_better_than_ldct_and_the_noiseless_row_perfectly
         assert len(c["channels_present"]) == len(c["channels_absent"]) == (c["n_train"] + c["n_test"]) // 2
         assert c["n_train_present"] == c["n_train_absent"] == c["n_train"] // 2
         assert c["dprime_ci_low"] < c["dprime"] < c["dprime_ci_high"] and 0.5 < c["auc"] <= 1
+    # the CNR's noise is the table's noise SD (the NPS integral): it used the ROIs' ddof-1 SD, and
+    # a CNR computed from Table 5's own columns rounded differently (0.34 vs 0.35)
+    for row in (ldct, ndct):
+        for c in row["conditions"]:
+            assert c["cnr"] == abs(c["measured_contrast_hu"]) / row["nps"]["noise_sd"]
     # the measured contrast is the inserted one, less the scanner's blur
     for c in clean["conditions"]:
         assert 0.5 * c["contrast_hu"] > c["measured_contrast_hu"] > 1.05 * c["contrast_hu"]

@@ -69,10 +69,11 @@ def test_the_recorded_commit_says_whether_tracked_files_were_changed(tmp_path, m
     provenance.project_commit.cache_clear()
 
 
-def test_a_changed_tracked_file_marks_the_commit_dirty_and_an_untracked_one_does_not(tmp_path):
+def test_a_changed_tracked_file_or_untracked_code_marks_the_commit_dirty(tmp_path):
     """In a checkout of its own (the package copied into a fresh git repository, so the test
     holds where CI tests an export without .git): clean -> '(<commit>)', a tracked file edited
-    -> '(<commit>+dirty)', only an untracked file added -> clean again."""
+    -> '(<commit>+dirty)'; an untracked file outside the code -> clean again, an untracked
+    model file (models/ imports every file in it) -> dirty."""
     import shutil
     import subprocess
     import sys
@@ -95,5 +96,8 @@ def test_a_changed_tracked_file_marks_the_commit_dirty_and_an_untracked_one_does
     (repo / "ldct" / "hu.py").write_text((repo / "ldct" / "hu.py").read_text() + "\n# edited\n")
     assert recorded() == f"{__version__} ({head}+dirty)"
     subprocess.run(git + ["checkout", "-q", "ldct/hu.py"], check=True)
-    (repo / "ldct" / "new_module.py").write_text("x = 1\n")
+    (repo / "notes.txt").write_text("x = 1\n")
     assert recorded() == f"{__version__} ({head})"
+    (repo / "models").mkdir()
+    (repo / "models" / "mynet.py").write_text("x = 1\n")
+    assert recorded() == f"{__version__} ({head}+dirty)"

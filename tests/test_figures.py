@@ -202,3 +202,20 @@ def test_detectability_names_the_rows_it_leaves_out_in_its_legend(monkeypatch, t
     fig = drawn[0]
     assert "not drawn: noiseless" in fig.axes[0].get_legend().get_title().get_text()
     assert not fig.texts  # no loose note
+
+
+def test_a_figure_is_the_same_bytes_twice_and_names_its_versions(tmp_path):
+    """The PDF carried its creation date (two saves of one figure differed) and neither file
+    said what made it."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from ldct import figures
+
+    for name in ("a", "b"):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        figures.save(fig, tmp_path / f"{name}.png")
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+    assert Image.open(tmp_path / "a.png").text["Software"].startswith("Made with python")
+    assert b"Made with python" in (tmp_path / "a.pdf").read_bytes()

@@ -293,6 +293,7 @@ def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_pat
     table = quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))
     assert table.loc[0, "psnr_brain"] == pytest.approx(m.loc[0, "psnr_brain"])  # the finite slice alone
     assert "2 slice-window PSNR value(s) were infinite" in (tmp_path / "t2.md").read_text()
+    assert "CIs in st.csv" in (tmp_path / "t2.md").read_text()  # its own stats file (vs truth: stats_vs_truth.csv)
     # a NaN that is not an infinite PSNR is not counted as one; files from different evaluations
     # (one without the truth columns) are an error, not NaN cells called "infinite PSNRs"
     odd = pd.read_csv(files["model"])
@@ -329,7 +330,7 @@ def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
     assert table.loc["psnr_brain", "mean_diff"] == pytest.approx(0.5) and table.loc["psnr_brain", "model"] == "m"
     md = (tmp_path / "anatomical_effect.md").read_text()
     assert "| m | psnr_brain | +0.50 |" in md and "smallest attainable p is 0.00781: differences can" in md
-    assert "| m | dice_vs_ndct | +0.0000 | n/a (all differences equal) |" in md  # not a CI of [+0, +0]
+    assert "| m | dice_vs_ndct | 0.0000 | n/a (all differences equal) |" in md  # not a CI of [+0, +0]
     # the runs' convergence marks, as in every table: a pair with an unconverged run is no evidence
     training = pd.DataFrame({"experiment": ["m_ana", "m_l1"], "not_converged": [True, True],
                              "no_gain_over_input": [False, True], "min_gain_db": 0.1})
@@ -339,6 +340,19 @@ def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
     assert "never in bold" not in md and "\nMade with python " in md  # nothing is ranked here; its versions, as every table
     assert anatomical_effect({"m_l1": files["m_l1"]}, dice, prefix).empty
     assert not (tmp_path / "anatomical_effect.md").exists() and not (tmp_path / "anatomical_effect.csv").exists()
+
+
+def test_a_narrow_interval_is_shown_with_the_digits_that_tell_its_ends_apart():
+    """featkpn's PSNR effect read '-0.01 [-0.01, -0.01]' for -0.0132 [-0.0144, -0.0120]; a small
+    negative mean read '-0.0000', and Table 5 showed '-0.0'."""
+    from ldct.tables import _fmt, shown_digits, unsigned_zero
+
+    d = shown_digits(2, -0.0144, -0.0120)
+    assert [f"{v:+.{d}f}" for v in (-0.0132, -0.0144, -0.0120)] == ["-0.0132", "-0.0144", "-0.0120"]
+    assert shown_digits(2, 1.29, 1.49) == 2 and shown_digits(4, -0.0021, -0.0006) == 4  # wide enough already
+    assert shown_digits(2, 0.0, 1e-9) == 5 and shown_digits(2, np.nan, np.nan) == 2  # at most 3 more
+    assert unsigned_zero("-0.0000") == "0.0000" and unsigned_zero("+0.00") == "0.00" and unsigned_zero("-0.01") == "-0.01"
+    assert _fmt(-0.004, 1) == "0.0" and _fmt(-3.0, 1) == "-3.0"
 
 
 def test_table_2_says_when_the_checkpoints_were_chosen_on_the_test_subjects(tmp_path):
@@ -503,3 +517,26 @@ def test_hodges_lehmann_is_the_median_of_the_walsh_averages_with_each_difference
 
     assert hodges_lehmann(np.array([1.0, 2.0, 10.0])) == pytest.approx(3.75)  # i < j only: 5.5
     assert hodges_lehmann(np.array([-0.3])) == pytest.approx(-0.3) and np.isnan(hodges_lehmann(np.array([])))
+
+
+def test_tables_name_the_commit_and_machine_each_model_was_trained_with(tmp_path):
+    """A table's "Made with" line names the commit that drew it; training is not rerun for a
+    change to ldct/, so the models' own commit and machine (model.pt) are named apart."""
+    import torch
+
+    from ldct.tables import trained_with, trained_with_note
+
+    def model_pt(name, commit, machine):
+        torch.save({"state_dict": {}, "versions": {"ldct": commit}, "machine": machine}, tmp_path / name)
+        return tmp_path / name
+
+    cpu = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "torch_threads": 2}
+    a = trained_with(model_pt("a.pt", "0.1.0 (abc)", cpu))
+    b = trained_with(model_pt("b.pt", "0.1.0 (def)", {**cpu, "gpu": "NVIDIA H100"}))
+    assert a == ("0.1.0 (abc)", "AMD EPYC (AVX512), 2 threads") and b == ("0.1.0 (def)", "NVIDIA H100")
+    assert trained_with(tmp_path / "missing.pt") == ("", "")
+    one = pd.DataFrame({"trained_with": [a[0], a[0]], "trained_on": [a[1], a[1]]})
+    assert trained_with_note(one) == "Models trained with ldct 0.1.0 (abc) on AMD EPYC (AVX512), 2 threads (training.csv)."
+    two = pd.DataFrame({"trained_with": [a[0], b[0], a[0]], "trained_on": [a[1], b[1], a[1]]})
+    assert "ldct 0.1.0 (abc) (2 rows), 0.1.0 (def) (1 rows)" in trained_with_note(two)
+    assert trained_with_note(pd.DataFrame({"trained_with": [""], "trained_on": [""]})) == ""

@@ -46,7 +46,7 @@ PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 DOSE_SWEEP = ROOT / "configs" / "dose_sweep.yaml"
-GPU_RULES = ("pretrain_segmenter", "train", "denoise", "clinical_measure", "segment_ndct", "complexity")
+GPU_RULES = ("pretrain_segmenter", "train", "denoise", "clinical_measure", "complexity")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -353,7 +353,11 @@ def test_profile_requests_gpus_and_wall_times(tmp_path, config):
     assert "runtime=720" in jobs["train"] and "mem_mb=32000" in jobs["train"]
     cpu_part = prof["default-resources"]["slurm_partition"]
     for rule in set(jobs) - gpu_rules:
-        assert f"slurm_partition={cpu_part}" in jobs[rule] and "gpu=" not in jobs[rule], (rule, jobs[rule])
+        asked = "gpu=" in jobs[rule] and "gpu=0" not in jobs[rule]
+        assert f"slurm_partition={cpu_part}" in jobs[rule] and not asked, (rule, jobs[rule])
+    # the NDCT labels (every row's Dice reference) are made on the CPU partition, as evaluate segments
+    # the outputs there: not one on a GPU in TF32 and the other on a CPU
+    assert "gpu=0" in jobs["segment_ndct"] and f"slurm_partition={cpu_part}" in jobs["evaluate"]
     if config == DOSE_SWEEP:
         assert {"denoise_doses", "convert_doses", "evaluate_doses", "dose_sweep"} <= set(jobs)
         assert "denoise_doses" in gpu_rules

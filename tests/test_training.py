@@ -59,6 +59,7 @@ def test_same_seed_same_history_and_weights(dataset, tmp_path):
     saved = torch.load(o1 / "model.pt", map_location="cpu", weights_only=True)
     assert saved["versions"]["torch"] == torch.__version__ and saved["versions"]["ldct"].startswith("0.")
     assert saved["machine"]["torch_threads"] >= 1 and saved["machine"]["cpu"] and "gpu" not in saved["machine"]
+    assert saved["machine"]["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "NO AVX")  # the kernels used
 
 
 @pytest.mark.parametrize("style", ["project", "reference"])

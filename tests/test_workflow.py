@@ -41,6 +41,23 @@ def test_default_dry_run_from_repository_root():
     assert "Using workflow specific profile profiles/default" in res.stdout + res.stderr
 
 
+def test_table1_counts_the_segmenter_the_run_uses(tmp_path):
+    """Table 1 built SGDNet with its constructor's U-Net (width 64, channel norm: 251 GMACs at
+    512x512) while the run trains it with config.yaml's segmenter (width 12, instance norm: 41)."""
+    import json
+    import shlex
+
+    import yaml
+
+    res = run(["-n", "-p", "--forceall", "--cores", "2", "--until", "complexity"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(x for x in res.stdout.splitlines() if "ldct complexity" in x)
+    specs = json.loads(shlex.split(line)[shlex.split(line).index("--models") + 1])
+    seg = yaml.safe_load((ROOT / "config.yaml").read_text())["segmenter"]
+    assert specs["sgdnet"] == {"name": "sgdnet", "seg_width": seg["base_width"], "seg_norm": seg["norm"]}
+    assert "seg_width" not in specs["edcnn"]
+
+
 def test_default_config_is_found_from_another_directory(tmp_path):
     """`snakemake -s /path/to/Snakefile` elsewhere reads the config.yaml next to the Snakefile
     (results go to the working directory)."""
@@ -91,8 +108,9 @@ def test_command_line_config_overrides_are_typed(tmp_path):
     assert '"nf": 8' in featkpn and '"epochs": 1' in featkpn
     synth = [x for x in lines if "ldct synthesize" in x]
     assert len(synth) == 6 and all("--dose-fractions 0.25 0.1" in x and "--seed 7" in x for x in synth)
-    # the configured devices reach every job that runs a model, not only training
-    for command, device in (("ldct denoise", "cpu"), ("ldct clinical-measure", "cpu"), ("ldct segment-ndct", "cuda:1")):
+    # the configured devices reach every job that runs a model, not only training; the NDCT labels
+    # are made where evaluate segments the outputs (auto), not on segmenter.device: one device per Dice
+    for command, device in (("ldct denoise", "cpu"), ("ldct clinical-measure", "cpu"), ("ldct segment-ndct", "auto")):
         jobs = [x for x in lines if command in x and ("--model" in x or command == "ldct segment-ndct")]
         assert jobs and all(f"--device {device}" in x for x in jobs), (command, jobs[:1])
 
@@ -115,6 +133,8 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert "Set per experiment: edcnn_l1: lr 0.001." in t2_md
     training = pd.read_csv(out / "tables" / "training.csv")
     assert list(training["experiment"]) == ["featkpn_ana", "edcnn_l1"] and (training["steps"] == 4).all()
+    assert training["trained_with"].str.startswith("0.1.0").all() and training["trained_on"].str.len().gt(0).all()
+    assert "Models trained with ldct 0.1.0" in t2_md  # the models' own commit, apart from the table's
     assert set(t2.columns) >= {"steps", "tera_macs", "lr", "not_converged", "no_gain_over_input", "seed"}
     assert "ssim_skimage_brain" in pd.read_csv(out / "eval" / "LDCT" / "metrics.csv", nrows=1)
     for fig in ("fig_qualitative", "fig_segmentation", "fig_noise_radius", "fig_training_curves", "fig_learning_curves",

@@ -131,10 +131,17 @@ def model_sources(specs):
 
 
 def complexity_models():
-    """Unique model specs of the experiments, labelled by name (plus kwargs where one name has several)."""
+    """Unique model specs of the experiments, labelled by name (plus kwargs where one name has
+    several); a model run with the frozen segmenter gets its width and norm as training and the
+    budget build it (ldct.spec.build_model, ldct.budget), not its constructor's defaults."""
+    import models
+
+    seg = config["segmenter"]
     specs = {}
     for exp in EXPERIMENTS:
-        spec = config["experiments"][exp]["model"]
+        spec = dict(config["experiments"][exp]["model"])
+        if models.needs_segmenter(spec["name"]):
+            spec.update(seg_width=seg["base_width"], seg_norm=seg["norm"])
         specs.setdefault(spec["name"], {})[as_json(spec)] = spec
     out = {}
     for name, variants in specs.items():

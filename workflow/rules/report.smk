@@ -31,6 +31,7 @@ rule tables:
         dice=[str(RP.dice(e)) for e in ROWS],
         histories=[str(RP.history(e)) for e in EXPERIMENTS],
         sweeps=[str(RP.lr_sweep(e)) for e in EXPERIMENTS],
+        models=[str(RP.model(e)) for e in EXPERIMENTS],  # the commit and machine each was trained with
         splits=str(RP.splits),  # Table 2's caption says when the test subjects are the validation ones
     output:
         [report_table(t, e) for t in TABLES[1:] for e in ("csv", "md", "tex")],
