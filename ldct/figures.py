@@ -224,6 +224,28 @@ def training_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
     save(fig, out)
 
 
+def _final_compute(histories: dict[str, pd.DataFrame]) -> np.ndarray:
+    return np.array([h["tera_macs"].iloc[-1] for h in histories.values()
+                     if "val_psnr_brain" in h and len(h) and h["tera_macs"].iloc[-1] > 0])
+
+
+def compute_scale(histories: dict[str, pd.DataFrame]) -> str:
+    """The learning curves' compute axis: linear where the rows' final compute spans less than
+    10x (an equal-compute budget; a row that spent almost nothing, a Gaussian filter's, is left
+    out of the span and sits at 0), else logarithmic (symlog, 0 shown), as under equal passes,
+    where the models' costs per step differ by orders of magnitude."""
+    final = _final_compute(histories)
+    if not len(final):
+        return "linear"
+    main = final[final >= np.median(final) / 30]
+    return "linear" if main.max() <= 10 * main.min() else "symlog"
+
+
+def _linthresh(histories: dict[str, pd.DataFrame]) -> float:
+    spent = [h["tera_macs"][h["tera_macs"] > 0] for h in histories.values() if "val_psnr_brain" in h]
+    return float(pd.concat(spent).min())
+
+
 def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[str, str] | None = None) -> None:
     """Validation PSNR in [-40, 120] HU against training compute, every experiment in one plot,
     the validation input's (LDCT) level as a line; a dot marks each kept (best) epoch. `marks`:
@@ -247,9 +269,9 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
     ax.set_ylabel("validation PSNR [-40, 120] HU (dB)")
     ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80]; "
                  "‡ not converged, § no better than its input)", fontsize=9)
-    # a linear axis: the trained rows share one budget, and a logarithmic one (for a calibrated
-    # row's near-zero compute) squeezed them into its last decade; a calibrated row is its dot at 0
-    ax.set_xlim(left=0)
+    scale = compute_scale(histories)
+    ax.set_xscale(scale, **({"linthresh": _linthresh(histories)} if scale == "symlog" else {}))
+    ax.set_xlim(left=0)  # compute is never negative: no mirrored decades left of 0
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)

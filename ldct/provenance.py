@@ -56,16 +56,18 @@ def project_commit() -> str:
     return f"{__version__} ({commit}{'+dirty' if dirty else ''})"
 
 
-CODE_PATHS = ("ldct/", "models/", "losses/", "workflow/", "Snakefile")  # where an untracked file is code that runs
+CODE_PATHS = ("ldct/", "models/", "losses/", "workflow/")  # where an untracked .py or .smk file is code that runs
 
 
 def _changes_results(status_line: str) -> bool:
     """A `git status --porcelain` line that makes the checkout differ from its commit: any
-    tracked change, or an untracked file among the code (models/ and losses/ import every file
-    in them: a new model never committed would otherwise be recorded as the clean commit)."""
+    tracked change, or an untracked code file (.py, .smk) in the code folders, or a Snakefile
+    (models/ and losses/ import every file in them: a new model never committed would otherwise
+    be recorded as the clean commit)."""
     if not status_line.startswith("??"):
         return True
-    return status_line[3:].strip('"').startswith(CODE_PATHS)
+    path = status_line[3:].strip('"')
+    return path == "Snakefile" or (path.startswith(CODE_PATHS) and path.endswith((".py", ".smk")))
 
 
 def machine(device: str | None = None) -> dict[str, str | int]:

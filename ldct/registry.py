@@ -44,14 +44,17 @@ class Registry:
 
         return deco
 
+    def unknown(self, name: str) -> str:
+        """The message for a name not registered: what exists, and where a file of that name
+        registers nothing, that its decorator is missing."""
+        hint = ""
+        if name in self._silent:
+            hint = f" ({self._silent[name]} registers nothing: decorate its class with @register({name!r}))"
+        return f"unknown {self.kind} {name!r}{hint}; available: {', '.join(self.available())}"
+
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._items:
-            hint = ""
-            if name in self._silent:  # the file of that name is there, its decorator is not
-                hint = f" ({self._silent[name]} registers nothing: decorate its class with @register({name!r}))"
-            raise RegistryError(
-                f"unknown {self.kind} {name!r}{hint}; available: {', '.join(self.available())}"
-            )
+            raise RegistryError(self.unknown(name))
         return self._items[name]
 
     def build(self, name: str, **kwargs: Any) -> Any:

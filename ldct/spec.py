@@ -95,8 +95,7 @@ class ExperimentSpec:
         for part, reg in (("model", models.REGISTRY), ("loss", losses.REGISTRY)):
             name = getattr(self, part)["name"]
             if name not in reg.available():
-                raise ConfigError(f"config error at {where}.{part}.name: unknown {part} {name!r}; "
-                                  f"available: {', '.join(reg.available())}")
+                raise ConfigError(f"config error at {where}.{part}.name: {reg.unknown(name)}")
             takes = reg.arguments(name)  # None: any argument
             if takes is None and self.kwargs(part):  # **kwargs: a misspelled key would pass unseen
                 logging.getLogger(__name__).warning(

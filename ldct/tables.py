@@ -510,11 +510,13 @@ def trained_with_note(training: pd.DataFrame) -> str:
     rows each (models of one table trained at several commits or on several machines)."""
     parts = []
     for col, what in (("trained_with", "ldct"), ("trained_on", "on")):
-        counts = training.loc[training[col] != "", col].value_counts()
-        if len(counts) == 1:
+        values = training[col].fillna("").astype(str)
+        counts, blank = values[values != ""].value_counts(), int((values == "").sum())
+        if len(counts) == 1 and not blank:
             parts.append(f"{what} {counts.index[0]}")
-        elif len(counts) > 1:
-            parts.append(f"{what} " + ", ".join(f"{v} ({n} rows)" for v, n in counts.items()))
+        elif len(counts):  # several, or some rows whose model.pt does not record it
+            parts.append(f"{what} " + ", ".join([f"{v} ({n} rows)" for v, n in counts.items()]
+                                                 + ([f"not recorded ({blank} rows)"] if blank else [])))
     return f"Models trained with {' '.join(parts)} (training.csv)." if parts else ""
 
 

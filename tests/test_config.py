@@ -321,6 +321,7 @@ def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path):
     res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(root / "Snakefile"),
                           "--configfile", str(f), "--directory", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode != 0 and "key 'train' appears twice" in res.stdout + res.stderr
+    assert f"{f}: {f}" not in res.stdout + res.stderr  # named once (the validation's prefix is not added)
 
 
 def test_yaml_merge_keys_still_work(tmp_path):

@@ -99,5 +99,7 @@ def test_a_changed_tracked_file_or_untracked_code_marks_the_commit_dirty(tmp_pat
     (repo / "notes.txt").write_text("x = 1\n")
     assert recorded() == f"{__version__} ({head})"
     (repo / "models").mkdir()
+    (repo / "models" / "README.md").write_text("notes\n")  # not code
+    assert recorded() == f"{__version__} ({head})"
     (repo / "models" / "mynet.py").write_text("x = 1\n")
     assert recorded() == f"{__version__} ({head}+dirty)"

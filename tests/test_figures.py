@@ -122,6 +122,12 @@ def test_learning_curves_label_each_row_with_the_tables_marks(monkeypatch, tmp_p
     # linear from 0: a logarithmic axis (for the near-zero row) squeezed the trained rows into its last decade
     assert drawn[1].get_xscale() == "linear" and drawn[1].get_xlim()[0] == 0
     assert drawn[1].get_xlim()[1] == pytest.approx(0.3, rel=0.1)
+    # equal passes (configs/paper.yaml): costs per step differ 30x, a linear axis would squeeze the
+    # cheap models into its first few per cent: logarithmic, 0 still shown
+    costly = history([28.0, 29.0, 29.05]).assign(tera_macs=[10.0, 20.0, 30.0])
+    figures.learning_curves({"good_l1": history([28.0, 29.0, 29.05]), "big_l1": costly, "gauss_l1": cheap},
+                            str(tmp_path / "lc3.png"))
+    assert drawn[2].get_xscale() == "symlog" and drawn[2].get_xlim()[0] == 0
 
 
 def test_dose_sweep_legend_carries_the_marks_outside_the_axes(monkeypatch, tmp_path):

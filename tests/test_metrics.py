@@ -540,3 +540,5 @@ def test_tables_name_the_commit_and_machine_each_model_was_trained_with(tmp_path
     two = pd.DataFrame({"trained_with": [a[0], b[0], a[0]], "trained_on": [a[1], b[1], a[1]]})
     assert "ldct 0.1.0 (abc) (2 rows), 0.1.0 (def) (1 rows)" in trained_with_note(two)
     assert trained_with_note(pd.DataFrame({"trained_with": [""], "trained_on": [""]})) == ""
+    older = pd.DataFrame({"trained_with": [a[0], ""], "trained_on": [a[1], ""]})  # a model.pt that records neither
+    assert "ldct 0.1.0 (abc) (1 rows), not recorded (1 rows)" in trained_with_note(older)

@@ -425,3 +425,11 @@ def test_a_model_file_that_registers_nothing_is_named(tmp_path, monkeypatch):
     with pytest.raises(RegistryError) as err:  # no file of that name: no hint
         reg.get("other")
     assert "registers nothing" not in str(err.value)
+
+    # the config's check, where a newcomer meets it, says the same
+    import models
+    from ldct.config import ConfigError, validate_config
+
+    monkeypatch.setitem(models.REGISTRY._silent, "mynet", str(pkg / "mynet.py"))
+    with pytest.raises(ConfigError, match=r"model.name: unknown model 'mynet' \(.*mynet.py registers nothing"):
+        validate_config({"experiments": {"mynet_l1": {"model": {"name": "mynet"}, "loss": {"name": "l1"}}}})

@@ -18,7 +18,10 @@ from ldct.synthetic import subject_ids
 
 try:
     for _file in workflow.configfiles:  # Snakemake's YAML reading keeps the last of a repeated key
-        read_yaml(_file)
+        read_yaml(_file)  # its errors name the file
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+try:
     validate_config(config)
 except ConfigError as err:  # named by where the config came from: its files, and --config if given
     _given = any(a in ("--config", "-C") or a.startswith("--config=") for a in sys.argv)

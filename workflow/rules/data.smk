@@ -1,4 +1,5 @@
 # Data: synthesize the embedded dataset (DICOM in the TCIA layout), convert DICOM to NIfTI.
+from ldct.config import load_schema
 
 
 rule template_fields:
@@ -40,10 +41,13 @@ rule synthesize:
 
 
 
-# The pairing settings of `convert` and `convert-doses`; unpaired_slices only when it is not the
-# default: the command of existing runs stays the same.
-CONVERT_FLAGS = section_flags("dataset", config["dataset"], SERIES_KEYS) + (
-    " --unpaired-slices drop" if config["dataset"]["unpaired_slices"] == "drop" else "")
+# The pairing settings of `convert` and `convert-doses`, the latter's low_series and both's
+# unpaired_slices only where not the default: the commands of existing runs stay the same.
+_DROP = " --unpaired-slices drop" if config["dataset"]["unpaired_slices"] == "drop" else ""
+CONVERT_FLAGS = section_flags("dataset", config["dataset"], SERIES_KEYS) + _DROP
+DOSES_FLAGS = section_flags("dataset", config["dataset"], ["full_series"]) + (
+    "" if config["dataset"]["low_series"] == load_schema()["properties"]["dataset"]["properties"]["low_series"]["default"]
+    else " " + section_flags("dataset", config["dataset"], ["low_series"])) + _DROP
 
 
 rule convert:
@@ -94,7 +98,7 @@ if DOSE_SWEEP:  # extra reduced-dose series of the test subjects
         log:
             str(RP.log("convert_doses/{subject}")),
         params:
-            settings=CONVERT_FLAGS,  # the extra doses go on the slices `convert` kept
+            settings=DOSES_FLAGS,  # the extra doses go on the slices `convert` kept
             out=lambda wc, output: str(Path(output[0]).parent),
             fractions=DOSES[1:],
             primary=DOSES[0],

@@ -28,10 +28,9 @@ rule denoise:
 
 
 
-# The segmenter's labels of the NDCT test volumes, the reference of every row's Dice: made once.
-# The NDCT labels, every row's Dice reference, are made where evaluate segments the outputs (device
-# auto, as evaluate: a GPU where one is visible): labels of the reference and of the outputs made
-# on two devices (GPU TF32 vs CPU) would differ by the devices, in every row's Dice.
+# The segmenter's labels of the NDCT test volumes, the reference of every row's Dice: made once,
+# where evaluate segments the outputs (device auto, as evaluate: a GPU where one is visible), not on
+# segmenter.device: labels of the two sides made on two devices (GPU TF32 vs CPU) would differ.
 rule segment_ndct:
     input:
         segmenter=str(RP.segmenter),
@@ -45,6 +44,7 @@ rule segment_ndct:
     params:
         nifti=nifti_root,
         outdir=lambda wc, output: str(Path(output[0]).parent),
+        device="auto",
     threads: 1
     resources:
         gpu=1,  # where one is visible: one GPU job at a time on a workstation
@@ -52,7 +52,7 @@ rule segment_ndct:
         CONDA_ENV
     shell:
         "python -m ldct segment-ndct --threads {threads} --nifti {params.nifti:q} --splits {input.splits:q} "
-        "--segmenter {input.segmenter:q} --outdir {params.outdir:q} --device auto > {log:q} 2>&1"
+        "--segmenter {input.segmenter:q} --outdir {params.outdir:q} --device {params.device} > {log:q} 2>&1"
 
 
 rule evaluate:
