@@ -261,6 +261,13 @@ def test_replaced_dicom_data_is_converted_again(standin_tcia, tmp_path):
     assert "skipped files that are not DICOM slices: README.txt" in log
     res = run(["-n", "--configfile", str(cfg), "--cores", "2", target], tmp_path)
     assert "Nothing to be done" in res.stdout + res.stderr
+    # a hidden file dropped into the case folder (skipped by the conversion) converts nothing again:
+    # the folder's newer time reconverted the case and retrained everything after it
+    (tree / "N005" / ".DS_Store").write_bytes(b"\0")
+    later = os.stat(tmp_path / target).st_mtime + 5
+    os.utime(tree / "N005", (later, later))
+    res = run(["-n", "--configfile", str(cfg), "--cores", "2", target], tmp_path)
+    assert "Nothing to be done" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
     first = sorted(low.glob("*.dcm"))[0]
     ds = pydicom.dcmread(first)  # a slice replaced (other pixels), two levels below the subject folder
     ds.PixelData = (ds.pixel_array + 1).astype(ds.pixel_array.dtype).tobytes()
@@ -287,6 +294,18 @@ def test_dry_run_on_a_generic_layout(standin_tcia, tmp_path):
 
 def test_missing_dicom_root_is_a_clear_error(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(f"dataset: {{source: dicom, dicom_root: '{tmp_path / 'nowhere'}'}}\nsegmenter: {{weights: x.pth}}\n")
+    cfg.write_text(f"dataset: {{source: dicom, dicom_root: '{tmp_path / 'nowhere'}'}}\n"
+                   "segmenter: {weights: ldct/presets/segmenter_synthetic.pt}\n")
     res = run(["-n", "--configfile", str(cfg)], tmp_path)
     assert res.returncode != 0 and "DICOM root folder not found" in res.stdout + res.stderr
+
+
+def test_missing_segmenter_weights_name_the_key(tmp_path):
+    """A weights path that does not exist was Snakemake's MissingInputException of
+    pretrain_segmenter, which never names the key to set."""
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"segmenter: {{weights: '{tmp_path / 'model.pth'}'}}\n")
+    res = run(["-n", "--configfile", str(cfg)], tmp_path)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0 and f"config error at segmenter.weights: {tmp_path / 'model.pth'}: file not found" in text
+    assert "MissingInputException" not in text

@@ -6,7 +6,7 @@ from pathlib import Path
 import sys
 
 from ldct.cli import SERIES_KEYS, TABLE_TRAIN_KEYS, section_flags
-from ldct.config import ConfigError, read_yaml, validate_config
+from ldct.config import ConfigError, load_schema, read_yaml, validate_config
 from ldct.errors import LdctError
 from ldct.dicom import discover_subjects, series_files
 from ldct.paths import LDCT, NDCT, NOISELESS
@@ -35,6 +35,8 @@ if _weights and not os.path.isabs(_weights) and not os.path.exists(_weights):
     _shipped = os.path.join(workflow.basedir, _weights)
     if os.path.exists(_shipped):
         config["segmenter"]["weights"] = _shipped
+if config["segmenter"]["weights"] and not os.path.isfile(config["segmenter"]["weights"]):
+    raise WorkflowError(f"config error at segmenter.weights: {config['segmenter']['weights']}: file not found")
 
 
 RP = ResultPaths(config["results"], config["dataset"]["name"])
@@ -213,7 +215,10 @@ def sweep_metric_files():
 def convert_inputs(wc):
     """A conversion's inputs: its series folders, and on real data every file it reads as a
     slice (ldct.dicom.series_files): a folder's own time does not change when the files two
-    levels down are replaced, so without them new DICOM data would not be reconverted."""
+    levels down are replaced, so without them new DICOM data would not be reconverted. On real
+    data the folders' own times are ignored (ancient): a hidden or notes file dropped into a
+    case folder (.DS_Store), which the conversion skips, would otherwise reconvert the case and
+    retrain everything after it; a slice added or removed changes the file list instead."""
     code = {"code": data_code_files("dicom")}
     if SYNTHETIC:
         return {"dicom": str(RP.dicom(wc.subject)), "labels": str(RP.phantom(wc.subject) / "labels.nii.gz"), **code}
@@ -221,10 +226,23 @@ def convert_inputs(wc):
     if config["dataset"]["layout"] == "generic":
         folders = config["dataset"]["series"][wc.subject]
         full, low = root / folders["full"], root / folders["low"]
-        return {"full": str(full), "low": str(low), "files": [str(p) for p in series_files(full) + series_files(low)],
-                **code}
-    return {"dicom": str(root / wc.subject), "files": [str(p) for p in series_files(root / wc.subject, recursive=True)],
-            **code}
+        return {"full": ancient(str(full)), "low": ancient(str(low)),
+                "files": [str(p) for p in series_files(full) + series_files(low)], **code}
+    return {"dicom": ancient(str(root / wc.subject)),
+            "files": [str(p) for p in series_files(root / wc.subject, recursive=True)], **code}
+
+
+# The pairing settings of `convert` and `convert-doses`, the latter's low_series and both's
+# unpaired_slices only where not the default: the commands of existing runs stay the same.
+def _pairing_flags(keys):
+    """`section_flags` of these dataset keys, then unpaired_slices where it is not the default."""
+    drop = " --unpaired-slices drop" if config["dataset"]["unpaired_slices"] == "drop" else ""
+    return f"{section_flags('dataset', config['dataset'], keys)}{drop}"
+
+
+_LOW_DEFAULT = load_schema()["properties"]["dataset"]["properties"]["low_series"]["default"]
+CONVERT_FLAGS = _pairing_flags(SERIES_KEYS)
+DOSES_FLAGS = _pairing_flags(["full_series"] if config["dataset"]["low_series"] == _LOW_DEFAULT else SERIES_KEYS)
 
 
 def series_args(wc, input):

@@ -1,5 +1,4 @@
 # Data: synthesize the embedded dataset (DICOM in the TCIA layout), convert DICOM to NIfTI.
-from ldct.config import load_schema
 
 
 rule template_fields:
@@ -38,16 +37,6 @@ rule synthesize:
     shell:
         "python -m ldct synthesize --threads {threads} --subject {wildcards.subject:q} --seed {params.seed} {params.settings} "
         "--dicom-out {output.dicom:q} --phantom-out {params.phantom:q} --fields {input.fields:q} > {log:q} 2>&1"
-
-
-
-# The pairing settings of `convert` and `convert-doses`, the latter's low_series and both's
-# unpaired_slices only where not the default: the commands of existing runs stay the same.
-_DROP = " --unpaired-slices drop" if config["dataset"]["unpaired_slices"] == "drop" else ""
-CONVERT_FLAGS = section_flags("dataset", config["dataset"], SERIES_KEYS) + _DROP
-DOSES_FLAGS = section_flags("dataset", config["dataset"], ["full_series"]) + (
-    "" if config["dataset"]["low_series"] == load_schema()["properties"]["dataset"]["properties"]["low_series"]["default"]
-    else " " + section_flags("dataset", config["dataset"], ["low_series"])) + _DROP
 
 
 rule convert:
