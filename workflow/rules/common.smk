@@ -36,7 +36,8 @@ if _weights and not os.path.isabs(_weights) and not os.path.exists(_weights):
     if os.path.exists(_shipped):
         config["segmenter"]["weights"] = _shipped
 if config["segmenter"]["weights"] and not os.path.isfile(config["segmenter"]["weights"]):
-    raise WorkflowError(f"config error at segmenter.weights: {config['segmenter']['weights']}: file not found")
+    _where = "" if os.path.isabs(_weights) else f" (here, nor in the project folder {workflow.basedir})"
+    raise WorkflowError(f"config error at segmenter.weights: {config['segmenter']['weights']}: file not found{_where}")
 
 
 RP = ResultPaths(config["results"], config["dataset"]["name"])
