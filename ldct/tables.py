@@ -667,5 +667,6 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
         what += (" n/a: undefined for that row (" + ", ".join(undefined) + "): its lesion scores have no spread or "
                  "its QA inserts no edge, as a constant output gives.")
     md, tex = render(shown, "experiment", cols, digits, bold, marks, "Clinical image quality. " + what, flags)
+    table["seed"] = seed  # the bootstrap's (the run's), as Table 2's CSV records its own
     write_table(out_prefix, table, md, tex, what)
     return table, stats_df

@@ -501,8 +501,9 @@ def test_clinical_table_columns_and_site_count(tmp_path, monkeypatch):
     same = {"diff": 0.1, "ci_low": -0.9, "ci_high": 1.0, "p": 0.5}
     monkeypatch.setattr(ldct.stats, "paired_dprime", lambda a, b, seed=0, n_resamples=2000: dict(same))
     results = _clinical_results(2)
-    table, _ = clinical_table(results, str(tmp_path / "t5"), str(tmp_path / "st.csv"), "LDCT", ["NDCT"])
+    table, _ = clinical_table(results, str(tmp_path / "t5"), str(tmp_path / "st.csv"), "LDCT", ["NDCT"], seed=7)
     table = table.set_index("experiment")
+    assert (pd.read_csv(tmp_path / "t5.csv")["seed"] == 7).all()  # the run's seed, as Table 2's CSV
     assert table["auc_hardest"].tolist() == pytest.approx([0.6, 0.61, 0.62])
     assert table["cnr_hardest"].tolist() == pytest.approx([0.5, 1.5, 2.5])
     assert table.loc["m1_l1", "nps_shift_pct"] == pytest.approx(20.0) and table.loc["LDCT", "nps_shift_pct"] == 0
