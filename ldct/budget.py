@@ -63,14 +63,11 @@ def _probe(name: str, kwargs: dict, size: int):
 
 @functools.lru_cache(maxsize=None)
 def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> tuple[float, float]:
-    import models
     from ldct.complexity import count_macs
+    from ldct.spec import with_segmenter
 
-    kwargs = json.loads(model_json)
+    kwargs = with_segmenter(json.loads(model_json), json.loads(seg_json))
     name = kwargs.pop("name")
-    if models.needs_segmenter(name):
-        seg = json.loads(seg_json)
-        kwargs.update(seg_width=seg["base_width"], seg_norm=seg["norm"])
     net = _probe(name, kwargs, size)
     if not getattr(net, "countable", True):  # calibrated, not trained (BM3D): no training compute
         return 0.0, 0.0

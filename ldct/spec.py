@@ -24,6 +24,18 @@ from ldct.errors import ConfigError
 INJECTED = {"model": ("hu_range", "seg_width", "seg_norm", "seg_turns"), "loss": ("hu_range", "segmenter")}
 
 
+def with_segmenter(model: dict, segmenter: dict) -> dict:
+    """A model spec ({'name', **kwargs}) with the config's frozen segmenter (its `segmenter`
+    section: base_width, norm) where the model runs one, as it is counted and timed before
+    training (the budget, Table 1); the engine injects the same from segmenter.pt (build_model)."""
+    import models
+
+    out = dict(model)
+    if models.needs_segmenter(out["name"]):
+        out.update(seg_width=segmenter["base_width"], seg_norm=segmenter["norm"])
+    return out
+
+
 @dataclass(frozen=True)
 class ExperimentSpec:
     """A table row's model, loss and training settings ({'name': ..., **kwargs} each)."""

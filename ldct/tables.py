@@ -41,6 +41,11 @@ def unsigned_zero(text: str) -> str:
     return text[1:] if text[:1] in "+-" and not text.strip("+-0.") else text
 
 
+def signed(v: float, digits: int) -> str:
+    """A difference with its sign ('+0.50'), a shown zero without one."""
+    return unsigned_zero(f"{v:+.{digits}f}")
+
+
 def shown_digits(base: int, ci_low: float, ci_high: float) -> int:
     """Decimals for a difference and its CI: `base`, or more (at most 3 more) where the CI is
     narrower than two digits at `base` would show ([-0.01, -0.01] for -0.0144 to -0.0120)."""
@@ -441,10 +446,9 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
     for r in table.itertuples():
         d = shown_digits(2 if r.metric.startswith("psnr") else 4, r.ci_low, r.ci_high)
         ci = ("n/a (all differences equal)" if r.ci_low == r.ci_high and r.n_subjects > 1 else "" if np.isnan(r.ci_low)
-              else f"[{unsigned_zero(f'{r.ci_low:+.{d}f}')}, {unsigned_zero(f'{r.ci_high:+.{d}f}')}]")
+              else f"[{signed(r.ci_low, d)}, {signed(r.ci_high, d)}]")
         model = f"{r.model} ({r.marks})" if r.marks else r.model
-        lines.append(f"| {model} | {r.metric} | {unsigned_zero(f'{r.mean_diff:+.{d}f}')} | {ci} | {r.p_wilcoxon:.3g} "
-                     f"| {r.n_subjects} |")
+        lines.append(f"| {model} | {r.metric} | {signed(r.mean_diff, d)} | {ci} | {r.p_wilcoxon:.3g} | {r.n_subjects} |")
     marked = f"A pair with a marked run (ana or l1) is not evidence for or against the loss: {flag_note} " if flags else ""
     note = ("Effect of the anatomical perception loss: per test subject, the experiment trained with it minus the "
             "same model trained with L1 (PSNR and SSIM in [-40, 120] HU; Dice of the frozen segmenter against its "
@@ -493,11 +497,11 @@ def trained_with(model_file: Path) -> tuple[str, str]:
     """The project version (commit) a model.pt was trained with and the machine it ran on, in
     words (a table's own "Made with" line names the commit that drew it, which may be later:
     training is not rerun for a change to ldct/); "" where the file does not record them."""
-    import torch
+    from ldct.inference import load_checkpoint
 
     if not Path(model_file).is_file():
         return "", ""
-    ck = torch.load(model_file, map_location="cpu", weights_only=True, mmap=True)
+    ck = load_checkpoint(model_file)  # a damaged file: its one-line error, not torch's traceback
     m = ck.get("machine") or {}
     where = m.get("gpu") or " ".join(x for x in (m.get("cpu", ""), f"({m['cpu_capability']})" if m.get("cpu_capability")
                                                   else "") if x)

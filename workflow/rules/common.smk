@@ -139,15 +139,12 @@ def model_sources(specs):
 def complexity_models():
     """Unique model specs of the experiments, labelled by name (plus kwargs where one name has
     several); a model run with the frozen segmenter gets its width and norm as training and the
-    budget build it (ldct.spec.build_model, ldct.budget), not its constructor's defaults."""
-    import models
+    budget build it (ldct.spec.with_segmenter), not its constructor's defaults."""
+    from ldct.spec import with_segmenter
 
-    seg = config["segmenter"]
     specs = {}
     for exp in EXPERIMENTS:
-        spec = dict(config["experiments"][exp]["model"])
-        if models.needs_segmenter(spec["name"]):
-            spec.update(seg_width=seg["base_width"], seg_norm=seg["norm"])
+        spec = with_segmenter(config["experiments"][exp]["model"], config["segmenter"])
         specs.setdefault(spec["name"], {})[as_json(spec)] = spec
     out = {}
     for name, variants in specs.items():
