@@ -1,6 +1,6 @@
 """What is recorded with every result: the package versions and the project's commit (models,
 tables), and the machine a model was trained on (its CPU, threads, GPU), since the same code
-and seed give other numbers on another CPU or GPU (README "Reproducibility")."""
+and seed give other numbers on another CPU or GPU (README "Architecture", its last paragraph)."""
 
 from __future__ import annotations
 

@@ -105,7 +105,8 @@ def summarize(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     cols = [c for c, _ in METRICS if c in long]
     order = list(dict.fromkeys(long["experiment"]))
     g = long.groupby("experiment", sort=False)[cols]
-    table = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd")).reindex(order).reset_index()
+    table = (g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd")).join(g.count().add_suffix("_n"))
+             .reindex(order).reset_index())
     table["seeds"] = long.groupby("experiment")["seed"].nunique().reindex(order).to_numpy()
     ranks = long.assign(**{f"rank_{c}": long.groupby("seed")[c].rank(ascending=False, method="min") for c in cols})
     marked = _marked(long)
@@ -118,11 +119,12 @@ def summarize(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
             both = wide[[a, b]].dropna()
             unmarked = both[~(marked.loc[both.index, a] | marked.loc[both.index, b]).astype(bool)]
             for rows, sub in (("all", both), ("unmarked", unmarked)):
-                if len(sub) < 2:
-                    continue
-                tau = stats.kendalltau(sub[a], sub[b])
+                # a pair sharing fewer than 2 rows has no tau, but it stays listed, so that the
+                # caption's mean over seed pairs is not taken over the other pairs only
+                tau = stats.kendalltau(sub[a], sub[b]) if len(sub) >= 2 else None
                 taus.append({"metric": c, "rows": rows, "n_rows": len(sub), "seed_a": a, "seed_b": b,
-                             "tau": float(tau.statistic), "p": float(tau.pvalue),
+                             "tau": float(tau.statistic) if tau else float("nan"),
+                             "p": float(tau.pvalue) if tau else float("nan"),
                              "swapped_pairs": ", ".join(swaps(sub[a], sub[b]))})
     return table, ranks, pd.DataFrame(taus)
 
@@ -143,9 +145,23 @@ def tau_summary(taus: pd.DataFrame, rows: str) -> str:
     for metric, sel in taus[taus["rows"] == rows].groupby("metric", sort=False):
         n = sel["n_rows"]
         span = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
-        parts.append(f"{metric} n/a ({span} rows shared: too few)" if n.min() < MIN_TAU_ROWS
-                     else f"{metric} {sel['tau'].mean():.2f} ({span} rows)")
+        if n.min() < MIN_TAU_ROWS:
+            parts.append(f"{metric} n/a ({span} rows shared: too few)")
+        elif sel["tau"].isna().any():  # a seed whose rows all tie has no ranking to compare
+            parts.append(f"{metric} n/a ({span} rows: a seed's values all tie)")
+        else:
+            parts.append(f"{metric} {sel['tau'].mean():.2f} ({span} rows)")
     return ", ".join(parts) or "n/a (fewer than 2 rows shared)"
+
+
+def _cell(r: pd.Series, c: str, digits: int) -> str:
+    """One metric's "mean ± SD" for one row, naming its n where the metric is undefined (NaN)
+    in some of the row's seeds."""
+    sd = "–" if pd.isna(r[c + "_sd"]) else f"{r[c + '_sd']:.{digits}f}"
+    n = int(r[c + "_n"])
+    if n == 0:
+        return "n/a"
+    return f"{r[c + '_mean']:.{digits}f} ± {sd}" + (f" (n = {n})" if n < r["seeds"] else "")
 
 
 def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
@@ -163,12 +179,13 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
     for _, r in table.iterrows():
         digits = lambda c: 2 if c.startswith("psnr") else 4  # noqa: E731
         fewer = f" (n = {int(r['seeds'])})" if r["seeds"] < len(roots) else ""
-        md.append(f"| {r['experiment']}{fewer} | " + " | ".join(
-            f"{r[c + '_mean']:.{digits(c)}f} ± " + ("–" if pd.isna(r[c + "_sd"]) else f"{r[c + '_sd']:.{digits(c)}f}")
-            for c in cols) + " |")
+        md.append(f"| {r['experiment']}{fewer} | " + " | ".join(_cell(r, c, digits(c)) for c in cols) + " |")
     fewer = table[table["seeds"] < len(roots)]
+    undefined = any((table[f"{c}_n"] < table["seeds"]).any() for c in cols)
     note = (f"Mean ± SD (n - 1) across {len(roots)} seeds ({', '.join(map(str, roots))})"
             + (f"; rows in fewer seeds say n (no SD with one)" if len(fewer) else "")
+            + ("; a value undefined in some seeds (NaN) is averaged over the others, which its cell names"
+               if undefined else "")
             + ": data, split and initialisation follow the seed. Kendall's tau between the seeds' rankings "
             "(mean over seed pairs), every row: " + tau_summary(taus, "all") + "; the rows with no convergence mark "
             "(‡, §) in either seed, which the tables rank: " + tau_summary(taus, "unmarked")

@@ -577,7 +577,7 @@ def clinical_comparisons(results: dict[str, dict], compared: list[str], baseline
 
 
 def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
-    """One row per clinical result: d' (CIs), AUC, measured contrast and CNR per condition,
+    """One row per clinical result: d' (CIs), AUC, measured contrast and CNR (its standard error) per condition,
     NPS summary and its shift against `base`, the lesion ROIs' bias, f50 per insert and its interval."""
     records = []
     for row, res in results.items():
@@ -588,7 +588,9 @@ def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
                 rec[f"{k}_{i}"] = c.get(k, float("nan"))
             rec[f"measured_contrast_hu_{i}"] = c["measured_contrast_hu"]
             rec[f"cnr_{i}"] = c["cnr"]
+            rec[f"cnr_se_{i}"] = c.get("cnr_se", float("nan"))
         rec["auc_hardest"], rec["cnr_hardest"] = res["conditions"][0]["auc"], res["conditions"][0]["cnr"]
+        rec["cnr_hardest_se"] = rec["cnr_se_0"]
         rec["noise_sd"] = res["nps"]["noise_sd"]
         rec["nps_mean_frequency"] = res["nps"]["mean_frequency"]
         rec["nps_shift_pct"] = 100 * (res["nps"]["mean_frequency"] / base["nps"]["mean_frequency"] - 1)
@@ -612,6 +614,38 @@ def _undefined_as_na(table: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFr
             shown[c] = shown[c].astype(object).where(~na, "n/a")
             rows += [r for r in shown.loc[na, "experiment"] if r not in rows]
     return shown, rows
+
+
+def _clinical_caption(base: dict, table: pd.DataFrame, compared: list[str], references: list[str]) -> str:
+    """Table 5's caption up to its convergence marks: the observer, its sites and tests, the
+    reference rows, the NPS, the CNR (with its largest standard error among `compared`), f50."""
+    sites = sorted({c["n_test"] // 2 for c in base["conditions"]})
+    n_sites = f"{sites[0]}" if len(sites) == 1 else f"{sites[0]}-{sites[-1]}"
+    subjects = base.get("subjects")
+    scans = f" in the lesion-task scans of {len(subjects)} test subject(s) ({', '.join(subjects)})" if subjects else ""
+    width = base.get("channel_width_mm")
+    channels = (f"{base.get('channels', '')} Laguerre-Gauss channels" +
+                (f" of width {width:g} mm, cut to the {base['roi_px']}-pixel ROI: not orthonormal, the same for every row"
+                 if width is not None and "roi_px" in base else ""))
+    cnr_se = table.loc[table["experiment"].isin(compared), "cnr_hardest_se"].max()
+    cnr_note = ("" if not np.isfinite(cnr_se) else
+                f"; its standard error over the sites is up to {cnr_se:.2f} in the compared rows (cnr_se_* in the CSV), "
+                "as the contrast is measured through the row's noise: CNR differences under about twice that are noise")
+    return (f"Channelized Hotelling observer ({channels}) on a "
+            f"background-known-exactly task{scans}: d′ per lesion contrast and diameter on "
+            f"{n_sites} held-out lesion sites per condition (each read lesion-present and lesion-absent), its "
+            "template trained on the other sites (a held-out d′ is biased low when it is small: about -20 % at 0.35). "
+            "Best in bold; † significantly worse than the best; ↓ / ↑ significantly lower / higher than the LDCT "
+            "input (paired bootstrap over the training and test sites, both templates learnt again in each "
+            "replicate: a conservative test; Holm p < 0.05 within each condition and comparison kind, not across "
+            "conditions; CIs in clinical_stats.csv). "
+            f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
+            "unbounded and it has no NPS). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
+            "noise-only images (difference method: the row's error in scan A less its error in scan B, over sqrt 2, "
+            "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast (disc minus ring, mean over the sites) over that noise SD" + cnr_note + "; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233; ∞: the TTF stays above "
+            "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "
+            "differences inside them are noise); ROI bias: "
+            "mean output minus truth in the lesion ROIs (HU). ")
 
 
 def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, baseline: str,
@@ -647,25 +681,7 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
         sym = "†" if r.against == "best" else ("↓" if r.diff < 0 else "↑")
         marks[(r.experiment, col)] = marks.get((r.experiment, col), "") + sym
     bold = {f"dprime_{i}": _best_dprime(results, compared, i, flags) for i in range(len(conds))}
-    sites = sorted({c["n_test"] // 2 for c in base["conditions"]})
-    n_sites = f"{sites[0]}" if len(sites) == 1 else f"{sites[0]}-{sites[-1]}"
-    subjects = base.get("subjects")
-    scans = f" in the lesion-task scans of {len(subjects)} test subject(s) ({', '.join(subjects)})" if subjects else ""
-    what = (f"Channelized Hotelling observer ({base.get('channels', '')} Laguerre-Gauss channels) on a "
-            f"background-known-exactly task{scans}: d′ per lesion contrast and diameter on "
-            f"{n_sites} held-out lesion sites per condition (each read lesion-present and lesion-absent), its "
-            "template trained on the other sites (a held-out d′ is biased low when it is small: about -20 % at 0.35). "
-            "Best in bold; † significantly worse than the best; ↓ / ↑ significantly lower / higher than the LDCT "
-            "input (paired bootstrap over the training and test sites, both templates learnt again in each "
-            "replicate: a conservative test; Holm p < 0.05 within each condition and comparison kind, not across "
-            "conditions; CIs in clinical_stats.csv). "
-            f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
-            "unbounded and it has no NPS). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
-            "noise-only images (difference method: the row's error in scan A less its error in scan B, over sqrt 2, "
-            "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast over that noise SD; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233; ∞: the TTF stays above "
-            "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "
-            "differences inside them are noise); ROI bias: "
-            "mean output minus truth in the lesion ROIs (HU). " + flag_note)
+    what = _clinical_caption(base, table, compared, references) + flag_note
     shown, undefined = _undefined_as_na(table, [c for c, _ in cols if c.startswith(("dprime_", "f50_"))])
     if undefined:
         what += (" n/a: undefined for that row (" + ", ".join(undefined) + "): its lesion scores have no spread or "

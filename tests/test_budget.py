@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -558,6 +559,32 @@ def test_tau_summary_is_na_when_any_seed_pair_shares_too_few_rows():
     taus = pd.DataFrame({"metric": "psnr_brain", "rows": "all", "n_rows": [3, 5, 5], "tau": [1.0, 0.2, 0.6]})
     assert tau_summary(taus, "all") == "psnr_brain n/a (3-5 rows shared: too few)"
     assert tau_summary(taus.assign(n_rows=[4, 5, 5]), "all") == "psnr_brain 0.60 (4-5 rows)"
+
+
+def test_a_seed_pair_sharing_no_ranked_rows_makes_the_tau_na_and_a_nan_value_names_its_n(tmp_path):
+    """Every model marked in one seed: its pairs share one unmarked row (LDCT). They were left out
+    of tau.csv, and the caption gave the other pair's tau as the mean over seed pairs. A metric
+    NaN in one seed is averaged over the others, and its cell says so."""
+    from ldct.stability import report, tau_summary
+
+    exps = ["LDCT", "a", "b", "c", "d"]
+    values = {42: [27, 30, 29, 28, 26.0], 43: [27, 28.5, 29, 28, 26.0], 44: [27, 30, 29, float("nan"), 26.0]}
+    for seed, v in values.items():
+        (tmp_path / f"s{seed}" / "tables").mkdir(parents=True)
+        pd.DataFrame({"experiment": exps, "psnr_brain": v, "seed": seed, "no_gain_over_input": False,
+                      "not_converged": [seed == 44 and e != "LDCT" for e in exps]}).to_csv(
+            tmp_path / f"s{seed}" / "tables" / "table2_quantitative.csv", index=False)
+    report({s: tmp_path / f"s{s}" for s in values}, tmp_path / "out")
+    md = (tmp_path / "out" / "stability.md").read_text()
+    assert "which the tables rank: psnr_brain n/a (1-5 rows shared: too few)" in md
+    taus = pd.read_csv(tmp_path / "out" / "tau.csv")
+    unmarked = taus[taus["rows"] == "unmarked"].set_index(["seed_a", "seed_b"])
+    assert unmarked.loc[(42, 44), "n_rows"] == 1 and np.isnan(unmarked.loc[(42, 44), "tau"])
+    assert "| c | 28.00 ± 0.00 (n = 2) |" in md and "averaged over the others, which its cell names" in md
+    assert "| a | 29.50 ± 0.87 |" in md
+    # a seed whose rows all tie has no ranking: n/a, not the other pairs' mean
+    ties = pd.DataFrame({"metric": "psnr_brain", "rows": "all", "n_rows": 5, "tau": [0.6, float("nan")]})
+    assert tau_summary(ties, "all") == "psnr_brain n/a (5 rows: a seed's values all tie)"
 
 
 def test_whole_rounds_never_runs_more_rounds_than_steps():

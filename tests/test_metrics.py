@@ -470,12 +470,12 @@ def _clinical_results(n_rows: int = 4) -> dict:
     results = {}
     for k, name in enumerate(names):
         conds = [{"contrast_hu": -15.0, "diameter_mm": 6.0, "dprime": 1.0 + 0.1 * k, "measured_contrast_hu": -12.0,
-                  "cnr": 0.5 + k, "auc": 0.6 + 0.01 * k, "n_test": 40},
+                  "cnr": 0.5 + k, "cnr_se": 0.05 * (k + 1), "auc": 0.6 + 0.01 * k, "n_test": 40},
                  {"contrast_hu": -40.0, "diameter_mm": 12.0, "dprime": 3.0 + 0.1 * k, "measured_contrast_hu": -35.0,
-                  "cnr": 5.0 + k, "auc": 0.9 + 0.01 * k, "n_test": 44}]
+                  "cnr": 5.0 + k, "cnr_se": 0.5, "auc": 0.9 + 0.01 * k, "n_test": 44}]
         results[name] = {"conditions": conds, "nps": {"noise_sd": 10.0 - k, "mean_frequency": 0.25 + 0.05 * k},
                          "roi": {"bias": 0.1 * k}, "ttf": [{"contrast_hu": 340.0, "f50": 0.3}],
-                         "subjects": ["S001"], "channels": 6}
+                         "subjects": ["S001"], "channels": 6, "channel_width_mm": 12.0, "roi_px": 11}
     return results
 
 
@@ -510,6 +510,11 @@ def test_clinical_table_columns_and_site_count(tmp_path, monkeypatch):
     md = (tmp_path / "t5.md").read_text()
     assert "| m1_l1 | **1.10** | **3.10** | 0.610 | 1.50 | 9.00 | 0.300 | 20.0 |" in md
     assert "on 20-22 held-out lesion sites per condition" in md
+    # the CNR's standard error (the compared rows' largest, of the hardest condition; NDCT's not
+    # counted) and the channels' cut by the ROI are in the caption, each row's SE in the CSV
+    assert "its standard error over the sites is up to 0.10 in the compared rows" in md
+    assert table["cnr_hardest_se"].tolist() == pytest.approx([0.05, 0.1, 0.15])
+    assert "6 Laguerre-Gauss channels of width 12 mm, cut to the 11-pixel ROI: not orthonormal" in md
 
 
 def test_hodges_lehmann_is_the_median_of_the_walsh_averages_with_each_difference_itself():
