@@ -254,7 +254,8 @@ def row_flags(training: pd.DataFrame | None, ranked: bool = True) -> tuple[dict[
     q = f"{late_tolerance(gain):g} dB" if gain is not None else f"{late_tolerance(1.0):g} x that"
     used = [f"{sym} {text.format(t=t, q=q)}" for col, (sym, text) in FLAGS.items()
             if col in training and training[col].astype(bool).any()]
-    note = ("; ".join(used) + ("; a marked row is not ranked (never in bold)." if ranked else ".") if used else
+    unranked = "; a marked row is not ranked (never in bold, even where its value is above the bold one)."
+    note = ("; ".join(used) + (unranked if ranked else ".") if used else
             f"No row marked: every learned model's best validation PSNR [-40,120] rose by at most {q} over the "
             f"last quarter of training ({t} per tenth) and ends at least {t} above its input.")
     return {e: f for e, f in flags.items() if f}, note
