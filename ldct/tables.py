@@ -217,7 +217,8 @@ def sweep_note(training: pd.DataFrame | None) -> str:
     if swept.empty:
         return ""
     steps = swept["lr_sweep_steps"]
-    text = (f"Learning-rate sweep: each rate tried trained {steps.min()}"
+    text = (f"Learning-rate sweep (the rate kept has the best validation loss; the sweep's steps are outside "
+            f"the budget): each rate tried trained {steps.min()}"
             + (f"-{steps.max()}" if steps.max() > steps.min() else "") + " steps")
     short = swept[steps < SHORT_SWEEP_STEPS]
     if not short.empty:
@@ -454,10 +455,25 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
     note = ("Effect of the anatomical perception loss: per test subject, the experiment trained with it minus the "
             "same model trained with L1 (PSNR and SSIM in [-40, 120] HU; Dice of the frozen segmenter against its "
             "NDCT segmentation, over each volume); mean, bootstrap 95 % CI and Wilcoxon signed-rank p over subjects "
-            f"(not corrected for the number of rows). {marked}" + power_note(int(table["n_subjects"].max()), 1))
+            f"(not corrected for the number of rows). {pair_settings_note(pairs, training)}{marked}"
+            + power_note(int(table["n_subjects"].max()), 1))
     write_csv(out_prefix + ".csv", table)
     write_text(out_prefix + ".md", "\n".join(lines) + f"\n\n{note}\n\n{made_with()}\n")
     return table
+
+
+def pair_settings_note(pairs: list[tuple[str, str, str]], training: pd.DataFrame | None) -> str:
+    """What differs within an (ana, l1) pair besides the loss: each run's own learning rate (its
+    own sweep) and the anatomical loss's compute, which the budget does not count."""
+    text = ("Besides the loss, the two runs differ in the compute the loss itself spends: the budget counts the "
+            "denoiser only, so the anatomical run also spends the frozen U-Net's passes in its loss (its forward "
+            "on output and target, its backward)")
+    lr = training.set_index("experiment")["lr"] if training is not None and "lr" in training else pd.Series(dtype=float)
+    differ = [f"{m} {lr[a]:g} / {lr[b]:g}" for m, a, b in pairs if a in lr and b in lr and lr[a] != lr[b]]
+    if differ:
+        text += ("; and each run keeps the learning rate of its own sweep, which differs in "
+                 + ", ".join(differ) + " (ana / l1): those rows mix the loss with the rate")
+    return text + ". "
 
 
 def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train_cfg: dict | None = None,

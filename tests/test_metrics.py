@@ -332,11 +332,15 @@ def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
     assert "| m | psnr_brain | +0.50 |" in md and "smallest attainable p is 0.00781: differences can" in md
     assert "| m | dice_vs_ndct | 0.0000 | n/a (all differences equal) |" in md  # not a CI of [+0, +0]
     # the runs' convergence marks, as in every table: a pair with an unconverged run is no evidence
+    assert "the anatomical run also spends the frozen U-Net's passes in its loss" in md
+    assert "learning rate of its own sweep" not in md  # no rates known
     training = pd.DataFrame({"experiment": ["m_ana", "m_l1"], "not_converged": [True, True],
-                             "no_gain_over_input": [False, True], "min_gain_db": 0.1})
+                             "no_gain_over_input": [False, True], "min_gain_db": 0.1, "lr": [0.003, 0.01]})
     anatomical_effect(files, dice, prefix, training=training)
     md = (tmp_path / "anatomical_effect.md").read_text()
     assert "| m (ana ‡ l1 ‡ §) | psnr_brain | +0.50 |" in md and "is not evidence for or against the loss" in md
+    # each run's sweep picked its own rate (edcnn 0.003 / 0.01): the difference is not the loss's alone
+    assert "which differs in m 0.003 / 0.01 (ana / l1): those rows mix the loss with the rate" in md
     assert "never in bold" not in md and "\nMade with python " in md  # nothing is ranked here; its versions, as every table
     assert anatomical_effect({"m_l1": files["m_l1"]}, dice, prefix).empty
     assert not (tmp_path / "anatomical_effect.md").exists() and not (tmp_path / "anatomical_effect.csv").exists()
