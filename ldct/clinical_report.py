@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 
 from ldct import figures
 from ldct.errors import DataError
-from ldct.metrics import read_metrics
 from ldct.paths import LDCT, NDCT, NOISELESS
-from ldct.tables import clinical_table, row_flags
+from ldct.tables import clinical_table, read_result_csv, read_scores, row_flags
 
 
 def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
@@ -25,10 +23,10 @@ def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
         if not path.is_file():
             raise DataError(f"{path}: clinical measurements of row {r!r} not found (`ldct clinical-measure`)")
         results[r] = json.loads(path.read_text())
-    training = pd.read_csv(rp.table("training")) if rp.table("training").is_file() else None
+    training = read_result_csv(rp.table("training")) if rp.table("training").is_file() else None
     _, stats_df = clinical_table(results, rp.table_prefix("table5_clinical"), rp.table("clinical_stats"), LDCT,
                                  [r for r in (NDCT, NOISELESS) if r in results], seed, n_resamples, training)
-    psnr = {r: read_metrics([rp.metrics(r)])["psnr_brain"].mean() for r in rows if rp.metrics(r).is_file()}
+    psnr = {r: read_scores([rp.metrics(r)])["psnr_brain"].mean() for r in rows if rp.metrics(r).is_file()}
     gain = {r: v - psnr[LDCT] for r, v in psnr.items()} if LDCT in psnr else {}
     marks = row_flags(training)[0]
     figures.nps_curves(results, rp.figure("fig_nps"), marks)

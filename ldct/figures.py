@@ -21,7 +21,6 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from ldct.classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from ldct.hu import WINDOWS, window_name_label  # noqa: E402
 from ldct.io import atomic_path  # noqa: E402
-from ldct.metrics import read_metrics  # noqa: E402
 
 CLASS_CMAP = ListedColormap(CLASS_COLORS)
 
@@ -394,7 +393,7 @@ def draw_all(rp, experiments: list[str]) -> None:
 
     from ldct.data import load_subject, to_slices
     from ldct.paths import LDCT
-    from ldct.tables import row_flags
+    from ldct.tables import read_result_csv, read_scores, row_flags
     from ldct.inference import load_segmenter, segment
     from ldct.io import read_nifti
 
@@ -407,7 +406,7 @@ def draw_all(rp, experiments: list[str]) -> None:
     for e in trained:
         vols[e] = to_slices(read_nifti(rp.denoised(e, subject))[0])
     pixel = float(abs(sv.affine[0, 0]))
-    marks = row_flags(pd.read_csv(rp.table("training")))[0] if rp.table("training").is_file() else {}
+    marks = row_flags(read_result_csv(rp.table("training")))[0] if rp.table("training").is_file() else {}
     qualitative_grid({k + marks.get(k, ""): v[s] for k, v in vols.items()}, sv.full[s], rp.figure("fig_qualitative"),
                      f"{subject}, slice {s}")
     reference, ref_name = (sv.truth, "noiseless recon") if sv.truth is not None else (sv.full, "NDCT")
@@ -419,10 +418,10 @@ def draw_all(rp, experiments: list[str]) -> None:
     if sv.labels is not None:
         maps["true labels"] = sv.labels[s].astype(np.uint8)
     segmentation_maps(maps, rp.figure("fig_segmentation"), f"frozen segmenter on {subject}, slice {s}")
-    histories = {e: pd.read_csv(rp.history(e)) for e in trained}
+    histories = {e: read_result_csv(rp.history(e)) for e in trained}
     training_curves(histories, rp.figure("fig_training_curves"), marks)
     learning_curves(histories, rp.figure("fig_learning_curves"), marks)
-    metrics = read_metrics(rp.metrics(e) for e in experiments)
+    metrics = read_scores(rp.metrics(e) for e in experiments)
     metric_distributions(metrics, rp.figure("fig_metric_distributions"), marks)
     if sv.truth is not None and sv.labels is not None:
         phantom = to_slices(read_nifti(rp.phantom(subject) / "phantom.nii.gz")[0])

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ldct.classes import CLASS_NAMES
+from ldct.errors import DataError
 from ldct.io import write_csv, write_text
 from ldct.metrics import infinite_psnr_note, read_metrics
 from ldct.provenance import made_with
@@ -135,6 +136,62 @@ def departure_note(spec: dict) -> str:
     return "Departures from the reference implementation (project options): " + "; ".join(parts) + "."
 
 
+MADE_BY = {"metrics.csv": "its evaluation", "dice.csv": "its evaluation", "history.csv": "its training",
+           "lr_sweep.csv": "its training", "training.csv": "the tables"}
+
+
+def read_result_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV another job wrote, whole: every writer here renames a finished file into place, so
+    an empty one, one cut short (not ending its last line) or one pandas cannot parse was
+    damaged afterwards; a DataError names it and the job that remakes it (it was a traceback
+    naming no file, or a table silently averaged over the rows that were left)."""
+    path = Path(path)
+    remake = f"rerun {MADE_BY.get(path.name, 'the job that made it')}"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; {remake}")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{path}: empty; {remake}")
+    if not data.endswith(b"\n"):
+        raise DataError(f"{path}: cut short (its last line is not whole); {remake}")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"{path}: not a readable CSV ({type(err).__name__}: {err}); {remake}") from err
+
+
+SCORED = ("psnr", "ssim", "rmse")  # never NaN in a metrics.csv (a PSNR of an identical slice is inf)
+
+
+def read_scores(paths) -> pd.DataFrame:
+    """ldct.metrics.read_metrics of metrics.csv files, after checking that each is whole
+    (read_result_csv), has no NaN score (read_metrics would drop it from the means unsaid) and
+    scores the same (subject, slice) pairs as the first: the rows are compared slice by slice
+    and subject by subject, and a caption says how many slices each mean covers."""
+    paths = [str(p) for p in paths]
+    first, keys = None, None
+    for path in paths:
+        f = read_result_csv(path)
+        if not {"subject", "slice"} <= set(f.columns):
+            raise DataError(f"{path}: no subject and slice columns; rerun {MADE_BY['metrics.csv']}")
+        nan = [c for c in f if c.startswith(SCORED) and f[c].isna().any()]
+        if nan:
+            row = int(np.flatnonzero(f[nan[0]].isna())[0])
+            raise DataError(f"{path}: NaN in {nan[0]} (subject {f['subject'].iloc[row]}, slice "
+                            f"{f['slice'].iloc[row]}); rerun {MADE_BY['metrics.csv']}")
+        own = set(zip(f["subject"].astype(str), f["slice"]))
+        if keys is None:
+            first, keys = path, own
+        elif own != keys:
+            lacks, extra = sorted(keys - own), sorted(own - keys)
+            what = (f"lacks {len(lacks)} of the {len(keys)} slices {first} scores (first: subject {lacks[0][0]}, "
+                    f"slice {lacks[0][1]})" if lacks else f"scores {len(extra)} slice(s) {first} does not "
+                    f"(first: subject {extra[0][0]}, slice {extra[0][1]})")
+            raise DataError(f"{path}: {what}; the rows are compared slice by slice: rerun the evaluation "
+                            "that is out of date")
+    return read_metrics(paths)
+
+
 def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0,
                        reference: str = "NDCT", fidelity: str = "", training: pd.DataFrame | None = None,
                        protocol: str = "") -> pd.DataFrame:
@@ -145,7 +202,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     (ldct.budget.training_summary) adds each row's steps, compute, learning rate and
     convergence flags, which mark the row. SSIM is the paper's definition
     (ldct.metrics.paper_ssim)."""
-    allm = read_metrics(metric_files.values())
+    allm = read_scores(metric_files.values())
     infinite = infinite_psnr_note(allm, [("truth_" if reference == "truth" else "") + c for c, _ in TABLE2_COLUMNS])
     if reference == "truth":
         allm = allm[["experiment", "subject", "slice"] + [c for c in allm if c.startswith("truth_")]]
@@ -299,7 +356,7 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     the foreground classes, then over subjects; best in bold, † significantly worse than it (the
     subject-level test of Table 2, ldct.stats.compare_to_best, written to `out_stats`). The CSV
     adds each class's Dice vs the labels (vs NDCT where there are none)."""
-    allm = pd.concat([pd.read_csv(p) for p in dice_files.values()], ignore_index=True)
+    allm = pd.concat([read_result_csv(p) for p in dice_files.values()], ignore_index=True)
     order = list(dice_files)
     cols = [("dice_vs_ndct", "Dice vs NDCT segmentation"), ("dice_vs_truth", "Dice vs true labels")]
     refs = ["ndct"] + (["truth"] if allm["truth_px"].notna().any() else [])
@@ -381,6 +438,7 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
     for every (experiment, dose fraction). The CSV has one row per pair; the Markdown and
     LaTeX versions put the doses side by side, the best unmarked row per column in bold
     (`training`: the convergence marks, ldct.budget.training_summary)."""
+    read_scores(metric_files.values())  # whole, and every (experiment, dose) scoring the same slices
     rows = []
     for (exp, dose), path in metric_files.items():
         m = read_metrics([path])
@@ -431,9 +489,9 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
             Path(out_prefix + ext).unlink(missing_ok=True)
         return pd.DataFrame()
     names = [x for _, a, b in pairs for x in (a, b)]
-    per_subject = read_metrics(metric_files[e] for e in names).groupby(["experiment", "subject"])[
+    per_subject = read_scores(metric_files[e] for e in names).groupby(["experiment", "subject"])[
         ["psnr_brain", "ssim_brain"]].mean()
-    dice = volume_dice(pd.concat([pd.read_csv(dice_files[e]) for e in names]), "ndct")
+    dice = volume_dice(pd.concat([read_result_csv(dice_files[e]) for e in names]), "ndct")
     per_subject["dice_vs_ndct"] = dice.groupby(["experiment", "subject"])["dice"].mean()
     rows = []
     for model, ana, l1 in pairs:
@@ -485,12 +543,15 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
     from ldct import budget
 
     metric_files = {e: rp.metrics(e) for e in experiments}
+    read_scores(metric_files.values())  # every input whole before a table is written: not a half-updated set
+    for e in experiments:
+        read_result_csv(rp.dice(e))
     fidelity = departure_note(model_specs)
     trained = [e for e in experiments if rp.history(e).exists()]
     training, protocol = None, ""
     if train_cfg and trained:
-        sweeps = {e: pd.read_csv(rp.lr_sweep(e)) for e in trained if rp.lr_sweep(e).exists()}
-        training = budget.training_summary({e: pd.read_csv(rp.history(e)) for e in trained}, sweeps,
+        sweeps = {e: read_result_csv(rp.lr_sweep(e)) for e in trained if rp.lr_sweep(e).exists()}
+        training = budget.training_summary({e: read_result_csv(rp.history(e)) for e in trained}, sweeps,
                                            train_cfg["budget"]["min_gain_db"])
         made = {e: trained_with(rp.model(e)) for e in training["experiment"]}
         training["trained_with"] = [made[e][0] for e in training["experiment"]]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -258,7 +260,7 @@ def test_the_dose_table_does_not_rank_a_marked_row(tmp_path):
     for exp, shift in (("LDCT", 0.0), ("good", 2.0), ("unconv", 3.0)):
         for dose in (0.25, 0.5):
             path = tmp_path / f"{exp}_{dose}.csv"
-            pd.DataFrame({"subject": ["s0", "s1"], "psnr_brain": 30.0 + shift + dose, "ssim_brain": 0.9 + shift / 100,
+            pd.DataFrame({"subject": ["s0", "s1"], "slice": 0, "psnr_brain": 30.0 + shift + dose, "ssim_brain": 0.9 + shift / 100,
                           "psnr_full": 50.0, "ssim_full": 0.99}).to_csv(path, index=False)
             files[(exp, dose)] = str(path)
     training = pd.DataFrame({"experiment": ["good", "unconv"], "not_converged": [False, True],
@@ -554,3 +556,79 @@ def test_tables_name_the_commit_and_machine_each_model_was_trained_with(tmp_path
     assert trained_with_note(pd.DataFrame({"trained_with": [""], "trained_on": [""]})) == ""
     older = pd.DataFrame({"trained_with": [a[0], ""], "trained_on": [a[1], ""]})  # a model.pt that records neither
     assert "ldct 0.1.0 (abc) (1 rows), not recorded (1 rows)" in trained_with_note(older)
+
+
+def _scored_run(root, experiments=("LDCT", "m_l1"), slices=4):
+    """A results folder with each experiment's metrics.csv and dice.csv (two subjects), as the
+    evaluation writes them."""
+    from ldct.paths import ResultPaths
+    from ldct.tables import TABLE2_COLUMNS
+
+    rp = ResultPaths.at(root)
+    for k, exp in enumerate(experiments):
+        rows = [{"experiment": exp, "subject": f"S00{s % 2}", "slice": s // 2,
+                 **{c: 30.0 + k + 0.01 * s for c, _ in TABLE2_COLUMNS}} for s in range(slices)]
+        rp.metrics(exp).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(rp.metrics(exp), index=False)
+        pd.DataFrame([{"experiment": exp, "subject": f"S00{s % 2}", "slice": s // 2, "class": 1, "out_px": 10,
+                       "ndct_px": 10, "inter_ndct": 9, "truth_px": np.nan, "inter_truth": np.nan}
+                      for s in range(slices)]).to_csv(rp.dice(exp), index=False)
+    return rp
+
+
+def test_a_damaged_results_csv_is_one_error_naming_it_and_the_job_that_remakes_it(tmp_path):
+    """Writers rename whole files into place, so an empty, cut-short or NaN-holding metrics.csv
+    was damaged afterwards: it gave a pandas traceback naming no file, a Table 2 silently averaged
+    over the rows left (exit 0, the caption's slice count right for neither), or blamed the intact
+    file for the columns of a cut-short header."""
+    from ldct.errors import DataError
+    from ldct.tables import read_result_csv, read_scores
+
+    rp = _scored_run(tmp_path / "run")
+    ldct, model = rp.metrics("LDCT"), rp.metrics("m_l1")
+    whole = model.read_bytes()
+    assert len(read_scores([ldct, model])) == 8
+    model.write_bytes(b"")
+    with pytest.raises(DataError, match=r"m_l1/metrics.csv: empty; rerun its evaluation"):
+        read_scores([ldct, model])
+    model.write_bytes(whole[:-40])  # cut mid-row
+    with pytest.raises(DataError, match=r"m_l1/metrics.csv: cut short \(its last line is not whole\)"):
+        read_scores([ldct, model])
+    model.write_bytes(whole[:whole.index(b"\n") - 5])  # its header cut: it blamed LDCT's intact file
+    with pytest.raises(DataError, match=r"m_l1/metrics.csv: cut short"):
+        read_scores([ldct, model])
+    lines = whole.decode().splitlines(keepends=True)
+    model.write_text("".join(lines[:3]))  # whole lines, two slices gone
+    with pytest.raises(DataError, match=r"m_l1/metrics.csv: lacks 2 of the 4 slices .*LDCT/metrics.csv scores "
+                                        r"\(first: subject S000, slice 1\); the rows are compared slice by slice"):
+        read_scores([ldct, model])
+    nan = pd.read_csv(ldct).assign(experiment="m_l1")
+    nan.loc[2, "psnr_full"] = np.nan
+    nan.to_csv(model, index=False)
+    with pytest.raises(DataError, match=r"m_l1/metrics.csv: NaN in psnr_full \(subject S000, slice 1\)"):
+        read_scores([ldct, model])
+    dice = rp.dice("m_l1")
+    dice.write_bytes(b"")
+    with pytest.raises(DataError, match=r"m_l1/dice.csv: empty; rerun its evaluation"):
+        read_result_csv(dice)
+    with pytest.raises(DataError, match=r"history.csv: not found; rerun its training"):
+        read_result_csv(tmp_path / "history.csv")
+
+
+def test_the_tables_check_every_input_before_writing_any(tmp_path):
+    """An empty dice.csv stopped `ldct tables` after Table 2 and its statistics were rewritten and
+    before Table 3 was: a half-updated set. Now nothing is written."""
+    from ldct.errors import DataError
+    from ldct.tables import write_tables
+
+    rp = _scored_run(tmp_path / "run")
+    write_tables(rp, ["LDCT", "m_l1"], {}, seed=0)
+    table2, table3 = rp.table_prefix("table2_quantitative") + ".md", rp.table_prefix("table3_anatomical_dice") + ".md"
+    before = {p: Path(p).read_bytes() for p in (table2, table3)}
+    assert b"| m_l1 |" in before[table2]
+    rows = pd.read_csv(rp.metrics("m_l1"))
+    rows.assign(psnr_brain=rows["psnr_brain"] + 1).to_csv(rp.metrics("m_l1"), index=False)  # a new evaluation
+    rp.dice("m_l1").write_bytes(b"")
+    with pytest.raises(DataError, match="dice.csv: empty"):
+        write_tables(rp, ["LDCT", "m_l1"], {}, seed=0)
+    assert {p: Path(p).read_bytes() for p in before} == before
