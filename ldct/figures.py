@@ -290,8 +290,8 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
         for n in names:
             rows = ranks[ranks["experiment"] == n].set_index("seed").reindex(seeds)
             r = rows[c]
-            line = a.plot(range(len(seeds)), r.to_numpy(), marker="o", label=n,
-                          **{k: v for k, v in styles[n].items() if k != "marker"})[0]
+            line = a.plot(range(len(seeds)), r.to_numpy(), marker="o", ms=6, label=n,  # filled and hollow alike
+                          **{k: v for k, v in styles[n].items() if k not in ("marker", "ms")})[0]
             if "marked" in rows:  # a seed where the row carries ‡ or §: a hollow point (its tables do not rank it)
                 hollow = rows["marked"].fillna(False).astype(bool).to_numpy()
                 a.plot([i for i in range(len(seeds)) if hollow[i]], r.to_numpy()[hollow], "o", ms=6,
@@ -300,6 +300,7 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
                        va="center")
         a.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
         a.set_ylim(len(names) + 0.5, 0.5)
+        a.set_yticks(range(1, len(names) + 1, 1 if len(names) <= 20 else 5))  # every rank, 1 included
         a.set_ylabel("rank (1 = best)")
         a.set_title(f"rank by {head} across seeds", fontsize=9)
         a.set_xlim(-0.3, len(seeds) - 0.2 + 0.9)

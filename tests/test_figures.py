@@ -190,6 +190,10 @@ def test_seed_ranks_colour_models_as_the_other_figures_do_with_ldct_a_row(monkey
     for n in names[1:]:
         assert lines[n].get_color() == models[n]["color"] and lines[n].get_linestyle() == models[n]["ls"]
     assert lines["LDCT"].get_color() == figures.REFERENCE_STYLES["LDCT"]["color"]
+    # a filled point as large as a hollow one (the models' were 3 pt against 6), and every rank
+    # a tick, 1 (the best) included: the axis showed 2, 4, ... only
+    assert {ln.get_markersize() for ln in drawn[0].axes[0].get_lines()} == {6}
+    assert list(drawn[0].axes[0].get_yticks()) == [1, 2, 3, 4]
 
 
 def test_detectability_names_the_rows_it_leaves_out_in_its_legend(monkeypatch, tmp_path):
