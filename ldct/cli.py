@@ -556,14 +556,12 @@ def cmd_clinical_report(a) -> None:
 @command("dose-sweep", "dose-sweep table and figure", *REPORT_ARGS,
          arg("--doses", type=float, nargs="+", required=True, help="dose fractions, the training dose first"))
 def cmd_dose_sweep(a) -> None:
-    import pandas as pd
-
     from ldct import figures
-    from ldct.tables import dose_table, row_flags
+    from ldct.tables import dose_table, read_result_csv, row_flags
 
     rp = ResultPaths.at(a.root)
     files = {(e, d): rp.sweep_metrics(e, d, a.doses[0]) for e in a.experiments for d in a.doses}
-    training = pd.read_csv(rp.table("training")) if rp.table("training").is_file() else None
+    training = read_result_csv(rp.table("training")) if rp.table("training").is_file() else None
     table = dose_table(files, rp.table_prefix("table4_dose_sweep"), training_dose=a.doses[0], training=training)
     figures.dose_sweep(table, rp.figure("fig_dose_sweep"), row_flags(training)[0])
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-
 from ldct import figures
 from ldct.errors import DataError
 from ldct.paths import LDCT, NDCT, NOISELESS

@@ -99,9 +99,9 @@ def _marked(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(mean and SD per experiment and metric, each seed's ranks, Kendall's tau per seed pair:
-    over every row, and over the rows with no convergence mark in either seed, which the
-    tables rank)."""
+    """(mean, SD and n (the seeds where it is defined) per experiment and metric, each seed's
+    ranks, Kendall's tau per seed pair: over every row, and over the rows with no convergence
+    mark in either seed, which the tables rank)."""
     cols = [c for c, _ in METRICS if c in long]
     order = list(dict.fromkeys(long["experiment"]))
     g = long.groupby("experiment", sort=False)[cols]
@@ -140,7 +140,8 @@ def swaps(a: pd.Series, b: pd.Series) -> list[str]:
 
 def tau_summary(taus: pd.DataFrame, rows: str) -> str:
     """Each metric's mean tau over the seed pairs and how many rows the pairs share; n/a where a
-    pair shares fewer than MIN_TAU_ROWS rows (tau of 2 or 3 rows says nothing)."""
+    pair shares fewer than MIN_TAU_ROWS rows (tau of 2 or 3 rows says nothing) or has no tau (a
+    seed whose values all tie)."""
     parts = []
     for metric, sel in taus[taus["rows"] == rows].groupby("metric", sort=False):
         n = sel["n_rows"]
@@ -151,7 +152,7 @@ def tau_summary(taus: pd.DataFrame, rows: str) -> str:
             parts.append(f"{metric} n/a ({span} rows: a seed's values all tie)")
         else:
             parts.append(f"{metric} {sel['tau'].mean():.2f} ({span} rows)")
-    return ", ".join(parts) or "n/a (fewer than 2 rows shared)"
+    return ", ".join(parts) or "n/a (no seed pair)"
 
 
 def _cell(r: pd.Series, c: str, digits: int) -> str:

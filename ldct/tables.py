@@ -160,7 +160,7 @@ def read_result_csv(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable CSV ({type(err).__name__}: {err}); {remake}") from err
 
 
-SCORED = ("psnr", "ssim", "rmse")  # never NaN in a metrics.csv (a PSNR of an identical slice is inf)
+SCORED = ("psnr", "ssim", "rmse")  # never NaN in a metrics.csv, truth_ ones included (an identical slice's PSNR is inf)
 
 
 def read_scores(paths) -> pd.DataFrame:
@@ -174,7 +174,7 @@ def read_scores(paths) -> pd.DataFrame:
         f = read_result_csv(path)
         if not {"subject", "slice"} <= set(f.columns):
             raise DataError(f"{path}: no subject and slice columns; rerun {MADE_BY['metrics.csv']}")
-        nan = [c for c in f if c.startswith(SCORED) and f[c].isna().any()]
+        nan = [c for c in f if c.removeprefix("truth_").startswith(SCORED) and f[c].isna().any()]
         if nan:
             row = int(np.flatnonzero(f[nan[0]].isna())[0])
             raise DataError(f"{path}: NaN in {nan[0]} (subject {f['subject'].iloc[row]}, slice "
@@ -274,8 +274,8 @@ def sweep_note(training: pd.DataFrame | None) -> str:
     if swept.empty:
         return ""
     steps = swept["lr_sweep_steps"]
-    text = (f"Learning-rate sweep (the rate kept has the best validation loss; the sweep's steps are outside "
-            f"the budget): each rate tried trained {steps.min()}"
+    text = (f"Learning-rate sweep (the rate kept has the lowest validation MSE in [0, 80] HU; the sweep's "
+            f"steps are outside the budget): each rate tried trained {steps.min()}"
             + (f"-{steps.max()}" if steps.max() > steps.min() else "") + " steps")
     short = swept[steps < SHORT_SWEEP_STEPS]
     if not short.empty:
@@ -521,16 +521,17 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
 
 
 def pair_settings_note(pairs: list[tuple[str, str, str]], training: pd.DataFrame | None) -> str:
-    """What differs within an (ana, l1) pair besides the loss: each run's own learning rate (its
-    own sweep) and the anatomical loss's compute, which the budget does not count."""
+    """What differs within an (ana, l1) pair besides the loss: each run's own learning rate (from
+    its own sweep, or set for it) and the anatomical loss's compute, which the budget does not count."""
     text = ("Besides the loss, the two runs differ in the compute the loss itself spends: the budget counts the "
             "denoiser only, so the anatomical run also spends the frozen U-Net's passes in its loss (its forward "
             "on output and target, its backward)")
     lr = training.set_index("experiment")["lr"] if training is not None and "lr" in training else pd.Series(dtype=float)
     differ = [f"{m} {lr[a]:g} / {lr[b]:g}" for m, a, b in pairs if a in lr and b in lr and lr[a] != lr[b]]
     if differ:
-        text += ("; and each run keeps the learning rate of its own sweep, which differs in "
-                 + ", ".join(differ) + " (ana / l1): those rows mix the loss with the rate")
+        swept = "lr_source" in training and training["lr_source"].astype(str).str.startswith("sweep").all()
+        text += (f"; and each run keeps its own learning rate ({'from its own sweep' if swept else 'swept or set'}), "
+                 "which differs in " + ", ".join(differ) + " (ana / l1): those rows mix the loss with the rate")
     return text + ". "
 
 
@@ -720,7 +721,9 @@ def _clinical_caption(base: dict, table: pd.DataFrame, compared: list[str], refe
             f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
             "unbounded and it has no NPS). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
             "noise-only images (difference method: the row's error in scan A less its error in scan B, over sqrt 2, "
-            "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast (disc minus ring, mean over the sites) over that noise SD" + cnr_note + "; f50 from the task-transfer function of the water QA phantom's inserts (AAPM TG-233; ∞: the TTF stays above "
+            "so its error on the anatomy is not counted as noise); CNR: measured lesion contrast (disc minus ring, "
+            "mean over the sites) over that noise SD" + cnr_note + "; f50 from the task-transfer function of the "
+            "water QA phantom's inserts (AAPM TG-233; ∞: the TTF stays above "
             "0.5 up to the Nyquist frequency; 95 % bootstrap CIs over the QA noise realisations in the CSV: f50 "
             "differences inside them are noise); ROI bias: "
             "mean output minus truth in the lesion ROIs (HU). ")

@@ -156,7 +156,7 @@ def test_a_rate_at_the_sweeps_edge_and_a_short_sweep_are_marked_in_table_2():
     assert lr_edge_marks(s.reset_index()) == {("low", "lr"): "«", ("high", "lr"): "»"}
     note = sweep_note(s.reset_index())
     assert "trained 5-40 steps" in note and "fewer than 20 for high (5)" in note
-    assert "best validation loss; the sweep's steps are outside the budget" in note
+    assert "the lowest validation MSE in [0, 80] HU; the sweep's steps are outside the budget" in note
     assert "lowest / highest rate it tried (low, high)" in note
     assert sweep_note(s.reset_index()[lambda d: d["experiment"] == "given"]) == ""
 

@@ -224,3 +224,12 @@ def test_sigterm_leaves_no_half_written_file(tmp_path):
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 143, res.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_dose_sweep_names_a_damaged_training_csv(tmp_path, capfd):
+    """Table 4 read tables/training.csv with pandas alone: an empty one was a traceback naming no file."""
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "training.csv").write_text("")
+    assert main(["dose-sweep", "--root", str(tmp_path), "--experiments", "LDCT", "--doses", "0.25"]) == 1
+    err = capfd.readouterr().err
+    assert "training.csv: empty; rerun the tables" in err and "Traceback" not in err

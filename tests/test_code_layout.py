@@ -2,6 +2,7 @@
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -118,12 +119,9 @@ def test_the_workflow_lists_each_rules_library_code():
     assert 'code_files("evaluate")' in common and 'data_code_files("dicom")' in common  # evaluate and convert inputs
 
 
-
 def test_the_readmes_architecture_names_every_library_module_and_tracked_folder():
     """A newcomer reads the Architecture section as the map: nine ldct/ modules and the docs/,
     workflow/report/ and .ci/ folders were missing from it."""
-    import subprocess
-
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Architecture"):]
     modules = sorted(p.name for p in (ROOT / "ldct").glob("*.py") if p.name != "__init__.py")

@@ -343,6 +343,9 @@ def test_anatomical_effect_pairs_ana_with_l1_and_drops_a_stale_table(tmp_path):
     assert "| m (ana ‡ l1 ‡ §) | psnr_brain | +0.50 |" in md and "is not evidence for or against the loss" in md
     # each run's sweep picked its own rate (edcnn 0.003 / 0.01): the difference is not the loss's alone
     assert "which differs in m 0.003 / 0.01 (ana / l1): those rows mix the loss with the rate" in md
+    assert "its own learning rate (swept or set)" in md  # no sweep recorded: not said to be one
+    anatomical_effect(files, dice, prefix, training=training.assign(lr_source=["sweep", "sweep: diverged"]))
+    assert "its own learning rate (from its own sweep)" in (tmp_path / "anatomical_effect.md").read_text()
     assert "never in bold" not in md and "\nMade with python " in md  # nothing is ranked here; its versions, as every table
     assert anatomical_effect({"m_l1": files["m_l1"]}, dice, prefix).empty
     assert not (tmp_path / "anatomical_effect.md").exists() and not (tmp_path / "anatomical_effect.csv").exists()
@@ -606,6 +609,12 @@ def test_a_damaged_results_csv_is_one_error_naming_it_and_the_job_that_remakes_i
     nan.loc[2, "psnr_full"] = np.nan
     nan.to_csv(model, index=False)
     with pytest.raises(DataError, match=r"m_l1/metrics.csv: NaN in psnr_full \(subject S000, slice 1\)"):
+        read_scores([ldct, model])
+    both = [pd.read_csv(ldct).assign(truth_psnr_brain=31.0), nan.assign(psnr_full=40.0, truth_psnr_brain=31.0)]
+    both[1].loc[1:, "truth_psnr_brain"] = np.nan  # Table 2 vs truth averaged the one slice left, in bold
+    for frame, path in zip(both, (ldct, model)):
+        frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"m_l1/metrics.csv: NaN in truth_psnr_brain \(subject S001, slice 0\)"):
         read_scores([ldct, model])
     dice = rp.dice("m_l1")
     dice.write_bytes(b"")
