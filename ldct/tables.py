@@ -709,7 +709,7 @@ def _clinical_caption(base: dict, table: pd.DataFrame, compared: list[str], refe
     cnr_se = table.loc[table["experiment"].isin(compared), "cnr_hardest_se"].max()
     cnr_note = ("" if not np.isfinite(cnr_se) else
                 f"; its standard error over the sites is up to {cnr_se:.2f} in the compared rows (cnr_se_* in the CSV), "
-                "as the contrast is measured through the row's noise: CNR differences under about twice that are noise")
+                "as the contrast is measured through the row's noise; CNR differences are not tested")
     return (f"Channelized Hotelling observer ({channels}) on a "
             f"background-known-exactly task{scans}: d′ per lesion contrast and diameter on "
             f"{n_sites} held-out lesion sites per condition (each read lesion-present and lesion-absent), its "
