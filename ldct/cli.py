@@ -578,20 +578,28 @@ def cmd_seeds(a) -> None:
     from ldct import stability
     from ldct.config import load_config
 
-    if len(set(a.seeds)) < 2:
-        raise UsageError(f"--seeds {' '.join(map(str, a.seeds))}: give at least two different seeds "
-                         "(stability is the spread across seeds and the agreement of their rankings)")
+    stability.check_seed_args(a.seeds, a.snakemake_args, a.threads)
     rest, overrides = stability.split_config_args(a.snakemake_args)  # a user's --config, merged into each seed's
     cfg = merge(load_config(a.configfile or "config.yaml"), overrides)
     name, results = cfg["dataset"]["name"], Path(cfg["results"])
     # Snakemake's --configfile takes several values: it goes last, so a target given after `--` stays a target
     args = ["--cores", a.cores] + rest + (["--configfile", a.configfile] if a.configfile else [])
-    roots = {}
-    for seed in a.seeds:
-        if not a.no_run:
-            stability.run_seed(seed, name, cfg["seed"], args, overrides)
-        roots[seed] = stability.seed_root(results, name, seed, cfg["seed"])
-    stability.report(roots, results / f"{name}_stability")
+    roots = {seed: stability.seed_root(results, name, seed, cfg["seed"]) for seed in a.seeds}
+    dry = stability.is_dry_run(rest)
+    if not a.no_run:
+        for i, seed in enumerate(a.seeds, 1):
+            print(f"ldct seeds: seed {seed} ({i} of {len(a.seeds)}), results in {roots[seed]}", file=sys.stderr, flush=True)
+            try:
+                stability.run_seed(seed, name, cfg["seed"], args, overrides)
+            except KeyboardInterrupt:
+                raise LdctError(f"interrupted during seed {seed}; run the same command again to go on "
+                                "(what is finished is not redone)") from None
+    if dry:
+        print("ldct seeds: a dry run: the stability report is not written", file=sys.stderr)
+        return
+    out = results / f"{name}_stability"
+    stability.report(roots, out)
+    print(f"ldct seeds: stability report in {out}/stability.md", file=sys.stderr)
 
 
 # --- entry point ----------------------------------------------------------------------------------

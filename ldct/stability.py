@@ -35,6 +35,36 @@ def seed_root(results: Path, dataset: str, seed: int, config_seed: int) -> Path:
     return results / (dataset if seed == config_seed else f"{dataset}_seed{seed}")
 
 
+DRY_RUN = {"-n", "--dry-run", "--dryrun", "-S", "--summary", "-D", "--detailed-summary", "--list-rules", "-l",
+           "--lint", "--dag", "--rulegraph", "--filegraph", "--list-changes", "--lc", "--list-target-rules", "--lt"}
+
+
+def is_dry_run(snakemake_args: list[str]) -> bool:
+    """Whether the Snakemake options only plan or list (a dry run, `-n` alone or among combined
+    short flags such as `-np`): nothing new to report, and a report of the results already
+    there would replace the last one."""
+    return any(x in DRY_RUN or (x[:1] == "-" and x[1:2] != "-" and x[1:].isalpha() and "n" in x) for x in snakemake_args)
+
+
+def check_seed_args(seeds: list[int], snakemake_args: list[str], threads: int | None) -> None:
+    """`ldct seeds`'s arguments: seeds distinct and at least two, no --configfile among the
+    Snakemake options (the config names each seed's folder: one given after `--` ran one config
+    while the report read another's folders), no --threads (Snakemake's --cores sets them)."""
+    from ldct.errors import UsageError
+
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise UsageError(f"--seeds: {', '.join(map(str, twice))} given twice")
+    if len(seeds) < 2:
+        raise UsageError(f"--seeds {' '.join(map(str, seeds))}: give at least two different seeds "
+                         "(stability is the spread across seeds and the agreement of their rankings)")
+    if any(x.split("=")[0] in ("--configfile", "--configfiles") for x in snakemake_args):
+        raise UsageError("give --configfile before `--`: ldct seeds reads the config to name each seed's results "
+                         "folder, and passes it on to Snakemake")
+    if threads:
+        raise UsageError("--threads is not used by seeds: Snakemake's --cores sets each job's threads")
+
+
 def split_config_args(args: list[str]) -> tuple[list[str], dict]:
     """Snakemake options without their `--config KEY=VALUE ...` items, and those items read as
     Snakemake reads them (each VALUE as YAML): `ldct seeds` adds its own --config, and of
@@ -68,8 +98,10 @@ def run_seed(seed: int, dataset: str, config_seed: int, snakemake_args: list[str
             for k, v in items.items()]
     cmd = [sys.executable, "-m", "snakemake", *snakemake_args, "--config", *flow]
     print("running:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise DataError(f"the workflow for seed {seed} failed (command above)")
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise DataError(f"the workflow for seed {seed} failed (Snakemake exit code {rc}; its messages are above, "
+                        "after the `running:` line)")
 
 
 def gather(roots: dict[int, Path]) -> pd.DataFrame:
@@ -145,13 +177,14 @@ def tau_summary(taus: pd.DataFrame, rows: str) -> str:
     parts = []
     for metric, sel in taus[taus["rows"] == rows].groupby("metric", sort=False):
         n = sel["n_rows"]
-        span = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
+        span = f"{n.min()} row" if n.min() == n.max() == 1 else (
+            f"{n.min()} rows" if n.min() == n.max() else f"{n.min()}-{n.max()} rows")
         if n.min() < MIN_TAU_ROWS:
-            parts.append(f"{metric} n/a ({span} rows shared: too few)")
+            parts.append(f"{metric} n/a ({span} shared: too few)")
         elif sel["tau"].isna().any():  # a seed whose rows all tie has no ranking to compare
-            parts.append(f"{metric} n/a ({span} rows: a seed's values all tie)")
+            parts.append(f"{metric} n/a ({span}: a seed's values all tie)")
         else:
-            parts.append(f"{metric} {sel['tau'].mean():.2f} ({span} rows)")
+            parts.append(f"{metric} {sel['tau'].mean():.2f} ({span})")
     return ", ".join(parts) or "n/a (no seed pair)"
 
 
@@ -177,17 +210,23 @@ def report(roots: dict[int, Path], out_dir: Path) -> pd.DataFrame:
     write_csv(out_dir / "tau.csv", taus)
     cols = [c for c, _ in METRICS if f"{c}_mean" in table]
     md = ["| experiment | " + " | ".join(h for c, h in METRICS if c in cols) + " |", "|---|" + "---|" * len(cols)]
+    marked = ranks.groupby("experiment")["marked"].sum()  # seeds whose Table 2 marks the row
     for _, r in table.iterrows():
         digits = lambda c: 2 if c.startswith("psnr") else 4  # noqa: E731
         fewer = f" (n = {int(r['seeds'])})" if r["seeds"] < len(roots) else ""
-        md.append(f"| {r['experiment']}{fewer} | " + " | ".join(_cell(r, c, digits(c)) for c in cols) + " |")
+        k = int(marked.get(r["experiment"], 0))
+        mark = f" (‡/§ in {k} of {int(r['seeds'])})" if k else ""
+        md.append(f"| {r['experiment']}{fewer}{mark} | " + " | ".join(_cell(r, c, digits(c)) for c in cols) + " |")
     fewer = table[table["seeds"] < len(roots)]
     undefined = any((table[f"{c}_n"] < table["seeds"]).any() for c in cols)
-    note = (f"Mean ± SD (n - 1) across {len(roots)} seeds ({', '.join(map(str, roots))})"
+    note = (f"Mean ± SD (n - 1) across {len(roots)} seeds ({', '.join(map(str, roots))}; data, split and "
+            "initialisation follow the seed)"
             + (f"; rows in fewer seeds say n (no SD with one)" if len(fewer) else "")
             + ("; a value undefined in some seeds (NaN) is averaged over the others, which its cell names"
                if undefined else "")
-            + ": data, split and initialisation follow the seed. Kendall's tau between the seeds' rankings "
+            + (". (‡/§ in k of n): the row carries a convergence mark in k of its n seeds' Table 2, which do not rank "
+               "it there" if marked.any() else "")
+            + ". Kendall's tau between the seeds' rankings "
             "(mean over seed pairs), every row: " + tau_summary(taus, "all") + "; the rows with no convergence mark "
             "(‡, §) in either seed, which the tables rank: " + tau_summary(taus, "unmarked")
             + ". Per pair, with p and the pairs that swap places: tau.csv.")

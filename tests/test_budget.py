@@ -259,8 +259,10 @@ def test_stability_needs_two_seeds_and_results_of_the_seed_it_names(tmp_path, ca
     from ldct.errors import DataError
     from ldct.stability import gather, report
 
-    assert main(["seeds", "--seeds", "42", "42", "--no-run"]) == 1
+    assert main(["seeds", "--seeds", "42", "--no-run"]) == 1
     assert "give at least two different seeds" in capfd.readouterr().err
+    assert main(["seeds", "--seeds", "42", "43", "42", "--no-run"]) == 1  # ran seed 42's workflow twice
+    assert "error: --seeds: 42 given twice" in capfd.readouterr().err
     for seed in (1, 2):
         (tmp_path / f"s{seed}" / "tables").mkdir(parents=True)
         pd.DataFrame({"experiment": ["a", "b"], "psnr_brain": [30.0, 29.0], "seed": seed}).to_csv(
@@ -271,6 +273,44 @@ def test_stability_needs_two_seeds_and_results_of_the_seed_it_names(tmp_path, ca
     with pytest.raises(DataError, match="at least two seeds"):
         report({1: tmp_path / "s1"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_the_seeds_command_checks_its_options_says_which_seed_runs_and_writes_no_report_on_a_dry_run(
+        tmp_path, monkeypatch, capfd):
+    """--configfile after `--` ran the tiny config while the report read config.yaml's folders; a
+    dry run (`-n`) rewrote the report from the results already there, exit 0; nothing said which
+    seed ran, and Ctrl-C was a traceback; --threads and a repeated seed were taken silently."""
+    import yaml
+
+    from ldct import stability
+    from ldct.cli import main
+
+    cfg = yaml.safe_load((Path(__file__).parent / "configs" / "tiny.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    ran = []
+    monkeypatch.setattr(stability, "run_seed", lambda seed, *args, **kw: ran.append(seed))
+    assert main(["seeds", "--seeds", "1", "2", "--", "--configfile", str(config)]) == 1
+    assert "give --configfile before `--`" in capfd.readouterr().err and not ran
+    assert main(["seeds", "--seeds", "1", "2", "--threads", "1", "--configfile", str(config)]) == 1
+    assert "--threads is not used by seeds" in capfd.readouterr().err and not ran
+    report = tmp_path / "results" / "tiny_stability" / "stability.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("the last report")
+    assert main(["seeds", "--seeds", "1", "2", "--configfile", str(config), "--", "-np"]) == 0
+    err = capfd.readouterr().err
+    assert ran == [1, 2] and f"seed 2 (2 of 2), results in {tmp_path / 'results' / 'tiny_seed2'}" in err
+    assert "a dry run: the stability report is not written" in err and report.read_text() == "the last report"
+    assert stability.is_dry_run(["--dry-run"]) and stability.is_dry_run(["-pn"]) and not stability.is_dry_run(["-p"])
+
+    def interrupted(seed, *args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stability, "run_seed", interrupted)
+    assert main(["seeds", "--seeds", "1", "2", "--configfile", str(config)]) == 1
+    err = capfd.readouterr().err
+    assert "error: interrupted during seed 1; run the same command again" in err and "Traceback" not in err
 
 
 def test_fixed_budget_keeps_each_experiments_own_steps_and_says_so():
@@ -578,11 +618,15 @@ def test_a_seed_pair_sharing_no_ranked_rows_makes_the_tau_na_and_a_nan_value_nam
     report({s: tmp_path / f"s{s}" for s in values}, tmp_path / "out")
     md = (tmp_path / "out" / "stability.md").read_text()
     assert "which the tables rank: psnr_brain n/a (1-5 rows shared: too few)" in md
+    assert tau_summary(pd.DataFrame({"metric": "psnr_brain", "rows": "all", "n_rows": [1], "tau": [float("nan")]}),
+                       "all") == "psnr_brain n/a (1 row shared: too few)"  # not "1 rows"
     taus = pd.read_csv(tmp_path / "out" / "tau.csv")
     unmarked = taus[taus["rows"] == "unmarked"].set_index(["seed_a", "seed_b"])
     assert unmarked.loc[(42, 44), "n_rows"] == 1 and np.isnan(unmarked.loc[(42, 44), "tau"])
-    assert "| c | 28.00 ± 0.00 (n = 2) |" in md and "averaged over the others, which its cell names" in md
-    assert "| a | 29.50 ± 0.87 |" in md
+    assert "| c (‡/§ in 1 of 3) | 28.00 ± 0.00 (n = 2) |" in md and "averaged over the others, which its cell names" in md
+    # the rows the tables do not rank are named as such (the caption spoke of marks no row showed)
+    assert "| a (‡/§ in 1 of 3) | 29.50 ± 0.87 |" in md and "| LDCT | 27.00 ± 0.00 |" in md
+    assert "(‡/§ in k of n): the row carries a convergence mark in k of its n seeds' Table 2" in md
     # a seed whose rows all tie has no ranking: n/a, not the other pairs' mean
     ties = pd.DataFrame({"metric": "psnr_brain", "rows": "all", "n_rows": 5, "tau": [0.6, float("nan")]})
     assert tau_summary(ties, "all") == "psnr_brain n/a (5 rows: a seed's values all tie)"
