@@ -134,3 +134,14 @@ def test_the_readmes_architecture_names_every_library_module_and_tracked_folder(
                                                                   if f.startswith("workflow/") and f.count("/") > 1})
     missing = [d for d in folders if f"{d}/" not in tree]
     assert not missing, f"README Architecture's tree does not name {missing}"
+
+
+def test_every_table_and_figure_the_report_shows_has_its_own_caption_and_every_caption_is_used():
+    """The report gave five tables one shared caption (which spoke of Table 4 where there was none
+    and never of table2_vs_truth), and left out anatomical_effect and training.csv."""
+    rules = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
+    shown = set(re.findall(r'"((?:table\d|fig_)\w+|anatomical_effect|training|statistics)"', rules))
+    captions = {p.stem for p in (ROOT / "workflow" / "report").glob("*.rst")} - {"workflow"}
+    assert shown == captions, f"no caption: {sorted(shown - captions)}; unused: {sorted(captions - shown)}"
+    assert 'report_table("anatomical_effect"' in rules and 'report_csv("training")' in rules
+    assert not re.search(r'category="Statistics"|"Statistics"\)', rules)  # Snakemake's own panel's name

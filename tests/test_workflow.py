@@ -199,7 +199,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert rep.returncode == 0, rep.stderr[-3000:]
     html = (tmp_path / "report.html").read_text(errors="ignore")
     for name in ("fig_qualitative.png", "fig_segmentation.png", "table2_quantitative.md", "fig_detectability.png",
-                 "table5_clinical.md"):
+                 "table5_clinical.md", "training.csv", "stats.csv", "clinical_stats.csv"):
         assert name in html
     # a table's threshold retrains nothing (the training spec leaves out what training never reads) ...
     thr = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--cores", "2",

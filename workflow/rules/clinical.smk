@@ -85,7 +85,7 @@ rule clinical_report:
         code=code_files("clinical_report"),
     output:
         [report_table("table5_clinical", e) for e in ("csv", "md", "tex")],
-        stats=str(RP.table("clinical_stats")),
+        stats=report_csv("clinical_stats", "statistics", "Statistical tests"),
         figures=[report_figure(f) for f in CLINICAL_FIGURES],
         pdfs=[str(RP.figure(f, "pdf")) for f in CLINICAL_FIGURES],
     log:

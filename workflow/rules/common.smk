@@ -166,15 +166,32 @@ CLINICAL_FIGURES = ["fig_nps", "fig_ttf", "fig_detectability"]
 CLINICAL_SUBJECTS = SPLITS["test"][:config["clinical"]["subjects"] or None]
 
 
+# The report's subcategory of each table and figure (the rest: "Benchmark").
+REPORT_GROUPS = {"training": "Training", "fig_training_curves": "Training", "fig_learning_curves": "Training",
+                 "table5_clinical": "Clinical image quality", "clinical_stats": "Clinical image quality",
+                 "fig_nps": "Clinical image quality", "fig_ttf": "Clinical image quality",
+                 "fig_detectability": "Clinical image quality", "table4_dose_sweep": "Dose sweep",
+                 "fig_dose_sweep": "Dose sweep"}
+
+
 def report_figure(name):
-    """A figure output, bundled by `snakemake --report` with its caption."""
-    return report(str(RP.figure(name)), caption=f"../report/{name}.rst", category="Figures")
+    """A figure output, bundled by `snakemake --report` with its caption (workflow/report/)."""
+    return report(str(RP.figure(name)), caption=f"../report/{name}.rst", category="Figures",
+                  subcategory=REPORT_GROUPS.get(name, "Benchmark"))
 
 
 def report_table(name, ext):
-    """A table output; the Markdown version goes into the report."""
+    """A table output; the Markdown version goes into the report with its caption
+    (workflow/report/{name}.rst)."""
     path = str(RP.table(name, ext))
-    return report(path, caption="../report/tables.rst", category="Tables") if ext == "md" else path
+    return report_csv(name, ext=ext) if ext == "md" else path
+
+
+def report_csv(name, caption=None, category="Tables", ext="csv"):
+    """A table file shown in the report as it is (a CSV with no Markdown version: the training
+    summary, the statistics), with its caption (workflow/report/{caption or name}.rst)."""
+    return report(str(RP.table(name, ext)), caption=f"../report/{caption or name}.rst", category=category,
+                  subcategory=REPORT_GROUPS.get(name, "Benchmark"))
 
 
 def paper_outputs():

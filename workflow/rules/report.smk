@@ -35,11 +35,11 @@ rule tables:
         splits=str(RP.splits),  # Table 2's caption says when the test subjects are the validation ones
     output:
         [report_table(t, e) for t in TABLES[1:] for e in ("csv", "md", "tex")],
-        stats=str(RP.table("stats")),
-        dice_stats=str(RP.table("dice_stats")),
-        training=str(RP.table("training")),
-        effect=[str(RP.table("anatomical_effect", e)) for e in ("csv", "md")] if ANA_PAIRS else [],
-        stats_truth=str(RP.table("stats_vs_truth")) if SYNTHETIC else [],
+        stats=report_csv("stats", "statistics", "Statistical tests"),
+        dice_stats=report_csv("dice_stats", "statistics", "Statistical tests"),
+        training=report_csv("training"),
+        effect=[report_table("anatomical_effect", e) for e in ("csv", "md")] if ANA_PAIRS else [],
+        stats_truth=report_csv("stats_vs_truth", "statistics", "Statistical tests") if SYNTHETIC else [],
     log:
         str(RP.log("tables")),
     params:
