@@ -379,7 +379,10 @@ def dose_sweep(table: pd.DataFrame, out: str, marks: dict[str, str] | None = Non
         a.set_xlabel("dose fraction (of full dose)")
         a.set_ylabel(label)
         a.grid(alpha=0.3)
-    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    shown = "".join((marks or {}).get(e, "") for e in table["experiment"].unique())
+    said = [f"{m} {w}" for m, w in (("‡", "not converged"), ("§", "no better than its input")) if m in shown]
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="; ".join(said) or None,
+                 title_fontsize=7)  # the marks said where they are drawn, as Table 4's caption does
     if len(trained):
         fig.suptitle(f"dose sweep: models trained at {', '.join(f'{d * 100:g}%' for d in trained)} dose "
                      "(dotted line), applied at every dose", fontsize=10)

@@ -160,6 +160,11 @@ def read_result_csv(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable CSV ({type(err).__name__}: {err}); {remake}") from err
 
 
+def subjects(n: int) -> str:
+    """"1 subject", "10 subjects"."""
+    return f"{n} subject" + ("s" if n != 1 else "")
+
+
 SCORED = ("psnr", "ssim", "rmse")  # never NaN in a metrics.csv, truth_ ones included (an identical slice's PSNR is inf)
 
 
@@ -232,7 +237,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
                      "zero padding). Best in bold; $\\dagger$: significantly worse than "
                      "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$, Hodges-Lehmann shift below 0). "
                      + " ".join(x for x in (power, protocol, flag_note, fidelity) if x), flags)
-    note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {n_subj} subjects. "
+    note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {subjects(n_subj)}. "
             "Best in bold; † significantly "
             "worse than the best (subject-level Wilcoxon signed-rank, two-sided, Holm p < 0.05 over this metric's "
             f"comparisons, Hodges-Lehmann shift below 0); CIs in {Path(out_stats).name}. "
@@ -375,15 +380,15 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
                                   [c for c, _ in cols], flags, seed)
     if out_stats:
         write_csv(out_stats, st)
-    subjects = allm["subject"].nunique()
+    n_subjects = allm["subject"].nunique()
     caption = ("Mean foreground Dice of the frozen segmentation U-Net on each output, over each test volume "
-               f"(mean over classes, then over {subjects} subjects).")
+               f"(mean over classes, then over {subjects(n_subjects)}).")
     if not bold:
         caption += " " + EVERY_ROW_MARKED
     elif len(order) > 1:
         caption += (" Best in bold; † significantly worse than the best (subject-level Wilcoxon signed-rank, Holm "
                     "p < 0.05 over the column's comparisons, Hodges-Lehmann shift below 0). "
-                    + power_note(subjects, len(order) - 1))
+                    + power_note(n_subjects, len(order) - 1))
     md, tex = render(table, "experiment", cols, {}, bold, marks, f"{caption} {flag_note}".strip(), flags)
     write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV"
                 + (f", the tests in {Path(out_stats).name}" if out_stats else "") + f". {flag_note}".rstrip())
@@ -468,7 +473,7 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
                      "Dose sweep: mean PSNR and SSIM in [-40, 120] HU against NDCT at each dose fraction; "
                      f"models trained at the dose marked (train); {untested}. {flag_note}".strip(), flags)
     note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; "
-            f"mean over {int(long['slices'].iloc[0])} test slices of {int(long['subjects'].iloc[0])} subjects. "
+            f"mean over {int(long['slices'].iloc[0])} test slices of {subjects(int(long['subjects'].iloc[0]))}. "
             f"{untested[0].upper()}{untested[1:]}; per-slice standard deviations in the CSV. {flag_note}".strip())
     write_table(out_prefix, long, md, tex, note)
     return long
@@ -700,8 +705,8 @@ def _clinical_caption(base: dict, table: pd.DataFrame, compared: list[str], refe
     reference rows, the NPS, the CNR (with its largest standard error among `compared`), f50."""
     sites = sorted({c["n_test"] // 2 for c in base["conditions"]})
     n_sites = f"{sites[0]}" if len(sites) == 1 else f"{sites[0]}-{sites[-1]}"
-    subjects = base.get("subjects")
-    scans = f" in the lesion-task scans of {len(subjects)} test subject(s) ({', '.join(subjects)})" if subjects else ""
+    names = base.get("subjects")
+    scans = f" in the lesion-task scans of {len(names)} test subject(s) ({', '.join(names)})" if names else ""
     width = base.get("channel_width_mm")
     channels = (f"{base.get('channels', '')} Laguerre-Gauss channels" +
                 (f" of width {width:g} mm, cut to the {base['roi_px']}-pixel ROI: not orthonormal, the same for every row"

@@ -143,6 +143,10 @@ def test_dose_sweep_legend_carries_the_marks_outside_the_axes(monkeypatch, tmp_p
     legend = drawn[0][1].get_legend()
     assert {t.get_text() for t in legend.get_texts()} == {"LDCT", "flat_l1 ‡ §"}  # as Table 4 labels it
     assert legend.get_bbox_to_anchor().transformed(drawn[0][1].transAxes.inverted()).x0 > 1  # beside, not over, the lines
+    # the marks said in the figure itself (only the report's caption did), only those drawn
+    assert legend.get_title().get_text() == "‡ not converged; § no better than its input"
+    figures.dose_sweep(pd.DataFrame(rows), str(tmp_path / "sweep.png"), {"flat_l1": " ‡"})
+    assert drawn[1][1].get_legend().get_title().get_text() == "‡ not converged"
 
 
 def _head(n=64, scalp_noise=0.0, bone=1000.0, seed=0):
