@@ -35,15 +35,24 @@ def seed_root(results: Path, dataset: str, seed: int, config_seed: int) -> Path:
     return results / (dataset if seed == config_seed else f"{dataset}_seed{seed}")
 
 
-DRY_RUN = {"-n", "--dry-run", "--dryrun", "-S", "--summary", "-D", "--detailed-summary", "--list-rules", "-l",
-           "--lint", "--dag", "--rulegraph", "--filegraph", "--list-changes", "--lc", "--list-target-rules", "--lt"}
+# Snakemake's options (their argparse names) that plan, list, mark or clean instead of running the
+# workflow: with one of them there is nothing new to report.
+NOT_A_RUN = ("dryrun", "dag", "rulegraph", "filegraph", "d3dag", "summary", "detailed_summary", "lint",
+             "list_rules", "list_target_rules", "list_changes", "touch", "unlock", "cleanup_metadata",
+             "delete_all_output", "delete_temp_output", "report", "archive", "containerize", "export_cwl")
 
 
 def is_dry_run(snakemake_args: list[str]) -> bool:
-    """Whether the Snakemake options only plan or list (a dry run, `-n` alone or among combined
-    short flags such as `-np`): nothing new to report, and a report of the results already
-    there would replace the last one."""
-    return any(x in DRY_RUN or (x[:1] == "-" and x[1:2] != "-" and x[1:].isalpha() and "n" in x) for x in snakemake_args)
+    """Whether the Snakemake options do not run the workflow (`-n`, `-np`, `--executor dryrun`,
+    `--dag`, `--touch`, ...), read by Snakemake's own parser: a report of the results already
+    there would replace the last one, and nothing new was made."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args, _ = get_argument_parser().parse_known_args(snakemake_args)
+    except SystemExit:  # options Snakemake will refuse itself, with its own message
+        return False
+    return getattr(args, "executor", None) == "dryrun" or any(getattr(args, k, None) for k in NOT_A_RUN)
 
 
 def check_seed_args(seeds: list[int], snakemake_args: list[str], threads: int | None) -> None:
@@ -98,7 +107,12 @@ def run_seed(seed: int, dataset: str, config_seed: int, snakemake_args: list[str
             for k, v in items.items()]
     cmd = [sys.executable, "-m", "snakemake", *snakemake_args, "--config", *flow]
     print("running:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
-    rc = subprocess.run(cmd).returncode
+    child = subprocess.Popen(cmd)
+    try:
+        rc = child.wait()
+    except KeyboardInterrupt:  # Snakemake has the Ctrl-C too: let it cancel its jobs and unlock
+        child.wait()  # (subprocess.run killed it after 0.25 s, leaving its lock and incomplete markers)
+        raise
     if rc != 0:
         raise DataError(f"the workflow for seed {seed} failed (Snakemake exit code {rc}; its messages are above, "
                         "after the `running:` line)")

@@ -160,9 +160,9 @@ def read_result_csv(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable CSV ({type(err).__name__}: {err}); {remake}") from err
 
 
-def subjects(n: int) -> str:
-    """"1 subject", "10 subjects"."""
-    return f"{n} subject" + ("s" if n != 1 else "")
+def subjects(n: int, kind: str = "") -> str:
+    """"1 subject", "10 test subjects" (`kind` "test ")."""
+    return f"{n} {kind}subject" + ("s" if n != 1 else "")
 
 
 SCORED = ("psnr", "ssim", "rmse")  # never NaN in a metrics.csv, truth_ ones included (an identical slice's PSNR is inf)
@@ -255,7 +255,7 @@ def power_note(n_subjects: int, comparisons: int) -> str:
     holm_min = min(1.0, comparisons * p_min)
     verdict = "no difference can reach significance" if holm_min >= 0.05 else "differences can reach significance"
     holm_text = f" ({holm_min:.3g} after Holm over {comparisons} comparisons)" if comparisons > 1 else ""
-    return f"With {n_subjects} test subjects the smallest attainable p is {p_min:.3g}{holm_text}: {verdict}."
+    return f"With {subjects(n_subjects, 'test ')} the smallest attainable p is {p_min:.3g}{holm_text}: {verdict}."
 
 
 LR_EDGE_MARKS = {"lowest": "«", "highest": "»"}  # the lr cell's mark where the sweep chose an end of its grid
@@ -706,7 +706,7 @@ def _clinical_caption(base: dict, table: pd.DataFrame, compared: list[str], refe
     sites = sorted({c["n_test"] // 2 for c in base["conditions"]})
     n_sites = f"{sites[0]}" if len(sites) == 1 else f"{sites[0]}-{sites[-1]}"
     names = base.get("subjects")
-    scans = f" in the lesion-task scans of {len(names)} test subject(s) ({', '.join(names)})" if names else ""
+    scans = f" in the lesion-task scans of {subjects(len(names), 'test ')} ({', '.join(names)})" if names else ""
     width = base.get("channel_width_mm")
     channels = (f"{base.get('channels', '')} Laguerre-Gauss channels" +
                 (f" of width {width:g} mm, cut to the {base['roi_px']}-pixel ROI: not orthonormal, the same for every row"

@@ -248,7 +248,15 @@ def test_seeds_merges_a_users_config_overrides_into_each_seeds_own(monkeypatch):
     assert rest == ["-n", "--dry-run"]
     assert items == {"train": {"budget": {"tera_macs": 0.5}}, "dataset": {"n_subjects": 4}}
     ran = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd: ran.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+
+    class Snakemake:
+        def __init__(self, cmd):
+            ran.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Snakemake)
     stability.run_seed(43, "synthetic", 42, rest, items)
     config = ran[0][ran[0].index("--config") + 1:]
     assert config == ["train={budget: {tera_macs: 0.5}}", "dataset={n_subjects: 4, name: synthetic_seed43}", "seed=43"]
@@ -302,7 +310,11 @@ def test_the_seeds_command_checks_its_options_says_which_seed_runs_and_writes_no
     err = capfd.readouterr().err
     assert ran == [1, 2] and f"seed 2 (2 of 2), results in {tmp_path / 'results' / 'tiny_seed2'}" in err
     assert "a dry run: the stability report is not written" in err and report.read_text() == "the last report"
-    assert stability.is_dry_run(["--dry-run"]) and stability.is_dry_run(["-pn"]) and not stability.is_dry_run(["-p"])
+    # read as Snakemake reads them: -Rtrain (forcerun train) is a run, --executor dryrun is not
+    for options in (["--dry-run"], ["-pn"], ["--executor", "dryrun"], ["-e", "dryrun"], ["--dag"], ["--touch"]):
+        assert stability.is_dry_run(options), options
+    for options in (["-p"], ["-Rtrain"], ["-qreason"], ["--forcerun", "denoise"], ["all"]):
+        assert not stability.is_dry_run(options), options
 
     def interrupted(seed, *args, **kw):
         raise KeyboardInterrupt
@@ -311,6 +323,34 @@ def test_the_seeds_command_checks_its_options_says_which_seed_runs_and_writes_no
     assert main(["seeds", "--seeds", "1", "2", "--configfile", str(config)]) == 1
     err = capfd.readouterr().err
     assert "error: interrupted during seed 1; run the same command again" in err and "Traceback" not in err
+
+
+def test_a_ctrl_c_lets_snakemake_finish_cleaning_up(monkeypatch):
+    """subprocess.run killed Snakemake 0.25 s after a Ctrl-C, before it unlocked its folder: the
+    "run the same command again" that ldct seeds then advises met a stale lock."""
+    import subprocess
+
+    from ldct import stability
+
+    waits = []
+
+    class Snakemake:
+        def __init__(self, cmd):
+            self.cmd = cmd
+
+        def wait(self):
+            waits.append(len(waits))
+            if len(waits) == 1:
+                raise KeyboardInterrupt
+            return 130
+
+        def kill(self):
+            raise AssertionError("killed before it cleaned up")
+
+    monkeypatch.setattr(subprocess, "Popen", Snakemake)
+    with pytest.raises(KeyboardInterrupt):
+        stability.run_seed(43, "synthetic", 42, ["--cores", "1"])
+    assert waits == [0, 1]  # waited again for it to finish
 
 
 def test_fixed_budget_keeps_each_experiments_own_steps_and_says_so():
