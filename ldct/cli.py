@@ -494,10 +494,13 @@ def cmd_clinical_measure(a) -> None:
     if not Path(a.sites).is_file():
         raise MissingFileError(f"{a.sites}: sites CSV not found")
     sites = pd.read_csv(a.sites)
+    from ldct.provenance import versions
+
     for row, out in pairs:
         images, qa = clinical.row_images(row, scans, a.model, a.device)
-        write_json(out, clinical.measure(row, images, qa, scans, sites, a.settings["synthetic"],
-                                         a.settings["clinical"], a.settings["seed"]))
+        result = clinical.measure(row, images, qa, scans, sites, a.settings["synthetic"], a.settings["clinical"],
+                                  a.settings["seed"])
+        write_json(out, {**result, "made_with": versions()})  # as the tables and model.pt record theirs
 
 
 # --- tables and figures ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 runs end to end (in a temporary working directory)."""
 
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,8 @@ def test_tiny_workflow_end_to_end(tmp_path):
     refs = t5.set_index("experiment").loc[["LDCT", "NDCT", "noiseless"], ["f50_40", "f50_120", "f50_340"]]
     assert np.isinf(t5.loc[4, "dprime_0"]) and refs.gt(0).all().all()  # (4-step models may have no f50)
     assert "background-known-exactly" in (out / "tables" / "table5_clinical.md").read_text()
+    measured = json.loads((out / "clinical" / "edcnn_l1.json").read_text())  # records its versions, as every result
+    assert measured["made_with"]["ldct"].startswith("0.1.0") and "torch" in measured["made_with"]
     for fig in ("fig_nps", "fig_ttf", "fig_detectability"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
     off = run(["-n", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--config", "clinical={enabled: false}",
