@@ -486,6 +486,7 @@ def cmd_clinical_measure(a) -> None:
 
     from ldct import clinical
     from ldct.io import write_json
+    from ldct.provenance import versions
 
     pairs = _pairs(a.row, a.out, "--row", "--out") if len(a.row) > 1 else [(a.row[0], a.out[0])]
     if a.model and len(a.row) > 1:
@@ -494,8 +495,6 @@ def cmd_clinical_measure(a) -> None:
     if not Path(a.sites).is_file():
         raise MissingFileError(f"{a.sites}: sites CSV not found")
     sites = pd.read_csv(a.sites)
-    from ldct.provenance import versions
-
     for row, out in pairs:
         images, qa = clinical.row_images(row, scans, a.model, a.device)
         result = clinical.measure(row, images, qa, scans, sites, a.settings["synthetic"], a.settings["clinical"],

@@ -23,6 +23,7 @@ from ldct.hu import WINDOWS, window_name_label  # noqa: E402
 from ldct.io import atomic_path  # noqa: E402
 
 CLASS_CMAP = ListedColormap(CLASS_COLORS)
+MARKS = {"‡": "not converged", "§": "no better than its input"}  # the tables' row marks (ldct.tables.FLAGS), in short
 
 
 def save(fig: plt.Figure, path: str | Path) -> None:
@@ -267,7 +268,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
     ax.set_xlabel("training compute (10^12 multiply-accumulates: 3 x forward, frozen parts 1 x)")
     ax.set_ylabel("validation PSNR [-40, 120] HU (dB)")
     ax.set_title("learning curves (dot: the kept epoch, lowest validation MSE [0, 80]; "
-                 "‡ not converged, § no better than its input)", fontsize=9)
+                 + ", ".join(f"{m} {w}" for m, w in MARKS.items()) + ")", fontsize=9)
     scale = compute_scale(histories)
     ax.set_xscale(scale, **({"linthresh": _linthresh(histories)} if scale == "symlog" else {}))
     ax.set_xlim(left=0)  # compute is never negative: no mirrored decades left of 0
@@ -380,7 +381,7 @@ def dose_sweep(table: pd.DataFrame, out: str, marks: dict[str, str] | None = Non
         a.set_ylabel(label)
         a.grid(alpha=0.3)
     shown = "".join((marks or {}).get(e, "") for e in table["experiment"].unique())
-    said = [f"{m} {w}" for m, w in (("‡", "not converged"), ("§", "no better than its input")) if m in shown]
+    said = [f"{m} {w}" for m, w in MARKS.items() if m in shown]
     ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="; ".join(said) or None,
                  title_fontsize=7)  # the marks said where they are drawn, as Table 4's caption does
     if len(trained):

@@ -174,24 +174,27 @@ REPORT_GROUPS = {"training": "Training", "fig_training_curves": "Training", "fig
                  "fig_dose_sweep": "Dose sweep"}
 
 
-def report_figure(name):
-    """A figure output, bundled by `snakemake --report` with its caption (workflow/report/)."""
-    return report(str(RP.figure(name)), caption=f"../report/{name}.rst", category="Figures",
+def in_report(path, name, category, caption=None):
+    """An output bundled by `snakemake --report` with its caption (workflow/report/{caption or
+    name}.rst), under `category` and its REPORT_GROUPS subcategory."""
+    return report(path, caption=f"../report/{caption or name}.rst", category=category,
                   subcategory=REPORT_GROUPS.get(name, "Benchmark"))
+
+
+def report_figure(name):
+    return in_report(str(RP.figure(name)), name, "Figures")
 
 
 def report_table(name, ext):
-    """A table output; the Markdown version goes into the report with its caption
-    (workflow/report/{name}.rst)."""
+    """A table output; the Markdown version goes into the report."""
     path = str(RP.table(name, ext))
-    return report_csv(name, ext=ext) if ext == "md" else path
+    return in_report(path, name, "Tables") if ext == "md" else path
 
 
-def report_csv(name, caption=None, category="Tables", ext="csv"):
-    """A table file shown in the report as it is (a CSV with no Markdown version: the training
-    summary, the statistics), with its caption (workflow/report/{caption or name}.rst)."""
-    return report(str(RP.table(name, ext)), caption=f"../report/{caption or name}.rst", category=category,
-                  subcategory=REPORT_GROUPS.get(name, "Benchmark"))
+def report_csv(name, caption=None, category="Tables"):
+    """A CSV shown in the report as it is (one with no Markdown version: the training summary,
+    the statistics)."""
+    return in_report(str(RP.table(name)), name, category, caption)
 
 
 def paper_outputs():
