@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 from pathlib import Path
 
 import yaml
@@ -206,6 +207,7 @@ def validate_config(config: dict) -> dict:
                           f"table shows ({', '.join(RESERVED_ROWS)}); give the experiment another name")
     _fill_defaults(schema, config)
     _check(schema, config)
+    _check_paths(config)
     _check_order(config)
     for name, exp in config["experiments"].items():
         train = experiment_train(config, name)
@@ -238,6 +240,31 @@ def validate_config(config: dict) -> dict:
     _check_doses(config)
     _check_split(config["split"])
     return config
+
+
+def _check_paths(config: dict) -> None:
+    """`~` in the config's paths (results, dataset.dicom_root and the generic layout's series,
+    segmenter.weights, a preset file) stands for the home folder, as in a shell: YAML and a quoted
+    --config keep it literal, and `~/scans` was then reported missing. A path with braces is
+    refused: Snakemake reads them as wildcards in every input and output, and cannot escape
+    them in the paths the workflow finds."""
+    def home(value):
+        return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+    ds = config["dataset"]
+    config["results"] = home(config["results"])
+    ds["dicom_root"] = home(ds["dicom_root"])
+    for folders in (ds.get("series") or {}).values():
+        if isinstance(folders, dict):
+            folders.update({k: home(v) for k, v in folders.items()})
+    config["segmenter"]["weights"] = home(config["segmenter"]["weights"])
+    config["split"]["preset"] = home(config["split"]["preset"])
+    paths = {"results": config["results"], "dataset.dicom_root": ds["dicom_root"],
+             "segmenter.weights": config["segmenter"]["weights"], "split.preset": config["split"]["preset"]}
+    for key, value in paths.items():
+        if isinstance(value, str) and ("{" in value or "}" in value):
+            raise ConfigError(f"config error at {key}: {value!r} has a brace, which Snakemake reads as a wildcard in "
+                              "the workflow's file paths; rename the folder or give a link to it without { or }")
 
 
 def _check_doses(config: dict) -> None:

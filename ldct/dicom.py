@@ -222,6 +222,11 @@ def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             ds = pydicom.dcmread(f)
         except Exception as err:
             raise DicomError(f"{f}: not a readable DICOM file ({err})") from err
+        frames = ds.get("NumberOfFrames", None)
+        if frames not in (None, "") and str(frames).strip().isdigit() and int(frames) > 1:
+            raise DicomError(f"{f}: a multi-frame file ({int(frames)} frames, e.g. Enhanced CT): this converter reads "
+                             "one slice per file, as the Mayo data has; split it into single-frame slices first "
+                             "(dcm2niix reads multi-frame series)")
         missing = [tag for tag in ("Modality", "PixelData") if tag not in ds]
         if missing:  # pydicom reads what a cut-off file holds without complaint
             raise DicomError(f"{f}: missing {' and '.join(missing)}: a truncated file, or not an image")
@@ -266,28 +271,50 @@ def _optional_number(f: Path, ds: pydicom.Dataset, tag: str, default: float) -> 
     return float(_numbers(f, ds, tag, 1)[0])
 
 
+def _reference_slice(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[int, int]:
+    """(index, count): the slice whose geometry most of the series shares (the first such by
+    name) and how many share it. It is the reference the others are checked against, so one odd
+    slice is the one named, even when it is the first file."""
+    def key(f: Path, ds: pydicom.Dataset) -> tuple:
+        return (tuple(np.round(np.array(ds.ImageOrientationPatient, dtype=float), 3)),
+                int(ds.Rows), int(ds.Columns), tuple(np.round(np.array(ds.PixelSpacing, dtype=float), 3)),
+                round(_optional_number(f, ds, "SliceThickness", 0.0), 2))
+    keys = [key(f, ds) for f, ds in slices]
+    counts = {k: keys.count(k) for k in set(keys)}
+    ref = max(range(len(keys)), key=lambda i: (counts[keys[i]], -i))
+    return ref, counts[keys[ref]]
+
+
 def _check_in_plane(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
-                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """One series, one orientation, matrix and pixel spacing (those of the first file):
-    return (ImageOrientationPatient, PixelSpacing, (rows, columns))."""
+                    ) -> tuple[int, np.ndarray, np.ndarray, tuple[int, int]]:
+    """One series, one orientation, matrix, pixel spacing and slice thickness (those most of its
+    slices share): return (the reference slice's index, ImageOrientationPatient, PixelSpacing,
+    (rows, columns))."""
     uids = {str(ds.SeriesInstanceUID) for _, ds in slices}
     if len(uids) > 1:
         raise DicomError(f"{folder}: mixed series in one folder ({len(uids)} SeriesInstanceUIDs)")
-    f0, ds0 = slices[0]
+    ref, alike = _reference_slice(slices)
+    f0, ds0 = slices[ref]
+    like = f0.name if alike < 2 else f"{f0.name} and {alike - 1} other slice{'s' if alike > 2 else ''}"
     iop = np.array(ds0.ImageOrientationPatient, dtype=float)
     r, c = iop[:3], iop[3:]
     if not (abs(np.linalg.norm(r) - 1) < 1e-3 and abs(np.linalg.norm(c) - 1) < 1e-3 and abs(r @ c) < 1e-3):
         raise DicomError(f"{f0}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
     spacing = np.array(ds0.PixelSpacing, dtype=float)
     shape = (int(ds0.Rows), int(ds0.Columns))
-    for f, ds in slices[1:]:
+    thickness = _optional_number(f0, ds0, "SliceThickness", 0.0)
+    for f, ds in slices:
         if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
-            raise DicomError(f"{f}: ImageOrientationPatient differs from {f0.name}")
+            raise DicomError(f"{f}: ImageOrientationPatient differs from {like}")
         if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise DicomError(f"{f}: {ds.Rows}x{ds.Columns} pixels, {f0.name} has {shape[0]}x{shape[1]}")
+            raise DicomError(f"{f}: {ds.Rows}x{ds.Columns} pixels, {like} {'have' if alike > 1 else 'has'} "
+                             f"{shape[0]}x{shape[1]}")
         if not np.allclose(np.array(ds.PixelSpacing, dtype=float), spacing, atol=1e-4):
-            raise DicomError(f"{f}: PixelSpacing differs from {f0.name}")
-    return iop, spacing, shape
+            raise DicomError(f"{f}: PixelSpacing differs from {like}")
+        t = _optional_number(f, ds, "SliceThickness", 0.0)
+        if t and thickness and abs(t - thickness) > max(1e-3, 1e-2 * thickness):
+            raise DicomError(f"{f}: SliceThickness {t:g} mm, {like} {'have' if alike > 1 else 'has'} {thickness:g} mm")
+    return ref, iop, spacing, shape
 
 
 def _order_slices(folder: Path, slices: list[tuple[Path, pydicom.Dataset]], normal: np.ndarray,
@@ -351,7 +378,12 @@ def _slice_hu(f: Path, ds: pydicom.Dataset, shape: tuple[int, int]) -> np.ndarra
     intercept = float(_numbers(f, ds, "RescaleIntercept", 1)[0])
     if slope == 0:
         raise DicomError(f"{f}: RescaleSlope is 0")
-    return (px * slope + intercept).T
+    with np.errstate(over="ignore", invalid="ignore"):
+        hu = px * slope + intercept
+    if not np.isfinite(hu).all():
+        raise DicomError(f"{f}: RescaleSlope {slope:g} and RescaleIntercept {intercept:g} map the stored values "
+                         "beyond the range of float32 HU")
+    return hu.T
 
 
 def _series_affine(iop: np.ndarray, spacing: np.ndarray, step: float, first: np.ndarray) -> np.ndarray:
@@ -366,21 +398,24 @@ def _series_affine(iop: np.ndarray, spacing: np.ndarray, step: float, first: np.
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def _series_meta(f0: Path, ds0: pydicom.Dataset, n_slices: int, shape: tuple[int, int], spacing: np.ndarray,
-                 step: float) -> dict:
-    """The series facts the manifest reports (and pairing checks), from its first file `f0`."""
+def _series_meta(f0: Path, ds0: pydicom.Dataset, slices: list[tuple[Path, pydicom.Dataset]], shape: tuple[int, int],
+                 spacing: np.ndarray, step: float) -> dict:
+    """The series facts the manifest reports (and pairing checks), from its reference file `f0`;
+    the exposure is the mean over the slices that state one (tube current modulation varies it
+    along the scan, so one slice's value compared two series at different positions)."""
+    exposures = [e for e in (_optional_number(f, ds, "Exposure", 0.0) for f, ds in slices) if e]
     return {
         "series_uid": str(ds0.SeriesInstanceUID),
         "patient_id": str(ds0.get("PatientID", "") or ""),
         "frame_of_reference_uid": str(ds0.get("FrameOfReferenceUID", "") or ""),
         "description": str(ds0.get("SeriesDescription", "")),
-        "slices": n_slices,
+        "slices": len(slices),
         "rows": shape[0], "columns": shape[1],
         "pixel_spacing_mm": float(spacing[0]),
         "slice_spacing_mm": round(step, 4),
         "slice_thickness_mm": _optional_number(f0, ds0, "SliceThickness", 0.0) or step,
         "kvp": _optional_number(f0, ds0, "KVP", 0.0) or None,
-        "exposure_mas": _optional_number(f0, ds0, "Exposure", 0.0) or None,
+        "exposure_mas": float(np.mean(exposures)) if exposures else None,
         "ctdivol": _optional_number(f0, ds0, "CTDIvol", 0.0) or None,
     }
 
@@ -389,14 +424,14 @@ def read_series(folder: str | Path) -> Volume:
     """Read one CT series folder into a HU volume with a RAS affine, checking its geometry."""
     folder = Path(folder)
     slices = _read_slices(folder)
-    iop, spacing, shape = _check_in_plane(folder, slices)
-    f0, ds0 = slices[0]  # the first file by name: the series' reference for metadata
+    ref, iop, spacing, shape = _check_in_plane(folder, slices)
+    f0, ds0 = slices[ref]  # the series' reference for metadata
     slices, pos, step = _order_slices(folder, slices, np.cross(iop[:3], iop[3:]), ds0)
     data = np.empty((shape[1], shape[0], len(slices)), np.float32)
     for k, (f, ds) in enumerate(slices):
         data[:, :, k] = _slice_hu(f, ds, shape)
     affine = _series_affine(iop, spacing, step, np.array(slices[0][1].ImagePositionPatient, dtype=float))
-    return Volume(data, affine, pos, _series_meta(f0, ds0, len(slices), shape, spacing, step))
+    return Volume(data, affine, pos, _series_meta(f0, ds0, slices, shape, spacing, step))
 
 
 def _in_plane_steps(v: Volume) -> str:
@@ -437,6 +472,10 @@ def _check_pair_headers(full: Volume, low: Volume, where: str) -> None:
     if fm.get("patient_id") and lm.get("patient_id") and fm["patient_id"] != lm["patient_id"]:
         raise DicomError(f"{where}: full- and low-dose series are of different patients "
                          f"(PatientID {fm['patient_id']!r} and {lm['patient_id']!r})")
+    for key, what in (("exposure_mas", "Exposure (mAs)"), ("ctdivol", "CTDIvol (mGy)")):
+        if fm.get(key) and lm.get(key) and lm[key] > 1.01 * fm[key]:
+            raise DicomError(f"{where}: the low-dose series has the higher dose, {what} {lm[key]:g} against the full "
+                             f"dose's {fm[key]:g}: are full and low given the wrong way round?")
     if abs(fm["slice_thickness_mm"] - lm["slice_thickness_mm"]) > 1e-3:
         raise DicomError(f"{where}: full dose has {fm['slice_thickness_mm']:g} mm slices, low dose "
                          f"{lm['slice_thickness_mm']:g} mm: the pair must be reconstructed alike")

@@ -94,6 +94,9 @@ def test_every_schema_key_has_default_and_description():
     ({"split": {"fractions": {"val": 0.0}}}, "split.fractions.val: must be > 0"),  # was one validation subject anyway
     ({"split": {"fractions": {"test": 0.0}}}, "split.fractions.test: must be > 0"),  # was one test subject anyway
     ({"segmenter": {"device": "cuda0"}}, "segmenter.device: 'cuda0' does not match"),
+    ({"dataset": {"source": "dicom", "dicom_root": "/data/scans {v2}"}, "segmenter": {"weights": "w.pth"}},
+     "dataset.dicom_root: '/data/scans {v2}' has a brace"),  # was Snakemake's WildcardError naming neither
+    ({"results": "out{1}"}, "results: 'out{1}' has a brace"),
 ])
 def test_invalid_config_names_the_key(patch, key):
     """`key` is 'the key: part of the reason': an error at the same key for another reason fails."""
@@ -337,3 +340,15 @@ def test_yaml_merge_keys_still_work(tmp_path):
     f.write_text("train:\n  <<: {lr: 0.001, lr: 0.002}\n")  # inside an inline merge: still refused
     with pytest.raises(ConfigError, match="key 'lr' appears twice"):
         load_config(f)
+
+
+def test_a_home_folder_tilde_in_the_paths_is_expanded(monkeypatch, tmp_path):
+    """YAML and a quoted --config keep `~` literal: `~/scans` was reported missing."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = validate_config({"results": "~/res", "dataset": {"source": "dicom", "dicom_root": "~/scans", "layout": "generic",
+                                                          "series": {"p1": {"full": "~/p1/fd", "low": "qd"}}},
+                           "segmenter": {"weights": "~/w.pth"}, "split": {"method": "preset", "preset": "~/s.json",
+                                                                         "val_as_test": True}})
+    assert cfg["results"] == str(tmp_path / "res") and cfg["dataset"]["dicom_root"] == str(tmp_path / "scans")
+    assert cfg["dataset"]["series"]["p1"] == {"full": str(tmp_path / "p1" / "fd"), "low": "qd"}
+    assert cfg["segmenter"]["weights"] == str(tmp_path / "w.pth") and cfg["split"]["preset"] == str(tmp_path / "s.json")

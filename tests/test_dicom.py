@@ -418,16 +418,30 @@ def _edit_series(subj: Path, kind: str, which: int, **tags):
     return f
 
 
+@pytest.mark.parametrize("which", [2, 0], ids=["middle", "first"])
 @pytest.mark.parametrize("tags, message", [
     ({"PixelSpacing": None}, "{name}: missing PixelSpacing"),
-    ({"ImageOrientationPatient": [0, 1, 0, 1, 0, 0]}, "{name}: ImageOrientationPatient differs from"),
-    ({"PixelSpacing": [0.5, 0.5]}, "{name}: PixelSpacing differs from"),
-    ({"Rows": 32}, "{name}: 32x64 pixels, .* has 64x64"),
+    ({"ImageOrientationPatient": [0, 1, 0, 1, 0, 0]}, "{name}: ImageOrientationPatient differs from {ref} and"),
+    ({"PixelSpacing": [0.5, 0.5]}, "{name}: PixelSpacing differs from {ref} and"),
+    ({"Rows": 32}, "{name}: 32x64 pixels, {ref} and .* have 64x64"),
+    ({"SliceThickness": "5"}, "{name}: SliceThickness 5 mm, {ref} and .* have 10 mm"),
 ])
-def test_a_slice_unlike_the_rest_of_its_series_is_named(synthetic_subject, tmp_path, tags, message):
+def test_a_slice_unlike_the_rest_of_its_series_is_named(synthetic_subject, tmp_path, tags, message, which):
+    """The slice unlike the others is named, the first file too: the series' reference is the
+    geometry most of its slices share (the first file was, so a bad first file blamed every good
+    one); SliceThickness is checked on every slice (it was read from the first file only)."""
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
-    victim = _edit_series(subj, "Low Dose", 2, **tags)
-    _expect_error(subj, tmp_path / "out", message.format(name=victim.name))
+    victim = _edit_series(subj, "Low Dose", which, **tags)
+    files = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))
+    ref = files[1 if which == 0 else 0].name
+    _expect_error(subj, tmp_path / "out", message.format(name=victim.name, ref=ref))
+
+
+def test_rescale_tags_that_overflow_float32_are_named_not_written_as_inf(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = _edit_series(subj, "Low Dose", 1, RescaleSlope="1e38")
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: RescaleSlope 1e\\+38 and RescaleIntercept -1024 map the "
+                  "stored values beyond the range of float32 HU")
 
 
 def test_files_a_download_leaves_beside_the_slices_are_skipped_and_named(synthetic_subject, tmp_path, caplog):
@@ -628,3 +642,35 @@ def test_the_dcm2niix_orientation_is_the_layout_dcm2niix_stores(synthetic_subjec
     shown = to_slices(np.asarray(nib.load(str(synthetic_subject["nifti"] / "full.nii.gz")).dataobj, dtype=np.float32))
     turned = torch.rot90(torch.from_numpy(shown), -ORIENTATION_TURNS["dcm2niix"], (-2, -1)).numpy()
     assert np.array_equal(turned, np.moveaxis(raw, 2, 0))
+
+
+def test_full_and_low_given_the_wrong_way_round_are_refused(synthetic_subject, tmp_path, capfd):
+    """The series' dose tags say which is the low dose: a swapped pair (generic layout, or
+    `ldct convert --full/--low`) converted silently and trained the models from full to low dose."""
+    from ldct.cli import main
+
+    full = series_dir(synthetic_subject["dicom"], "Full Dose")
+    low = series_dir(synthetic_subject["dicom"], "Low Dose")
+    rc = main(["convert", "--full", str(low), "--low", str(full), "--subject", "p7", "--out", str(tmp_path / "p7")])
+    assert rc == 1 and not (tmp_path / "p7").exists()
+    err = capfd.readouterr().err
+    assert "the low-dose series has the higher dose, Exposure (mAs) 300 against the full dose's 75" in err
+    assert "the wrong way round?" in err
+
+
+def test_exposure_is_the_series_mean_under_tube_current_modulation(synthetic_subject, tmp_path):
+    """Exposure varies slice by slice under tube current modulation: the manifest's (and the
+    swap check's) is the mean over the series, not the first file's."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    for k, f in enumerate(sorted(series_dir(subj, "Low Dose").glob("*.dcm"))):
+        _edit_series(subj, "Low Dose", k, Exposure=str([150, 50, 50, 50][k]))
+    row = convert_subject(subj, tmp_path / "out")
+    assert row["low_exposure_mas"] == pytest.approx(75.0) and row["dose_ratio"] == pytest.approx(0.25)
+
+
+def test_a_multi_frame_file_is_named_as_such(synthetic_subject, tmp_path):
+    """An Enhanced CT file (all slices as frames of one file) was refused as 'missing
+    ImagePositionPatient' (its positions are per frame)."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = _edit_series(subj, "Low Dose", 0, NumberOfFrames="4")
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: a multi-frame file \\(4 frames, e.g. Enhanced CT\\)")

@@ -57,6 +57,16 @@ CONDA_ENV = "../envs/ldct.yaml"
 MAX_THREADS = 64
 
 
+def user_path(path) -> str:
+    """A path of the user's (under the DICOM root, given weights, a preset file) as a rule's input.
+    Snakemake reads braces in an input as a wildcard and has no escape for an input function's
+    paths, so one with braces is refused by name, not left to a WildcardError naming neither."""
+    if "{" in str(path) or "}" in str(path):
+        raise WorkflowError(f"{path}: a path with {{ or }} cannot be a Snakemake input (braces are read as "
+                            "wildcards); rename the folder or give a link to it without braces")
+    return str(path)
+
+
 def find_subjects():
     if SYNTHETIC:
         found = subject_ids(config["synthetic"]["n_subjects"])
@@ -244,10 +254,10 @@ def convert_inputs(wc):
     if config["dataset"]["layout"] == "generic":
         folders = config["dataset"]["series"][wc.subject]
         full, low = root / folders["full"], root / folders["low"]
-        return {"full": ancient(str(full)), "low": ancient(str(low)),
-                "files": [str(p) for p in series_files(full) + series_files(low)], **code}
-    return {"dicom": ancient(str(root / wc.subject)),
-            "files": [str(p) for p in series_files(root / wc.subject, recursive=True)], **code}
+        return {"full": ancient(user_path(full)), "low": ancient(user_path(low)),
+                "files": [user_path(p) for p in series_files(full) + series_files(low)], **code}
+    return {"dicom": ancient(user_path(root / wc.subject)),
+            "files": [user_path(p) for p in series_files(root / wc.subject, recursive=True)], **code}
 
 
 # The pairing settings of `convert` and `convert-doses`, the latter's low_series and both's
