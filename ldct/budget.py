@@ -23,10 +23,11 @@ OWN_STEPS = ("converged", "fixed")
 ONE_PASS = "pass"
 
 
-def _probe(name: str, kwargs: dict, size: int):
+def _probe(name: str, kwargs: dict, size: int, training: bool = True):
     """Model `name` built with `kwargs`, checked as the workflow needs it before any job runs:
     it builds, has something to train (or is calibrated), and maps a (1, 1, size, size) input
-    to that shape (run on the meta device: no computation; complexity.dry_forward). A
+    to that shape in eval mode and (with `training`) in a training step, whose output depends on
+    its parameters (run on the meta device: no computation; complexity.dry_forward). A
     ConfigError says what is wrong, naming the model's file."""
     import torch
 
@@ -46,19 +47,36 @@ def _probe(name: str, kwargs: dict, size: int):
         raise ConfigError(f"model {name!r}{where} cannot be built with {kwargs}: {type(err).__name__}: {err}") from None
     calibrated = getattr(cls, "calibrated", False)
     if not calibrated and not any(p.requires_grad for p in net.parameters()):
-        raise ConfigError(f"model {name!r} has no trainable parameters: a method with nothing to learn is a "
+        raise ConfigError(f"model {name!r}{where} has no trainable parameters: a method with nothing to learn is a "
                           "calibrated row (set `calibrated = True` on its class, as models/bm3d.py does)")
     if calibrated:
         return net
-    try:
-        out = dry_forward(net, size, eval_mode=True)[0]
-    except Exception as err:
-        raise ConfigError(f"model {name!r}{where} fails on a (1, 1, {size}, {size}) input: {type(err).__name__}: {err}") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 1, size, size):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {name!r}{where} returns {got} for a (1, 1, {size}, {size}) input; a denoiser returns "
-                          "one image of its input's shape (README: Add a baseline)")
+    for train_pass, mode in ((False, "in eval mode"), (True, "in a training step"))[:1 + training]:
+        try:
+            out = dry_forward(net, size, eval_mode=True, training=train_pass)[0]
+        except Exception as err:
+            raise ConfigError(f"model {name!r}{where} fails on a (1, 1, {size}, {size}) input {mode}: "
+                              f"{type(err).__name__}: {err}") from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 1, size, size):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"model {name!r}{where} returns {got} for a (1, 1, {size}, {size}) input {mode}; a "
+                              "denoiser returns one image of its input's shape (README: Add a baseline)")
+        if train_pass and not out.requires_grad:
+            raise ConfigError(f"model {name!r}{where} returns, in a training step, an output that does not depend on "
+                              "its trainable parameters, so no gradient would reach them (a forward that returns its "
+                              "input?)")
     return net
+
+
+@functools.lru_cache(maxsize=None)
+def check_shapes(model_json: str, seg_json: str, size: int) -> None:
+    """The model spec probed in eval mode (as `_probe`) at another size the run uses: whole
+    slices, where validation and denoising run (training's patches are probed when its MACs
+    are counted)."""
+    from ldct.spec import with_segmenter
+
+    kwargs = with_segmenter(json.loads(model_json), json.loads(seg_json))
+    _probe(kwargs.pop("name"), kwargs, size, training=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,11 +94,15 @@ def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> tuple[float, f
     return total / per, frozen / per
 
 
+def _segmenter_json(segmenter: dict) -> str:
+    """The segmenter settings a model built with it depends on (SGDNet's U-Net), as a cache key."""
+    return json.dumps({k: segmenter.get(k) for k in ("base_width", "norm")}, sort_keys=True)
+
+
 def macs_per_pixel(model: dict, segmenter: dict, size: int = 64, frozen: bool = False):
     """Forward MACs per pixel of one training pass of a model spec ({'name', **kwargs}),
     counted at size x size; with `frozen`, (all, the frozen submodules' share)."""
-    seg = {k: segmenter.get(k) for k in ("base_width", "norm")}
-    both = _macs_per_pixel(json.dumps(model, sort_keys=True), json.dumps(seg, sort_keys=True), size)
+    both = _macs_per_pixel(json.dumps(model, sort_keys=True), _segmenter_json(segmenter), size)
     return both if frozen else both[0]
 
 
@@ -111,6 +133,8 @@ def resolve(train: dict, model: dict, segmenter: dict, slice_size: int) -> tuple
     b = train["budget"]
     size = min(train["patch_size"] or slice_size, slice_size)  # the sampler's patches never exceed the slice
     macs_step = step_macs(model, segmenter, size, train["batch_size"])
+    if size != slice_size:
+        check_shapes(json.dumps(model, sort_keys=True), _segmenter_json(segmenter), slice_size)
     train = dict(train)
     if b["protocol"] in OWN_STEPS:  # one pass per epoch: the steps are known once the slices are counted
         steps = None if train["iters_per_epoch"] == ONE_PASS else train["epochs"] * train["iters_per_epoch"]
@@ -230,13 +254,14 @@ def spent_note(train: dict, training) -> str:
     trained = training[training["steps"] > 0]
     capped = [is_capped(b, int(s), float(t)) for s, t in zip(trained["steps"], trained["tera_macs"])]
     full = trained["tera_macs"][[not c for c in capped]]
-    if full.empty:
-        return ""
     low = trained["tera_macs"][capped]
 
     def span(x) -> str:  # one number where every row spent the same
         lo, hi = f"{x.min():.3g}", f"{x.max():.3g}"
         return lo if lo == hi else f"{lo}-{hi}"
+    if full.empty:
+        return ("" if low.empty else f"Compute spent: every experiment reached the step cap first and spent less than "
+                f"the budget ({span(low)} x 10^12 MACs).")
     return (f"Compute spent: {span(full)} x 10^12 MACs"
             + (f"; {len(low)} experiment(s) reached the step cap first and spent less "
                f"({span(low)} x 10^12)." if len(low) else "."))

@@ -29,20 +29,27 @@ def count_params(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bool = False, eval_mode: bool = False):
+def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bool = False, eval_mode: bool = False,
+                training: bool = False):
     """A copy of `net` run once without gradients on a (1, in_channels, size, size) input, on the
     meta device (shapes only, no computation); a model whose forward reads a value out of a
     tensor (`.item()`, `float(t)`, numpy), which meta tensors do not hold, runs on the CPU with a
     random input instead (its error, if it fails there too, is the one raised; any other error
-    on the meta device is raised as it is). The copy is in eval mode with `eval_mode`. Returns
-    (the output, the FlopCounterMode that counted the run when `count`, else None)."""
+    on the meta device is raised as it is). The copy is in eval mode with `eval_mode`; with
+    `training`, it runs as a training step does (train mode, gradients on,
+    engine.forward_for_training with the input as target). Returns (the output, the
+    FlopCounterMode that counted the run when `count`, else None)."""
+    from ldct.engine import forward_for_training
+
     for device in ("meta", "cpu"):
         x = (torch.zeros(1, in_channels, size, size, device="meta") if device == "meta"
              else torch.rand(1, in_channels, size, size, generator=torch.Generator().manual_seed(0)))
         counter = FlopCounterMode(display=False) if count else None
         try:
-            with torch.no_grad(), counter if counter is not None else contextlib.nullcontext():
+            with torch.set_grad_enabled(training), counter if counter is not None else contextlib.nullcontext():
                 copied = copy.deepcopy(net).to(device)
+                if training:
+                    return forward_for_training(copied.train(), x, x), counter
                 return (copied.eval() if eval_mode else copied)(x), counter
         except Exception as err:  # only what the meta device cannot do goes on to the CPU
             if device == "cpu" or not (isinstance(err, NotImplementedError) or "meta" in str(err).lower()):

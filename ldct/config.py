@@ -201,7 +201,8 @@ def validate_config(config: dict) -> dict:
     coerce(schema, config)
     _coerce_experiments(config, train_schema)
     _reject_non_finite(config)
-    reserved = [n for n in (config.get("experiments") or {}) if n in RESERVED_ROWS]
+    # case-insensitively: on a case-insensitive disk (macOS, Windows) `ldct` would share LDCT's folders
+    reserved = [n for n in (config.get("experiments") or {}) if n.upper() in {r.upper() for r in RESERVED_ROWS}]
     if reserved:
         raise ConfigError(f"config error at experiments.{reserved[0]}: {reserved[0]!r} is the name of a row every "
                           f"table shows ({', '.join(RESERVED_ROWS)}); give the experiment another name")
@@ -239,6 +240,7 @@ def validate_config(config: dict) -> dict:
                           "segmentation U-Net; give the converted HeadCTSegmentation weights (model.pth, base_width 64)")
     _check_doses(config)
     _check_split(config["split"])
+    _check_anatomical_pairs(config["experiments"])
     return config
 
 
@@ -265,6 +267,29 @@ def _check_paths(config: dict) -> None:
         if isinstance(value, str) and ("{" in value or "}" in value):
             raise ConfigError(f"config error at {key}: {value!r} has a brace, which Snakemake reads as a wildcard in "
                               "the workflow's file paths; rename the folder or give a link to it without { or }")
+
+
+def _check_anatomical_pairs(experiments: dict) -> None:
+    """The anatomical-effect table pairs `<model>_ana` with `<model>_l1` by name and reports the
+    difference as the anatomical loss's effect: a pair so named must be that comparison (the
+    same model and arguments, the anatomical loss in the _ana run only), not two unrelated runs."""
+    import losses
+
+    for name, exp in experiments.items():
+        other = name[:-4] + "_l1"
+        if not name.endswith("_ana") or other not in experiments:
+            continue
+        why = []
+        if exp["model"] != experiments[other]["model"]:
+            why.append(f"its model {exp['model']} is not {other}'s {experiments[other]['model']}")
+        if not losses.needs_segmenter(exp["loss"]["name"]):
+            why.append(f"its loss {exp['loss']['name']!r} is not an anatomical perception loss")
+        if losses.needs_segmenter(experiments[other]["loss"]["name"]):
+            why.append(f"{other}'s loss {experiments[other]['loss']['name']!r} is an anatomical one too")
+        if why:
+            raise ConfigError(f"config error at experiments.{name}: the anatomical-effect table pairs it with {other} by "
+                              f"name as the anatomical loss's effect, but {'; '.join(why)}: make it that comparison, "
+                              "or rename it")
 
 
 def _check_doses(config: dict) -> None:

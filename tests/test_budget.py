@@ -51,6 +51,9 @@ def test_the_caption_states_the_compute_each_experiment_really_spent():
     under = pd.DataFrame({"experiment": ["featkpn_l1", "gaussian_l1"], "steps": [480, 995], "tera_macs": [0.199, 0.0001]})
     assert budget.spent_note(train, under).startswith("Compute spent: 0.199 x 10^12 MACs; 1 experiment(s) reached")
     assert budget.spent_note(config("equal_steps")["train"], training) == ""
+    capped = pd.DataFrame({"experiment": ["gaussian_l1"], "steps": [1000], "tera_macs": [0.0001]})  # said nothing
+    assert budget.spent_note(train, capped) == ("Compute spent: every experiment reached the step cap first and spent "
+                                                "less than the budget (0.0001 x 10^12 MACs).")
     assert "equal compute, 0.2 x 10^12" in budget.describe(train) and "rounded to whole validation rounds" in budget.describe(train)
     assert "the anatomical loss's U-Net not counted" in budget.describe(train)
 
@@ -447,7 +450,13 @@ def test_the_caption_lists_the_settings_experiments_set_for_themselves():
     ("return torch.cat([x, x], 1)", r"returns \(1, 2, 32, 32\) for a \(1, 1, 32, 32\) input"),
     ("return self.conv(x)[..., 2:-2, 2:-2]", r"returns \(1, 1, 28, 28\)"),
     ("return self.conv(x).squeeze(1)", r"returns \(1, 32, 32\)"),
-    ("return self.conv(x, y)", "fails on a \\(1, 1, 32, 32\\) input: NameError"),
+    ("return self.conv(x, y)", "fails on a \\(1, 1, 32, 32\\) input in eval mode: NameError"),
+    # deep supervision: a tuple in training only (the probe ran eval mode; training died at its first loss)
+    ("return (self.conv(x), x) if self.training else self.conv(x)",
+     r"returns tuple for a \(1, 1, 32, 32\) input in a training step"),
+    ("return x * 1.0", "returns, in a training step, an output that does not depend on its trainable parameters"),
+    # fine on the 32-pixel patches, not on the 64-pixel slices validation and denoising run on
+    ("return self.conv(x)[..., :32, :32]", r"returns \(1, 1, 32, 32\) for a \(1, 1, 64, 64\) input in eval mode"),
 ])
 def test_a_baseline_that_breaks_the_model_contract_stops_the_plan(body, message):
     """A model returning another shape ran end to end (training broadcast the target, inference
@@ -462,7 +471,7 @@ def test_a_baseline_that_breaks_the_model_contract_stops_the_plan(body, message)
          "        self.conv = nn.Conv2d(1, 1, 3, padding=1)\n    def forward(self, x):\n        " + body, ns)
     models.REGISTRY._items[name] = ns["Net"]
     try:
-        cfg = validate_config({"train": {"patch_size": 32},
+        cfg = validate_config({"train": {"patch_size": 32}, "synthetic": {"matrix": 64},
                                "experiments": {"b_l1": {"model": {"name": name}, "loss": {"name": "l1"}}}})
         with pytest.raises(ConfigError, match=f"config error at experiments.b_l1.model: model '{name}' "
                                               f"\\(models/{name}.py\\) {message}"):
@@ -536,7 +545,8 @@ def test_a_baseline_with_nothing_to_train_is_told_to_be_calibrated():
     models.REGISTRY._items["blank_probe"] = Blank
     try:
         cfg = validate_config({"experiments": {"b": {"model": {"name": "blank_probe"}, "loss": {"name": "l1"}}}})
-        with pytest.raises(ConfigError, match="no trainable parameters.*calibrated = True"):
+        with pytest.raises(ConfigError, match=r"'blank_probe' \(tests/test_budget.py\) has no trainable parameters.*"
+                                              "calibrated = True"):
             ExperimentSpec.from_config(cfg, "b")
     finally:
         del models.REGISTRY._items["blank_probe"]

@@ -97,6 +97,17 @@ def test_every_schema_key_has_default_and_description():
     ({"dataset": {"source": "dicom", "dicom_root": "/data/scans {v2}"}, "segmenter": {"weights": "w.pth"}},
      "dataset.dicom_root: '/data/scans {v2}' has a brace"),  # was Snakemake's WildcardError naming neither
     ({"results": "out{1}"}, "results: 'out{1}' has a brace"),
+    # the anatomical-effect table reported any <m>_ana minus <m>_l1 as the anatomical loss's effect
+    ({"experiments": {"m_l1": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}},
+                      "m_ana": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}}}},
+     "experiments.m_ana: the anatomical-effect table pairs it with m_l1 by name as the anatomical loss's effect, but its "
+     "loss 'l1' is not an anatomical perception loss"),
+    ({"experiments": {"m_l1": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}},
+                      "m_ana": {"model": {"name": "edcnn"}, "loss": {"name": "l1_l1ana_1"}}}},
+     "experiments.m_ana: the anatomical-effect table pairs it with m_l1 by name as the anatomical loss's effect, but its "
+     "model {'name': 'edcnn'} is not m_l1's {'name': 'redcnn'}"),
+    ({"experiments": {"ndct": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}}}},
+     "experiments.ndct: 'ndct' is the name of a row"),  # its folder is NDCT's on a case-insensitive disk
 ])
 def test_invalid_config_names_the_key(patch, key):
     """`key` is 'the key: part of the reason': an error at the same key for another reason fails."""
