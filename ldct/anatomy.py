@@ -21,6 +21,7 @@ from ldct.errors import ConfigError, DataError
 from ldct.inference import load_checkpoint, pick_device, segment
 from ldct.io import save_torch, write_csv
 from ldct.provenance import versions
+from ldct.registry import library_files
 
 # Pre-training shifts each batch by up to this many HU: robustness to scanner calibration
 # (a few HU), small enough to keep the absolute 10-30 HU tissue contrasts meaningful.
@@ -197,10 +198,12 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
 
     task = engine.Task(net, SegmentationLoss(weight), sample, lambda m: validation_dice(m, va, device),
                        score="val_mean_dice", maximize=True, label="segmenter ")
-    key = engine.settings_hash({"cfg": cfg, "seed": seed, "splits": splits,
-                                "inputs": engine.fingerprint([tr, va], packages=(models,))})
-    result = engine.fit(task, cfg, device=device, generator=gen,
-                        key=key, checkpoint_dir=checkpoint_dir)
+    # as a denoiser's (ldct.train): resumed only under the same code, and on the CPU the same
+    # thread count (another sums in another order: a run resumed with it ends with other weights)
+    code = library_files(Path(__file__).parents[1], "anatomy")
+    key = {"cfg": cfg, "seed": seed, "splits": splits, "inputs": engine.fingerprint([tr, va], code, packages=(models,)),
+           "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    result = engine.fit(task, cfg, device=device, generator=gen, key=key, checkpoint_dir=checkpoint_dir)
     net.load_state_dict(result.best_state)
     best = result.best_row
     save_segmenter(out, net, f"pretrained on {nifti_dir}: " + ",".join(splits["train"]),

@@ -349,7 +349,8 @@ def spec_with_overrides(spec, given: dict):
                             "hu_range), or a file holding it; the workflow passes this"),
          arg("--experiment", help="with --config: the experiment to train"),
          arg("--segmenter", help="segmenter.pt, for experiments that use the frozen U-Net"),
-         arg("--stop-after-epochs", type=int, help="stop early (to test resuming)"),
+         arg("--stop-after-epochs", type=_positive_int, help="stop after this many epochs, keeping the checkpoint "
+                                                             "and writing no model (to test resuming)"),
          sections={"train": None}, seed=True)
 def cmd_train(a) -> None:
     import dataclasses
@@ -616,9 +617,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(command_spec=c)
         for flags, kwargs in c["args"]:
             p.add_argument(*flags, **kwargs)
-        p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+        threads = {"seeds": "not used: Snakemake's --cores sets each job's threads",
+                   "train": "torch CPU threads (default: torch's choice); on the CPU a checkpoint resumes only with "
+                            "the count it was written with (other threads, other weights)"}
+        p.add_argument("--threads", type=_positive_int, help=threads.get(name, "torch CPU threads (default: torch's choice)"))
         if c["seed"]:
-            p.add_argument("--seed", type=int, help="seed (default: --config's, else 42)")
+            p.add_argument("--seed", type=int, help="seed (default: the seed of --spec or --config, else 42)"
+                           if name == "train" else "seed (default: --config's, else 42)")
         if c["sections"]:
             p.add_argument("--config", help="a config YAML file whose section(s) replace the defaults")
             for section, keys in c["sections"].items():
@@ -635,6 +640,8 @@ def _exit_on_sigterm() -> None:
     import threading
 
     def stop(signum, frame):
+        print("ldct: stopped by SIGTERM (a cancelled job or a time limit); nothing half-written is kept: run it "
+              "again to go on (a training resumes from its last epoch)", file=sys.stderr)
         raise SystemExit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():
@@ -669,4 +676,8 @@ def _main(argv: list[str] | None) -> int:
     except (LdctError, FileNotFoundError) as err:  # a missing input file is the user's too
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print("ldct: interrupted (Ctrl-C); nothing half-written is kept: run it again to go on (a training "
+              "resumes from its last epoch)", file=sys.stderr)
+        return 130
     return 0

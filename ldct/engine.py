@@ -224,12 +224,13 @@ class Result:
     complete: bool  # False when stopped early by stop_after_epochs
 
 
-def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generator, key: str,
+def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generator, key: str | dict,
         checkpoint_dir: str | Path | None = None, stop_after_epochs: int | None = None,
         patience: int | None = None, macs_per_step: float = 0.0) -> Result:
     """Train `task.net` for cfg['epochs'] x cfg['iters_per_epoch'] steps (see the module doc);
     with `patience`, stop once the score has not improved for that many epochs. History rows
-    count the steps and the training compute (`macs_per_step`, in 10^12 MACs) so far."""
+    count the steps and the training compute (`macs_per_step`, in 10^12 MACs) so far. `key`:
+    what a checkpoint must match to be resumed (_Checkpoint)."""
     epochs, iters = cfg["epochs"], cfg["iters_per_epoch"]
     opt = build_optimizer([p for p in task.net.parameters() if p.requires_grad], cfg)
     schedule = Schedule(opt, cfg, iters, epochs * iters)
@@ -243,6 +244,7 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
     history, best_state = state["history"], state["best_state"]
     better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
     best = state["best"] if state["best"] is not None else (-math.inf if task.maximize else math.inf)
+    first_epoch = started = None  # for the time left: this process's epochs (a resumed run's too)
     for epoch in range(state["epoch"], epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             break
@@ -250,26 +252,10 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
             print(f"{task.label}no improvement for {patience} validations: stopping after epoch {epoch}",
                   file=sys.stderr)
             break
-        task.net.train()
-        if isinstance(task.criterion, torch.nn.Module):
-            task.criterion.train()
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        if task.start_epoch is not None:
-            task.start_epoch()
-        bar = tqdm(range(iters), desc=f"{task.label}epoch {epoch + 1}/{epochs}", file=sys.stderr, mininterval=5)
-        for it in bar:
-            schedule.before_step(epoch * iters + it)
-            lr_used = opt.param_groups[0]["lr"]  # this step's rate (after_step already sets the next one's)
-            x, y = task.sample()
-            try:
-                losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp,
-                                    adversary)
-            except TrainingError as err:
-                raise _where(err, task, epoch, it, iters) from None
-            schedule.after_step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
+        if first_epoch is None:
+            first_epoch, started = epoch, t0
+        sums, lr_used = _train_epoch(task, opt, schedule, scaler, adversary, device, use_amp, epoch, epochs, iters)
         seconds = time.perf_counter() - t0
         task.net.eval()
         row = task.validate(task.net)
@@ -279,11 +265,43 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
             best_state = {k: v.detach().cpu().clone() for k, v in task.net.state_dict().items()}
         history.append(_history_row(epoch + 1, sums, iters, row, lr_used, seconds, improved, cfg["batch_size"]))
         history[-1].update(step=(epoch + 1) * iters, tera_macs=(epoch + 1) * iters * macs_per_step / 1e12)
+        left = (time.perf_counter() - started) / (epoch + 1 - first_epoch) * (epochs - epoch - 1)
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
-              f"{row[task.score]:.4f}{' (best)' if improved else ''}", file=sys.stderr)
+              f"{row[task.score]:.4f}{' (best)' if improved else ''}"
+              + (f"; about {_duration(left)} left of {epochs} epochs" if epoch + 1 < epochs else ""), file=sys.stderr)
         checkpoint.save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best, best_state, adversary)
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
     return Result(history, best_state, _kept_row(history, task), done)
+
+
+def _train_epoch(task: Task, opt, schedule: Schedule, scaler, adversary, device: torch.device, use_amp: bool,
+                 epoch: int, epochs: int, iters: int) -> tuple[dict[str, float], float]:
+    """One epoch's `iters` steps: (the sums of the loss terms, the rate of its last step)."""
+    task.net.train()
+    if isinstance(task.criterion, torch.nn.Module):
+        task.criterion.train()
+    sums: dict[str, float] = {}
+    if task.start_epoch is not None:
+        task.start_epoch()
+    for it in tqdm(range(iters), desc=f"{task.label}epoch {epoch + 1}/{epochs}", file=sys.stderr, mininterval=5):
+        schedule.before_step(epoch * iters + it)
+        lr_used = opt.param_groups[0]["lr"]  # this step's rate (after_step already sets the next one's)
+        x, y = task.sample()
+        try:
+            losses = train_step(task.net, task.criterion, opt, scaler, x.to(device), y.to(device), use_amp, adversary)
+        except TrainingError as err:
+            raise _where(err, task, epoch, it, iters) from None
+        schedule.after_step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return sums, lr_used
+
+
+def _duration(seconds: float) -> str:
+    """`seconds` as a person reads a time left: 40 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _where(err: TrainingError, task: Task, epoch: int, it: int, iters: int) -> TrainingError:
@@ -316,13 +334,43 @@ def _history_row(epoch: int, sums: dict, iters: int, val: dict, lr: float, secon
             "seconds": round(seconds, 3), "best": best, "samples_per_s": round(iters * batch / seconds, 3)}
 
 
-class _Checkpoint:
-    """`last.pt` in the checkpoint folder: everything needed to continue after an epoch."""
+# What a resume key's parts are, in the message that says why a checkpoint is not resumed
+KEY_PARTS = {"spec": "the experiment's settings", "cfg": "the settings", "seed": "the seed", "splits": "the split",
+             "train": "the training subjects", "val": "the validation subjects", "inputs": "the data or code"}
 
-    def __init__(self, folder: str | Path | None, key: str, device: torch.device = torch.device("cpu")):
+
+class _Checkpoint:
+    """`last.pt` in the checkpoint folder: everything needed to continue after an epoch. It is
+    resumed only under the same `key`: a dict of what the run depends on (its settings, data,
+    code, and on the CPU its thread count), or one string; the message when it is not names
+    the parts that changed."""
+
+    def __init__(self, folder: str | Path | None, key: str | dict, device: torch.device = torch.device("cpu")):
         self.path = Path(folder) / "last.pt" if folder else None
-        self.key = key
+        self.key = key if isinstance(key, str) else settings_hash(key)
+        self.parts = {} if isinstance(key, str) else {k: settings_hash(v) for k, v in key.items()}
+        self.threads = None if isinstance(key, str) else key.get("threads")
         self.device = device
+
+    def _changed(self, state: dict) -> str:
+        """Why `state` (another run's last.pt) is not resumed: the parts of the key that differ."""
+        parts = state.get("key_parts") if isinstance(state, dict) else None
+        if not parts or not self.parts:  # written before the parts were recorded
+            return "settings or inputs changed"
+        changed = [k for k in self.parts if parts.get(k) != self.parts[k]]
+        words = [KEY_PARTS.get(k, k) for k in changed if k != "threads"]
+        if "threads" in changed:
+            old = state.get("threads")
+            words.append(f"the CPU thread count ({old} -> {self.threads}: other threads sum in another order, so "
+                         f"the weights would differ; to resume, run it with {old} again, e.g. snakemake --cores {old})")
+        return f"{' and '.join(words) or 'its settings'} changed"
+
+    def clear_leftovers(self) -> None:
+        """Remove what a killed write left (ldct.io.atomic_path's temporary `.last.pt.*` files:
+        a SIGKILL cannot be caught). The folder is this run's alone (Snakemake locks its outputs)."""
+        if self.path is not None and self.path.parent.is_dir():
+            for tmp in self.path.parent.glob(f".{self.path.name}.*"):
+                tmp.unlink(missing_ok=True)
 
     def _cuda_rng(self):
         """The random state of the training GPU only (not of every visible one: a run killed
@@ -342,16 +390,17 @@ class _Checkpoint:
     def resume(self, net, opt, schedule: Schedule, gen: torch.Generator, scaler: torch.amp.GradScaler,
                adversary: Adversary | None = None) -> dict:
         fresh = {"history": [], "epoch": 0, "best": None, "best_state": None}
+        self.clear_leftovers()
         if self.path is None or not self.path.exists():
             return fresh
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # damaged on disk (it is written by rename, so not by a killed job)
-            print(f"{self.path}: unreadable checkpoint ({type(err).__name__}: {str(err).strip()[:200]}): "
-                  "starting fresh", file=sys.stderr)
+            why = str(err).strip().splitlines()[0] if str(err).strip() else "empty or cut short"
+            print(f"{self.path}: unreadable checkpoint ({type(err).__name__}: {why}): starting fresh", file=sys.stderr)
             return fresh
         if not isinstance(state, dict) or state.get("key") != self.key:
-            print(f"settings or inputs changed since {self.path} was written: starting fresh", file=sys.stderr)
+            print(f"{self.path}: {self._changed(state)} since it was written: starting fresh", file=sys.stderr)
             return fresh
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -371,7 +420,8 @@ class _Checkpoint:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        save_torch(self.path, {"key": self.key, "model": net.state_dict(), "opt": opt.state_dict(),
+        save_torch(self.path, {"key": self.key, "key_parts": self.parts, "threads": self.threads,
+                               "model": net.state_dict(), "opt": opt.state_dict(),
                                "sched": schedule.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
                                "cuda_rng": self._cuda_rng(),
                                "scaler": scaler.state_dict(), "history": history, "epoch": epoch, "best": best,

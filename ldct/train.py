@@ -309,16 +309,33 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
         [{"lr": spec.train["lr"], "steps": spec.budget.get("steps"), "chosen": True, "source": "given"}])
     spec = replace(spec, train={**spec.train, "lr": float(sweep.loc[sweep["chosen"], "lr"].iloc[0])})
     result, model_spec = run.fit(spec, checkpoint_dir, stop_after_epochs,
-                                 patience=spec.train["budget"]["patience"] if _converged(spec) else None)
+                                 patience=spec.train["budget"]["patience"] if _converged(spec) else None,
+                                 label=f"{spec.name}: ")
     df = pd.DataFrame(result.history).assign(target=spec.train.get("target", "ndct"))
     if not result.complete:
+        print(f"{spec.name}: stopped after epoch {len(result.history)} as asked (--stop-after-epochs): no model.pt "
+              f"written; the same command without it resumes from {checkpoint_dir}", file=sys.stderr)
         return df
+    print(summary(spec, result, run.ldct_psnr), file=sys.stderr)
     # written together at the end (the sweep's runs are kept in checkpoint_dir meanwhile): a run
     # that fails leaves no new lr_sweep.csv beside an older model.pt
     write_csv(Path(out_model).with_name("lr_sweep.csv"), sweep)
     write_csv(out_history, df)
     _save_model(out_model, result.best_state, model_spec, spec, result.best_row, run)
     return df
+
+
+def summary(spec: ExperimentSpec, result: engine.Result, ldct_psnr: float) -> str:
+    """The training's last log line: the steps and compute it spent, the epoch kept and its
+    validation PSNR against the LDCT input's (Table 2's convergence marks come from the same
+    history: training.csv)."""
+    last, kept = result.history[-1], result.best_row
+    planned = spec.train["epochs"] * spec.train["iters_per_epoch"]
+    patience = spec.train.get("budget", {}).get("patience")
+    stopped = f" (stopped early: no better validation in the last {patience})" if last["step"] < planned else ""
+    return (f"{spec.name}: done: {last['step']} of {planned} steps{stopped}, {last['tera_macs']:.3g} x 10^12 MACs, "
+            f"lr {spec.train['lr']:g}; kept epoch {kept['epoch']} of {len(result.history)} (step {kept['step']}): "
+            f"validation PSNR [-40, 120] HU {kept['val_psnr_brain']:.2f} dB, the LDCT input's {ldct_psnr:.2f} dB")
 
 
 def _save_model(out_model: str, state: dict, model_spec: dict, spec: ExperimentSpec, best: dict, run: _Run) -> None:
@@ -398,8 +415,9 @@ class _Run:
                 "val_psnr_brain_ldct": self.ldct_psnr}
 
     def fit(self, spec: ExperimentSpec, checkpoint_dir: str | None, stop_after_epochs: int | None = None,
-            patience: int | None = None) -> tuple[engine.Result, dict]:
-        """Train from the seed's initialisation (the same for every call with one seed)."""
+            patience: int | None = None, label: str = "") -> tuple[engine.Result, dict]:
+        """Train from the seed's initialisation (the same for every call with one seed); `label`
+        prefixes its progress lines and errors."""
         cfg = spec.train
         engine.prepare(spec.seed, self.device)
         net, criterion, model_spec = build_experiment(spec, self.seg_ck, self.device)
@@ -408,9 +426,9 @@ class _Run:
         # on the CPU the thread count changes the sums' order, hence the weights: a run resumed
         # with other threads (another --cores, another cpus-per-task) would go on another path
         threads = torch.get_num_threads() if self.device.type == "cpu" else None
-        key = engine.settings_hash({"spec": spec.to_json(), **self.splits, "inputs": self.inputs, "threads": threads})
+        key = {"spec": spec.to_json(), **self.splits, "inputs": self.inputs, "threads": threads}
         task = engine.Task(net, criterion, sampler.sample, self.validate, score="val_mse_head",
-                           start_epoch=sampler.start_epoch)
+                           start_epoch=sampler.start_epoch, label=label)
         result = engine.fit(task, cfg, device=self.device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,
                             stop_after_epochs=stop_after_epochs, patience=patience,
                             macs_per_step=spec.budget.get("macs_per_step", 0.0))
@@ -422,21 +440,26 @@ class _Run:
         validation MSE [0, 80] HU is chosen."""
         cfg = self.spec.train
         epochs = sweep_epochs(cfg)
-        rows = []
-        for lr in cfg["lr_sweep"]["candidates"]:
+        rows, rates = [], cfg["lr_sweep"]["candidates"]
+        for i, lr in enumerate(rates, 1):
             trial = replace(self.spec, train={**cfg, "lr": lr, "epochs": epochs})
-            print(f"lr sweep: {lr:g} for {epochs} x {cfg['iters_per_epoch']} steps", file=sys.stderr)
+            print(f"lr sweep: {lr:g} ({i} of {len(rates)}) for {epochs} x {cfg['iters_per_epoch']} steps", file=sys.stderr)
+            label = f"{self.spec.name} lr sweep {lr:g}: "
             try:
-                best = self.fit(trial, str(Path(checkpoint_dir) / f"lr_{lr:g}"))[0].best_row
+                best = self.fit(trial, str(Path(checkpoint_dir) / f"lr_{lr:g}"), label=label)[0].best_row
                 rows.append({"lr": lr, "steps": epochs * cfg["iters_per_epoch"], "val_mse_head": best["val_mse_head"],
                              "val_psnr_brain": best["val_psnr_brain"], "source": "sweep"})
             except TrainingError as err:  # a rate that diverges is out, not fatal
+                why = str(err).removeprefix(label)
+                print(f"lr sweep: {lr:g} dropped: {why}", file=sys.stderr)
                 rows.append({"lr": lr, "steps": epochs * cfg["iters_per_epoch"], "val_mse_head": math.inf,
-                             "val_psnr_brain": math.nan, "source": f"sweep: {err}"})
+                             "val_psnr_brain": math.nan, "source": f"sweep: {why}"})
         df = pd.DataFrame(rows)
         if not np.isfinite(df["val_mse_head"]).any():
-            raise TrainingError(f"every learning rate of the sweep diverged: {cfg['lr_sweep']['candidates']}; "
+            raise TrainingError(f"{self.spec.name}: every learning rate of the sweep diverged: {cfg['lr_sweep']['candidates']}; "
                                 + "; ".join(f"{r['lr']:g}: {r['source'].removeprefix('sweep: ')}" for r in rows))
         df["chosen"] = df.index == df["val_mse_head"].idxmin()
-        print(f"lr sweep: chose {df.loc[df['chosen'], 'lr'].iloc[0]:g}", file=sys.stderr)
+        scores = ", ".join(f"{r.lr:g}: {r.val_mse_head:.4g}" for r in df.itertuples())
+        print(f"lr sweep: chose {df.loc[df['chosen'], 'lr'].iloc[0]:g} (validation MSE [0, 80] HU by rate: {scores})",
+              file=sys.stderr)
         return df

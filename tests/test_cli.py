@@ -224,6 +224,26 @@ def test_sigterm_leaves_no_half_written_file(tmp_path):
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 143, res.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+    assert "ldct: stopped by SIGTERM (a cancelled job or a time limit)" in res.stderr  # the log just stopped
+
+
+def test_ctrl_c_is_one_line_and_stop_after_epochs_is_checked(monkeypatch, capfd):
+    """Ctrl-C printed a KeyboardInterrupt traceback into the job's log; --stop-after-epochs -1
+    ran no training and exited 0, writing nothing and saying nothing."""
+    import ldct.cli
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(ldct.cli.COMMANDS["manifest"], "fn", interrupted)
+    assert main(["manifest", "--out", "x.csv", "a.json"]) == 130
+    err = capfd.readouterr().err
+    assert err.strip() == ("ldct: interrupted (Ctrl-C); nothing half-written is kept: run it again to go on (a training "
+                           "resumes from its last epoch)")
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--stop-after-epochs", bad, "--checkpoints", "c", "--nifti", "n",
+                                       "--splits", "s", "--out", "o", "--history", "h"])
 
 
 def test_the_dose_sweep_names_a_damaged_training_csv(tmp_path, capfd):

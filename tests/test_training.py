@@ -1,6 +1,7 @@
 """Training engine: determinism, resume after a kill, fresh start on changed settings."""
 
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -101,10 +102,13 @@ def test_an_epoch_of_one_pass_trains_the_slices_over_the_batch_size(dataset, tmp
 def test_changed_settings_start_fresh(dataset, tmp_path, capfd):
     ck = tmp_path / "ck"
     train(dataset, "x", tmp_path, ck=ck, stop_after_epochs=1)
+    assert (f"x: stopped after epoch 1 as asked (--stop-after-epochs): no model.pt written; the same command without "
+            f"it resumes from {ck}") in capfd.readouterr().err  # exit 0 and nothing written, nothing said
     changed = json.loads(json.dumps(EXPERIMENT))
     changed["train"]["lr"] = 5e-4
     hist, _ = train(dataset, "y", tmp_path, experiment=changed, ck=ck)
-    assert "starting fresh" in capfd.readouterr().err
+    assert f"{ck / 'last.pt'}: the experiment's settings changed since it was written: starting fresh" \
+        in capfd.readouterr().err  # it said "settings or inputs changed", whatever had
     assert list(hist["epoch"]) == [1, 2, 3]
 
 
@@ -122,7 +126,11 @@ def test_other_thread_count_or_training_code_starts_fresh(dataset, tmp_path, cap
         hist, _ = train(dataset, "y", tmp_path, ck=ck, stop_after_epochs=2)
     finally:
         torch.set_num_threads(threads)
-    assert "starting fresh" in capfd.readouterr().err and list(hist["epoch"]) == [1, 2]
+    other = 1 if threads > 1 else 2
+    err = capfd.readouterr().err  # the cause named, and how to resume (it said "settings or inputs changed")
+    assert (f"the CPU thread count ({threads} -> {other}: other threads sum in another order, so the weights would "
+            f"differ; to resume, run it with {threads} again, e.g. snakemake --cores {threads}) changed") in err
+    assert "starting fresh" in err and list(hist["epoch"]) == [1, 2]
     train(dataset, "w", tmp_path, ck=ck, stop_after_epochs=1)  # the thread count of the start again
     capfd.readouterr()
     edited = tmp_path / "edited.py"
@@ -130,7 +138,8 @@ def test_other_thread_count_or_training_code_starts_fresh(dataset, tmp_path, cap
     real = ldct.train.library_files
     monkeypatch.setattr(ldct.train, "library_files", lambda *a: [*real(*a), str(edited)])
     hist, _ = train(dataset, "z", tmp_path, ck=ck)
-    assert "starting fresh" in capfd.readouterr().err and list(hist["epoch"]) == [1, 2, 3]
+    assert "the data or code changed since it was written: starting fresh" in capfd.readouterr().err
+    assert list(hist["epoch"]) == [1, 2, 3]
 
 
 def test_damaged_checkpoint_starts_fresh_and_a_wrong_model_file_is_named(dataset, tmp_path, capfd):
@@ -141,6 +150,12 @@ def test_damaged_checkpoint_starts_fresh_and_a_wrong_model_file_is_named(dataset
 
     ck = tmp_path / "ck"
     ck.mkdir()
+    (ck / "last.pt").write_bytes(b"")
+    (ck / ".last.pt.x1y2.pt").write_bytes(b"PK half a checkpoint")  # what a SIGKILL during its write leaves
+    train(dataset, "e", tmp_path, ck=ck, stop_after_epochs=1)
+    assert f"{ck / 'last.pt'}: unreadable checkpoint (EOFError: empty or cut short): starting fresh" \
+        in capfd.readouterr().err  # it said "EOFError: " with nothing after it
+    assert sorted(p.name for p in ck.iterdir()) == ["last.pt"]  # the leftover removed (it stayed forever)
     (ck / "last.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
     hist, out = train(dataset, "x", tmp_path, ck=ck)
     assert f"{ck / 'last.pt'}: unreadable checkpoint" in capfd.readouterr().err and list(hist["epoch"]) == [1, 2, 3]
@@ -209,8 +224,16 @@ def test_training_log_shows_threads_and_progress(dataset, tmp_path, capfd):
         torch.set_num_threads(before)
     err = capfd.readouterr().err
     assert "on cpu (threads: 1)" in err and "on cpu (mixed precision: off)" in err
-    for epoch in (1, 2, 3):  # the tqdm bar of each epoch, run to its end
-        assert f"epoch {epoch}/3: 100%" in err and f"epoch {epoch}: loss" in err
+    for epoch in (1, 2, 3):  # the tqdm bar of each epoch, run to its end, and the time left of the run
+        assert f"log: epoch {epoch}/3: 100%" in err and f"log: epoch {epoch}: loss" in err
+    assert re.search(r"log: epoch 1: loss .*; about \d+ s left of 3 epochs", err)
+    # the last line sums the run up (the log ended at the last epoch's line)
+    hist = pd.read_csv(tmp_path / "log" / "history.csv")
+    kept = hist[hist["best"]].iloc[-1]
+    assert err.strip().splitlines()[-1] == (
+        f"log: done: 6 of 6 steps, {hist['tera_macs'].iloc[-1]:.3g} x 10^12 MACs, lr 0.001; kept epoch "
+        f"{kept['epoch']} of 3 (step {kept['step']}): validation PSNR [-40, 120] HU {kept['val_psnr_brain']:.2f} dB, "
+        f"the LDCT input's {kept['val_psnr_brain_ldct']:.2f} dB")
 
 
 def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
@@ -218,7 +241,7 @@ def test_nan_loss_stops_with_a_clear_error(dataset, tmp_path):
     bad["train"]["lr"] = 1e30
     bad["train"]["epochs"] = 5
     bad["train"]["iters_per_epoch"] = 20
-    with pytest.raises(TrainingError, match="non-finite loss"):
+    with pytest.raises(TrainingError, match="^nan: epoch 1, step .*non-finite loss"):  # the experiment named
         train(dataset, "nan", tmp_path, experiment=bad)
     assert not (tmp_path / "nan" / "model.pt").exists()
 
@@ -277,7 +300,7 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validation(dataset, tmp_path):
+def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validation(dataset, tmp_path, capfd):
     import shutil
 
     from ldct.anatomy import pretrain_segmenter
@@ -291,7 +314,18 @@ def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validatio
     cfg = {"weights": None, "base_width": 4, "norm": "instance", "epochs": 1, "iters_per_epoch": 2, "batch_size": 2,
            "lr": 1e-3, "rotation_deg": 10.0, "scale_jitter": 0.1, "device": "cpu"}
     pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg=cfg, seed=0, out=str(tmp_path / "a.pt"),
-                       out_history=str(tmp_path / "a.csv"))
+                       out_history=str(tmp_path / "a.csv"), checkpoint_dir=str(tmp_path / "ck"))
+    # as a denoiser's, its checkpoint resumes only with the thread count it was written with
+    # (it resumed under another, and ended with weights no uninterrupted run gives)
+    threads = torch.get_num_threads()
+    capfd.readouterr()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg=cfg, seed=0, out=str(tmp_path / "a2.pt"),
+                           out_history=str(tmp_path / "a2.csv"), checkpoint_dir=str(tmp_path / "ck"))
+    finally:
+        torch.set_num_threads(threads)
+    assert f"the CPU thread count ({threads} -> {1 if threads > 1 else 2}:" in capfd.readouterr().err
     ck = torch.load(tmp_path / "a.pt", weights_only=True)
     assert (ck["norm"], ck["base_width"]) == ("instance", 4)
     assert load_segmenter(tmp_path / "a.pt", torch.device("cpu")).norm == "instance"
