@@ -210,8 +210,10 @@ def _noiseless_condition(contrast_hu: float, diameter: float, present: np.ndarra
 
 
 def _standard_error(values: np.ndarray) -> float:
-    """The standard error of a mean over sites (NaN for fewer than two)."""
-    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    """The standard error of a mean over sites (scipy.stats.sem; NaN for fewer than two)."""
+    from scipy import stats
+
+    return float(stats.sem(values)) if len(values) > 1 else float("nan")
 
 
 def measure(row: str, images: np.ndarray, qa_images: np.ndarray, scans: dict[str, np.ndarray],

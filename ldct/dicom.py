@@ -220,8 +220,9 @@ def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     for f in files:
         try:
             ds = pydicom.dcmread(f)
-        except Exception as err:
-            raise DicomError(f"{f}: not a readable DICOM file ({err})") from err
+        except Exception as err:  # pydicom's advice to its callers ("Use force=True ...") is not the user's to take
+            why = str(err).split(" Use force=True")[0]
+            raise DicomError(f"{f}: not a readable DICOM file ({why})") from err
         frames = ds.get("NumberOfFrames", None)
         if frames not in (None, "") and str(frames).strip().isdigit() and int(frames) > 1:
             raise DicomError(f"{f}: a multi-frame file ({int(frames)} frames, e.g. Enhanced CT): this converter reads "

@@ -87,6 +87,15 @@ def test_truncated_file_is_named(synthetic_subject, tmp_path):
     _expect_error(subj, tmp_path / "out", f"{victim.name}: (not a readable DICOM file|missing .*: a truncated file)")
 
 
+def test_a_file_that_is_not_dicom_is_named_without_pydicoms_advice(synthetic_subject, tmp_path):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    victim = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))[1]
+    victim.write_text("<html>an error page saved as a slice</html>")
+    with pytest.raises(DicomError, match=f"{victim.name}: not a readable DICOM file") as err:
+        convert_subject(subj, tmp_path / "out")
+    assert "force=True" not in str(err.value)  # pydicom's advice to its callers, not the user's to take
+
+
 def test_non_ct_modality_is_named(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     victim = sorted(series_dir(subj, "Full Dose").glob("*.dcm"))[0]
