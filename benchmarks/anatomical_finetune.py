@@ -50,7 +50,7 @@ from ldct.data import load_subject, stack_subjects  # noqa: E402
 from ldct.metrics import mean_psnr  # noqa: E402
 from ldct.paths import ResultPaths  # noqa: E402
 from ldct.allocator import keep_large_allocations  # noqa: E402
-from ldct.provenance import versions  # noqa: E402
+from benchmarks import header, positive_int, run  # noqa: E402
 from ldct.engine import build_optimizer, prepare, train_step  # noqa: E402
 from ldct.inference import checkpoint_amp, pick_device, predict_slices, segment, to_input  # noqa: E402
 from ldct.spec import ExperimentSpec  # noqa: E402
@@ -108,16 +108,18 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--root", default=os.path.join("results", "synthetic"), help="a results tree of the workflow")
     ap.add_argument("--start", default="featkpn_l1", help="the trained experiment to continue from")
     ap.add_argument("--variants", nargs="+", default=["l1", "l1_l1ana_1:0.01", "l1_l1ana_1:1.0"])
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--steps", type=positive_int, default=150)
+    ap.add_argument("--every", type=positive_int, default=50)
     ap.add_argument("--patch", type=int, default=0, help="patch size; 0: whole slices (the segmenter's view)")
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--batch", type=positive_int, default=2)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=positive_int, default=None)
     ap.add_argument("--csv", help="also write the rows to this file")
     a = ap.parse_args()
+    if a.patch < 0:
+        ap.error(f"--patch {a.patch}: a patch size, or 0 for whole slices")
     if len(set(a.variants)) != len(a.variants):
         ap.error(f"--variants repeats a variant: {' '.join(a.variants)}")
     return a
@@ -144,7 +146,7 @@ def load_setup(a: argparse.Namespace) -> Setup:
     for need in (rp.splits, rp.segmenter, rp.model(a.start)):
         if not need.exists():
             sys.exit(f"{need} not found: run the workflow on {a.root} first (snakemake --cores all)")
-    device = pick_device(a.device)
+    device = pick_device(a.device, "--device")
     splits = json.loads(rp.splits.read_text())
     start = torch.load(rp.model(a.start), map_location="cpu", weights_only=True)
     hu_range = tuple(start["hu_range"])
@@ -231,10 +233,10 @@ def main() -> None:
         rows += variant_rows
     df = pd.DataFrame(rows)
     print_summary(df, first, a.steps)
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print(header(str(setup.device)))
     if a.csv:
         pd.concat([pd.DataFrame(refs), df]).to_csv(a.csv, index=False)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

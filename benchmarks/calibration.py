@@ -25,6 +25,7 @@ from ldct.config import load_config  # noqa: E402
 from ldct.lowdose import make_geometry, simulate_doses  # noqa: E402
 from ldct.splits import make_splits  # noqa: E402
 from ldct.synthetic import ldct_vs_ndct, subject_ids  # noqa: E402
+from benchmarks import header, positive_int, run  # noqa: E402
 
 TARGET = {"brain": (26.57, 0.913), "full": (55.66, 0.9976)}
 
@@ -47,11 +48,12 @@ def water_cylinder(cfg: dict, k: float) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config.yaml")
-    ap.add_argument("--subjects", type=int, default=None, help="the first N subjects (default: the test split's)")
+    ap.add_argument("--subjects", type=positive_int, default=None, help="the first N subjects (default: the test split's)")
     ap.add_argument("--i0", type=float, default=None)
     ap.add_argument("--fov", type=float, default=None)
     ap.add_argument("--sigma-e", type=float, default=None)
     a = ap.parse_args()
+    print(header())
     full_cfg = load_config(a.config)
     cfg = dict(full_cfg["synthetic"])
     for key, val in (("i0", a.i0), ("fov_mm", a.fov), ("electronic_noise", a.sigma_e)):
@@ -80,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -19,13 +19,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ldct.config import validate_config  # noqa: E402
 from ldct.dicom import convert_subject  # noqa: E402
 from ldct.synthetic import make_subject, subject_ids  # noqa: E402
+from benchmarks import header, positive_int, run  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--subjects", type=int, default=3)
-    ap.add_argument("--matrix", type=int, default=512)
+    ap.add_argument("--subjects", type=positive_int, default=3)
+    ap.add_argument("--matrix", type=positive_int, default=512)
     a = ap.parse_args()
+    exe = Path(sys.executable).parent / "dcm2niix"
+    exe = str(exe) if exe.exists() else shutil.which("dcm2niix")
+    d2n = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip().splitlines() if exe else []
+    print(f"{header()}; dcm2niix {d2n[-1] if d2n else 'not installed: only ours is timed'}")
     cfg = validate_config({"synthetic": {"matrix": a.matrix, "n_views": 180, "slice_mm": 2.5}})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -37,8 +42,6 @@ def main() -> None:
             convert_subject(tmp / "dicom" / s, tmp / "nifti" / s)
         ours = time.perf_counter() - t
         print(f"ldct convert: {n_slices} slices ({a.matrix}x{a.matrix}) in {ours:.2f} s = {n_slices / ours:.0f} slices/s")
-        exe = Path(sys.executable).parent / "dcm2niix"
-        exe = str(exe) if exe.exists() else shutil.which("dcm2niix")
         if exe:
             (tmp / "d2n").mkdir()
             t = time.perf_counter()
@@ -50,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

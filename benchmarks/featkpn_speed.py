@@ -54,7 +54,8 @@ import models  # noqa: E402
 from ldct.allocator import keep_large_allocations, map_every_allocation  # noqa: E402
 from ldct.complexity import _peak_rss_mb, _reset_peak_rss_mb, median_seconds  # noqa: E402
 from ldct.engine import build_optimizer  # noqa: E402
-from ldct.provenance import versions  # noqa: E402
+from ldct.inference import pick_device  # noqa: E402
+from benchmarks import header, positive_int, run  # noqa: E402
 
 WORKLOADS = ("step512", "train64", "infer512")
 FLOAT64_TOLERANCE = 1e-10  # outputs and relative gradients, reference vs project: rounding only
@@ -100,19 +101,23 @@ def reference_forward(net, x: torch.Tensor) -> torch.Tensor:
     filtering and decoding from the coarsest scale."""
     h, w = x.shape[-2:]
     xp = F.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="replicate")
-    kfeat, ffeat, g, f = [], [], xp, xp
+    kfeat, feats, g, f = [], [], xp, xp
     for s in range(3):
         g = reference_stage(net.kern_enc[s], g)
         kfeat.append(g)
     kernels = [reference_head(net.kern_head[s], kfeat[s]) for s in range(3)]
     for s in range(3):
         f = reference_stage(net.feat_enc[s], f)
-        ffeat.append(f)
-    feats = [F.leaky_relu(net.feat_proj[s][0](ffeat[s]), 0.2, inplace=True) for s in range(3)]
-    out = reference_filter(feats[2], kernels[2], net.k)
+        feats.append(f)
+    del f
+    # each stage's features replaced by their projection, then by their filtering: the reference
+    # reassigns its names so, which frees the earlier tensors when no gradient keeps them
+    for s in range(3):
+        feats[s] = F.leaky_relu(net.feat_proj[s][0](feats[s]), 0.2, inplace=True)
+    out = feats[2] = reference_filter(feats[2], kernels[2], net.k)
     for s in (1, 0):
-        skip = reference_filter(feats[s], kernels[s], net.k)
-        out = net.up[s](out) + skip  # conv, pixel shuffle, LeakyReLU in place (the reference's upconv)
+        feats[s] = reference_filter(feats[s], kernels[s], net.k)
+        out = net.up[s](out) + feats[s]  # conv, pixel shuffle, LeakyReLU in place (the reference's upconv)
         out = reference_block(net.dec[s][1], reference_block(net.dec[s][0], out))
     return (F.leaky_relu(net.tail[0](out), 0.2, inplace=True) + xp)[..., :h, :w]  # the reference keeps the padding
 
@@ -198,8 +203,8 @@ def convolution_share(run) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
@@ -215,8 +220,9 @@ def main() -> None:
             map_every_allocation()
         print(json.dumps(child(*a.child, a.repeats, a.device, amp)))
         return
+    pick_device(a.device, "--device")  # a GPU asked for where there is none: one line
     where = (torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {a.threads} threads")
-    print(f"Feat-KPN nf = nk = 16, k = 5; {where}; mixed precision {'on' if amp else 'off'}; torch {versions()['torch']}")
+    print(f"Feat-KPN nf = nk = 16, k = 5; {where}; mixed precision {'on' if amp else 'off'}\n{header(a.device)}")
     diff = check_identical()
     print(f"reference vs project (CPU, float64): max |output difference| {diff['output']:.1e}, "
           f"max gradient difference {diff['gradient']:.1e} of the largest gradient")
@@ -273,4 +279,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -40,7 +41,8 @@ from ldct.inference import pick_device, predict_slices  # noqa: E402
 from ldct.lowdose import ParallelBeam, simulate_doses  # noqa: E402
 from ldct.phantom import draw_subject, synthesize_subject  # noqa: E402
 from ldct.allocator import keep_large_allocations  # noqa: E402
-from ldct.provenance import versions  # noqa: E402
+from ldct.provenance import machine, versions  # noqa: E402
+from benchmarks import header, positive_int, run  # noqa: E402
 from ldct.spec import ExperimentSpec  # noqa: E402
 from ldct.train import PatchSampler, build_experiment  # noqa: E402
 from models.unet import ORIENTATION_TURNS  # noqa: E402
@@ -111,11 +113,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=os.path.join(ROOT, "configs", "paper.yaml"))
     ap.add_argument("--experiments", nargs="+", default=["featkpn_l1", "featkpn_ana"])
-    ap.add_argument("--steps", type=int, default=None,
+    ap.add_argument("--steps", type=positive_int, default=None,
                     help="time this many steps and extrapolate (default: a whole epoch, iters_per_epoch steps)")
-    ap.add_argument("--matrix", type=int, default=512)
-    ap.add_argument("--slices", type=int, default=4, help="phantom slices to sample from and to validate on")
-    ap.add_argument("--train-slices", type=int, default=1400,
+    ap.add_argument("--matrix", type=positive_int, default=512)
+    ap.add_argument("--slices", type=positive_int, default=4, help="phantom slices to sample from and to validate on")
+    ap.add_argument("--train-slices", type=positive_int, default=1400,
                     help="training slices an epoch of `iters_per_epoch: pass` passes over (default: the paper "
                          "split's 40 cases x about 35)")
     ap.add_argument("--no-fp32", action="store_true", help="measure mixed precision only")
@@ -127,7 +129,7 @@ def main() -> None:
         ap.error(f"{', '.join(unknown)}: not an experiment of {a.config} ({', '.join(config_experiments(a.config))})")
     keep_large_allocations()  # as the workflow's jobs run (ldct.allocator)
     config = load_config(a.config)
-    device = pick_device(a.device)
+    device = pick_device(a.device, "--device")
     seg = config["segmenter"]
     torch.manual_seed(0)
     turns = ORIENTATION_TURNS[seg["orientation"]]  # the paper config's segmenter sees turned slices
@@ -137,8 +139,8 @@ def main() -> None:
     t = time.perf_counter()
     low, full = phantom_pairs(a.matrix, a.slices)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{name}; torch {versions()['torch']}; {a.config}; {a.slices} phantom slices at {a.matrix}^2 "
-          f"made in {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"{header(str(device))}\n{a.config}; {a.slices} phantom slices at {a.matrix}^2 made in "
+          f"{time.perf_counter() - t:.0f} s", flush=True)
     precisions = [True] if a.no_fp32 or device.type != "cuda" else [True, False]
     rows = []
     calibrated = [e for e in a.experiments
@@ -178,8 +180,11 @@ def main() -> None:
             print(f"{r['experiment']} costs {r['step_ms'] / base:.2f}x {rows[0]['experiment']} per step")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"device": name, "versions": versions(), "rows": rows}, fh, indent=2)
+            # null, not NaN, where a number is not measured (a CPU's GPU memory): NaN is not JSON
+            rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
+            json.dump({"device": name, "versions": versions(), "machine": machine(str(device)), "rows": rows}, fh,
+                      indent=2, allow_nan=False)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if not logs:
         parser.error("no log given and none under .snakemake/log/ that ran jobs")
     for path in logs:
+        if not path.is_file():
+            parser.error(f"{path}: {'a folder' if path.is_dir() else 'not found'}; give a Snakemake log "
+                         "(.snakemake/log/*.snakemake.log)")
         try:
             print(report(path))
         except ValueError as err:

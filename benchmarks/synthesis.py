@@ -21,15 +21,17 @@ import torch  # noqa: E402
 from ldct.config import load_config  # noqa: E402
 from ldct.phantom import mni_fields  # noqa: E402
 from ldct.synthetic import make_subject, subject_ids  # noqa: E402
+from benchmarks import header, positive_int, run  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="config.yaml")
-    ap.add_argument("--subjects", type=int, default=None, help="default: synthetic.n_subjects")
+    ap.add_argument("--subjects", type=positive_int, default=None, help="default: synthetic.n_subjects")
     a = ap.parse_args()
     cfg = load_config(a.config)
     torch.set_num_threads(1)  # one core, as one of the workflow's synthesis jobs per core
+    print(header())
     n = a.subjects or cfg["synthetic"]["n_subjects"]
     t0 = time.perf_counter()
     mni_fields(None)  # the cache entry synthesize_subject reads (an argument-less call is another)
@@ -51,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -26,7 +26,8 @@ import losses  # noqa: E402
 import models  # noqa: E402
 from ldct.engine import build_optimizer  # noqa: E402
 from ldct.allocator import keep_large_allocations  # noqa: E402
-from ldct.provenance import versions  # noqa: E402
+from ldct.errors import LdctError  # noqa: E402
+from benchmarks import header, positive_int, run  # noqa: E402
 
 CASES = [  # (label, model kwargs, loss name)
     ("featkpn l1", {"name": "featkpn"}, "l1"),
@@ -61,19 +62,18 @@ def timed(fn, steps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--patch", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--slice", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--seg-width", type=int, default=12)
+    ap.add_argument("--patch", type=positive_int, default=64)
+    ap.add_argument("--batch", type=positive_int, default=8)
+    ap.add_argument("--slice", type=positive_int, default=128)
+    ap.add_argument("--steps", type=positive_int, default=5)
+    ap.add_argument("--seg-width", type=positive_int, default=12)
     ap.add_argument("--seg-norm", default="instance", choices=["channel", "instance"])
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count())
     a = ap.parse_args()
     keep_large_allocations()  # as the workflow's jobs run (ldct.allocator)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    print(f"CPU, {a.threads} threads; training {a.batch} x {a.patch}^2 patches per step; inference {a.slice}^2 slices; "
-          f"torch {versions()['torch']}")
+    print(f"training {a.batch} x {a.patch}^2 patches per step; inference {a.slice}^2 slices\n{header()}")
     x = torch.rand(a.batch, 1, a.patch, a.patch) * 0.3 + 0.2
     y = x + 0.01 * torch.randn_like(x)
     s = torch.rand(4, 1, a.slice, a.slice) * 0.3 + 0.2
@@ -87,10 +87,14 @@ def main() -> None:
             loss(net(x), y).backward()
             opt.step()
 
-        t_train = timed(step, a.steps)
-        net.eval()
-        with torch.no_grad():
-            t_inf = timed(lambda: net(s), max(1, a.steps // 2))
+        try:
+            t_train = timed(step, a.steps)
+            net.eval()
+            with torch.no_grad():
+                t_inf = timed(lambda: net(s), max(1, a.steps // 2))
+        except (RuntimeError, ValueError) as err:  # a size too small for a model's downsampling
+            raise LdctError(f"{label}: cannot run on {a.patch}x{a.patch} patches and {a.slice}x{a.slice} slices "
+                            f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
         rows.append((label, a.batch / t_train, t_train, 4 / t_inf))
         print(f"  {label:20s} {a.batch / t_train:8.1f} patches/s ({t_train:.3f} s/step)   {4 / t_inf:7.1f} slices/s",
               flush=True)
@@ -101,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -55,7 +55,7 @@ def _leaves(schema: dict, path: tuple = ()):
             yield path + (key,), sub
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
@@ -349,7 +349,7 @@ def spec_with_overrides(spec, given: dict):
                             "hu_range), or a file holding it; the workflow passes this"),
          arg("--experiment", help="with --config: the experiment to train"),
          arg("--segmenter", help="segmenter.pt, for experiments that use the frozen U-Net"),
-         arg("--stop-after-epochs", type=_positive_int, help="stop after this many epochs, keeping the checkpoint "
+         arg("--stop-after-epochs", type=positive_int, help="stop after this many epochs, keeping the checkpoint "
                                                              "and writing no model (to test resuming)"),
          sections={"train": None}, seed=True)
 def cmd_train(a) -> None:
@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         threads = {"seeds": "not used: Snakemake's --cores sets each job's threads",
                    "train": "torch CPU threads (default: torch's choice); on the CPU a checkpoint resumes only with "
                             "the count it was written with (other threads, other weights)"}
-        p.add_argument("--threads", type=_positive_int, help=threads.get(name, "torch CPU threads (default: torch's choice)"))
+        p.add_argument("--threads", type=positive_int, help=threads.get(name, "torch CPU threads (default: torch's choice)"))
         if c["seed"]:
             p.add_argument("--seed", type=int, help="seed (default: the seed of --spec or --config, else 42)"
                            if name == "train" else "seed (default: --config's, else 42)")

@@ -289,3 +289,32 @@ def test_the_finetune_gradient_probe_leaves_the_model_as_it_was():
     x, y = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
     assert gradient_ratio(net, Criterion(), x, y) > 0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("featkpn_speed.py", ["--repeats", "0"], "argument --repeats: 0 is not a positive integer"),  # a child's StatisticsError
+    ("paper_epoch.py", ["--steps", "0"], "argument --steps: 0 is not a positive integer"),  # timed a whole epoch
+    ("throughput.py", ["--patch", "6", "--steps", "1"], "error: featkpn l1_l1ana_1: cannot run on 6x6 patches"),
+    ("run_times.py", ["."], ".: a folder; give a Snakemake log"),  # IsADirectoryError
+])
+def test_benchmarks_refuse_bad_arguments_in_one_line(script, args, message):
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert res.returncode in (1, 2) and message in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_benchmark_asked_for_a_gpu_where_there_is_none_says_so():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "featkpn_speed.py"), "--device", "cuda"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 1 and "Traceback" not in res.stderr  # torch's AssertionError before
+    assert "error: config error at --device: cuda asked for, but torch" in res.stderr
+
+
+def test_benchmark_numbers_come_with_what_they_were_measured_with():
+    from benchmarks import header
+    from ldct.provenance import versions
+
+    line = header()
+    assert line.startswith(f"Measured with python {versions()['python']}, ldct {versions()['ldct']}")
+    assert f"torch threads {torch.get_num_threads()}" in line and "CPU " in line
