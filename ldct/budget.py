@@ -51,16 +51,20 @@ def _probe(name: str, kwargs: dict, size: int, training: bool = True):
                           "calibrated row (set `calibrated = True` on its class, as models/bm3d.py does)")
     if calibrated:
         return net
-    for train_pass, mode in ((False, "in eval mode"), (True, "in a training step"))[:1 + training]:
+    # a training step sees a batch of 2 (BatchNorm after a global pooling needs more than one value)
+    for train_pass, mode, n in ((False, "in eval mode", 1), (True, "in a training step", 2))[:1 + training]:
+        shape = (n, 1, size, size)
         try:
-            out = dry_forward(net, size, eval_mode=True, training=train_pass)[0]
+            out = dry_forward(net, size, eval_mode=True, training=train_pass, batch=n, meta_only=not training)[0]
         except Exception as err:
-            raise ConfigError(f"model {name!r}{where} fails on a (1, 1, {size}, {size}) input {mode}: "
-                              f"{type(err).__name__}: {err}") from None
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 1, size, size):
+            raise ConfigError(f"model {name!r}{where} fails on a {shape} input {mode}: {type(err).__name__}: {err}") \
+                from None
+        if out is None:  # the slice size's probe, of a model the meta device cannot run: not run on the CPU
+            continue
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(f"model {name!r}{where} returns {got} for a (1, 1, {size}, {size}) input {mode}; a "
-                              "denoiser returns one image of its input's shape (README: Add a baseline)")
+            raise ConfigError(f"model {name!r}{where} returns {got} for a {shape} input {mode}; a denoiser returns "
+                              "one image of its input's shape (README: Add a baseline)")
         if train_pass and not out.requires_grad:
             raise ConfigError(f"model {name!r}{where} returns, in a training step, an output that does not depend on "
                               "its trainable parameters, so no gradient would reach them (a forward that returns its "
@@ -72,7 +76,8 @@ def _probe(name: str, kwargs: dict, size: int, training: bool = True):
 def check_shapes(model_json: str, seg_json: str, size: int) -> None:
     """The model spec probed in eval mode (as `_probe`) at another size the run uses: whole
     slices, where validation and denoising run (training's patches are probed when its MACs
-    are counted)."""
+    are counted). On the meta device only: a model it cannot run (a value read out of a tensor)
+    is not run at 512x512 on the CPU at every plan."""
     from ldct.spec import with_segmenter
 
     kwargs = with_segmenter(json.loads(model_json), json.loads(seg_json))

@@ -30,20 +30,23 @@ def count_params(net: torch.nn.Module) -> int:
 
 
 def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bool = False, eval_mode: bool = False,
-                training: bool = False):
+                training: bool = False, batch: int = 1, meta_only: bool = False):
     """A copy of `net` run once without gradients on a (1, in_channels, size, size) input, on the
     meta device (shapes only, no computation); a model whose forward reads a value out of a
     tensor (`.item()`, `float(t)`, numpy), which meta tensors do not hold, runs on the CPU with a
     random input instead (its error, if it fails there too, is the one raised; any other error
     on the meta device is raised as it is). The copy is in eval mode with `eval_mode`; with
     `training`, it runs as a training step does (train mode, gradients on,
-    engine.forward_for_training with the input as target). Returns (the output, the
-    FlopCounterMode that counted the run when `count`, else None)."""
+    engine.forward_for_training with the input as target). `batch` inputs at once; with
+    `meta_only`, a model the meta device cannot run gives (None, None) instead of a CPU run.
+    Returns (the output, the FlopCounterMode that counted the run when `count`, else None)."""
     from ldct.engine import forward_for_training
 
     for device in ("meta", "cpu"):
-        x = (torch.zeros(1, in_channels, size, size, device="meta") if device == "meta"
-             else torch.rand(1, in_channels, size, size, generator=torch.Generator().manual_seed(0)))
+        if device == "cpu" and meta_only:
+            return None, None
+        x = (torch.zeros(batch, in_channels, size, size, device="meta") if device == "meta"
+             else torch.rand(batch, in_channels, size, size, generator=torch.Generator().manual_seed(0)))
         counter = FlopCounterMode(display=False) if count else None
         try:
             with torch.set_grad_enabled(training), counter if counter is not None else contextlib.nullcontext():
@@ -61,8 +64,10 @@ def count_macs(net: torch.nn.Module, size: int, in_channels: int = 1, frozen: bo
     CPU for a model the meta device cannot run, dry_forward); with `frozen`, (all, those of the
     frozen submodules): the outermost submodules whose parameters all have requires_grad off
     (SGDNet's segmentation U-Net), which training runs forward only."""
-    fc = dry_forward(net, size, in_channels, count=True)[1]
-    total = fc.get_total_flops() / 2.0
+    # two inputs, halved: a model in train mode with BatchNorm on a 1x1 map (a squeeze-excitation
+    # block) refuses a batch of one; the counts are linear in the batch
+    fc = dry_forward(net, size, in_channels, count=True, batch=2)[1]
+    total = fc.get_total_flops() / 4.0
     if not frozen:
         return total
     counts, done, frozen_macs = fc.get_flop_counts(), [], 0.0
@@ -71,7 +76,7 @@ def count_macs(net: torch.nn.Module, size: int, in_channels: int = 1, frozen: bo
         if not name or not params or any(p.requires_grad for p in params) or any(name.startswith(d + ".") for d in done):
             continue
         done.append(name)
-        frozen_macs += sum(counts.get(f"{type(net).__name__}.{name}", {}).values()) / 2.0
+        frozen_macs += sum(counts.get(f"{type(net).__name__}.{name}", {}).values()) / 4.0
     return total, frozen_macs
 
 

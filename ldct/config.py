@@ -240,7 +240,7 @@ def validate_config(config: dict) -> dict:
                           "segmentation U-Net; give the converted HeadCTSegmentation weights (model.pth, base_width 64)")
     _check_doses(config)
     _check_split(config["split"])
-    _check_anatomical_pairs(config["experiments"])
+    _check_anatomical_pairs(config)
     return config
 
 
@@ -269,23 +269,38 @@ def _check_paths(config: dict) -> None:
                               "the workflow's file paths; rename the folder or give a link to it without { or }")
 
 
-def _check_anatomical_pairs(experiments: dict) -> None:
+def _check_anatomical_pairs(config: dict) -> None:
     """The anatomical-effect table pairs `<model>_ana` with `<model>_l1` by name and reports the
     difference as the anatomical loss's effect: a pair so named must be that comparison (the
-    same model and arguments, the anatomical loss in the _ana run only), not two unrelated runs."""
-    import losses
+    same model and arguments, defaults filled in; the same training settings but the learning
+    rate, which the table's caption names where it differs; the anatomical loss in the _ana run
+    only), not two unrelated runs."""
+    import inspect
 
+    import losses
+    import models
+
+    def full(model: dict) -> dict:  # the constructor's defaults filled in: {channels: 96} is {}
+        cls = models.REGISTRY.get(model["name"])
+        params = inspect.signature(cls.__init__).parameters.values() if cls is not None else []
+        return {**{q.name: q.default for q in params if q.default is not inspect.Parameter.empty}, **model}
+
+    experiments = config["experiments"]
     for name, exp in experiments.items():
         other = name[:-4] + "_l1"
         if not name.endswith("_ana") or other not in experiments:
             continue
         why = []
-        if exp["model"] != experiments[other]["model"]:
+        if full(exp["model"]) != full(experiments[other]["model"]):
             why.append(f"its model {exp['model']} is not {other}'s {experiments[other]['model']}")
         if not losses.needs_segmenter(exp["loss"]["name"]):
             why.append(f"its loss {exp['loss']['name']!r} is not an anatomical perception loss")
         if losses.needs_segmenter(experiments[other]["loss"]["name"]):
             why.append(f"{other}'s loss {experiments[other]['loss']['name']!r} is an anatomical one too")
+        mine, theirs = experiment_train(config, name), experiment_train(config, other)
+        differ = sorted(k for k in set(mine) | set(theirs) if k != "lr" and mine.get(k) != theirs.get(k))
+        if differ:
+            why.append(f"its training settings differ from {other}'s in {', '.join(differ)}")
         if why:
             raise ConfigError(f"config error at experiments.{name}: the anatomical-effect table pairs it with {other} by "
                               f"name as the anatomical loss's effect, but {'; '.join(why)}: make it that comparison, "

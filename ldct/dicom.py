@@ -272,18 +272,29 @@ def _optional_number(f: Path, ds: pydicom.Dataset, tag: str, default: float) -> 
     return float(_numbers(f, ds, tag, 1)[0])
 
 
+def _alike(slices: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
+    """(n, n) booleans: slice i's orientation, matrix, pixel spacing and thickness pass the
+    checks of `_check_in_plane` against slice j's (the same tolerances; a thickness that either
+    slice does not state is not compared)."""
+    iop = np.array([np.array(ds.ImageOrientationPatient, dtype=float) for _, ds in slices])
+    spacing = np.array([np.array(ds.PixelSpacing, dtype=float) for _, ds in slices])
+    shape = np.array([(int(ds.Rows), int(ds.Columns)) for _, ds in slices])
+    thick = np.array([_optional_number(f, ds, "SliceThickness", 0.0) for f, ds in slices])
+
+    def close(a: np.ndarray) -> np.ndarray:  # np.allclose(a[i], a[j], atol=1e-4) for every pair
+        return (np.abs(a[:, None] - a[None]) <= 1e-4 + 1e-5 * np.abs(a[None])).all(-1)
+    same_t = (np.abs(thick[:, None] - thick[None]) <= np.maximum(1e-3, 1e-2 * thick[None])) \
+        | (thick[:, None] == 0) | (thick[None] == 0)
+    return close(iop) & close(spacing) & (shape[:, None] == shape[None]).all(-1) & same_t
+
+
 def _reference_slice(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[int, int]:
-    """(index, count): the slice whose geometry most of the series shares (the first such by
-    name) and how many share it. It is the reference the others are checked against, so one odd
-    slice is the one named, even when it is the first file."""
-    def key(f: Path, ds: pydicom.Dataset) -> tuple:
-        return (tuple(np.round(np.array(ds.ImageOrientationPatient, dtype=float), 3)),
-                int(ds.Rows), int(ds.Columns), tuple(np.round(np.array(ds.PixelSpacing, dtype=float), 3)),
-                round(_optional_number(f, ds, "SliceThickness", 0.0), 2))
-    keys = [key(f, ds) for f, ds in slices]
-    counts = {k: keys.count(k) for k in set(keys)}
-    ref = max(range(len(keys)), key=lambda i: (counts[keys[i]], -i))
-    return ref, counts[keys[ref]]
+    """(index, count): the slice that most of the series' slices pass the checks against (the
+    first such by name) and how many do. It is the reference the others are checked against,
+    so one odd slice is the one named, even when it is the first file."""
+    counts = _alike(slices).sum(axis=1)
+    ref = int(np.argmax(counts))
+    return ref, int(counts[ref])
 
 
 def _check_in_plane(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
@@ -465,6 +476,25 @@ def _unpaired_message(where: str, series: tuple) -> str:
             "drop (ldct convert --unpaired-slices drop) to keep the shared slices")
 
 
+SWAPPED_DOSE_RATIO = 1.25  # low over full dose above which the pair is taken as given the wrong way round
+
+
+def _check_dose_order(fm: dict, lm: dict, where: str) -> None:
+    """The low-dose series must not state the clearly higher dose: by CTDIvol where both state
+    one (a low-kV protocol lowers the dose while raising the mAs), else by the mean Exposure (mAs)
+    at one kVp. The margin leaves copied or modulated tags alone (a simulated low dose may carry
+    the full dose's; means over slice ranges that differ under tube current modulation)."""
+    if fm.get("ctdivol") and lm.get("ctdivol"):
+        key, what = "ctdivol", "CTDIvol (mGy)"
+    elif fm.get("exposure_mas") and lm.get("exposure_mas") and fm.get("kvp") == lm.get("kvp"):
+        key, what = "exposure_mas", "Exposure (mAs, the mean over its slices)"
+    else:
+        return
+    if lm[key] > SWAPPED_DOSE_RATIO * fm[key]:
+        raise DicomError(f"{where}: the low-dose series states the higher dose, {what} {lm[key]:g} against the full "
+                         f"dose's {fm[key]:g}: are full and low given the wrong way round?")
+
+
 def _check_pair_headers(full: Volume, low: Volume, where: str) -> None:
     """Two different series of one patient, reconstructed at one slice thickness."""
     fm, lm = full.meta, low.meta
@@ -473,10 +503,7 @@ def _check_pair_headers(full: Volume, low: Volume, where: str) -> None:
     if fm.get("patient_id") and lm.get("patient_id") and fm["patient_id"] != lm["patient_id"]:
         raise DicomError(f"{where}: full- and low-dose series are of different patients "
                          f"(PatientID {fm['patient_id']!r} and {lm['patient_id']!r})")
-    for key, what in (("exposure_mas", "Exposure (mAs)"), ("ctdivol", "CTDIvol (mGy)")):
-        if fm.get(key) and lm.get(key) and lm[key] > 1.01 * fm[key]:
-            raise DicomError(f"{where}: the low-dose series has the higher dose, {what} {lm[key]:g} against the full "
-                             f"dose's {fm[key]:g}: are full and low given the wrong way round?")
+    _check_dose_order(fm, lm, where)
     if abs(fm["slice_thickness_mm"] - lm["slice_thickness_mm"]) > 1e-3:
         raise DicomError(f"{where}: full dose has {fm['slice_thickness_mm']:g} mm slices, low dose "
                          f"{lm['slice_thickness_mm']:g} mm: the pair must be reconstructed alike")

@@ -265,10 +265,12 @@ def fit(task: Task, cfg: dict, *, device: torch.device, generator: torch.Generat
             best_state = {k: v.detach().cpu().clone() for k, v in task.net.state_dict().items()}
         history.append(_history_row(epoch + 1, sums, iters, row, lr_used, seconds, improved, cfg["batch_size"]))
         history[-1].update(step=(epoch + 1) * iters, tera_macs=(epoch + 1) * iters * macs_per_step / 1e12)
-        left = (time.perf_counter() - started) / (epoch + 1 - first_epoch) * (epochs - epoch - 1)
+        last = min(epochs, stop_after_epochs or epochs)  # patience may stop it sooner: "at most"
+        left = (time.perf_counter() - started) / (epoch + 1 - first_epoch) * (last - epoch - 1)
         print(f"{task.label}epoch {epoch + 1}: loss {history[-1]['train_loss']:.5f} {task.score} "
               f"{row[task.score]:.4f}{' (best)' if improved else ''}"
-              + (f"; about {_duration(left)} left of {epochs} epochs" if epoch + 1 < epochs else ""), file=sys.stderr)
+              + (f"; {'at most' if patience else 'about'} {_duration(left)} left of {last} epochs"
+                 if epoch + 1 < last else ""), file=sys.stderr)
         checkpoint.save(task.net, opt, schedule, generator, scaler, history, epoch + 1, best, best_state, adversary)
     done = len(history) == epochs or bool(patience and _stalled(history, patience))
     return Result(history, best_state, _kept_row(history, task), done)
@@ -359,10 +361,15 @@ class _Checkpoint:
             return "settings or inputs changed"
         changed = [k for k in self.parts if parts.get(k) != self.parts[k]]
         words = [KEY_PARTS.get(k, k) for k in changed if k != "threads"]
-        if "threads" in changed:
-            old = state.get("threads")
+        old = state.get("threads")
+        if "threads" in changed and None in (old, self.threads):  # None: on a GPU
+            was, now = (f"the CPU with {n} threads" if n else "a GPU" for n in (old, self.threads))
+            words.append(f"the device ({was} -> {now}: another device computes other weights; to resume, run it on "
+                         f"{was} again)")
+        elif "threads" in changed:
             words.append(f"the CPU thread count ({old} -> {self.threads}: other threads sum in another order, so "
-                         f"the weights would differ; to resume, run it with {old} again, e.g. snakemake --cores {old})")
+                         f"the weights would differ; to resume, run it with {old} threads again: snakemake --cores "
+                         f"{old}, or ldct train --threads {old})")
         return f"{' and '.join(words) or 'its settings'} changed"
 
     def clear_leftovers(self) -> None:

@@ -453,7 +453,7 @@ def test_the_caption_lists_the_settings_experiments_set_for_themselves():
     ("return self.conv(x, y)", "fails on a \\(1, 1, 32, 32\\) input in eval mode: NameError"),
     # deep supervision: a tuple in training only (the probe ran eval mode; training died at its first loss)
     ("return (self.conv(x), x) if self.training else self.conv(x)",
-     r"returns tuple for a \(1, 1, 32, 32\) input in a training step"),
+     r"returns tuple for a \(2, 1, 32, 32\) input in a training step"),
     ("return x * 1.0", "returns, in a training step, an output that does not depend on its trainable parameters"),
     # fine on the 32-pixel patches, not on the 64-pixel slices validation and denoising run on
     ("return self.conv(x)[..., :32, :32]", r"returns \(1, 1, 32, 32\) for a \(1, 1, 64, 64\) input in eval mode"),
@@ -531,6 +531,31 @@ def test_a_baseline_taking_any_keyword_is_warned_about(caplog):
         assert "experiments.l.model: loose_probe takes any keyword argument (**kwargs), so 'chanels'" in caplog.text
     finally:
         del models.REGISTRY._items["loose_probe"]
+
+
+def test_a_baseline_with_batchnorm_after_a_global_pooling_is_planned():
+    """A squeeze-excitation block (BatchNorm on a 1x1 map) trains at batch 2 and more; the
+    training-step probe ran at batch 1, where BatchNorm refuses one value per channel."""
+    from torch import nn
+
+    import models
+
+    class Excite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.out = nn.Conv2d(4, 1, 3, padding=1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return x + self.out(h * torch.sigmoid(self.bn(nn.functional.adaptive_avg_pool2d(h, 1))))
+
+    models.REGISTRY._items["excite_probe"] = Excite
+    try:
+        cfg = validate_config({"experiments": {"e_l1": {"model": {"name": "excite_probe"}, "loss": {"name": "l1"}}}})
+        assert ExperimentSpec.from_config(cfg, "e_l1").budget["steps"] > 0
+    finally:
+        del models.REGISTRY._items["excite_probe"]
 
 
 def test_a_baseline_with_nothing_to_train_is_told_to_be_calibrated():

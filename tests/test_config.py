@@ -106,6 +106,11 @@ def test_every_schema_key_has_default_and_description():
                       "m_ana": {"model": {"name": "edcnn"}, "loss": {"name": "l1_l1ana_1"}}}},
      "experiments.m_ana: the anatomical-effect table pairs it with m_l1 by name as the anatomical loss's effect, but its "
      "model {'name': 'edcnn'} is not m_l1's {'name': 'redcnn'}"),
+    ({"experiments": {"m_l1": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}},
+                      "m_ana": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_1"},
+                                "train": {"lr": 0.1, "patch_size": 32}}}},
+     "experiments.m_ana: the anatomical-effect table pairs it with m_l1 by name as the anatomical loss's effect, but its "
+     "training settings differ from m_l1's in patch_size"),  # the rate is named by the caption; the patch was not
     ({"experiments": {"ndct": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}}}},
      "experiments.ndct: 'ndct' is the name of a row"),  # its folder is NDCT's on a case-insensitive disk
 ])
@@ -363,3 +368,11 @@ def test_a_home_folder_tilde_in_the_paths_is_expanded(monkeypatch, tmp_path):
     assert cfg["results"] == str(tmp_path / "res") and cfg["dataset"]["dicom_root"] == str(tmp_path / "scans")
     assert cfg["dataset"]["series"]["p1"] == {"full": str(tmp_path / "p1" / "fd"), "low": "qd"}
     assert cfg["segmenter"]["weights"] == str(tmp_path / "w.pth") and cfg["split"]["preset"] == str(tmp_path / "s.json")
+
+
+def test_an_anatomical_pair_may_spell_a_default_argument_out():
+    """{channels: 96} is redcnn's default: the same model as {} (it was refused as another)."""
+    cfg = validate_config({"experiments": {"m_l1": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}},
+                                           "m_ana": {"model": {"name": "redcnn", "channels": 96},
+                                                     "loss": {"name": "l1_l1ana_1"}}}})
+    assert list(cfg["experiments"]) == ["m_l1", "m_ana"]

@@ -446,6 +446,16 @@ def test_a_slice_unlike_the_rest_of_its_series_is_named(synthetic_subject, tmp_p
     _expect_error(subj, tmp_path / "out", message.format(name=victim.name, ref=ref))
 
 
+def test_a_first_slice_just_outside_the_tolerance_is_the_one_named(synthetic_subject, tmp_path):
+    """The reference was chosen by values rounded to 1e-3 while the checks allow 1e-4: a first
+    file 2e-4 off joined the majority, stayed the reference and blamed a good slice."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    files = sorted(series_dir(subj, "Low Dose").glob("*.dcm"))
+    spacing = [float(v) for v in pydicom.dcmread(files[0]).PixelSpacing]
+    victim = _edit_series(subj, "Low Dose", 0, PixelSpacing=[f"{spacing[0] + 2e-4:.6f}", f"{spacing[1]:.6f}"])
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: PixelSpacing differs from {files[1].name} and")
+
+
 def test_rescale_tags_that_overflow_float32_are_named_not_written_as_inf(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     victim = _edit_series(subj, "Low Dose", 1, RescaleSlope="1e38")
@@ -663,8 +673,29 @@ def test_full_and_low_given_the_wrong_way_round_are_refused(synthetic_subject, t
     rc = main(["convert", "--full", str(low), "--low", str(full), "--subject", "p7", "--out", str(tmp_path / "p7")])
     assert rc == 1 and not (tmp_path / "p7").exists()
     err = capfd.readouterr().err
-    assert "the low-dose series has the higher dose, Exposure (mAs) 300 against the full dose's 75" in err
-    assert "the wrong way round?" in err
+    assert "the low-dose series states the higher dose, CTDIvol (mGy)" in err and "the wrong way round?" in err
+
+
+@pytest.mark.parametrize("full_tags, low_tags, refused", [
+    # a low-kV protocol: more mAs, less dose (CTDIvol decides where both state one)
+    ({"KVP": "120", "Exposure": "200", "CTDIvol": 15.0}, {"KVP": "80", "Exposure": "260", "CTDIvol": 6.5}, None),
+    # a simulated low dose carrying the full dose's tags
+    ({"Exposure": "300", "CTDIvol": 15.0}, {"Exposure": "300", "CTDIvol": 15.0}, None),
+    # no CTDIvol: the mean Exposure at one kVp decides
+    ({"CTDIvol": None, "Exposure": "75"}, {"CTDIvol": None, "Exposure": "300"}, "Exposure \\(mAs, the mean over its slices\\) 300"),
+    # no CTDIvol and two kVp: mAs says nothing about the dose
+    ({"CTDIvol": None, "KVP": "120", "Exposure": "75"}, {"CTDIvol": None, "KVP": "80", "Exposure": "300"}, None),
+])
+def test_the_dose_order_is_read_from_ctdivol_else_from_mas_at_one_kvp(synthetic_subject, tmp_path, full_tags, low_tags,
+                                                                     refused):
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    for kind, tags in (("Full Dose", full_tags), ("Low Dose", low_tags)):
+        for k in range(len(list(series_dir(subj, kind).glob("*.dcm")))):
+            _edit_series(subj, kind, k, **tags)
+    if refused:
+        _expect_error(subj, tmp_path / "out", f"the low-dose series states the higher dose, {refused}")
+    else:
+        convert_subject(subj, tmp_path / "out")
 
 
 def test_exposure_is_the_series_mean_under_tube_current_modulation(synthetic_subject, tmp_path):

@@ -129,7 +129,8 @@ def test_other_thread_count_or_training_code_starts_fresh(dataset, tmp_path, cap
     other = 1 if threads > 1 else 2
     err = capfd.readouterr().err  # the cause named, and how to resume (it said "settings or inputs changed")
     assert (f"the CPU thread count ({threads} -> {other}: other threads sum in another order, so the weights would "
-            f"differ; to resume, run it with {threads} again, e.g. snakemake --cores {threads}) changed") in err
+            f"differ; to resume, run it with {threads} threads again: snakemake --cores {threads}, or ldct train "
+            f"--threads {threads}) changed") in err
     assert "starting fresh" in err and list(hist["epoch"]) == [1, 2]
     train(dataset, "w", tmp_path, ck=ck, stop_after_epochs=1)  # the thread count of the start again
     capfd.readouterr()
@@ -140,6 +141,29 @@ def test_other_thread_count_or_training_code_starts_fresh(dataset, tmp_path, cap
     hist, _ = train(dataset, "z", tmp_path, ck=ck)
     assert "the data or code changed since it was written: starting fresh" in capfd.readouterr().err
     assert list(hist["epoch"]) == [1, 2, 3]
+
+
+def test_a_checkpoint_of_another_device_or_an_older_key_says_so(tmp_path, capfd):
+    """GPU keys hold no thread count: the message read 'thread count (None -> 4 ...; run it with
+    None again)'. A last.pt written before the key's parts were recorded cannot name them."""
+    from ldct import engine
+
+    net = torch.nn.Conv2d(1, 1, 3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = engine.Schedule(opt, {"lr": 0.1, "epochs": 1, "iters_per_epoch": 1}, 1, 1)
+    args = (sched, torch.Generator(), torch.amp.GradScaler("cuda", enabled=False))
+    parts = {"spec": "s", "inputs": "i"}
+    engine._Checkpoint(tmp_path, {**parts, "threads": None}).save(net, opt, *args, [], 1, 0.0, {})
+    capfd.readouterr()
+    engine._Checkpoint(tmp_path, {**parts, "threads": 4}).resume(net, opt, *args)
+    assert capfd.readouterr().err.strip().endswith(
+        "the device (a GPU -> the CPU with 4 threads: another device computes other weights; to resume, run it on a "
+        "GPU again) changed since it was written: starting fresh")
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["key_parts"]  # as written before the parts were recorded
+    torch.save(state, tmp_path / "last.pt")
+    engine._Checkpoint(tmp_path, {**parts, "spec": "other", "threads": None}).resume(net, opt, *args)
+    assert "settings or inputs changed since it was written: starting fresh" in capfd.readouterr().err
 
 
 def test_damaged_checkpoint_starts_fresh_and_a_wrong_model_file_is_named(dataset, tmp_path, capfd):
