@@ -504,7 +504,7 @@ def test_cancelled_training_job_is_resubmitted_and_resumes(cluster, tiny_runs, t
     assert m, train_log[-2000:]
     resumed_after = int(m.group(1))
     assert 1 <= resumed_after < epochs
-    trained = [int(e) for e in re.findall(r"^epoch (\d+): loss", train_log, flags=re.MULTILINE)]
+    trained = [int(e) for e in re.findall(r"^edcnn_resume: epoch (\d+): loss", train_log, flags=re.MULTILINE)]
     assert trained == list(range(resumed_after + 1, epochs + 1)), trained  # no epoch trained twice
     hist = pd.read_csv(results / "tiny" / "train" / "edcnn_resume" / "history.csv")
     assert list(hist["epoch"]) == list(range(1, epochs + 1))

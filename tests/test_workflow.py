@@ -98,7 +98,9 @@ def test_command_line_config_overrides_are_typed(tmp_path):
     res = run(["-n", "-p", "--configfile", str(ROOT / "config.yaml"), "--cores", "2", "--config", "seed=7",
                "train={budget: {protocol: fixed}, epochs: 2, lr: 1e-3, augment: false, crop_prob: 0.5, crop_scale: [0.4, 1.0], val_max_slices: null, device: cpu}",
                "segmenter={device: 'cuda:1'}", "synthetic={n_subjects: 6, dose_fractions: [0.25, 0.1]}",
-               "experiments={featkpn_l1: {model: {nf: 8}, train: {epochs: 1}}}"], tmp_path)
+               # both runs of the anatomical pair alike: the pair's check refuses one changed alone
+               "experiments={featkpn_l1: {model: {nf: 8}, train: {epochs: 1}}, "
+               "featkpn_ana: {model: {nf: 8}, train: {epochs: 1}}}"], tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     lines = res.stdout.splitlines()
     edcnn = next(x for x in lines if "ldct train" in x and '"name": "edcnn_l1"' in x)
