@@ -23,12 +23,12 @@ OWN_STEPS = ("converged", "fixed")
 ONE_PASS = "pass"
 
 
-def _probe(name: str, kwargs: dict, size: int, training: bool = True):
+def _probe(name: str, kwargs: dict, size: int, training: bool = True, batch: int = 2):
     """Model `name` built with `kwargs`, checked as the workflow needs it before any job runs:
     it builds, has something to train (or is calibrated), and maps a (1, 1, size, size) input
-    to that shape in eval mode and (with `training`) in a training step, whose output depends on
-    its parameters (run on the meta device: no computation; complexity.dry_forward). A
-    ConfigError says what is wrong, naming the model's file."""
+    to that shape in eval mode and (with `training`) in a training step of min(`batch`, 2)
+    patches, whose output depends on its parameters (run on the meta device: no computation;
+    complexity.dry_forward). A ConfigError says what is wrong, naming the model's file."""
     import torch
 
     import models
@@ -51,8 +51,9 @@ def _probe(name: str, kwargs: dict, size: int, training: bool = True):
                           "calibrated row (set `calibrated = True` on its class, as models/bm3d.py does)")
     if calibrated:
         return net
-    # a training step sees a batch of 2 (BatchNorm after a global pooling needs more than one value)
-    for train_pass, mode, n in ((False, "in eval mode", 1), (True, "in a training step", 2))[:1 + training]:
+    # a training step sees the run's batch, 2 at most here (BatchNorm after a global pooling needs
+    # more than one value: it trains at batch 2, and is refused at the batch of 1 it would get)
+    for train_pass, mode, n in ((False, "in eval mode", 1), (True, "in a training step", min(batch, 2)))[:1 + training]:
         shape = (n, 1, size, size)
         try:
             out = dry_forward(net, size, eval_mode=True, training=train_pass, batch=n, meta_only=not training)[0]
@@ -85,13 +86,13 @@ def check_shapes(model_json: str, seg_json: str, size: int) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _macs_per_pixel(model_json: str, seg_json: str, size: int) -> tuple[float, float]:
+def _macs_per_pixel(model_json: str, seg_json: str, size: int, batch: int = 2) -> tuple[float, float]:
     from ldct.complexity import count_macs
     from ldct.spec import with_segmenter
 
     kwargs = with_segmenter(json.loads(model_json), json.loads(seg_json))
     name = kwargs.pop("name")
-    net = _probe(name, kwargs, size)
+    net = _probe(name, kwargs, size, batch=batch)
     if not getattr(net, "countable", True):  # calibrated, not trained (BM3D): no training compute
         return 0.0, 0.0
     total, frozen = count_macs(net, size, frozen=True)
@@ -104,17 +105,18 @@ def _segmenter_json(segmenter: dict) -> str:
     return json.dumps({k: segmenter.get(k) for k in ("base_width", "norm")}, sort_keys=True)
 
 
-def macs_per_pixel(model: dict, segmenter: dict, size: int = 64, frozen: bool = False):
+def macs_per_pixel(model: dict, segmenter: dict, size: int = 64, frozen: bool = False, batch: int = 2):
     """Forward MACs per pixel of one training pass of a model spec ({'name', **kwargs}),
-    counted at size x size; with `frozen`, (all, the frozen submodules' share)."""
-    both = _macs_per_pixel(json.dumps(model, sort_keys=True), _segmenter_json(segmenter), size)
+    counted at size x size; with `frozen`, (all, the frozen submodules' share). `batch`: the
+    run's, for the model's probe in a training step (_probe)."""
+    both = _macs_per_pixel(json.dumps(model, sort_keys=True), _segmenter_json(segmenter), size, batch)
     return both if frozen else both[0]
 
 
 def step_macs(model: dict, segmenter: dict, size: int, batch: int) -> float:
     """MACs of one training step on `batch` size x size patches: forward and backward (3 x) of
     the trained path, forward only (1 x) of the frozen submodules."""
-    total, frozen = macs_per_pixel(model, segmenter, size, frozen=True)
+    total, frozen = macs_per_pixel(model, segmenter, size, frozen=True, batch=batch)
     return (3.0 * (total - frozen) + frozen) * size**2 * batch
 
 

@@ -31,7 +31,7 @@ def count_params(net: torch.nn.Module) -> int:
 
 def dry_forward(net: torch.nn.Module, size: int, in_channels: int = 1, count: bool = False, eval_mode: bool = False,
                 training: bool = False, batch: int = 1, meta_only: bool = False):
-    """A copy of `net` run once without gradients on a (1, in_channels, size, size) input, on the
+    """A copy of `net` run once without gradients on a (batch, in_channels, size, size) input, on the
     meta device (shapes only, no computation); a model whose forward reads a value out of a
     tensor (`.item()`, `float(t)`, numpy), which meta tensors do not hold, runs on the CPU with a
     random input instead (its error, if it fails there too, is the one raised; any other error

@@ -273,8 +273,8 @@ def _check_anatomical_pairs(config: dict) -> None:
     """The anatomical-effect table pairs `<model>_ana` with `<model>_l1` by name and reports the
     difference as the anatomical loss's effect: a pair so named must be that comparison (the
     same model and arguments, defaults filled in; the same training settings but the learning
-    rate, which the table's caption names where it differs; the anatomical loss in the _ana run
-    only), not two unrelated runs."""
+    rate and its sweep, the rate the table's caption names where it differs; the anatomical loss
+    in the _ana run only), not two unrelated runs."""
     import inspect
 
     import losses
@@ -282,7 +282,7 @@ def _check_anatomical_pairs(config: dict) -> None:
 
     def full(model: dict) -> dict:  # the constructor's defaults filled in: {channels: 96} is {}
         cls = models.REGISTRY.get(model["name"])
-        params = inspect.signature(cls.__init__).parameters.values() if cls is not None else []
+        params = inspect.signature(cls.__init__).parameters.values()
         return {**{q.name: q.default for q in params if q.default is not inspect.Parameter.empty}, **model}
 
     experiments = config["experiments"]
@@ -298,7 +298,7 @@ def _check_anatomical_pairs(config: dict) -> None:
         if losses.needs_segmenter(experiments[other]["loss"]["name"]):
             why.append(f"{other}'s loss {experiments[other]['loss']['name']!r} is an anatomical one too")
         mine, theirs = experiment_train(config, name), experiment_train(config, other)
-        differ = sorted(k for k in set(mine) | set(theirs) if k != "lr" and mine.get(k) != theirs.get(k))
+        differ = sorted(k for k in set(mine) | set(theirs) if k not in ("lr", "lr_sweep") and mine.get(k) != theirs.get(k))
         if differ:
             why.append(f"its training settings differ from {other}'s in {', '.join(differ)}")
         if why:

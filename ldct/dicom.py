@@ -273,26 +273,29 @@ def _optional_number(f: Path, ds: pydicom.Dataset, tag: str, default: float) -> 
 
 
 def _alike(slices: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
-    """(n, n) booleans: slice i's orientation, matrix, pixel spacing and thickness pass the
-    checks of `_check_in_plane` against slice j's (the same tolerances; a thickness that either
-    slice does not state is not compared)."""
-    iop = np.array([np.array(ds.ImageOrientationPatient, dtype=float) for _, ds in slices])
-    spacing = np.array([np.array(ds.PixelSpacing, dtype=float) for _, ds in slices])
-    shape = np.array([(int(ds.Rows), int(ds.Columns)) for _, ds in slices])
-    thick = np.array([_optional_number(f, ds, "SliceThickness", 0.0) for f, ds in slices])
+    """How many of the series' slices each slice's orientation, matrix, pixel spacing and
+    thickness agree with, by the tolerances of `_check_in_plane` (a thickness one slice states
+    and another does not is not alike here: a slice without the tag must not become the
+    reference). Distinct values are compared, not every pair of slices (a 3000-slice series)."""
+    rows = np.array([[*np.array(ds.ImageOrientationPatient, dtype=float), *np.array(ds.PixelSpacing, dtype=float),
+                      int(ds.Rows), int(ds.Columns), _optional_number(f, ds, "SliceThickness", 0.0)]
+                     for f, ds in slices])
+    groups, which, sizes = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+    a, b = groups[:, None], groups[None]
 
-    def close(a: np.ndarray) -> np.ndarray:  # np.allclose(a[i], a[j], atol=1e-4) for every pair
-        return (np.abs(a[:, None] - a[None]) <= 1e-4 + 1e-5 * np.abs(a[None])).all(-1)
-    same_t = (np.abs(thick[:, None] - thick[None]) <= np.maximum(1e-3, 1e-2 * thick[None])) \
-        | (thick[:, None] == 0) | (thick[None] == 0)
-    return close(iop) & close(spacing) & (shape[:, None] == shape[None]).all(-1) & same_t
+    def close(cols: slice) -> np.ndarray:  # np.allclose(a, b, atol=1e-4) between every two groups
+        return (np.abs(a[..., cols] - b[..., cols]) <= 1e-4 + 1e-5 * np.abs(b[..., cols])).all(-1)
+    ta, tb = a[..., 10], b[..., 10]
+    same_t = np.where((ta == 0) | (tb == 0), ta == tb, np.abs(ta - tb) <= np.maximum(1e-3, 1e-2 * tb))
+    agree = close(slice(0, 6)) & close(slice(6, 8)) & (a[..., 8:10] == b[..., 8:10]).all(-1) & same_t
+    return (agree * sizes[None]).sum(axis=1)[which.ravel()]
 
 
 def _reference_slice(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[int, int]:
     """(index, count): the slice that most of the series' slices pass the checks against (the
     first such by name) and how many do. It is the reference the others are checked against,
     so one odd slice is the one named, even when it is the first file."""
-    counts = _alike(slices).sum(axis=1)
+    counts = _alike(slices)
     ref = int(np.argmax(counts))
     return ref, int(counts[ref])
 

@@ -332,7 +332,8 @@ def summary(spec: ExperimentSpec, result: engine.Result, ldct_psnr: float) -> st
     last, kept = result.history[-1], result.best_row
     planned = spec.train["epochs"] * spec.train["iters_per_epoch"]
     patience = spec.train.get("budget", {}).get("patience")
-    stopped = f" (stopped early: no better validation in the last {patience})" if last["step"] < planned else ""
+    stopped = (f" (stopped early: no better validation in the last {patience} validations)"
+               if last["step"] < planned else "")
     return (f"{spec.name}: done: {last['step']} of {planned} steps{stopped}, {last['tera_macs']:.3g} x 10^12 MACs, "
             f"lr {spec.train['lr']:g}; kept epoch {kept['epoch']} of {len(result.history)} (step {kept['step']}): "
             f"validation PSNR [-40, 120] HU {kept['val_psnr_brain']:.2f} dB, the LDCT input's {ldct_psnr:.2f} dB")

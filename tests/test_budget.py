@@ -554,6 +554,12 @@ def test_a_baseline_with_batchnorm_after_a_global_pooling_is_planned():
     try:
         cfg = validate_config({"experiments": {"e_l1": {"model": {"name": "excite_probe"}, "loss": {"name": "l1"}}}})
         assert ExperimentSpec.from_config(cfg, "e_l1").budget["steps"] > 0
+        # at batch 1, the batch its training would get, it is refused at the plan, not at its first step
+        one = validate_config({"train": {"batch_size": 1},
+                               "experiments": {"e_l1": {"model": {"name": "excite_probe"}, "loss": {"name": "l1"}}}})
+        with pytest.raises(ConfigError, match="fails on a \\(1, 1, 64, 64\\) input in a training step: ValueError: "
+                                              "Expected more than 1 value per channel"):
+            ExperimentSpec.from_config(one, "e_l1")
     finally:
         del models.REGISTRY._items["excite_probe"]
 

@@ -376,3 +376,7 @@ def test_an_anatomical_pair_may_spell_a_default_argument_out():
                                            "m_ana": {"model": {"name": "redcnn", "channels": 96},
                                                      "loss": {"name": "l1_l1ana_1"}}}})
     assert list(cfg["experiments"]) == ["m_l1", "m_ana"]
+    # the rate and its sweep are each run's own (the caption names differing rates)
+    validate_config({"experiments": {"m_l1": {"model": {"name": "redcnn"}, "loss": {"name": "l1"}},
+                                     "m_ana": {"model": {"name": "redcnn"}, "loss": {"name": "l1_l1ana_1"},
+                                               "train": {"lr": 0.001, "lr_sweep": {"fraction": 0.5}}}}})

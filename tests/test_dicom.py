@@ -456,6 +456,15 @@ def test_a_first_slice_just_outside_the_tolerance_is_the_one_named(synthetic_sub
     _expect_error(subj, tmp_path / "out", f"{victim.name}: PixelSpacing differs from {files[1].name} and")
 
 
+def test_a_first_slice_without_slice_thickness_is_not_the_reference(synthetic_subject, tmp_path):
+    """A missing thickness matched every slice, so such a first file became the reference and the
+    thickness check then compared nothing (a 5 mm slice in a 10 mm series converted)."""
+    subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
+    _edit_series(subj, "Low Dose", 0, SliceThickness=None)
+    victim = _edit_series(subj, "Low Dose", 2, SliceThickness="5")
+    _expect_error(subj, tmp_path / "out", f"{victim.name}: SliceThickness 5 mm, .* have 10 mm")
+
+
 def test_rescale_tags_that_overflow_float32_are_named_not_written_as_inf(synthetic_subject, tmp_path):
     subj = copy_subject(synthetic_subject["dicom"], tmp_path / "S001")
     victim = _edit_series(subj, "Low Dose", 1, RescaleSlope="1e38")
