@@ -198,11 +198,10 @@ def pretrain_segmenter(*, nifti_dir: str, splits: dict, cfg: dict, seed: int, ou
 
     task = engine.Task(net, SegmentationLoss(weight), sample, lambda m: validation_dice(m, va, device),
                        score="val_mean_dice", maximize=True, label="segmenter ")
-    # as a denoiser's (ldct.train): resumed only under the same code, and on the CPU the same
-    # thread count (another sums in another order: a run resumed with it ends with other weights)
+    # as a denoiser's (ldct.train): resumed only under the same code and thread count
     code = library_files(Path(__file__).parents[1], "anatomy")
-    key = {"cfg": cfg, "seed": seed, "splits": splits, "inputs": engine.fingerprint([tr, va], code, packages=(models,)),
-           "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    key = engine.resume_key(device, cfg=cfg, seed=seed, splits=splits,
+                            inputs=engine.fingerprint([tr, va], code, packages=(models,)))
     result = engine.fit(task, cfg, device=device, generator=gen, key=key, checkpoint_dir=checkpoint_dir)
     net.load_state_dict(result.best_state)
     best = result.best_row

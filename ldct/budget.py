@@ -73,26 +73,28 @@ def _probe(name: str, kwargs: dict, size: int, training: bool = True, batch: int
     return net
 
 
+def _probed(model_json: str, seg_json: str, size: int, training: bool = True, batch: int = 2):
+    """`_probe` of a model spec as JSON (with the segmenter settings it is built with)."""
+    from ldct.spec import with_segmenter
+
+    kwargs = with_segmenter(json.loads(model_json), json.loads(seg_json))
+    return _probe(kwargs.pop("name"), kwargs, size, training, batch)
+
+
 @functools.lru_cache(maxsize=None)
 def check_shapes(model_json: str, seg_json: str, size: int) -> None:
     """The model spec probed in eval mode (as `_probe`) at another size the run uses: whole
     slices, where validation and denoising run (training's patches are probed when its MACs
     are counted). On the meta device only: a model it cannot run (a value read out of a tensor)
     is not run at 512x512 on the CPU at every plan."""
-    from ldct.spec import with_segmenter
-
-    kwargs = with_segmenter(json.loads(model_json), json.loads(seg_json))
-    _probe(kwargs.pop("name"), kwargs, size, training=False)
+    _probed(model_json, seg_json, size, training=False)
 
 
 @functools.lru_cache(maxsize=None)
 def _macs_per_pixel(model_json: str, seg_json: str, size: int, batch: int = 2) -> tuple[float, float]:
     from ldct.complexity import count_macs
-    from ldct.spec import with_segmenter
 
-    kwargs = with_segmenter(json.loads(model_json), json.loads(seg_json))
-    name = kwargs.pop("name")
-    net = _probe(name, kwargs, size, batch=batch)
+    net = _probed(model_json, seg_json, size, batch=batch)
     if not getattr(net, "countable", True):  # calibrated, not trained (BM3D): no training compute
         return 0.0, 0.0
     total, frozen = count_macs(net, size, frozen=True)

@@ -272,6 +272,14 @@ def _optional_number(f: Path, ds: pydicom.Dataset, tag: str, default: float) -> 
     return float(_numbers(f, ds, tag, 1)[0])
 
 
+GEOMETRY_ATOL = 1e-4  # np.allclose's atol for a series' orientation cosines and pixel spacing (mm)
+
+
+def _thickness_tolerance(reference):
+    """How far a slice's thickness (mm) may be from the series' reference thickness."""
+    return np.maximum(1e-3, 1e-2 * reference)
+
+
 def _alike(slices: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
     """How many of the series' slices each slice's orientation, matrix, pixel spacing and
     thickness agree with, by the tolerances of `_check_in_plane` (a thickness one slice states
@@ -283,10 +291,10 @@ def _alike(slices: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
     groups, which, sizes = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
     a, b = groups[:, None], groups[None]
 
-    def close(cols: slice) -> np.ndarray:  # np.allclose(a, b, atol=1e-4) between every two groups
-        return (np.abs(a[..., cols] - b[..., cols]) <= 1e-4 + 1e-5 * np.abs(b[..., cols])).all(-1)
+    def close(cols: slice) -> np.ndarray:  # np.allclose(a, b, atol=GEOMETRY_ATOL) between every two groups
+        return (np.abs(a[..., cols] - b[..., cols]) <= GEOMETRY_ATOL + 1e-5 * np.abs(b[..., cols])).all(-1)
     ta, tb = a[..., 10], b[..., 10]
-    same_t = np.where((ta == 0) | (tb == 0), ta == tb, np.abs(ta - tb) <= np.maximum(1e-3, 1e-2 * tb))
+    same_t = np.where((ta == 0) | (tb == 0), ta == tb, np.abs(ta - tb) <= _thickness_tolerance(tb))
     agree = close(slice(0, 6)) & close(slice(6, 8)) & (a[..., 8:10] == b[..., 8:10]).all(-1) & same_t
     return (agree * sizes[None]).sum(axis=1)[which.ravel()]
 
@@ -319,15 +327,15 @@ def _check_in_plane(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
     shape = (int(ds0.Rows), int(ds0.Columns))
     thickness = _optional_number(f0, ds0, "SliceThickness", 0.0)
     for f, ds in slices:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
+        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop, atol=GEOMETRY_ATOL):
             raise DicomError(f"{f}: ImageOrientationPatient differs from {like}")
         if (int(ds.Rows), int(ds.Columns)) != shape:
             raise DicomError(f"{f}: {ds.Rows}x{ds.Columns} pixels, {like} {'have' if alike > 1 else 'has'} "
                              f"{shape[0]}x{shape[1]}")
-        if not np.allclose(np.array(ds.PixelSpacing, dtype=float), spacing, atol=1e-4):
+        if not np.allclose(np.array(ds.PixelSpacing, dtype=float), spacing, atol=GEOMETRY_ATOL):
             raise DicomError(f"{f}: PixelSpacing differs from {like}")
         t = _optional_number(f, ds, "SliceThickness", 0.0)
-        if t and thickness and abs(t - thickness) > max(1e-3, 1e-2 * thickness):
+        if t and thickness and abs(t - thickness) > _thickness_tolerance(thickness):
             raise DicomError(f"{f}: SliceThickness {t:g} mm, {like} {'have' if alike > 1 else 'has'} {thickness:g} mm")
     return ref, iop, spacing, shape
 

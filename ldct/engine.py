@@ -39,6 +39,13 @@ def prepare(seed: int, device: torch.device) -> None:
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
 
+def resume_key(device: torch.device, **parts) -> dict:
+    """What a run's checkpoint must match to be resumed (_Checkpoint): its `parts` (settings,
+    split, data and code) and, on the CPU, the thread count: other threads sum in another order,
+    so a run resumed with them goes on another path and ends with other weights."""
+    return {**parts, "threads": torch.get_num_threads() if device.type == "cpu" else None}
+
+
 def settings_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

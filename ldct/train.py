@@ -424,10 +424,7 @@ class _Run:
         net, criterion, model_spec = build_experiment(spec, self.seg_ck, self.device)
         gen = torch.Generator().manual_seed(spec.seed)
         sampler = PatchSampler.from_config(self.data["low"], self.data["full"], cfg, spec.hu_range, gen)
-        # on the CPU the thread count changes the sums' order, hence the weights: a run resumed
-        # with other threads (another --cores, another cpus-per-task) would go on another path
-        threads = torch.get_num_threads() if self.device.type == "cpu" else None
-        key = {"spec": spec.to_json(), **self.splits, "inputs": self.inputs, "threads": threads}
+        key = engine.resume_key(self.device, spec=spec.to_json(), **self.splits, inputs=self.inputs)
         task = engine.Task(net, criterion, sampler.sample, self.validate, score="val_mse_head",
                            start_epoch=sampler.start_epoch, label=label)
         result = engine.fit(task, cfg, device=self.device, generator=gen, key=key, checkpoint_dir=checkpoint_dir,

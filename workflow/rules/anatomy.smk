@@ -16,7 +16,7 @@ rule pretrain_segmenter:
         # labels: to pre-train, or to score given weights on the validation subjects (synthetic)
         data=nifti_files(SPLITS["train"] + SPLITS["val"],
                          labels=not config["segmenter"]["weights"] or config["dataset"]["source"] == "synthetic"),
-        weights=user_path(config["segmenter"]["weights"]) if GIVEN_SEGMENTER else [],
+        weights=config["segmenter"]["weights"] or [],
     output:
         model=str(RP.segmenter),
         history=str(RP.segmenter_history),

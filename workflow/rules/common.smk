@@ -58,9 +58,10 @@ MAX_THREADS = 64
 
 
 def user_path(path) -> str:
-    """A path of the user's (under the DICOM root, given weights, a preset file) as a rule's input.
-    Snakemake reads braces in an input as a wildcard and has no escape for an input function's
-    paths, so one with braces is refused by name, not left to a WildcardError naming neither."""
+    """A path found under the DICOM root as a rule's input (the config's own paths are checked by
+    ldct.config). Snakemake reads braces in an input as a wildcard and has no escape for an input
+    function's paths, so one with braces is refused by name, not left to a WildcardError naming
+    neither."""
     if "{" in str(path) or "}" in str(path):
         raise WorkflowError(f"{path}: a path with {{ or }} cannot be a Snakemake input (braces are read as "
                             "wildcards); rename the folder or give a link to it without braces")

@@ -3,7 +3,7 @@
 
 rule split:
     input:
-        preset=[user_path(preset_file(config["split"]["preset"]))] if config["split"]["method"] == "preset" else [],
+        preset=[preset_file(config["split"]["preset"])] if config["split"]["method"] == "preset" else [],
     output:
         str(RP.splits),
     log:
