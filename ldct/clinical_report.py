@@ -31,7 +31,6 @@ def report(rp, rows: list[str], seed: int = 0, n_resamples: int = 2000) -> None:
     figures.nps_curves(results, rp.figure("fig_nps"), marks)
     figures.ttf_curves(results, rp.figure("fig_ttf"), marks)
     first = results[LDCT]["conditions"][0]  # the hardest lesion
-    hardest = stats_df[(stats_df["against"] == "input") & (stats_df["contrast_hu"] == first["contrast_hu"])
-                       & (stats_df["diameter_mm"] == first["diameter_mm"])]
+    hardest = stats_df[(stats_df["contrast_hu"] == first["contrast_hu"]) & (stats_df["diameter_mm"] == first["diameter_mm"])]
     changes = {r.experiment: (r.diff, r.ci_low, r.ci_high) for r in hardest.itertuples()}
     figures.detectability(results, gain, rp.figure("fig_detectability"), changes, marks)

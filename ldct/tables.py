@@ -15,7 +15,7 @@ from ldct.errors import DataError
 from ldct.io import write_csv, write_text
 from ldct.metrics import infinite_psnr_note, read_metrics
 from ldct.provenance import made_with
-from ldct.stats import compare_to_best, holm
+from ldct.stats import ALPHA, compare_pairs, holm
 
 TABLE2_COLUMNS = [  # (column, header) in the paper's layout
     ("psnr_full", "PSNR [-1024,3072]"), ("ssim_full", "SSIM [-1024,3072]"), ("vif_full", "VIF [-1024,3072]"),
@@ -200,8 +200,8 @@ def read_scores(paths) -> pd.DataFrame:
 def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats: str, seed: int = 0,
                        reference: str = "NDCT", fidelity: str = "", training: pd.DataFrame | None = None,
                        protocol: str = "") -> pd.DataFrame:
-    """Table 2: mean over test slices per experiment; best in bold; † = significantly worse
-    than the best (subject-level Wilcoxon, Holm-corrected p < 0.05). `reference="truth"`
+    """Table 2: mean over test slices per experiment; best in bold; † / * = significantly worse /
+    better than it (tested_best). `reference="truth"`
     makes the same table against the noiseless phantom (synthetic data). `fidelity`
     (departure_note) and `protocol` (ldct.budget.describe) are added to the caption; `training`
     (ldct.budget.training_summary) adds each row's steps, compute, learning rate and
@@ -218,29 +218,26 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     table = allm.groupby("experiment", sort=False)[cols + extra].mean().reindex(order).reset_index()
     if training is not None:
         table = table.merge(training, on="experiment", how="left")
-    table["seed"] = seed  # the run's seed (that of the bootstrap CIs too): `ldct seeds` checks it
+    table["seed"] = seed  # the run's seed: `ldct seeds` checks it
     per_subject = allm.groupby(["experiment", "subject"])[cols].mean().reset_index()
     flags, flag_note = row_flags(training)
-    bold, st, marks = tested_best(table.set_index("experiment"), per_subject, cols, flags, seed)
+    bold, st, marks = tested_best(table.set_index("experiment"), per_subject, cols, flags)
     if not bold:
         flag_note += " " + EVERY_ROW_MARKED
     write_csv(out_stats, st)
     marks.update(lr_edge_marks(training))
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
-    power = " ".join(x for x in (power_note(n_subj, len(order) - 1), infinite) if x)
+    power = " ".join(x for x in (test_note(n_subj, len(order), Path(out_stats).name), infinite) if x)
     protocol = " ".join(x for x in (protocol, sweep_note(training)) if x)
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
     digits.update({"steps": 0, "lr": "e", "val_gain_last_quarter_db": 2})
     md, tex = render(table, "experiment", shown_cols, digits, bold, marks,
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
-                     "zero padding). Best in bold; $\\dagger$: significantly worse than "
-                     "the best (subject-level Wilcoxon signed-rank, Holm-corrected $p<0.05$, Hodges-Lehmann shift below 0). "
+                     f"zero padding). {MARKS_NOTE} "
                      + " ".join(x for x in (power, protocol, flag_note, fidelity) if x), flags)
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {subjects(n_subj)}. "
-            "Best in bold; † significantly "
-            "worse than the best (subject-level Wilcoxon signed-rank, two-sided, Holm p < 0.05 over this metric's "
-            f"comparisons, Hodges-Lehmann shift below 0); CIs in {Path(out_stats).name}. "
+            f"{MARKS_NOTE} "
             + " ".join(x for x in (power, protocol, flag_note) if x) + " "
             "SSIM as the paper computes it (11x11 Gaussian window, sigma 1.5, zero padding; "
             "scikit-image's default SSIM is `ssim_skimage_*` in metrics.csv). " + fidelity)
@@ -248,14 +245,20 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     return table
 
 
-def power_note(n_subjects: int, comparisons: int) -> str:
-    """What the subject-level test can reach: the exact two-sided Wilcoxon signed-rank p-value
-    cannot fall below 2 / 2^n, and Holm multiplies the smallest by the number of comparisons."""
-    p_min = min(1.0, 2.0 / 2**n_subjects)
-    holm_min = min(1.0, comparisons * p_min)
-    verdict = "no difference can reach significance" if holm_min >= 0.05 else "differences can reach significance"
-    holm_text = f" ({holm_min:.3g} after Holm over {comparisons} comparisons)" if comparisons > 1 else ""
-    return f"With {subjects(n_subjects, 'test ')} the smallest attainable p is {p_min:.3g}{holm_text}: {verdict}."
+MARKS_NOTE = "Best in bold; † / * significantly worse / better than it (Holm p < 0.05)."
+
+
+def test_note(n_subjects: int, n_rows: int, stats_file: str = "") -> str:
+    """How a table's rows are tested (ldct.stats.compare_pairs), with its numbers: the marks'
+    test, its family and where its per-comparison intervals are."""
+    if n_subjects < 2:
+        return (f"With {subjects(n_subjects, 'test ')} there is no test: nothing is marked"
+                + (f"; the differences are in {stats_file}." if stats_file else "."))
+    pairs = n_rows * (n_rows - 1) // 2
+    return (f"Tests: two-sided paired t-tests on the per-subject means of {subjects(n_subjects, 'test ')}, "
+            f"Holm-corrected over all {pairs} pairs of rows in the column (so that choosing the bold row on the same "
+            "subjects does not raise the error rate); each comparison's 95 % t-interval, not adjusted for the "
+            "multiplicity" + (f", in {stats_file}." if stats_file else "."))
 
 
 LR_EDGE_MARKS = {"lowest": "«", "highest": "»"}  # the lr cell's mark where the sweep chose an end of its grid
@@ -327,16 +330,18 @@ def row_flags(training: pd.DataFrame | None, ranked: bool = True) -> tuple[dict[
 EVERY_ROW_MARKED = "Every row is marked: none is shown as best and none is compared."
 
 
-def tested_best(means: pd.DataFrame, per_subject: pd.DataFrame, cols: list[str], flags: dict[str, str],
-                seed: int) -> tuple[dict[str, str], pd.DataFrame, dict[tuple[str, str], str]]:
+def tested_best(means: pd.DataFrame, per_subject: pd.DataFrame, cols: list[str],
+                flags: dict[str, str]) -> tuple[dict[str, str], pd.DataFrame, dict[tuple[str, str], str]]:
     """A table's bold row per column (best_row over `means`, indexed by experiment; a column
-    with no unmarked value has none), every other row tested against it on `per_subject`
-    (ldct.stats.compare_to_best: the tests compare with the row shown in bold), and the †
-    marks of those significantly worse: (bold, stats, marks)."""
+    with no unmarked value has none), every pair of rows tested on `per_subject`
+    (ldct.stats.compare_pairs, oriented against the bold row), and the marks of the rows
+    significantly worse (†) or better (*, a row the table does not rank, or one behind by its
+    mean over slices but ahead over subjects) than the bold row: (bold, stats, marks)."""
     bold = {c: best_row(means[c], flags) for c in cols}
     bold = {c: e for c, e in bold.items() if e is not None}
-    st = compare_to_best(per_subject, list(bold), seed, best=bold)
-    return bold, st, {(r.experiment, r.metric): "†" for r in st.itertuples() if r.significantly_worse}
+    st = compare_pairs(per_subject, list(bold), best=bold)
+    return bold, st, {(r.experiment, r.metric): "†" if r.mean_diff < 0 else "*"
+                      for r in st.itertuples() if r.against_best and r.significant}
 
 
 def best_row(values: pd.Series, flags: dict[str, str]) -> str | None:
@@ -355,11 +360,11 @@ def volume_dice(dice: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFrame | None = None,
-               out_stats: str | None = None, seed: int = 0) -> pd.DataFrame:
+               out_stats: str | None = None) -> pd.DataFrame:
     """Anatomical fidelity: Dice of the frozen segmenter on each output over each test volume,
     against its segmentation of NDCT and against the true labels (synthetic data); mean over
-    the foreground classes, then over subjects; best in bold, † significantly worse than it (the
-    subject-level test of Table 2, ldct.stats.compare_to_best, written to `out_stats`). The CSV
+    the foreground classes, then over subjects; best in bold, † / * significantly worse / better than
+    it (the subject-level tests of Table 2, tested_best, written to `out_stats`). The CSV
     adds each class's Dice vs the labels (vs NDCT where there are none)."""
     allm = pd.concat([read_result_csv(p) for p in dice_files.values()], ignore_index=True)
     order = list(dice_files)
@@ -377,7 +382,7 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     table = table.join(per_class.reset_index(drop=True))
     flags, flag_note = row_flags(training)
     bold, st, marks = tested_best(table.set_index("experiment"), pd.concat(per_subject, axis=1).reset_index(),
-                                  [c for c, _ in cols], flags, seed)
+                                  [c for c, _ in cols], flags)
     if out_stats:
         write_csv(out_stats, st)
     n_subjects = allm["subject"].nunique()
@@ -386,9 +391,7 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     if not bold:
         caption += " " + EVERY_ROW_MARKED
     elif len(order) > 1:
-        caption += (" Best in bold; † significantly worse than the best (subject-level Wilcoxon signed-rank, Holm "
-                    "p < 0.05 over the column's comparisons, Hodges-Lehmann shift below 0). "
-                    + power_note(n_subjects, len(order) - 1))
+        caption += f" {MARKS_NOTE} " + test_note(n_subjects, len(order), Path(out_stats).name if out_stats else "")
     md, tex = render(table, "experiment", cols, {}, bold, marks, f"{caption} {flag_note}".strip(), flags)
     write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV"
                 + (f", the tests in {Path(out_stats).name}" if out_stats else "") + f". {flag_note}".rstrip())
@@ -480,12 +483,12 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
 
 
 def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], out_prefix: str,
-                      seed: int = 0, training: pd.DataFrame | None = None) -> pd.DataFrame:
+                      training: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's claim, per model trained with and without the anatomical loss (experiments
     `<model>_ana` and `<model>_l1`): the paired per-subject difference (ana - l1) of PSNR and
-    SSIM in [-40, 120] HU and of Dice against the NDCT segmentation, with its bootstrap 95 % CI
-    and Wilcoxon p; each run's convergence marks (`training`, row_flags) beside the model, the
-    smallest p the test can reach in the note."""
+    SSIM in [-40, 120] HU and of Dice against the NDCT segmentation, with its 95 % t-interval
+    and paired t-test p (ldct.stats.paired_difference); each run's convergence marks
+    (`training`, row_flags) beside the model."""
     from ldct.stats import paired_difference
 
     pairs = [(e[:-4], e, e[:-4] + "_l1") for e in metric_files if e.endswith("_ana") and e[:-4] + "_l1" in metric_files]
@@ -502,24 +505,24 @@ def anatomical_effect(metric_files: dict[str, str], dice_files: dict[str, str], 
     for model, ana, l1 in pairs:
         for metric in ("psnr_brain", "ssim_brain", "dice_vs_ndct"):
             diff = (per_subject.loc[ana, metric] - per_subject.loc[l1, metric]).dropna().to_numpy()
-            rows.append({"model": model, "metric": metric, **paired_difference(diff, seed)})
+            rows.append({"model": model, "metric": metric, **paired_difference(diff)})
     table = pd.DataFrame(rows)
     flags, flag_note = row_flags(training, ranked=False)
     table["marks"] = [" ".join(f"{run}{flags[e]}" for run, e in (("ana", f"{m}_ana"), ("l1", f"{m}_l1")) if e in flags)
                       for m in table["model"]]
-    lines = ["| model | metric | ana - l1 (mean) | 95 % CI | Wilcoxon p | subjects |", "|---|---|---|---|---|---|"]
+    lines = ["| model | metric | ana - l1 (mean) | 95 % CI | p | subjects |", "|---|---|---|---|---|---|"]
     for r in table.itertuples():
         d = shown_digits(2 if r.metric.startswith("psnr") else 4, r.ci_low, r.ci_high)
         ci = ("n/a (all differences equal)" if r.ci_low == r.ci_high and r.n_subjects > 1 else "" if np.isnan(r.ci_low)
               else f"[{signed(r.ci_low, d)}, {signed(r.ci_high, d)}]")
         model = f"{r.model} ({r.marks})" if r.marks else r.model
-        lines.append(f"| {model} | {r.metric} | {signed(r.mean_diff, d)} | {ci} | {r.p_wilcoxon:.3g} | {r.n_subjects} |")
+        lines.append(f"| {model} | {r.metric} | {signed(r.mean_diff, d)} | {ci} | {r.p:.3g} | {r.n_subjects} |")
     marked = f"A pair with a marked run (ana or l1) is not evidence for or against the loss: {flag_note} " if flags else ""
     note = ("Effect of the anatomical perception loss: per test subject, the experiment trained with it minus the "
             "same model trained with L1 (PSNR and SSIM in [-40, 120] HU; Dice of the frozen segmenter against its "
-            "NDCT segmentation, over each volume); mean, bootstrap 95 % CI and Wilcoxon signed-rank p over subjects "
-            f"(not corrected for the number of rows). {pair_settings_note(pairs, training)}{marked}"
-            + power_note(int(table["n_subjects"].max()), 1))
+            "NDCT segmentation, over each volume); mean, 95 % t-interval and two-sided paired t-test p over subjects "
+            "(not corrected for the number of rows; the exact Wilcoxon signed-rank p, a check on the t-test's "
+            f"normality, in the CSV). {pair_settings_note(pairs, training)}{marked}").rstrip()
     write_csv(out_prefix + ".csv", table)
     write_text(out_prefix + ".md", "\n".join(lines) + f"\n\n{note}\n\n{made_with()}\n")
     return table
@@ -572,9 +575,8 @@ def write_tables(rp, experiments: list[str], model_specs: dict, seed: int, train
         quantitative_table(metric_files, rp.table_prefix("table2_vs_truth"), rp.table("stats_vs_truth"),
                            seed=seed, reference="truth", fidelity=fidelity, training=training, protocol=protocol)
     dice_table({e: rp.dice(e) for e in experiments}, rp.table_prefix("table3_anatomical_dice"), training,
-               rp.table("dice_stats"), seed)
-    anatomical_effect(metric_files, {e: rp.dice(e) for e in experiments}, rp.table_prefix("anatomical_effect"), seed,
-                      training)
+               rp.table("dice_stats"))
+    anatomical_effect(metric_files, {e: rp.dice(e) for e in experiments}, rp.table_prefix("anatomical_effect"), training)
 
 
 def trained_with(model_file: Path) -> tuple[str, str]:
@@ -632,32 +634,26 @@ def _best_dprime(results: dict[str, dict], compared: list[str], i: int, flags: d
 
 
 def clinical_comparisons(results: dict[str, dict], compared: list[str], baseline: str, seed: int = 0,
-                         n_resamples: int = 2000, flags: dict[str, str] | None = None) -> pd.DataFrame:
-    """Per lesion condition: every compared row's d' against the best compared row's (the
-    highest among rows with no convergence mark, `flags`; significantly worse, †: Holm p < 0.05
-    and a lower d' — a marked row significantly above the bold one is not worse) and every row
-    other than `baseline` against the baseline (the LDCT input: significantly lower ↓ or
-    higher ↑), by a paired bootstrap over the lesion sites, training and test, the templates learnt
-    again in each replicate (ldct.stats.paired_dprime),
-    Holm-corrected within each condition and comparison kind."""
+                         n_resamples: int = 2000) -> pd.DataFrame:
+    """Per lesion condition: every compared row other than `baseline` against the baseline (the
+    LDCT input, chosen before the data: significantly lower ↓ or higher ↑ where Holm p < 0.05),
+    by a paired bootstrap over the lesion sites, training and test, the templates learnt again
+    in each replicate (ldct.stats.paired_dprime), Holm-corrected within each condition. No row is
+    tested against the best: the best is chosen on the same sites, and the bootstrap's p cannot
+    fall below 2 / (n_resamples + 1), too coarse for a correction over every pair of rows."""
     from ldct.stats import paired_dprime
 
     rows = []
     for i, cond in enumerate(results[compared[0]]["conditions"]):
-        best = _best_dprime(results, compared, i, flags or {})
-        kinds = [("best", best, [r for r in compared if r != best])] if best is not None else []
-        for kind, ref, others in kinds + [("input", baseline, [r for r in compared if r != baseline])]:
-            comps = [{"condition": _condition_name(cond), "contrast_hu": cond["contrast_hu"],
-                      "diameter_mm": cond["diameter_mm"], "against": kind, "experiment": r, "reference": ref,
-                      **paired_dprime(results[r]["conditions"][i], results[ref]["conditions"][i], seed, n_resamples)} for r in others]
-            for c, padj in zip(comps, holm([c["p"] for c in comps]) if comps else []):
-                c["p_holm"] = padj
-                c["significant"] = padj < 0.05
-                c["significantly_worse"] = c["significant"] and c["diff"] < 0
-            rows += comps
-    return pd.DataFrame(rows, columns=["condition", "contrast_hu", "diameter_mm", "against", "experiment",
-                                       "reference", "diff", "ci_low", "ci_high", "p", "p_holm", "significant",
-                                       "significantly_worse"])
+        comps = [{"condition": _condition_name(cond), "contrast_hu": cond["contrast_hu"],
+                  "diameter_mm": cond["diameter_mm"], "experiment": r, "reference": baseline,
+                  **paired_dprime(results[r]["conditions"][i], results[baseline]["conditions"][i], seed, n_resamples)}
+                 for r in compared if r != baseline]
+        for c, padj in zip(comps, holm([c["p"] for c in comps]) if comps else []):
+            c.update(p_holm=padj, significant=padj < ALPHA)
+        rows += comps
+    return pd.DataFrame(rows, columns=["condition", "contrast_hu", "diameter_mm", "experiment", "reference", "diff",
+                                       "ci_low", "ci_high", "p", "p_holm", "significant"])
 
 
 def _clinical_records(results: dict[str, dict], base: dict) -> pd.DataFrame:
@@ -719,10 +715,10 @@ def _clinical_caption(base: dict, table: pd.DataFrame, compared: list[str], refe
             f"background-known-exactly task{scans}: d′ per lesion contrast and diameter on "
             f"{n_sites} held-out lesion sites per condition (each read lesion-present and lesion-absent), its "
             "template trained on the other sites (a held-out d′ is biased low when it is small: about -20 % at 0.35). "
-            "Best in bold; † significantly worse than the best; ↓ / ↑ significantly lower / higher than the LDCT "
+            "Highest in bold (not tested against the other rows); ↓ / ↑ significantly lower / higher than the LDCT "
             "input (paired bootstrap over the training and test sites, both templates learnt again in each "
-            "replicate: a conservative test; Holm p < 0.05 within each condition and comparison kind, not across "
-            "conditions; CIs in clinical_stats.csv). "
+            "replicate: a conservative test; Holm p < 0.05 over the rows within each condition, not across "
+            "conditions; per-comparison 95 % CIs, not adjusted for the multiplicity, in clinical_stats.csv). "
             f"{', '.join(references)}: reference rows, not compared (the noiseless reconstruction has no noise: its d′ is "
             "unbounded and it has no NPS). Noise SD and mean frequency (TG-233's f_av) from the noise power spectrum in brain ROIs of "
             "noise-only images (difference method: the row's error in scan A less its error in scan B, over sqrt 2, "
@@ -738,7 +734,7 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
                    references: list[str], seed: int = 0, n_resamples: int = 2000,
                    training: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 5, clinical image quality per row (ldct.clinical.measure's results, in order), and
-    its comparisons (clinical_comparisons, also written to `out_stats`): CHO d' per lesion condition (best compared row in bold, † significantly worse than it,
+    its comparisons (clinical_comparisons, also written to `out_stats`): CHO d' per lesion condition (the highest compared row in bold,
     ↓/↑ significantly lower/higher than the `baseline` LDCT input), the AUC and CNR of the
     hardest condition, the NPS noise SD and mean frequency (and its shift against the input),
     f50 per QA insert and the HU bias in the lesion ROIs. `references` (NDCT, the noiseless
@@ -748,7 +744,7 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
     conds = base["conditions"]
     table = _clinical_records(results, base)
     flags, flag_note = row_flags(training)
-    stats_df = clinical_comparisons(results, compared, baseline, seed, n_resamples, flags)
+    stats_df = clinical_comparisons(results, compared, baseline, seed, n_resamples)
     write_csv(out_stats, stats_df)
     cols = [(f"dprime_{i}", f"d′ {_condition_name(c)}") for i, c in enumerate(conds)]
     cols += [("auc_hardest", f"AUC {_condition_name(conds[0])}"), ("cnr_hardest", f"CNR {_condition_name(conds[0])}"),
@@ -761,11 +757,8 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
     digits.update({f"f50_{t['contrast_hu']:g}": 3 for t in base["ttf"]})
     index = {_condition_name(c): i for i, c in enumerate(conds)}
     marks: dict[tuple[str, str], str] = {}
-    shown = stats_df["significantly_worse"] | (stats_df["significant"] & (stats_df["against"] == "input"))
-    for r in stats_df[shown].itertuples():
-        col = f"dprime_{index[r.condition]}"
-        sym = "†" if r.against == "best" else ("↓" if r.diff < 0 else "↑")
-        marks[(r.experiment, col)] = marks.get((r.experiment, col), "") + sym
+    for r in stats_df[stats_df["significant"]].itertuples():
+        marks[(r.experiment, f"dprime_{index[r.condition]}")] = "↓" if r.diff < 0 else "↑"
     bold = {f"dprime_{i}": _best_dprime(results, compared, i, flags) for i in range(len(conds))}
     what = _clinical_caption(base, table, compared, references) + flag_note
     shown, undefined = _undefined_as_na(table, [c for c, _ in cols if c.startswith(("dprime_", "f50_"))])

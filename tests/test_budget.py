@@ -164,14 +164,6 @@ def test_a_rate_at_the_sweeps_edge_and_a_short_sweep_are_marked_in_table_2():
     assert sweep_note(s.reset_index()[lambda d: d["experiment"] == "given"]) == ""
 
 
-def test_power_statement():
-    from ldct.tables import power_note
-
-    assert "no difference can reach significance" in power_note(2, 10)
-    assert "the smallest attainable p is 1 (1 after Holm" in power_note(0, 3)
-    assert "0.00195" in power_note(10, 10) and "differences can reach significance" in power_note(10, 10)
-
-
 def test_early_stopping_after_patience_rounds():
     from ldct import engine
 
