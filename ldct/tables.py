@@ -166,15 +166,27 @@ def subjects(n: int, kind: str = "") -> str:
 
 
 SCORED = ("psnr", "ssim", "rmse")  # never NaN in a metrics.csv, truth_ ones included (an identical slice's PSNR is inf)
+# VIF is NaN where the reference is constant in the window (no information to keep): on the same
+# slices in every row, as it depends on the reference alone; read_scores checks that, and
+# undefined_vif_note says how many a table's means leave out.
+
+
+def undefined_vif_note(df: pd.DataFrame, cols: list[str]) -> str:
+    """A caption sentence when slices of `df` were left out of a VIF mean because the reference
+    is constant in that window (VIF 0 / 0: NaN in metrics.csv, on the same slices in every row)."""
+    n = sum(int(df[c].isna().sum()) for c in cols if "vif" in c and c in df)
+    return (f"{n} slice-window VIF value(s) were undefined (the reference constant in that window) and are left out "
+            "of the means." if n else "")
 
 
 def read_scores(paths) -> pd.DataFrame:
     """ldct.metrics.read_metrics of metrics.csv files, after checking that each is whole
-    (read_result_csv), has no NaN score (read_metrics would drop it from the means unsaid) and
-    scores the same (subject, slice) pairs as the first: the rows are compared slice by slice
-    and subject by subject, and a caption says how many slices each mean covers."""
+    (read_result_csv), has no NaN score (read_metrics would drop it from the means unsaid), a
+    NaN VIF only where the first has one, and scores the same (subject, slice) pairs as the
+    first: the rows are compared slice by slice and subject by subject, and a caption says how
+    many slices each mean covers."""
     paths = [str(p) for p in paths]
-    first, keys = None, None
+    first, keys, undefined = None, None, None
     for path in paths:
         f = read_result_csv(path)
         if not {"subject", "slice"} <= set(f.columns):
@@ -185,8 +197,17 @@ def read_scores(paths) -> pd.DataFrame:
             raise DataError(f"{path}: NaN in {nan[0]} (subject {f['subject'].iloc[row]}, slice "
                             f"{f['slice'].iloc[row]}); rerun {MADE_BY['metrics.csv']}")
         own = set(zip(f["subject"].astype(str), f["slice"]))
+        vif = {c: set(zip(f.loc[f[c].isna(), "subject"].astype(str), f.loc[f[c].isna(), "slice"]))
+               for c in f if c.removeprefix("truth_").startswith("vif")}
+        if undefined is not None:
+            odd = next(((c, sorted(v ^ undefined.get(c, set()))[0]) for c, v in vif.items()
+                        if v != undefined.get(c, set())), None)
+            if odd:
+                raise DataError(f"{path}: {odd[0]} is NaN on subject {odd[1][0]}, slice {odd[1][1]} in one of it and "
+                                f"{first}, not in both (VIF is undefined only where the reference is constant); rerun "
+                                "the evaluation that is out of date")
         if keys is None:
-            first, keys = path, own
+            first, keys, undefined = path, own, vif
         elif own != keys:
             lacks, extra = sorted(keys - own), sorted(own - keys)
             what = (f"lacks {len(lacks)} of the {len(keys)} slices {first} scores (first: subject {lacks[0][0]}, "
@@ -208,7 +229,8 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     convergence flags, which mark the row. SSIM is the paper's definition
     (ldct.metrics.paper_ssim)."""
     allm = read_scores(metric_files.values())
-    infinite = infinite_psnr_note(allm, [("truth_" if reference == "truth" else "") + c for c, _ in TABLE2_COLUMNS])
+    shown = [("truth_" if reference == "truth" else "") + c for c, _ in TABLE2_COLUMNS]
+    infinite = " ".join(x for x in (infinite_psnr_note(allm, shown), undefined_vif_note(allm, shown)) if x)
     if reference == "truth":
         allm = allm[["experiment", "subject", "slice"] + [c for c in allm if c.startswith("truth_")]]
         allm.columns = [c.removeprefix("truth_") for c in allm.columns]

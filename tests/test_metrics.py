@@ -304,7 +304,15 @@ def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_pat
     table = quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))
     assert table.loc[0, "psnr_brain"] == pytest.approx(m.loc[0, "psnr_brain"])  # the finite slice alone
     assert "2 slice-window PSNR value(s) were infinite" in (tmp_path / "t2.md").read_text()
-    assert "the differences are in st.csv" in (tmp_path / "t2.md").read_text()  # its own stats file (vs truth: stats_vs_truth.csv)
+    assert "the differences are in st.csv" in (tmp_path / "t2.md").read_text()
+    # the air slice is constant in [-40, 120] HU: its VIF there is 0 / 0 in both rows, left out and counted
+    assert np.isnan(m.loc[1, "vif_brain"]) and table.loc[0, "vif_brain"] == pytest.approx(m.loc[0, "vif_brain"])
+    assert "2 slice-window VIF value(s) were undefined" in (tmp_path / "t2.md").read_text()
+    f = pd.read_csv(files["model"])
+    f.loc[0, "vif_full"] = np.nan  # a NaN VIF in one row only: not a constant reference, not averaged away
+    f.to_csv(files["model"], index=False)
+    with pytest.raises(DataError, match=r"model.csv: vif_full is NaN on subject s0, slice 0 in one of it and"):
+        quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))  # its own stats file (vs truth: stats_vs_truth.csv)
     # a NaN that is not an infinite PSNR is not counted as one; files from different evaluations
     # (one without the truth columns) are an error, not NaN cells called "infinite PSNRs"
     odd = pd.read_csv(files["model"])
