@@ -215,12 +215,13 @@ def training_curves(histories: dict[str, pd.DataFrame], out: str, marks: dict[st
                        label=f"{n}: {term.removeprefix('loss_')}")
     if gans:
         ax[2].set_title("GAN: discriminator loss, generator's adversarial terms (|value|)", fontsize=9)
-        ax[2].legend(fontsize=7)
+        ax[2].add_artist(ax[2].legend(fontsize=7))  # kept when the experiments' legend takes the axes' slot
     for a in ax:
         a.set_xlabel("epoch (validation round; its steps: training.csv)")
         a.set_yscale("log")  # losses and MSEs span decades between models and epochs
         a.grid(alpha=0.3)
-    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    # the experiments' legend right of the last panel (right of the validation panel it covered the GAN one)
+    ax[-1].legend(*ax[1].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save(fig, out)
 
 

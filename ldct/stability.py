@@ -80,10 +80,19 @@ def split_config_args(args: list[str]) -> tuple[list[str], dict]:
     several, Snakemake keeps only the last."""
     import yaml
 
+    from ldct.errors import UsageError
+
     rest, items, taking = [], {}, False
     for arg in args:
         if arg in ("--config", "-C"):
             taking = True
+        elif arg.startswith("--config="):  # the attached form holds one item, as argparse reads it
+            item = arg.removeprefix("--config=")
+            if "=" not in item:
+                raise UsageError(f"{arg}: give --config KEY=VALUE")
+            key, value = item.split("=", 1)
+            items[key] = yaml.safe_load(value)
+            taking = False
         elif taking and "=" in arg and not arg.startswith("-"):
             key, value = arg.split("=", 1)
             items[key] = yaml.safe_load(value)

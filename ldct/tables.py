@@ -494,11 +494,11 @@ def dose_table(metric_files: dict[tuple[str, float], str | Path], out_prefix: st
     flags, flag_note = row_flags(training)
     bold = {k: best_row(shown.set_index("experiment")[k], flags) for k, _ in cols}
     untested = "bold: the highest mean per column, not tested (Table 2 tests the rows at the training dose)"
+    over = f"mean over {int(long['slices'].iloc[0])} test slices of {subjects(int(long['subjects'].iloc[0]))}"
     md, tex = render(shown, "experiment", cols, digits, bold, {},
-                     "Dose sweep: mean PSNR and SSIM in [-40, 120] HU against NDCT at each dose fraction; "
-                     f"models trained at the dose marked (train); {untested}. {flag_note}".strip(), flags)
-    note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; "
-            f"mean over {int(long['slices'].iloc[0])} test slices of {subjects(int(long['subjects'].iloc[0]))}. "
+                     "Dose sweep: mean PSNR and SSIM in [-40, 120] HU against NDCT at each dose fraction "
+                     f"({over}); models trained at the dose marked (train); {untested}. {flag_note}".strip(), flags)
+    note = (f"Models trained at {training_dose * 100:g}% dose and applied unchanged at every dose; {over}. "
             f"{untested[0].upper()}{untested[1:]}; per-slice standard deviations in the CSV. {flag_note}".strip())
     write_table(out_prefix, long, md, tex, note)
     return long

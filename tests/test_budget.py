@@ -242,6 +242,15 @@ def test_seeds_merges_a_users_config_overrides_into_each_seeds_own(monkeypatch):
                                                "dataset={n_subjects: 4}", "--dry-run"])
     assert rest == ["-n", "--dry-run"]
     assert items == {"train": {"budget": {"tera_macs": 0.5}}, "dataset": {"n_subjects": 4}}
+    # the attached form holds one item (argparse's reading): it was passed on, then dropped by seeds' own --config
+    rest, items = stability.split_config_args(["-n", "--config=dataset={name: other}", "x=1"])
+    assert rest == ["-n", "x=1"] and items == {"dataset": {"name": "other"}}
+    from ldct.errors import UsageError
+
+    with pytest.raises(UsageError, match="--config=seed: give --config KEY=VALUE"):
+        stability.split_config_args(["--config=seed"])
+    rest, items = stability.split_config_args(["-n", "--config", "train={budget: {tera_macs: 0.5}}",
+                                               "dataset={n_subjects: 4}", "--dry-run"])
     ran = []
 
     class Snakemake:

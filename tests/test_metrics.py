@@ -279,6 +279,7 @@ def test_the_dose_table_does_not_rank_a_marked_row(tmp_path):
     assert next(x for x in md.splitlines() if x.startswith("| good |")).count("**") == 8  # bold in all 4 columns
     assert "**" not in next(x for x in md.splitlines() if x.startswith("| unconv ‡ |"))
     assert "not tested (Table 2 tests the rows at the training dose)" in md  # bold is not a significance claim
+    assert "at each dose fraction (mean over 2 test slices of 2 subjects)" in (tmp_path / "t4.tex").read_text()
 
 
 def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_path):
