@@ -50,8 +50,20 @@ def load_checkpoint(path: str | Path) -> dict:
                         f"torch.save): {why}") from None
 
 
+def load_segmenter_checkpoint(path: str | Path) -> dict:
+    """A segmenter.pt's dictionary (ldct.anatomy.save_segmenter), or a clear error for any other
+    weights file (a denoiser's model.pt, a bare state dict such as the authors' model.pth)."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or not {"state_dict", "base_width", "num_classes"} <= set(ck):
+        found = f"keys {sorted(map(str, ck))[:5]}" if isinstance(ck, dict) else type(ck).__name__
+        raise DataError(f"{path}: not a segmenter.pt (ldct pretrain-segmenter writes one: the U-Net's state_dict, "
+                        f"base_width, norm); found {found}. Other weights, such as the authors' model.pth, go in "
+                        "segmenter.weights (or pretrain-segmenter --weights), which writes the segmenter.pt")
+    return ck
+
+
 def load_segmenter(path: str | Path, device: torch.device) -> torch.nn.Module:
-    return segmenter_from_checkpoint(load_checkpoint(path), device)
+    return segmenter_from_checkpoint(load_segmenter_checkpoint(path), device)
 
 
 def load_denoiser(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:

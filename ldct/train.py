@@ -29,7 +29,7 @@ from ldct.data import REPEAT_NAME, stack_subjects
 from ldct.errors import DataError, TrainingError
 from ldct.hu import WINDOWS
 from ldct.inference import (
-    load_checkpoint,
+    load_segmenter_checkpoint,
     pick_device,
     predict_slices,
     segmenter_from_checkpoint,
@@ -297,7 +297,7 @@ def train_denoiser(spec: ExperimentSpec, *, nifti_dir: str, splits: dict, out_mo
     if spec.needs_segmenter and not segmenter:
         raise TrainingError(f"experiment {spec.name} ({spec.model['name']} + {spec.loss['name']}) "
                             "needs the segmenter checkpoint (--segmenter)")
-    seg_ck = load_checkpoint(segmenter) if spec.needs_segmenter else None
+    seg_ck = load_segmenter_checkpoint(segmenter) if spec.needs_segmenter else None
     print(f"training {spec.name}: {spec.model['name']} with loss {spec.loss['name']} on {device} "
           f"(threads: {torch.get_num_threads()}): {len(data['low'])} training and {len(val['low'])} "
           f"validation slices; {spec.budget.get('protocol', 'given')} budget: {spec.budget.get('steps', '?')} steps, "

@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -298,6 +299,72 @@ def test_a_non_finite_loss_says_what_is_not_finite():
         engine.train_step(net, torch.nn.L1Loss(), opt, scaler, bad, x, False)
     with pytest.raises(TrainingError, match="the model's output is finite, the loss of it is not"):
         engine.train_step(net, lambda out, y: (out - y).abs().mean() / 0.0, opt, scaler, x, x, False)
+
+
+def _labelled_subjects(root, pixel, n=2, size=32):
+    """Subjects of a constant image with 4 label classes in quadrants, at `pixel` mm."""
+    from ldct.io import write_nifti
+
+    labels = np.zeros((size, size, 3), np.int16)
+    labels[size // 2:, :], labels[:, size // 2:] = 1, 2
+    labels[size // 2:, size // 2:] = 3
+    affine = np.diag([pixel, pixel, 5.0, 1.0])
+    for s in range(n):
+        (root / f"S{s}").mkdir(parents=True)
+        for name in ("full", "low"):
+            write_nifti(root / f"S{s}" / f"{name}.nii.gz", np.full((size, size, 3), 40, np.int16), affine)
+        write_nifti(root / f"S{s}" / "labels.nii.gz", labels, affine)
+    return [f"S{s}" for s in range(n)]
+
+
+def test_given_weights_on_another_pixel_size_or_segmenting_nothing_are_refused(tmp_path):
+    """The shipped preset (2 mm pixels) on 0.5 mm slices segments no anatomy: refused, naming
+    the sizes; a file of this project records its pixel size, a bare state dict says none;
+    weights that score next to nothing on labelled validation data are refused too."""
+    import models
+    from ldct.anatomy import check_grid, pretrain_segmenter, save_segmenter, trained_pixel_mm
+    from ldct.errors import DataError
+
+    preset = Path(__file__).resolve().parents[1] / "ldct" / "presets" / "segmenter_synthetic.pt"
+    assert trained_pixel_mm(preset) == 2.0
+    subjects = _labelled_subjects(tmp_path / "half", 0.5)
+    cfg = {"weights": str(preset), "base_width": 12, "norm": "instance", "device": "cpu"}
+    with pytest.raises(DataError, match=r"segmenter_synthetic.pt: a U-Net trained on 2 mm pixels, but subject S0 "
+                                        r"has 0.5 mm \(4.0 x\)"):
+        pretrain_segmenter(nifti_dir=str(tmp_path / "half"), splits={"train": subjects[:1], "val": subjects[1:]},
+                           cfg=cfg, seed=0, out=str(tmp_path / "seg.pt"), out_history=str(tmp_path / "h.csv"))
+    assert not (tmp_path / "seg.pt").exists()
+    check_grid(preset, 2.0, {"S0": 1.7, "S1": 2.4})  # within 1.25 x: carried over
+    net = models.build("unet", base_width=4)
+    torch.save(net.state_dict(), tmp_path / "bare.pth")
+    save_segmenter(tmp_path / "own.pt", net, "test", pixel_mm=0.7)
+    assert trained_pixel_mm(tmp_path / "bare.pth") is None and trained_pixel_mm(tmp_path / "own.pt") == 0.7
+    # an untrained U-Net on labelled subjects of any size: no grid to check, but it segments nothing
+    subjects = _labelled_subjects(tmp_path / "two", 2.0)
+    with pytest.raises(DataError, match=r"bare.pth: mean foreground Dice 0.\d+ on the validation subjects' labels "
+                                        r"\(below 0.2\): these weights do not segment this data"):
+        pretrain_segmenter(nifti_dir=str(tmp_path / "two"), splits={"train": subjects[:1], "val": subjects[1:]},
+                           cfg={**cfg, "weights": str(tmp_path / "bare.pth"), "base_width": 4, "norm": "channel"},
+                           seed=0, out=str(tmp_path / "seg.pt"), out_history=str(tmp_path / "h.csv"))
+
+
+def test_a_segmenter_option_given_another_weights_file_is_one_line(tmp_path):
+    """--segmenter of segment-ndct, evaluate and train takes a segmenter.pt: a denoiser's model.pt
+    or a bare state dict was a KeyError traceback; a bare dict of another width listed every
+    parameter's size mismatch (82 lines)."""
+    import models
+    from ldct.anatomy import load_weights
+    from ldct.errors import ConfigError, DataError
+    from ldct.inference import load_segmenter
+
+    torch.save(models.build("unet", base_width=12).state_dict(), tmp_path / "w12.pth")
+    with pytest.raises(DataError, match=r"w12.pth: not a segmenter.pt \(ldct pretrain-segmenter writes one"):
+        load_segmenter(tmp_path / "w12.pth", torch.device("cpu"))
+    with pytest.raises(ConfigError) as err:
+        load_weights(tmp_path / "w12.pth", {"base_width": 4, "norm": "channel"})
+    assert str(err.value) == (f"{tmp_path / 'w12.pth'}: holds a U-Net of base_width 12 (its first convolution has 12 "
+                              "filters), but the config says segmenter.base_width=4 (the published network: 64, norm "
+                              "'channel'); make them agree")
 
 
 def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):

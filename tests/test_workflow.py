@@ -309,6 +309,22 @@ def test_missing_dicom_root_is_a_clear_error(tmp_path):
     assert res.returncode != 0 and "DICOM root folder not found" in res.stdout + res.stderr
 
 
+def test_segmenter_weights_that_do_not_fit_stop_the_plan(tmp_path):
+    """The weights file is loaded when Snakemake plans: a width that does not fit was found by
+    the pretrain_segmenter job, after conversion and the trainings without the U-Net had run."""
+    import models
+    import torch
+
+    torch.save(models.build("unet", base_width=12).state_dict(), tmp_path / "model.pth")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"segmenter: {{weights: '{tmp_path / 'model.pth'}', base_width: 4, norm: channel}}\n")
+    res = run(["-n", "--configfile", str(cfg)], tmp_path)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0 and (f"config error at segmenter.weights: {tmp_path / 'model.pth'}: holds a U-Net of "
+                                    "base_width 12") in text
+    assert "Job stats" not in text  # nothing planned
+
+
 def test_missing_segmenter_weights_name_the_key(tmp_path):
     """A weights path that does not exist was Snakemake's MissingInputException of
     pretrain_segmenter, which never names the key to set."""

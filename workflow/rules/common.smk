@@ -38,6 +38,13 @@ if _weights and not os.path.isabs(_weights) and not os.path.exists(_weights):
 if config["segmenter"]["weights"] and not os.path.isfile(config["segmenter"]["weights"]):
     _where = "" if os.path.isabs(_weights) else f" (here, nor in the project folder {workflow.basedir})"
     raise WorkflowError(f"config error at segmenter.weights: {config['segmenter']['weights']}: file not found{_where}")
+if config["segmenter"]["weights"]:  # loaded now, so a file that does not fit stops the plan, not its 17th job
+    from ldct.anatomy import load_weights
+
+    try:
+        load_weights(config["segmenter"]["weights"], config["segmenter"])
+    except LdctError as err:
+        raise WorkflowError(f"config error at segmenter.weights: {err}") from None
 
 
 RP = ResultPaths(config["results"], config["dataset"]["name"])
