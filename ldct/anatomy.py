@@ -118,7 +118,13 @@ def pixel_mm(nifti_dir: str | Path, subjects: list[str]) -> dict[str, float]:
     """In-plane pixel size (mm, the mean of the two) of each subject's full.nii.gz, from its header."""
     import nibabel as nib
 
-    return {s: float(np.mean(nib.load(Path(nifti_dir) / s / "full.nii.gz").header.get_zooms()[:2])) for s in subjects}
+    out = {}
+    for s in subjects:
+        path = Path(nifti_dir) / s / "full.nii.gz"
+        if not path.is_file():
+            raise DataError(f"{path}: NIfTI file not found")
+        out[s] = float(np.mean(nib.load(path).header.get_zooms()[:2]))
+    return out
 
 
 def trained_pixel_mm(path: str | Path) -> float | None:
@@ -189,10 +195,13 @@ def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
     odd = [k for k, v in ours.items() if tuple(state[k].shape) != tuple(v.shape)]
     if odd:
         held = state["conv1A.weight"].shape[0] if "conv1A.weight" in state else None
-        what = (f"a U-Net of base_width {held} (its first convolution has {held} filters)" if held != width else
-                f"{odd[0]} of shape {tuple(state[odd[0]].shape)}, not {tuple(ours[odd[0]].shape)}")
-        raise ConfigError(f"{path}: holds {what}, but the config says segmenter.base_width={width} (the "
-                          "published network: 64, norm 'channel'); make them agree")
+        if held == width:  # the width fits: another network under the same names (other classes, say)
+            raise ConfigError(f"{path}: holds {odd[0]} of shape {tuple(state[odd[0]].shape)}, not the "
+                              f"{tuple(ours[odd[0]].shape)} of the U-Net at base_width {width} with {NUM_CLASSES} "
+                              "classes (models/unet.py): not weights of this network")
+        raise ConfigError(f"{path}: holds a U-Net of base_width {held} (its first convolution has {held} filters), "
+                          f"but the config says segmenter.base_width={width} (the published network: 64, norm "
+                          "'channel'); make them agree")
     net.load_state_dict(state, strict=True)
     return net
 
@@ -284,7 +293,7 @@ def _load_given_weights(nifti_dir: str, splits: dict, cfg: dict, device: torch.d
     trained = trained_pixel_mm(cfg["weights"])
     check_grid(cfg["weights"], trained, pixel_mm(nifti_dir, splits.get("train", []) + splits.get("val", [])))
     row = {"epoch": 0, "source": str(cfg["weights"])}
-    # scored where the validation subjects have labels (synthetic data); real data is not read
+    # scored where the validation subjects have labels (synthetic data); of real data only the headers are read
     labelled = bool(splits.get("val")) and all((Path(nifti_dir) / s / "labels.nii.gz").exists() for s in splits["val"])
     va = stack_subjects(nifti_dir, splits["val"]) if labelled else {}
     if "labels" in va:

@@ -529,7 +529,7 @@ REPORT_ARGS = (arg("--root", required=True, help="results/{dataset} folder"),
          arg("--models", type=json.loads, default={},
              help='JSON: {"experiments": {name: model spec}, "segmenter": settings}; Table 2\'s caption names '
                   "the settings that depart from the reference"),
-         arg("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (default 0)"),
+         arg("--seed", type=int, default=0, help="the run's seed, recorded in Table 2's CSV for `ldct seeds` (default 0)"),
          arg("--own-train", type=json.loads, default={},
              help='JSON: {experiment: its own train keys}; Table 2\'s caption lists them beside the global ones'),
          sections={"train": TABLE_TRAIN_KEYS})

@@ -44,7 +44,7 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def paired_difference(diff: np.ndarray) -> dict:
     """Mean of paired differences (one per subject), its t-based 95 % CI, the two-sided paired
-    t-test's p (`p`; where every difference is the same, the exact sign test's) and, as a check
+    t-test's p (`p`; where every difference is the same nonzero shift, its limit 0) and, as a check
     on the t-test's normality, the exact Wilcoxon signed-rank p; with fewer than two subjects no
     CI and no p (NaN: Holm leaves it out, it is never marked)."""
     n = len(diff)
@@ -54,8 +54,8 @@ def paired_difference(diff: np.ndarray) -> dict:
     if n < 2:
         return out
     out["p_wilcoxon"] = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
-    if np.ptp(diff) == 0:  # no spread: the t statistic is 0/0 or unbounded; the exact sign test's p instead
-        out.update(ci_low=out["mean_diff"], ci_high=out["mean_diff"], p=1.0 if out["mean_diff"] == 0 else 2.0 / 2**n)
+    if np.ptp(diff) == 0:  # no spread: t is 0/0 (no difference: p 1) or unbounded (the limit of the t-test's p: 0)
+        out.update(ci_low=out["mean_diff"], ci_high=out["mean_diff"], p=1.0 if out["mean_diff"] == 0 else 0.0)
         return out
     test = stats.ttest_1samp(diff, 0.0)
     ci = test.confidence_interval(1 - ALPHA)

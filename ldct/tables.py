@@ -174,9 +174,10 @@ SCORED = ("psnr", "ssim", "rmse")  # never NaN in a metrics.csv, truth_ ones inc
 def undefined_vif_note(df: pd.DataFrame, cols: list[str]) -> str:
     """A caption sentence when slices of `df` were left out of a VIF mean because the reference
     is constant in that window (VIF 0 / 0: NaN in metrics.csv, on the same slices in every row)."""
-    n = sum(int(df[c].isna().sum()) for c in cols if "vif" in c and c in df)
-    return (f"{n} slice-window VIF value(s) were undefined (the reference constant in that window) and are left out "
-            "of the means." if n else "")
+    one = df[df["experiment"] == df["experiment"].iloc[0]] if len(df) else df  # the same slices in every row
+    n = sum(int(one[c].isna().sum()) for c in cols if "vif" in c and c in one)
+    return (f"{n} slice-window VIF value(s) per row were undefined (the reference constant in that window) and are "
+            "left out of the means." if n else "")
 
 
 def read_scores(paths) -> pd.DataFrame:
@@ -199,13 +200,6 @@ def read_scores(paths) -> pd.DataFrame:
         own = set(zip(f["subject"].astype(str), f["slice"]))
         vif = {c: set(zip(f.loc[f[c].isna(), "subject"].astype(str), f.loc[f[c].isna(), "slice"]))
                for c in f if c.removeprefix("truth_").startswith("vif")}
-        if undefined is not None:
-            odd = next(((c, sorted(v ^ undefined.get(c, set()))[0]) for c, v in vif.items()
-                        if v != undefined.get(c, set())), None)
-            if odd:
-                raise DataError(f"{path}: {odd[0]} is NaN on subject {odd[1][0]}, slice {odd[1][1]} in one of it and "
-                                f"{first}, not in both (VIF is undefined only where the reference is constant); rerun "
-                                "the evaluation that is out of date")
         if keys is None:
             first, keys, undefined = path, own, vif
         elif own != keys:
@@ -215,6 +209,12 @@ def read_scores(paths) -> pd.DataFrame:
                     f"(first: subject {extra[0][0]}, slice {extra[0][1]})")
             raise DataError(f"{path}: {what}; the rows are compared slice by slice: rerun the evaluation "
                             "that is out of date")
+        odd = next(((c, sorted(v ^ undefined.get(c, set()))[0]) for c, v in vif.items()
+                    if v != undefined.get(c, set())), None)
+        if odd:
+            raise DataError(f"{path}: {odd[0]} is NaN on subject {odd[1][0]}, slice {odd[1][1]} in one of it and "
+                            f"{first}, not in both (VIF is undefined only where the reference is constant); rerun "
+                            "the evaluation that is out of date")
     return read_metrics(paths)
 
 
@@ -250,7 +250,7 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     marks.update(lr_edge_marks(training))
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
-    power = " ".join(x for x in (test_note(n_subj, len(order), Path(out_stats).name), infinite) if x)
+    power = " ".join(x for x in (test_note(n_subj, st, Path(out_stats).name), infinite) if x)
     protocol = " ".join(x for x in (protocol, sweep_note(training)) if x)
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
     digits.update({"steps": 0, "lr": "e", "val_gain_last_quarter_db": 2})
@@ -270,17 +270,23 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
 MARKS_NOTE = "Best in bold; † / * significantly worse / better than it (Holm p < 0.05)."
 
 
-def test_note(n_subjects: int, n_rows: int, stats_file: str = "") -> str:
-    """How a table's rows are tested (ldct.stats.compare_pairs), with its numbers: the marks'
-    test, its family and where its per-comparison intervals are."""
+def test_note(n_subjects: int, stats: pd.DataFrame, stats_file: str = "") -> str:
+    """How a table's rows are tested (ldct.stats.compare_pairs; `stats` what it returned), with
+    its numbers: the marks' test, its family (the pairs with a test, per column) and where its
+    per-comparison intervals are."""
+    where = f"; the differences are in {stats_file}." if stats_file else "."
     if n_subjects < 2:
-        return (f"With {subjects(n_subjects, 'test ')} there is no test: nothing is marked"
-                + (f"; the differences are in {stats_file}." if stats_file else "."))
-    pairs = n_rows * (n_rows - 1) // 2
+        return f"With {subjects(n_subjects, 'test ')} there is no test: nothing is marked{where}"
+    family = sorted(set(stats["comparisons"])) if len(stats) else [0]
+    if family[-1] == 0:
+        return f"No pair of rows has a test: nothing is marked{where}"
+    pairs = f"{family[0]}" if len(family) == 1 else f"{family[0]}-{family[-1]}"
+    few = (f" With {n_subjects} subjects the t-test rests on the differences being near normal, which so few "
+           "cannot show." if n_subjects < 5 else "")
     return (f"Tests: two-sided paired t-tests on the per-subject means of {subjects(n_subjects, 'test ')}, "
-            f"Holm-corrected over all {pairs} pairs of rows in the column (so that choosing the bold row on the same "
-            "subjects does not raise the error rate); each comparison's 95 % t-interval, not adjusted for the "
-            "multiplicity" + (f", in {stats_file}." if stats_file else "."))
+            f"Holm-corrected over the column's {pairs} pairs of rows with a test (every pair: choosing the bold row "
+            "on the same subjects does not raise the error rate); each comparison's 95 % t-interval, not adjusted "
+            "for the multiplicity" + (f", in {stats_file}." if stats_file else ".") + few)
 
 
 LR_EDGE_MARKS = {"lowest": "«", "highest": "»"}  # the lr cell's mark where the sweep chose an end of its grid
@@ -413,7 +419,7 @@ def dice_table(dice_files: dict[str, str], out_prefix: str, training: pd.DataFra
     if not bold:
         caption += " " + EVERY_ROW_MARKED
     elif len(order) > 1:
-        caption += f" {MARKS_NOTE} " + test_note(n_subjects, len(order), Path(out_stats).name if out_stats else "")
+        caption += f" {MARKS_NOTE} " + test_note(n_subjects, st, Path(out_stats).name if out_stats else "")
     md, tex = render(table, "experiment", cols, {}, bold, marks, f"{caption} {flag_note}".strip(), flags)
     write_table(out_prefix, table, md, tex, f"{caption} Per-class Dice in the CSV"
                 + (f", the tests in {Path(out_stats).name}" if out_stats else "") + f". {flag_note}".rstrip())

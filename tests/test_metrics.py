@@ -305,15 +305,15 @@ def test_a_slice_identical_to_its_reference_is_left_out_of_the_psnr_mean(tmp_pat
     table = quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))
     assert table.loc[0, "psnr_brain"] == pytest.approx(m.loc[0, "psnr_brain"])  # the finite slice alone
     assert "2 slice-window PSNR value(s) were infinite" in (tmp_path / "t2.md").read_text()
-    assert "the differences are in st.csv" in (tmp_path / "t2.md").read_text()
+    assert "the differences are in st.csv" in (tmp_path / "t2.md").read_text()  # its own stats file (vs truth: stats_vs_truth.csv)
     # the air slice is constant in [-40, 120] HU: its VIF there is 0 / 0 in both rows, left out and counted
     assert np.isnan(m.loc[1, "vif_brain"]) and table.loc[0, "vif_brain"] == pytest.approx(m.loc[0, "vif_brain"])
-    assert "2 slice-window VIF value(s) were undefined" in (tmp_path / "t2.md").read_text()
+    assert "1 slice-window VIF value(s) per row were undefined" in (tmp_path / "t2.md").read_text()
     f = pd.read_csv(files["model"])
     f.loc[0, "vif_full"] = np.nan  # a NaN VIF in one row only: not a constant reference, not averaged away
     f.to_csv(files["model"], index=False)
     with pytest.raises(DataError, match=r"model.csv: vif_full is NaN on subject s0, slice 0 in one of it and"):
-        quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))  # its own stats file (vs truth: stats_vs_truth.csv)
+        quantitative_table({k: str(v) for k, v in files.items()}, str(tmp_path / "t2"), str(tmp_path / "st.csv"))
     # a NaN that is not an infinite PSNR is not counted as one; files from different evaluations
     # (one without the truth columns) are an error, not NaN cells called "infinite PSNRs"
     odd = pd.read_csv(files["model"])
@@ -445,20 +445,30 @@ def test_paired_difference_is_the_paired_t_test_and_its_interval():
     assert r["p"] == pytest.approx(scipy.stats.ttest_rel(a, b).pvalue, rel=1e-12)
     half = scipy.stats.t.ppf(0.975, 9) * (a - b).std(ddof=1) / np.sqrt(10)
     assert (r["ci_low"], r["ci_high"]) == pytest.approx(((a - b).mean() - half, (a - b).mean() + half), rel=1e-12)
-    same = paired_difference(np.full(3, 0.25))  # a constant shift in 3 subjects: not p = 0
-    assert same["p"] == pytest.approx(0.25) and same["ci_low"] == same["ci_high"] == 0.25
+    same = paired_difference(np.full(3, 0.25))  # an exact shift: the t-test's limit, as a near-exact one gives
+    assert same["p"] == 0.0 and same["ci_low"] == same["ci_high"] == 0.25
+    assert paired_difference(np.array([0.25, 0.25, 0.25 + 1e-9]))["p"] < 1e-6
     assert paired_difference(np.zeros(4))["p"] == 1.0
 
 
 def test_test_note_names_the_test_its_subjects_and_every_pair():
-    """test_note: the caption's account of the marks' test: n subjects, Holm over all k(k-1)/2 pairs."""
+    """test_note: the caption's account of the marks' test: n subjects, Holm over the pairs of
+    rows that have a test (all k(k-1)/2 where every row has values), a word on few subjects."""
     from ldct.tables import test_note
 
-    assert test_note(10, 12, "stats.csv") == (
-        "Tests: two-sided paired t-tests on the per-subject means of 10 test subjects, Holm-corrected over all 66 "
-        "pairs of rows in the column (so that choosing the bold row on the same subjects does not raise the error "
-        "rate); each comparison's 95 % t-interval, not adjusted for the multiplicity, in stats.csv.")
-    assert test_note(1, 3) == "With 1 test subject there is no test: nothing is marked."
+    noise = np.random.default_rng(0).normal(0, 0.1, (12, 10))
+    rows = [{"experiment": f"e{j}", "subject": f"s{i}", "psnr": 30.0 + j + noise[j, i]} for j in range(12) for i in range(10)]
+    st = compare_pairs(pd.DataFrame(rows), ["psnr"])
+    assert test_note(10, st, "stats.csv") == (
+        "Tests: two-sided paired t-tests on the per-subject means of 10 test subjects, Holm-corrected over the "
+        "column's 66 pairs of rows with a test (every pair: choosing the bold row on the same subjects does not raise "
+        "the error rate); each comparison's 95 % t-interval, not adjusted for the multiplicity, in stats.csv.")
+    broken = pd.DataFrame(rows).assign(psnr=lambda d: d["psnr"].where(d["experiment"] != "e11"))
+    assert "column's 55 pairs of rows with a test" in test_note(10, compare_pairs(broken, ["psnr"]))
+    assert test_note(1, st) == "With 1 test subject there is no test: nothing is marked."
+    assert test_note(3, st).endswith("With 3 subjects the t-test rests on the differences being near normal, which "
+                                     "so few cannot show.")
+    assert test_note(10, st.iloc[:0]) == "No pair of rows has a test: nothing is marked."
 
 
 def test_table_2_averages_slices_and_tests_per_subject_means(tmp_path):
@@ -483,7 +493,7 @@ def test_table_2_averages_slices_and_tests_per_subject_means(tmp_path):
     assert st.loc[("psnr_brain", "B"), "mean_diff"] == pytest.approx((30.0 + 0.1 * s - 0.2 - a_subject).mean())
     md = (tmp_path / "t2.md").read_text()
     assert "mean over 24 test slices of 8 subjects" in md
-    assert "8 test subjects, Holm-corrected over all 3 pairs of rows" in md
+    assert "8 test subjects, Holm-corrected over the column's 3 pairs of rows with a test" in md
 
 
 def test_dice_table_averages_classes_and_counts_its_comparisons(tmp_path):
@@ -499,7 +509,7 @@ def test_dice_table_averages_classes_and_counts_its_comparisons(tmp_path):
         pd.DataFrame(rows).to_csv(files[exp], index=False)
     table = dice_table(files, str(tmp_path / "t3")).set_index("experiment")
     assert table["dice_vs_ndct"].tolist() == pytest.approx([0.7, 0.6, 0.5])  # (0.9 + 0.5) / 2, ...
-    assert "3 test subjects, Holm-corrected over all 3 pairs of rows" in (tmp_path / "t3.md").read_text()
+    assert "3 test subjects, Holm-corrected over the column's 3 pairs of rows" in (tmp_path / "t3.md").read_text()
 
 
 def test_the_not_converged_caption_scales_with_min_gain():

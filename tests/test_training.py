@@ -365,6 +365,10 @@ def test_a_segmenter_option_given_another_weights_file_is_one_line(tmp_path):
     assert str(err.value) == (f"{tmp_path / 'w12.pth'}: holds a U-Net of base_width 12 (its first convolution has 12 "
                               "filters), but the config says segmenter.base_width=4 (the published network: 64, norm "
                               "'channel'); make them agree")
+    torch.save(models.build("unet", base_width=4, num_classes=19).state_dict(), tmp_path / "c19.pth")
+    with pytest.raises(ConfigError, match=r"c19.pth: holds conv10.weight of shape \(19, 4, 1, 1\), not the "
+                                          r"\(17, 4, 1, 1\) of the U-Net at base_width 4 with 17 classes"):
+        load_weights(tmp_path / "c19.pth", {"base_width": 4, "norm": "channel"})
 
 
 def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
