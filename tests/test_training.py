@@ -395,7 +395,8 @@ def test_segmenter_weights_load_strictly_or_fail_clearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validation(dataset, tmp_path, capfd):
+def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validation(dataset, tmp_path, capfd,
+                                                                                   monkeypatch):
     import shutil
 
     from ldct.anatomy import pretrain_segmenter
@@ -424,8 +425,15 @@ def test_segmenter_file_says_its_norm_and_loaded_weights_are_scored_on_validatio
     ck = torch.load(tmp_path / "a.pt", weights_only=True)
     assert (ck["norm"], ck["base_width"]) == ("instance", 4)
     assert load_segmenter(tmp_path / "a.pt", torch.device("cpu")).norm == "instance"
-    # given as weights, the file is loaded and scored on the labelled validation subjects
+    # given as weights, the file is loaded and scored on the labelled validation subjects; two
+    # steps of training segment next to nothing, which given weights may not
     again = {**cfg, "weights": str(tmp_path / "a.pt")}
+    with pytest.raises(DataError, match=r"a.pt: mean foreground Dice 0.0\d\d on the validation subjects' labels"):
+        pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg=again, seed=0,
+                           out=str(tmp_path / "b.pt"), out_history=str(tmp_path / "b.csv"))
+    import ldct.anatomy
+
+    monkeypatch.setattr(ldct.anatomy, "MIN_GIVEN_DICE", 0.0)
     hist = pretrain_segmenter(nifti_dir=str(nifti), splits=splits, cfg=again, seed=0,
                               out=str(tmp_path / "b.pt"), out_history=str(tmp_path / "b.csv"))
     trained = pd.read_csv(tmp_path / "a.csv")

@@ -132,7 +132,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
     t2_md = (out / "tables" / "table2_quantitative.md").read_text()
     assert "**" in t2_md and "SSIM as the paper computes it" in t2_md
     assert "Departures from the reference implementation (project options): segmenter base_width=" in t2_md
-    assert "Training budget: equal steps, 4 per experiment" in t2_md and "no difference can reach significance" in t2_md
+    assert "Training budget: equal steps, 4 per experiment" in t2_md and "1 test subject there is no test" in t2_md
     assert "Set per experiment: edcnn_l1: lr 0.001." in t2_md
     training = pd.read_csv(out / "tables" / "training.csv")
     assert list(training["experiment"]) == ["featkpn_ana", "edcnn_l1"] and (training["steps"] == 4).all()
@@ -304,7 +304,7 @@ def test_dry_run_on_a_generic_layout(standin_tcia, tmp_path):
 def test_missing_dicom_root_is_a_clear_error(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"dataset: {{source: dicom, dicom_root: '{tmp_path / 'nowhere'}'}}\n"
-                   "segmenter: {weights: ldct/presets/segmenter_synthetic.pt}\n")
+                   "segmenter: {weights: ldct/presets/segmenter_synthetic.pt, base_width: 12, norm: instance}\n")
     res = run(["-n", "--configfile", str(cfg)], tmp_path)
     assert res.returncode != 0 and "DICOM root folder not found" in res.stdout + res.stderr
 
