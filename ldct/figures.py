@@ -298,8 +298,10 @@ def seed_ranks(ranks: pd.DataFrame, out: str | Path) -> None:
                 hollow = rows["marked"].fillna(False).astype(bool).to_numpy()
                 a.plot([i for i in range(len(seeds)) if hollow[i]], r.to_numpy()[hollow], "o", ms=6,
                        markerfacecolor="white", markeredgecolor=line.get_color())
-            a.annotate(n, (len(seeds) - 1, r.iloc[-1]), xytext=(6, 0), textcoords="offset points", fontsize=7,
-                       va="center")
+            last = r.last_valid_index()  # a row missing from the last seed is named at its own last point
+            if last is not None:
+                a.annotate(n, (seeds.index(last), r[last]), xytext=(6, 0), textcoords="offset points", fontsize=7,
+                           va="center")
         a.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
         a.set_ylim(len(names) + 0.5, 0.5)
         a.set_yticks(range(1, len(names) + 1, 1 if len(names) <= 20 else 5))  # every rank, 1 included

@@ -69,7 +69,7 @@ def compare_pairs(per_subject: pd.DataFrame, metrics: list[str], best: dict[str,
     over the metric's pairs (`comparisons` of them). A pair with the metric's best row
     (`best[metric]`, the row a table shows in bold; by default the highest mean over subjects)
     is oriented experiment minus best (`against_best`), any other pair later minus earlier
-    column. `significant`: Holm-adjusted p < 0.05; against the best and below it, that is a
+    experiment by name. `significant`: Holm-adjusted p < 0.05; against the best and below it, that is a
     table's † (significantly worse), above it (a row a table does not rank) its *."""
     rows = []
     for metric in metrics:

@@ -209,6 +209,10 @@ def test_seed_ranks_colour_models_as_the_other_figures_do_with_ldct_a_row(monkey
     # a tick, 1 (the best) included: the axis showed 2, 4, ... only
     assert {ln.get_markersize() for ln in drawn[0].axes[0].get_lines()} == {6}
     assert list(drawn[0].axes[0].get_yticks()) == [1, 2, 3, 4]
+    # a row missing from the last seed is named at its last point (the label sat at a NaN: not drawn)
+    figures.seed_ranks(ranks[~((ranks["experiment"] == "edcnn_l1") & (ranks["seed"] == 43))], tmp_path / "r2.png")
+    labels = {t.get_text(): t.xy for t in drawn[1].axes[0].texts}
+    assert labels["edcnn_l1"] == (0, 2) and labels["LDCT"][0] == 1  # rank 2 in seed 42
 
 
 def test_detectability_names_the_rows_it_leaves_out_in_its_legend(monkeypatch, tmp_path):
