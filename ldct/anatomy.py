@@ -291,7 +291,8 @@ def _load_given_weights(nifti_dir: str, splits: dict, cfg: dict, device: torch.d
     network trained for other classes)."""
     net = load_weights(cfg["weights"], cfg)
     trained = trained_pixel_mm(cfg["weights"])
-    check_grid(cfg["weights"], trained, pixel_mm(nifti_dir, splits.get("train", []) + splits.get("val", [])))
+    if trained is not None:  # a bare state dict says nothing to check against
+        check_grid(cfg["weights"], trained, pixel_mm(nifti_dir, splits.get("train", []) + splits.get("val", [])))
     row = {"epoch": 0, "source": str(cfg["weights"])}
     # scored where the validation subjects have labels (synthetic data); of real data only the headers are read
     labelled = bool(splits.get("val")) and all((Path(nifti_dir) / s / "labels.nii.gz").exists() for s in splits["val"])
