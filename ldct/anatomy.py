@@ -127,13 +127,13 @@ def pixel_mm(nifti_dir: str | Path, subjects: list[str]) -> dict[str, float]:
     return out
 
 
-def trained_pixel_mm(path: str | Path) -> float | None:
+def trained_pixel_mm(path: str | Path, obj=None) -> float | None:
     """The pixel size a weights file's U-Net was trained on: recorded in a segmenter.pt (since
     pretraining records it), the shipped preset's by its content, else unknown (None: a bare
-    state dict such as the authors' model.pth says nothing)."""
+    state dict such as the authors' model.pth says nothing). `obj`: the file as already loaded."""
     import hashlib
 
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path) if obj is None else obj
     if isinstance(obj, dict) and obj.get("pixel_mm"):
         return float(obj["pixel_mm"])
     return SHIPPED_PIXEL_MM.get(hashlib.sha256(Path(path).read_bytes()).hexdigest())
@@ -144,8 +144,9 @@ def check_grid(path: str | Path, trained: float | None, data: dict[str, float]) 
     subject's: their Dice columns and the anatomical loss would be about nothing."""
     if trained is None or not data:
         return
-    far = max(data, key=lambda s: max(data[s] / trained, trained / data[s]))
-    ratio = max(data[far] / trained, trained / data[far])
+    ratios = {s: max(mm / trained, trained / mm) for s, mm in data.items()}
+    far = max(ratios, key=ratios.get)
+    ratio = ratios[far]
     if ratio > GRID_TOLERANCE:
         raise DataError(f"{path}: a U-Net trained on {trained:g} mm pixels, but subject {far} has {data[far]:.3g} mm "
                         f"({ratio:.1f} x): its segmentations there are not anatomy (the shipped preset's mean "
@@ -160,11 +161,11 @@ def _turns(cfg: dict) -> int:
     return ORIENTATION_TURNS[cfg.get("orientation", "display")]
 
 
-def load_weights(path: str | Path, cfg: dict) -> torch.nn.Module:
+def load_weights(path: str | Path, cfg: dict, obj=None) -> torch.nn.Module:
     """The U-Net of a weights file: a segmenter.pt of this project (which says its width and
     norm; they must match the config) or a bare state dict such as the authors' converted
-    model.pth (built as the config says)."""
-    obj = load_checkpoint(path)
+    model.pth (built as the config says). `obj`: the file as already loaded (read once)."""
+    obj = load_checkpoint(path) if obj is None else obj
     width, norm = cfg["base_width"], cfg["norm"]
     state = obj
     for key in ("model_state_dict", "model"):  # common training-script wrappers of a state dict
@@ -289,8 +290,9 @@ def _load_given_weights(nifti_dir: str, splits: dict, cfg: dict, device: torch.d
     (check_grid) and, on labelled validation subjects (synthetic data), where they segment next
     to nothing (mean foreground Dice below MIN_GIVEN_DICE: a norm the file does not say, a
     network trained for other classes)."""
-    net = load_weights(cfg["weights"], cfg)
-    trained = trained_pixel_mm(cfg["weights"])
+    obj = load_checkpoint(cfg["weights"])  # read once: the weights and what the file says of its pixel size
+    net = load_weights(cfg["weights"], cfg, obj)
+    trained = trained_pixel_mm(cfg["weights"], obj)
     if trained is not None:  # a bare state dict says nothing to check against
         check_grid(cfg["weights"], trained, pixel_mm(nifti_dir, splits.get("train", []) + splits.get("val", [])))
     row = {"epoch": 0, "source": str(cfg["weights"])}

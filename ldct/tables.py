@@ -250,17 +250,17 @@ def quantitative_table(metric_files: dict[str, str], out_prefix: str, out_stats:
     marks.update(lr_edge_marks(training))
     digits = {c: (2 if c.startswith("psnr") else 4) for c in cols}
     n_subj = per_subject["subject"].nunique()
-    power = " ".join(x for x in (test_note(n_subj, st, Path(out_stats).name), infinite) if x)
+    tests = " ".join(x for x in (test_note(n_subj, st, Path(out_stats).name), infinite) if x)
     protocol = " ".join(x for x in (protocol, sweep_note(training)) if x)
     shown_cols = TABLE2_COLUMNS + (TRAINING_COLUMNS if training is not None else [])
     digits.update({"steps": 0, "lr": "e", "val_gain_last_quarter_db": 2})
     md, tex = render(table, "experiment", shown_cols, digits, bold, marks,
                      f"Mean over test slices against {reference}. SSIM as in the paper (11x11 Gaussian window, "
                      f"zero padding). {MARKS_NOTE} "
-                     + " ".join(x for x in (power, protocol, flag_note, fidelity) if x), flags)
+                     + " ".join(x for x in (tests, protocol, flag_note, fidelity) if x), flags)
     note = (f"Against {reference}: mean over {len(allm) // max(1, len(order))} test slices of {subjects(n_subj)}. "
             f"{MARKS_NOTE} "
-            + " ".join(x for x in (power, protocol, flag_note) if x) + " "
+            + " ".join(x for x in (tests, protocol, flag_note) if x) + " "
             "SSIM as the paper computes it (11x11 Gaussian window, sigma 1.5, zero padding; "
             "scikit-image's default SSIM is `ssim_skimage_*` in metrics.csv). " + fidelity)
     write_table(out_prefix, table, md, tex, note)
@@ -784,9 +784,8 @@ def clinical_table(results: dict[str, dict], out_prefix: str, out_stats: str, ba
     digits.update({"auc_hardest": 3, "nps_mean_frequency": 3, "nps_shift_pct": 1, "roi_bias": 2})
     digits.update({f"f50_{t['contrast_hu']:g}": 3 for t in base["ttf"]})
     index = {_condition_name(c): i for i, c in enumerate(conds)}
-    marks: dict[tuple[str, str], str] = {}
-    for r in stats_df[stats_df["significant"]].itertuples():
-        marks[(r.experiment, f"dprime_{index[r.condition]}")] = "↓" if r.diff < 0 else "↑"
+    marks = {(r.experiment, f"dprime_{index[r.condition]}"): "↓" if r.diff < 0 else "↑"
+             for r in stats_df[stats_df["significant"]].itertuples()}
     bold = {f"dprime_{i}": _best_dprime(results, compared, i, flags) for i in range(len(conds))}
     what = _clinical_caption(base, table, compared, references) + flag_note
     shown, undefined = _undefined_as_na(table, [c for c, _ in cols if c.startswith(("dprime_", "f50_"))])
